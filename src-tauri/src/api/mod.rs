@@ -1,0 +1,1 @@
+//! The HTTP API: management routes under /api/v1, auth, errors and the OpenAPI document.

@@ -1,0 +1,1 @@
+//! Instances: the definitions (options with defaults), the registry, persistence and ports.
