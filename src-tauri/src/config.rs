@@ -97,3 +97,606 @@ pub struct AuthConfig {
     pub require_management_auth: bool,
     pub management_keys: Vec<String>,
 }
+
+/// Why the configuration could not be loaded. Each says which file or variable to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML for Corral: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("no home folder found: pass --data-dir or set instances.data_dir")]
+    NoHome,
+}
+
+/// What the command line may override; these win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub host: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The YAML file as written by the user: every key optional, llamactl's names.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileConfig {
+    server: FileServer,
+    backends: FileBackends,
+    instances: FileInstances,
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileServer {
+    host: Option<IpAddr>,
+    port: Option<u16>,
+    allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    max_body_bytes: Option<usize>,
+    allow_insecure_remote: Option<bool>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileBackends {
+    // llamactl up to v0.6: one executable per backend.
+    llama_executable: Option<String>,
+    mlx_lm_executable: Option<String>,
+    vllm_executable: Option<String>,
+    // llamactl since v0.7: command, args and environment per backend.
+    #[serde(rename = "llama-cpp", alias = "llama_cpp")]
+    llama_cpp: Option<FileBackendCommand>,
+    #[serde(alias = "mlx_lm")]
+    mlx: Option<FileBackendCommand>,
+    vllm: Option<FileBackendCommand>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileBackendCommand {
+    command: Option<String>,
+    args: Option<Vec<String>>,
+    environment: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileInstances {
+    port_range: Option<[u16; 2]>,
+    data_dir: Option<PathBuf>,
+    #[serde(alias = "instances_dir")]
+    configs_dir: Option<PathBuf>,
+    logs_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    auto_create_dirs: Option<bool>,
+    max_instances: Option<i64>,
+    max_running_instances: Option<i64>,
+    enable_lru_eviction: Option<bool>,
+    default_auto_restart: Option<bool>,
+    default_max_restarts: Option<u32>,
+    default_restart_delay: Option<u64>,
+    default_on_demand_start: Option<bool>,
+    default_idle_timeout: Option<u64>,
+    on_demand_start_timeout: Option<i64>,
+    stop_grace_seconds: Option<f64>,
+    log_max_bytes: Option<u64>,
+    log_keep_files: Option<usize>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileAuth {
+    require_inference_auth: Option<bool>,
+    inference_keys: Option<Vec<String>>,
+    require_management_auth: Option<bool>,
+    management_keys: Option<Vec<String>>,
+}
+
+/// Reads one setting from the environment: `CORRAL_<name>` first, then llamactl's `LLAMACTL_<name>`.
+trait Env {
+    fn var(&self, name: &str) -> Option<(String, String)>;
+}
+
+struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<(String, String)> {
+        ["CORRAL_", "LLAMACTL_"].iter().find_map(|prefix| {
+            let key = format!("{prefix}{name}");
+            std::env::var(&key).ok().map(|value| (key, value))
+        })
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<(String, String)> {
+        ["CORRAL_", "LLAMACTL_"].iter().find_map(|prefix| {
+            let key = format!("{prefix}{name}");
+            self.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (key.clone(), (*v).to_string()))
+        })
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env.var(name) {
+        None => Ok(None),
+        Some((key, value)) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Env {
+                name: key,
+                value: value.clone(),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+fn env_bool(env: &dyn Env, name: &str) -> Result<Option<bool>, ConfigError> {
+    match env.var(name) {
+        None => Ok(None),
+        // Go's strconv.ParseBool spellings, since llamactl configs use them.
+        Some((key, value)) => match value.trim() {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
+            _ => Err(ConfigError::Env {
+                name: key,
+                value,
+                reason: "expected true or false".into(),
+            }),
+        },
+    }
+}
+
+fn env_list(env: &dyn Env, name: &str) -> Option<Vec<String>> {
+    env.var(name).map(|(_, v)| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+/// `8000-9000` or `8000,9000`, spaces allowed (llamactl's `ParsePortRange`).
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (a, b) = text.split_once('-').or_else(|| text.split_once(','))?;
+    let start: u16 = a.trim().parse().ok()?;
+    let end: u16 = b.trim().parse().ok()?;
+    (start > 0 && start <= end).then_some((start, end))
+}
+
+/// -1 (or any negative) means unlimited, as in llamactl.
+fn limit(value: i64) -> Option<usize> {
+    usize::try_from(value).ok()
+}
+
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    directories::ProjectDirs::from("", "", "corral")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .ok_or(ConfigError::NoHome)
+}
+
+/// The config files tried in order when none is named; the first that exists is used.
+fn default_config_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(dirs) = directories::ProjectDirs::from("", "", "corral") {
+        files.push(dirs.config_dir().join("config.yaml"));
+    }
+    if cfg!(unix) {
+        files.push(PathBuf::from("/etc/corral/config.yaml"));
+    }
+    files
+}
+
+impl Config {
+    /// Loads defaults < config file < environment < command line.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let explicit = overrides
+            .config_file
+            .clone()
+            .or_else(|| ProcessEnv.var("CONFIG_PATH").map(|(_, v)| PathBuf::from(v)));
+        let file = match explicit {
+            // A file the user named must exist: silently running on defaults hides typos.
+            Some(path) => Some((read_file(&path)?, path)),
+            None => default_config_files()
+                .into_iter()
+                .find(|p| p.is_file())
+                .map(|p| read_file(&p).map(|f| (f, p)))
+                .transpose()?,
+        };
+        if let Some((_, path)) = &file {
+            tracing::info!("config file: {}", path.display());
+        }
+        let file = file.map(|(f, _)| f).unwrap_or_default();
+        let data_dir = match overrides.data_dir.clone() {
+            Some(dir) => dir,
+            None => match (&file.instances.data_dir, ProcessEnv.var("DATA_DIRECTORY")) {
+                (_, Some((_, dir))) => PathBuf::from(dir),
+                (Some(dir), None) => dir.clone(),
+                (None, None) => default_data_dir()?,
+            },
+        };
+        let mut config = Self::build(file, &ProcessEnv, data_dir)?;
+        if let Some(host) = overrides.host {
+            config.server.host = host;
+        }
+        if let Some(port) = overrides.port {
+            config.server.port = port;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults for `data_dir`, no file, no environment: what tests start from.
+    pub fn with_data_dir(data_dir: PathBuf) -> Config {
+        let empty: [(&str, &str); 0] = [];
+        match Self::build(FileConfig::default(), &empty, data_dir) {
+            Ok(config) => config,
+            // Defaults alone cannot fail to build; keep the type honest anyway.
+            Err(e) => unreachable!("defaults are valid: {e}"),
+        }
+    }
+
+    fn build(file: FileConfig, env: &dyn Env, data_dir: PathBuf) -> Result<Config, ConfigError> {
+        let s = file.server;
+        let server = ServerConfig {
+            host: env_parse(env, "HOST")?
+                .or(s.host)
+                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            port: env_parse(env, "PORT")?.or(s.port).unwrap_or(8080),
+            allowed_origins: env_list(env, "ALLOWED_ORIGINS")
+                .or(s.allowed_origins)
+                .unwrap_or_else(|| vec!["*".into()]),
+            allowed_hosts: env_list(env, "ALLOWED_HOSTS")
+                .or(s.allowed_hosts)
+                .unwrap_or_default(),
+            max_body_bytes: env_parse(env, "MAX_BODY_BYTES")?
+                .or(s.max_body_bytes)
+                .unwrap_or(64 * 1024 * 1024),
+            allow_insecure_remote: env_bool(env, "ALLOW_INSECURE_REMOTE")?
+                .or(s.allow_insecure_remote)
+                .unwrap_or(false),
+        };
+
+        let b = file.backends;
+        let backends = BackendsConfig {
+            llama_cpp: backend_command(
+                env,
+                "LLAMA_EXECUTABLE",
+                b.llama_executable,
+                b.llama_cpp,
+                "llama-server",
+                &[],
+            ),
+            mlx: backend_command(
+                env,
+                "MLX_LM_EXECUTABLE",
+                b.mlx_lm_executable,
+                b.mlx,
+                "mlx_lm.server",
+                &[],
+            ),
+            vllm: backend_command(
+                env,
+                "VLLM_EXECUTABLE",
+                b.vllm_executable,
+                b.vllm,
+                "vllm",
+                &["serve"],
+            ),
+        };
+
+        let i = file.instances;
+        let port_range = match env.var("INSTANCE_PORT_RANGE") {
+            Some((key, value)) => parse_port_range(&value).ok_or(ConfigError::Env {
+                name: key,
+                value: value.clone(),
+                reason: "expected a range like 8000-9000".into(),
+            })?,
+            None => match i.port_range {
+                Some([start, end]) => (start, end),
+                None => (8000, 9000),
+            },
+        };
+        let configs_dir = env_parse::<PathBuf>(env, "INSTANCES_DIR")?
+            .or(i.configs_dir)
+            .unwrap_or_else(|| data_dir.join("instances"));
+        let logs_dir = env_parse::<PathBuf>(env, "LOGS_DIR")?
+            .or(i.logs_dir)
+            .unwrap_or_else(|| data_dir.join("logs"));
+        let run_dir = i.run_dir.unwrap_or_else(|| data_dir.join("run"));
+        let start_timeout = env_parse::<i64>(env, "ON_DEMAND_START_TIMEOUT")?
+            .or(i.on_demand_start_timeout)
+            .unwrap_or(120);
+        let stop_grace = env_parse::<f64>(env, "STOP_GRACE_SECONDS")?
+            .or(i.stop_grace_seconds)
+            .unwrap_or(10.0);
+        let instances = InstancesConfig {
+            port_range,
+            configs_dir,
+            logs_dir,
+            run_dir,
+            auto_create_dirs: env_bool(env, "AUTO_CREATE_DATA_DIR")?
+                .or(i.auto_create_dirs)
+                .unwrap_or(true),
+            max_instances: limit(
+                env_parse(env, "MAX_INSTANCES")?
+                    .or(i.max_instances)
+                    .unwrap_or(-1),
+            ),
+            max_running_instances: limit(
+                env_parse(env, "MAX_RUNNING_INSTANCES")?
+                    .or(i.max_running_instances)
+                    .unwrap_or(-1),
+            ),
+            enable_lru_eviction: env_bool(env, "ENABLE_LRU_EVICTION")?
+                .or(i.enable_lru_eviction)
+                .unwrap_or(true),
+            default_auto_restart: env_bool(env, "DEFAULT_AUTO_RESTART")?
+                .or(i.default_auto_restart)
+                .unwrap_or(true),
+            default_max_restarts: env_parse(env, "DEFAULT_MAX_RESTARTS")?
+                .or(i.default_max_restarts)
+                .unwrap_or(3),
+            default_restart_delay: env_parse(env, "DEFAULT_RESTART_DELAY")?
+                .or(i.default_restart_delay)
+                .unwrap_or(5),
+            default_on_demand_start: env_bool(env, "DEFAULT_ON_DEMAND_START")?
+                .or(i.default_on_demand_start)
+                .unwrap_or(true),
+            default_idle_timeout: env_parse(env, "DEFAULT_IDLE_TIMEOUT")?
+                .or(i.default_idle_timeout)
+                .unwrap_or(0),
+            // llamactl: a non-positive timeout means 30 s.
+            on_demand_start_timeout: Duration::from_secs(if start_timeout > 0 {
+                start_timeout.unsigned_abs()
+            } else {
+                30
+            }),
+            stop_grace: Duration::try_from_secs_f64(stop_grace).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "instances.stop_grace_seconds must be a non-negative number, got {stop_grace}"
+                ))
+            })?,
+            log_max_bytes: i.log_max_bytes.unwrap_or(100 * 1024 * 1024),
+            log_keep_files: i.log_keep_files.unwrap_or(3),
+            data_dir,
+        };
+
+        let a = file.auth;
+        let auth = AuthConfig {
+            require_inference_auth: env_bool(env, "REQUIRE_INFERENCE_AUTH")?
+                .or(a.require_inference_auth)
+                .unwrap_or(true),
+            inference_keys: env_list(env, "INFERENCE_KEYS")
+                .or(a.inference_keys)
+                .unwrap_or_default(),
+            require_management_auth: env_bool(env, "REQUIRE_MANAGEMENT_AUTH")?
+                .or(a.require_management_auth)
+                .unwrap_or(true),
+            management_keys: env_list(env, "MANAGEMENT_KEYS")
+                .or(a.management_keys)
+                .unwrap_or_default(),
+        };
+        Ok(Config {
+            server,
+            backends,
+            instances,
+            auth,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (start, end) = self.instances.port_range;
+        if start == 0 || start > end {
+            return Err(ConfigError::Invalid(format!(
+                "instances.port_range [{start}, {end}] must be two ports, the first not above the second"
+            )));
+        }
+        if !self.server.host.is_loopback()
+            && self.auth.inference_keys.is_empty()
+            && !self.server.allow_insecure_remote
+        {
+            return Err(ConfigError::Invalid(format!(
+                "listening on {} exposes every model to the network: set auth.inference_keys, \
+                 or server.allow_insecure_remote: true if that is really meant",
+                self.server.host
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Merges llamactl's two backend forms; the structured form wins over the old `*_executable`,
+/// and the environment's executable wins over both.
+fn backend_command(
+    env: &dyn Env,
+    env_name: &str,
+    executable: Option<String>,
+    structured: Option<FileBackendCommand>,
+    default_command: &str,
+    default_args: &[&str],
+) -> BackendCommand {
+    let structured = structured.unwrap_or_default();
+    let command = env
+        .var(env_name)
+        .map(|(_, v)| v)
+        .or(structured.command)
+        .or(executable)
+        .unwrap_or_else(|| default_command.to_string());
+    BackendCommand {
+        command,
+        args: structured
+            .args
+            .unwrap_or_else(|| default_args.iter().map(|s| s.to_string()).collect()),
+        environment: structured.environment.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(yaml: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let file: FileConfig = serde_yaml::from_str(yaml).expect("test yaml");
+        let config = Config::build(file, env, PathBuf::from("/data"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn defaults_listen_on_loopback_8080_with_llamactl_limits() {
+        let c = Config::with_data_dir(PathBuf::from("/data"));
+        assert_eq!(c.server.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.instances.port_range, (8000, 9000));
+        assert_eq!(c.instances.configs_dir, PathBuf::from("/data/instances"));
+        assert_eq!(c.instances.logs_dir, PathBuf::from("/data/logs"));
+        assert_eq!(c.instances.max_instances, None);
+        assert!(c.instances.default_auto_restart);
+        assert_eq!(c.instances.default_max_restarts, 3);
+        assert_eq!(c.instances.default_restart_delay, 5);
+        assert_eq!(c.backends.llama_cpp.command, "llama-server");
+        assert_eq!(c.backends.vllm.args, vec!["serve".to_string()]);
+    }
+
+    #[test]
+    fn llamactl_rev_a_config_file_is_understood() {
+        let yaml = r#"
+server: {host: "127.0.0.1", port: 9090, allowed_origins: ["http://a"]}
+backends: {llama_executable: /opt/llama-server, mlx_lm_executable: mlx, vllm_executable: /v/vllm}
+instances:
+  port_range: [7000, 7100]
+  configs_dir: /c
+  logs_dir: /l
+  max_running_instances: 2
+  on_demand_start_timeout: 0
+auth: {inference_keys: [sk-inf-1], management_keys: [sk-mgmt-1]}
+"#;
+        let c = build(yaml, &NO_ENV).expect("valid");
+        assert_eq!(c.server.port, 9090);
+        assert_eq!(c.server.allowed_origins, vec!["http://a".to_string()]);
+        assert_eq!(c.backends.llama_cpp.command, "/opt/llama-server");
+        assert_eq!(c.backends.vllm.command, "/v/vllm");
+        assert_eq!(c.backends.vllm.args, vec!["serve".to_string()]);
+        assert_eq!(c.instances.port_range, (7000, 7100));
+        assert_eq!(c.instances.configs_dir, PathBuf::from("/c"));
+        assert_eq!(c.instances.max_running_instances, Some(2));
+        assert_eq!(c.instances.on_demand_start_timeout, Duration::from_secs(30));
+        assert_eq!(c.auth.management_keys, vec!["sk-mgmt-1".to_string()]);
+    }
+
+    #[test]
+    fn structured_backend_form_carries_args_and_environment() {
+        let yaml = r#"
+backends:
+  llama_executable: old-name
+  llama-cpp: {command: /bin/llama, args: ["--no-webui"], environment: {CUDA_VISIBLE_DEVICES: "1"}}
+  vllm: {command: /bin/vllm, args: ["serve", "--disable-log-requests"]}
+"#;
+        let c = build(yaml, &NO_ENV).expect("valid");
+        assert_eq!(c.backends.llama_cpp.command, "/bin/llama");
+        assert_eq!(c.backends.llama_cpp.args, vec!["--no-webui".to_string()]);
+        assert_eq!(
+            c.backends.llama_cpp.environment.get("CUDA_VISIBLE_DEVICES"),
+            Some(&"1".to_string())
+        );
+        assert_eq!(c.backends.vllm.args.len(), 2);
+        assert_eq!(c.backends.mlx.command, "mlx_lm.server");
+    }
+
+    #[test]
+    fn environment_wins_over_file_and_corral_wins_over_llamactl() {
+        let env = [
+            ("LLAMACTL_PORT", "7000"),
+            ("CORRAL_PORT", "7001"),
+            ("LLAMACTL_INSTANCE_PORT_RANGE", "8000 , 8100"),
+            ("LLAMACTL_MANAGEMENT_KEYS", "a, b"),
+            ("CORRAL_DEFAULT_ON_DEMAND_START", "F"),
+        ];
+        let c = build("server: {port: 6000}", &env).expect("valid");
+        assert_eq!(c.server.port, 7001);
+        assert_eq!(c.instances.port_range, (8000, 8100));
+        assert_eq!(c.auth.management_keys, vec!["a".to_string(), "b".to_string()]);
+        assert!(!c.instances.default_on_demand_start);
+    }
+
+    #[test]
+    fn invalid_environment_values_are_reported_by_name() {
+        let err = build("", &[("CORRAL_PORT", "invalid-port")]).expect_err("bad port");
+        assert!(err.to_string().contains("CORRAL_PORT"), "{err}");
+        let err = build("", &[("LLAMACTL_INSTANCE_PORT_RANGE", "8000")]).expect_err("bad range");
+        assert!(err.to_string().contains("8000-9000"), "{err}");
+    }
+
+    #[test]
+    fn port_ranges_parse_like_llamactl() {
+        for ok in ["8000-9000", "8000,9000", "8000 - 9000", "8000 , 9000"] {
+            assert_eq!(parse_port_range(ok), Some((8000, 9000)), "{ok}");
+        }
+        for bad in ["8000", "not-a-range", "start-end", "", "8000-9000-10000", "-1000--500"] {
+            assert_eq!(parse_port_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn remote_listen_without_inference_keys_is_refused() {
+        let err = build("server: {host: 0.0.0.0}", &NO_ENV).expect_err("insecure");
+        assert!(err.to_string().contains("inference_keys"), "{err}");
+        build("server: {host: 0.0.0.0}\nauth: {inference_keys: [k]}", &NO_ENV).expect("keys set");
+        build(
+            "server: {host: 0.0.0.0, allow_insecure_remote: true}",
+            &NO_ENV,
+        )
+        .expect("explicitly allowed");
+    }
+
+    #[test]
+    fn invalid_yaml_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "server: [unclosed").expect("write");
+        let err = read_file(&path).expect_err("invalid");
+        assert!(err.to_string().contains("config.yaml"), "{err}");
+        let err = read_file(&dir.path().join("missing.yaml")).expect_err("missing");
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+}

@@ -1,6 +1,135 @@
-//! Corral's engine: the management API, the supervisor of backend processes and the proxy.
+//! Corral's engine: the management API, the supervisor of backend processes and the proxy, in one
+//! process. `Engine::start` brings it up; the desktop shell and `corral serve` both use it.
 pub mod api;
 pub mod backends;
 pub mod config;
 pub mod instances;
 pub mod supervisor;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::instances::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Instances(#[from] instances::InstanceError),
+}
+
+/// A running engine: its address and keys, and the way to stop it.
+pub struct Engine {
+    /// Where the API and the UI are served.
+    pub addr: SocketAddr,
+    /// The configuration in force, with generated keys filled in.
+    pub config: Arc<Config>,
+    registry: Arc<Registry>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Keys generated because auth is required and none were configured, to be shown to the user.
+#[derive(Debug, Clone, Default)]
+pub struct GeneratedKeys {
+    pub management: Option<String>,
+    pub inference: Option<String>,
+}
+
+/// Fills in a key for every auth class that is required but has none (llamactl's behaviour:
+/// `sk-management-` / `sk-inference-` + 64 hex, in memory only).
+pub fn generate_missing_keys(config: &mut Config) -> GeneratedKeys {
+    fn key(prefix: &str) -> String {
+        let bytes: [u8; 32] = rand::random();
+        format!("{prefix}-{}", hex::encode(bytes))
+    }
+    let mut generated = GeneratedKeys::default();
+    if config.auth.require_management_auth && config.auth.management_keys.is_empty() {
+        let k = key("sk-management");
+        config.auth.management_keys.push(k.clone());
+        generated.management = Some(k);
+    }
+    if config.auth.require_inference_auth && config.auth.inference_keys.is_empty() {
+        let k = key("sk-inference");
+        config.auth.inference_keys.push(k.clone());
+        generated.inference = Some(k);
+    }
+    generated
+}
+
+impl Engine {
+    /// Cleans up after a crashed engine, loads the instances, and starts serving.
+    /// Keys must already be final (see `generate_missing_keys`).
+    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        let config = Arc::new(config);
+        let run_dir = &config.instances.run_dir;
+        std::fs::create_dir_all(run_dir).map_err(|source| EngineError::CreateDir {
+            path: run_dir.clone(),
+            source,
+        })?;
+        for line in supervisor::clean_up_leftovers(run_dir) {
+            tracing::warn!("{line}");
+        }
+        let registry = Registry::open(config.clone())?;
+        let addr = SocketAddr::new(config.server.host, config.server.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| EngineError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EngineError::Bind { addr, source })?;
+        let app = api::router(api::AppState {
+            registry: registry.clone(),
+            config: config.clone(),
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        tracing::info!("Corral listening on http://{addr}");
+        Ok(Engine {
+            addr,
+            config,
+            registry,
+            shutdown: Some(tx),
+            server,
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, then stops every backend.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // Streams may stay open forever; do not let one hold the backends up.
+        let server = &mut self.server;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        self.registry.shutdown().await;
+    }
+}
