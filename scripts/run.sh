@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds and starts Corral: the desktop app when there is a display and the desktop build's
+# libraries (WebKitGTK) are installed, otherwise the headless `corral serve`. Arguments pass through.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]] && pkg-config --exists webkit2gtk-4.1 2>/dev/null; then
+  exec cargo run --release -p corral -- "$@"
+fi
+if [[ "${1:-}" == "serve" ]]; then shift; fi
+exec cargo run --release -p corral --no-default-features -- serve "$@"
