@@ -3,6 +3,8 @@
 pub mod api;
 pub mod backends;
 pub mod config;
+#[cfg(feature = "desktop")]
+pub mod desktop;
 pub mod instances;
 pub mod supervisor;
 

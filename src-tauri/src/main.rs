@@ -62,8 +62,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
-        None => serve(&cli.options),
+        None => open(&cli.options),
     }
+}
+
+/// `corral` without a subcommand: the desktop app where it can open a window, else headless.
+fn open(args: &ServeArgs) -> anyhow::Result<()> {
+    #[cfg(feature = "desktop")]
+    if corral::desktop::display_available() {
+        let mut config = Config::load(&args.overrides()).context("loading the configuration")?;
+        generate_missing_keys(&mut config);
+        return corral::desktop::run(config).context("running the desktop app");
+    }
+    serve(args)
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
