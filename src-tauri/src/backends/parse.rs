@@ -175,6 +175,32 @@ fn apply_known(
         return Ok(consumed);
     }
 
+    if spec.kind == OptionKind::StringList
+        && table.repeat_in_one_flag.contains(&spec.name)
+        && inline.is_none()
+    {
+        // argparse nargs='+': every following non-flag word belongs to this flag
+        let values: Vec<String> = following
+            .iter()
+            .take_while(|w| !looks_like_flag(w))
+            .cloned()
+            .collect();
+        if values.is_empty() {
+            return Err(ParseError::MissingValue {
+                flag: flag.to_string(),
+                expected: "one or more values",
+            });
+        }
+        let consumed = values.len();
+        let entry = options
+            .values
+            .entry(spec.name)
+            .or_insert_with(|| OptionValue::StringList(Vec::new()));
+        if let OptionValue::StringList(list) = entry {
+            list.extend(values);
+        }
+        return Ok(consumed);
+    }
     let wanted = if table.is_two_values(spec.name) && inline.is_none() {
         2
     } else {
