@@ -662,3 +662,6 @@ pub fn options_schema(
         .additional_properties(Some(AdditionalProperties::FreeForm(false)));
     object.into()
 }
+
+#[cfg(test)]
+mod tests;
