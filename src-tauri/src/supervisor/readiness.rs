@@ -120,6 +120,8 @@ fn status_is_200(head: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+// Tests may unwrap: a panic is how they fail.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
