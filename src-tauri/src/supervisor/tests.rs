@@ -45,14 +45,7 @@ impl Fixture {
 
     fn with(name: &str, adjust: impl FnOnce(&mut SupervisorSettings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = SupervisorSettings {
-            logs_dir: dir.path().join("logs"),
-            run_dir: dir.path().join("run"),
-            stop_grace: Duration::from_secs(10),
-            log_max_bytes: 100 * 1024 * 1024,
-            log_keep_files: 3,
-            restart_reset_after: Duration::from_secs(600),
-        };
+        let mut settings = settings_in(dir.path());
         adjust(&mut settings);
         let settings = Arc::new(settings);
         let supervisor = Supervisor::new(name, settings.clone());
@@ -82,6 +75,17 @@ impl Fixture {
     fn log_text(&self, name: &str) -> String {
         std::fs::read_to_string(self.settings.logs_dir.join(format!("{name}.log")))
             .unwrap_or_default()
+    }
+}
+
+fn settings_in(dir: &Path) -> SupervisorSettings {
+    SupervisorSettings {
+        logs_dir: dir.join("logs"),
+        run_dir: dir.join("run"),
+        stop_grace: Duration::from_secs(10),
+        log_max_bytes: 100 * 1024 * 1024,
+        log_keep_files: 3,
+        restart_reset_after: Duration::from_secs(600),
     }
 }
 
@@ -709,4 +713,58 @@ async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
 
     unrelated.kill().unwrap();
     unrelated.wait().unwrap();
+}
+
+/// Where the engine process of `backend_dies_when_the_engine_is_killed` works.
+const ENGINE_DIR_VAR: &str = "CORRAL_TEST_ENGINE_DIR";
+
+#[tokio::test]
+#[ignore = "helper: the engine process that backend_dies_when_the_engine_is_killed kills"]
+async fn engine_process_that_gets_killed() {
+    let dir = PathBuf::from(std::env::var_os(ENGINE_DIR_VAR).unwrap());
+    let supervisor = Supervisor::new("orphan", Arc::new(settings_in(&dir)));
+    let spec = LaunchSpec {
+        program: "sleep".to_string(),
+        args: vec!["300".to_string()],
+        env: Vec::new(),
+        health_url: format!("http://127.0.0.1:{}/health", free_port()),
+    };
+    let pid = supervisor
+        .start(spec, no_restart())
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
+    std::fs::write(dir.join("backend-pid.txt"), format!("{pid}\n")).unwrap();
+    tokio::time::sleep(PATIENCE).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn backend_dies_when_the_engine_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "supervisor::tests::engine_process_that_gets_killed",
+            "--ignored",
+        ])
+        .env(ENGINE_DIR_VAR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let backend: u32 = wait_for_file(&dir.path().join("backend-pid.txt"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_alive(backend));
+
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert!(
+        gone(backend).await,
+        "the backend {backend} outlived the SIGKILLed engine"
+    );
 }
