@@ -1,0 +1,192 @@
+//! Spawning one backend process: no shell, its own process group, output into the log, a pid
+//! file, and the readiness watch.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::logs::{self, LogSink};
+use super::pidfile::{self, PidRecord};
+use super::readiness::{self, Probe};
+use super::stop::GroupGuard;
+use super::{LaunchSpec, SupervisorError};
+
+/// Environment variable naming the instance in the child and in everything it starts; lets
+/// [`super::clean_up_leftovers`] recognise grandchildren of a crashed engine.
+pub(super) const TOKEN_VAR: &str = "CORRAL_SUPERVISOR_TOKEN";
+
+/// A spawned backend and what lives and dies with it.
+pub(super) struct Running {
+    pub(super) child: Child,
+    pub(super) pid: u32,
+    /// Kills the whole group if this value is dropped without an orderly stop (task aborted).
+    pub(super) group: GroupGuard,
+    /// The stdout and stderr pumps; they end when the pipes close.
+    pub(super) pumps: Vec<JoinHandle<()>>,
+    /// The readiness watch; aborted when the process is gone.
+    pub(super) probe: JoinHandle<()>,
+    /// `<run_dir>/<name>.pid`, when it could be written.
+    pub(super) pid_file: Option<PathBuf>,
+}
+
+impl Drop for Running {
+    /// Torn down without an orderly stop (the runtime is shutting down): the group guard and
+    /// `kill_on_drop` end the processes, so the pid file no longer describes anything.
+    fn drop(&mut self) {
+        if let Some(path) = self.pid_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What one launch needs besides the spec.
+pub(super) struct LaunchContext<'a> {
+    pub(super) name: &'a str,
+    pub(super) run_dir: &'a std::path::Path,
+    pub(super) log: &'a Arc<LogSink>,
+    pub(super) generation: u64,
+    pub(super) probes: &'a mpsc::UnboundedSender<Probe>,
+}
+
+/// Spawns the backend and starts its pumps, pid file and readiness watch.
+pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running, SupervisorError> {
+    let token = format!("{}-{:016x}", cx.name, rand::random::<u64>());
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(key, value)| (key, value)))
+        .env(TOKEN_VAR, &token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(0);
+    #[cfg(target_os = "linux")]
+    die_with_parent(&mut command);
+
+    let mut child = spawn_command(command).map_err(|err| spawn_error(&spec.program, err))?;
+    let pid = child.id().ok_or_else(|| SupervisorError::Spawn {
+        program: spec.program.clone(),
+        source: std::io::Error::other("the process exited before its pid could be read"),
+    })?;
+    let group = GroupGuard::new(pid);
+
+    cx.log.started(cx.name);
+    let mut pumps = Vec::with_capacity(2);
+    if let Some(stdout) = child.stdout.take() {
+        pumps.push(tokio::spawn(logs::pump(stdout, cx.log.clone())));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        pumps.push(tokio::spawn(logs::pump(stderr, cx.log.clone())));
+    }
+
+    let record = PidRecord::describe(pid, &spec.program, &token);
+    let pid_file = match pidfile::write(cx.run_dir, cx.name, &record) {
+        Ok(path) => Some(path),
+        Err(err) => {
+            tracing::warn!(instance = cx.name, "cannot write the pid file: {err}");
+            None
+        }
+    };
+    let probe = tokio::spawn(readiness::watch_health(
+        spec.health_url.clone(),
+        cx.generation,
+        cx.probes.clone(),
+    ));
+    Ok(Running {
+        child,
+        pid,
+        group,
+        pumps,
+        probe,
+        pid_file,
+    })
+}
+
+fn spawn_error(program: &str, err: std::io::Error) -> SupervisorError {
+    let program = program.to_string();
+    match err.kind() {
+        std::io::ErrorKind::NotFound => SupervisorError::ProgramNotFound { program },
+        std::io::ErrorKind::PermissionDenied => SupervisorError::ProgramNotExecutable { program },
+        _ => SupervisorError::Spawn {
+            program,
+            source: err,
+        },
+    }
+}
+
+/// The parent-death signal fires when the *thread* that spawned the child exits, not the engine.
+/// Runtime threads can come and go (the blocking pool, `block_in_place`), so on Linux every
+/// backend is spawned from one thread that lives as long as the engine process.
+#[cfg(target_os = "linux")]
+fn spawn_command(mut command: Command) -> std::io::Result<Child> {
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::{Mutex, OnceLock};
+
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: OnceLock<Option<Mutex<std_mpsc::Sender<Job>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("corral-spawner".to_string())
+            .spawn(move || queue.iter().for_each(|job| job()))
+            .ok()
+            .map(|_| Mutex::new(jobs))
+    });
+    let Some(jobs) = spawner else {
+        // Without the thread, spawning here still works; only the signal is less reliable.
+        return command.spawn();
+    };
+    // The child registers with the caller's runtime, which reaps it.
+    let runtime = tokio::runtime::Handle::current();
+    let (reply, answer) = std_mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _context = runtime.enter();
+        let _ = reply.send(command.spawn());
+    });
+    let sent = jobs
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send(job);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the spawner thread is gone"));
+    }
+    // Blocks this worker for one fork and exec, as a direct spawn would.
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_command(mut command: Command) -> std::io::Result<Child> {
+    command.spawn()
+}
+
+/// Asks Linux to SIGKILL the child when the engine dies, so even a SIGKILLed engine leaves no
+/// backend behind (see [`spawn_command`] for the thread it is spawned from).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed. It calls prctl and getppid (both async-signal-safe syscalls), reads one
+    // captured integer, allocates nothing, takes no lock, and builds its error with
+    // `last_os_error`, which only reads errno.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The engine may have died between fork and prctl: then no signal would ever come.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
