@@ -3,4 +3,5 @@ pub mod api;
 pub mod backends;
 pub mod config;
 pub mod instances;
+pub mod proxy;
 pub mod supervisor;

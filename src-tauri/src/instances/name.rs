@@ -8,7 +8,9 @@ pub const MAX_NAME_LEN: usize = 50;
 /// Accepts `[A-Za-z0-9_-]{1,50}`, so a name is always a safe file stem.
 pub fn validate_name(name: &str) -> Result<(), InstanceError> {
     if name.is_empty() {
-        return Err(InstanceError::InvalidName("the name cannot be empty".into()));
+        return Err(InstanceError::InvalidName(
+            "the name cannot be empty".into(),
+        ));
     }
     if !name
         .bytes()
@@ -33,10 +35,27 @@ mod tests {
 
     #[test]
     fn names_follow_llamactl_rules() {
-        for ok in ["myinstance", "instance123", "my-instance", "my_instance", "a", &"a".repeat(50)] {
+        for ok in [
+            "myinstance",
+            "instance123",
+            "my-instance",
+            "my_instance",
+            "a",
+            &"a".repeat(50),
+        ] {
             assert!(validate_name(ok).is_ok(), "{ok} should be valid");
         }
-        for bad in ["", "my instance", "my.instance", "my@instance", &"a".repeat(51), "test;ls", "../x", "a/b", "é"] {
+        for bad in [
+            "",
+            "my instance",
+            "my.instance",
+            "my@instance",
+            &"a".repeat(51),
+            "test;ls",
+            "../x",
+            "a/b",
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad} should be invalid");
         }
     }

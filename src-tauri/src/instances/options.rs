@@ -48,19 +48,25 @@ pub struct InstanceOptions {
 
 impl InstanceOptions {
     /// Validates a request body (any JSON value) and fills in the defaults of `defaults`.
-    pub fn from_json(value: &serde_json::Value, defaults: &InstancesConfig) -> Result<Self, InstanceError> {
+    pub fn from_json(
+        value: &serde_json::Value,
+        defaults: &InstancesConfig,
+    ) -> Result<Self, InstanceError> {
         if !value.is_object() {
             return Err(InstanceError::InvalidOptions(
                 "the body must be a JSON object such as {\"backend_type\": \"llama_cpp\", \"backend_options\": {\"model\": \"/path/model.gguf\"}}"
                     .into(),
             ));
         }
-        let request: CreateInstanceOptions =
-            serde_json::from_value(value.clone()).map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
+        let request: CreateInstanceOptions = serde_json::from_value(value.clone())
+            .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
         Self::from_request(request, defaults)
     }
 
-    pub fn from_request(request: CreateInstanceOptions, defaults: &InstancesConfig) -> Result<Self, InstanceError> {
+    pub fn from_request(
+        request: CreateInstanceOptions,
+        defaults: &InstancesConfig,
+    ) -> Result<Self, InstanceError> {
         let backend_type = match request.backend_type.as_deref() {
             None | Some("") => {
                 return Err(InstanceError::InvalidOptions(
@@ -70,27 +76,32 @@ impl InstanceOptions {
             Some(name) => parse_backend_type(name)?,
         };
         let backend_options = match request.backend_options {
-            None | Some(serde_json::Value::Null) => {
-                return Err(InstanceError::InvalidOptions(
-                    "backend_options is required: an object with the backend's options, at least {}".into(),
-                ))
-            }
+            None | Some(serde_json::Value::Null) => return Err(InstanceError::InvalidOptions(
+                "backend_options is required: an object with the backend's options, at least {}"
+                    .into(),
+            )),
             Some(value) if !value.is_object() => {
-                return Err(InstanceError::InvalidOptions("backend_options must be a JSON object".into()))
+                return Err(InstanceError::InvalidOptions(
+                    "backend_options must be a JSON object".into(),
+                ))
             }
             Some(value) => value,
         };
         let backend = BackendOptions::from_json(backend_type, &backend_options)
             .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
         Ok(Self {
-            auto_restart: request.auto_restart.unwrap_or(defaults.default_auto_restart),
+            auto_restart: request
+                .auto_restart
+                .unwrap_or(defaults.default_auto_restart),
             max_restarts: request
                 .max_restarts
                 .map_or(defaults.default_max_restarts, clamp_u32),
             restart_delay: request
                 .restart_delay
                 .map_or(defaults.default_restart_delay, clamp_u64),
-            on_demand_start: request.on_demand_start.unwrap_or(defaults.default_on_demand_start),
+            on_demand_start: request
+                .on_demand_start
+                .unwrap_or(defaults.default_on_demand_start),
             idle_timeout: request
                 .idle_timeout
                 .map_or(defaults.default_idle_timeout, clamp_u64),

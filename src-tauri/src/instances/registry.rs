@@ -105,7 +105,12 @@ impl Instance {
     }
 
     fn view(&self) -> InstanceView {
-        InstanceView::new(&self.name, self.created, &lock(&self.options), self.supervisor.state())
+        InstanceView::new(
+            &self.name,
+            self.created,
+            &lock(&self.options),
+            self.supervisor.state(),
+        )
     }
 
     fn port(&self) -> Option<u16> {
@@ -173,7 +178,9 @@ impl Instance {
                     continue;
                 }
                 last = status;
-                let Some(instance) = instance.upgrade() else { break };
+                let Some(instance) = instance.upgrade() else {
+                    break;
+                };
                 if let Err(e) = instance.persist().await {
                     tracing::warn!("{e}");
                 }
@@ -247,22 +254,28 @@ impl Registry {
     fn load(&self) -> Vec<String> {
         let mut to_start = Vec::new();
         for (stem, path, record) in store::load_dir(&self.config.instances.configs_dir) {
-            let skip = |why: String| tracing::warn!("skipping instance definition {}: {why}", path.display());
+            let skip = |why: String| {
+                tracing::warn!("skipping instance definition {}: {why}", path.display())
+            };
             if let Err(e) = validate_name(&stem) {
                 skip(e.to_string());
                 continue;
             }
             if record.name != stem {
-                skip(format!("it names '{}' but the file is for '{stem}'", record.name));
+                skip(format!(
+                    "it names '{}' but the file is for '{stem}'",
+                    record.name
+                ));
                 continue;
             }
-            let mut options = match InstanceOptions::from_json(&record.options, &self.config.instances) {
-                Ok(options) => options,
-                Err(e) => {
-                    skip(e.to_string());
-                    continue;
-                }
-            };
+            let mut options =
+                match InstanceOptions::from_json(&record.options, &self.config.instances) {
+                    Ok(options) => options,
+                    Err(e) => {
+                        skip(e.to_string());
+                        continue;
+                    }
+                };
             let mut table = lock(&self.table);
             let port = match options.requested_port() {
                 Some(port) => match table.ports.get(&port) {
@@ -288,7 +301,11 @@ impl Registry {
             if record.status == "running" && options.auto_restart {
                 to_start.push(stem.clone());
             }
-            let created = if record.created > 0 { record.created } else { now_unix() };
+            let created = if record.created > 0 {
+                record.created
+            } else {
+                now_unix()
+            };
             let instance = self.new_instance(&stem, created, options, Arc::default());
             table.ports.insert(port, stem.clone());
             table.instances.insert(stem, instance);
@@ -391,7 +408,11 @@ impl Registry {
 
     /// Defines the instance and starts it. On any refusal or failure nothing remains of it: no
     /// definition, no reserved port.
-    pub async fn create(&self, name: &str, body: &serde_json::Value) -> Result<InstanceView, InstanceError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<InstanceView, InstanceError> {
         validate_name(name)?;
         let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
         self.refuse_when_shutting_down()?;
@@ -417,7 +438,9 @@ impl Registry {
             options.backend.set_port(port);
             let instance = self.new_instance(name, now_unix(), options, op);
             table.ports.insert(port, name.to_owned());
-            table.instances.insert(name.to_owned(), Arc::clone(&instance));
+            table
+                .instances
+                .insert(name.to_owned(), Arc::clone(&instance));
             instance
         };
         let started = async {
@@ -438,7 +461,11 @@ impl Registry {
 
     /// Replaces the options (a full replacement; missing fields take the defaults). A running
     /// instance is restarted with the new options. Without a port the instance keeps its own.
-    pub async fn update(&self, name: &str, body: &serde_json::Value) -> Result<InstanceView, InstanceError> {
+    pub async fn update(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<InstanceView, InstanceError> {
         validate_name(name)?;
         let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
         let (instance, _op) = self.lock_instance(name).await?;
@@ -523,7 +550,12 @@ impl Registry {
             // Otherwise the stops below would be saved as the user's wish.
             instance.stop_watching();
         }
-        futures_util::future::join_all(instances.iter().map(|instance| instance.supervisor.shutdown())).await;
+        futures_util::future::join_all(
+            instances
+                .iter()
+                .map(|instance| instance.supervisor.shutdown()),
+        )
+        .await;
     }
 
     /// Instances running or about to, `except` one.
@@ -532,7 +564,9 @@ impl Registry {
             .instances
             .values()
             .filter(|other| except.is_none_or(|except| !Arc::ptr_eq(other, except)))
-            .filter(|other| other.starting.load(Ordering::SeqCst) || is_active(&other.supervisor.state()))
+            .filter(|other| {
+                other.starting.load(Ordering::SeqCst) || is_active(&other.supervisor.state())
+            })
             .count()
     }
 

@@ -77,7 +77,10 @@ pub fn load_dir(dir: &Path) -> Vec<(String, PathBuf, RecordIn)> {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            tracing::warn!("cannot read the instance definitions in {}: {e}", dir.display());
+            tracing::warn!(
+                "cannot read the instance definitions in {}: {e}",
+                dir.display()
+            );
             return Vec::new();
         }
     };
@@ -88,13 +91,22 @@ pub fn load_dir(dir: &Path) -> Vec<(String, PathBuf, RecordIn)> {
     paths.sort();
     let mut records = Vec::new();
     for path in paths {
-        let Some(stem) = path.file_stem().and_then(|stem| stem.to_str()).map(str::to_owned) else {
-            tracing::warn!("skipping {}: the file name is not valid UTF-8", path.display());
+        let Some(stem) = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .map(str::to_owned)
+        else {
+            tracing::warn!(
+                "skipping {}: the file name is not valid UTF-8",
+                path.display()
+            );
             continue;
         };
         let parsed = fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<RecordIn>(&bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| {
+                serde_json::from_slice::<RecordIn>(&bytes).map_err(|e| e.to_string())
+            });
         match parsed {
             Ok(record) => records.push((stem, path, record)),
             Err(e) => tracing::warn!("skipping instance definition {}: {e}", path.display()),
@@ -114,7 +126,10 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
     }
 }
