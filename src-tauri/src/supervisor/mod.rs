@@ -1,12 +1,29 @@
 //! The supervisor: one task per instance that alone owns its child process.
 //!
-//! INTERFACE (fixed; the engine codes against exactly these signatures).
+//! The public interface below is fixed (the engine codes against exactly these signatures). The
+//! [`Supervisor`] handle sends commands to the instance's task ([`task`]) over a channel; the task
+//! is the only writer of the instance's [`RuntimeState`], published on a watch channel.
+
+mod logs;
+mod pidfile;
+mod readiness;
+mod restart;
+mod spawn;
+mod stop;
+mod task;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use logs::LogSink;
+use task::Request;
+
+/// How many of the latest output lines an error about a failed start carries.
+const ERROR_OUTPUT_LINES: usize = 20;
 
 /// What to run for one start of an instance. Built by the registry from config + options.
 #[derive(Debug, Clone)]
@@ -76,56 +93,178 @@ pub struct RuntimeState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    // implementation-defined; Display is a sentence a user can act on.
+    #[error("could not start the backend: the program `{program}` was not found; check the backend's command in the configuration")]
+    ProgramNotFound { program: String },
+    #[error("could not start the backend: the program `{program}` is not executable (permission denied)")]
+    ProgramNotExecutable { program: String },
+    #[error("could not start the backend `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the instance is not running")]
+    NotRunning,
+    #[error("the backend did not become ready: {reason}{}", last_output(output))]
+    ExitedBeforeReady { reason: String, output: String },
+    #[error("the instance was stopped before it became ready")]
+    StoppedBeforeReady,
+    #[error("the backend did not become ready within {} s", timeout.as_secs_f32())]
+    ReadyTimeout { timeout: Duration },
+    #[error("the instance's supervisor has shut down (the instance was deleted or the engine is stopping)")]
+    ShutDown,
+}
+
+fn last_output(output: &str) -> String {
+    if output.is_empty() {
+        " (it printed nothing)".to_string()
+    } else {
+        format!("\nLast output:\n{output}")
+    }
 }
 
 /// Handle to one instance's supervisor task. Cheap to clone.
 #[derive(Clone)]
-pub struct Supervisor {}
+pub struct Supervisor {
+    inner: Arc<Handle>,
+}
+
+/// What every clone of a [`Supervisor`] shares.
+struct Handle {
+    /// Commands to the task; closed once the task has ended.
+    commands: mpsc::Sender<Request>,
+    /// The task's published state; readable after the task has ended (last value).
+    state: watch::Receiver<RuntimeState>,
+    /// The instance's log, shared with the task so errors can quote recent output.
+    log: Arc<LogSink>,
+}
 
 impl Supervisor {
     /// Starts the task for instance `name`; the instance is `stopped`.
+    ///
+    /// Must be called inside a tokio runtime. The task ends (stopping the process) on
+    /// [`Supervisor::shutdown`] or when the last handle is dropped.
     pub fn new(name: &str, settings: std::sync::Arc<SupervisorSettings>) -> Self {
-        let _ = (name, settings);
-        todo!()
+        let log = Arc::new(LogSink::new(name, &settings));
+        let (commands, state) = task::spawn_task(name, settings, log.clone());
+        Self {
+            inner: Arc::new(Handle {
+                commands,
+                state,
+                log,
+            }),
+        }
     }
     pub fn state(&self) -> RuntimeState {
-        todo!()
+        self.inner.state.borrow().clone()
     }
     pub fn subscribe(&self) -> watch::Receiver<RuntimeState> {
-        todo!()
+        self.inner.state.clone()
     }
     /// Spawns the process; returns once it is spawned (health `starting`). Resets the restart
     /// counter. Starting a running instance returns its state unchanged.
-    pub async fn start(&self, spec: LaunchSpec, policy: RestartPolicy) -> Result<RuntimeState, SupervisorError> {
-        let _ = (spec, policy);
-        todo!()
+    pub async fn start(
+        &self,
+        spec: LaunchSpec,
+        policy: RestartPolicy,
+    ) -> Result<RuntimeState, SupervisorError> {
+        self.request(|reply| Request::Start {
+            spec,
+            policy,
+            reply,
+        })
+        .await?
     }
     /// SIGINT to the process group, SIGKILL after the grace; cancels a pending restart.
     /// Stopping a stopped instance returns its state unchanged.
     pub async fn stop(&self) -> Result<RuntimeState, SupervisorError> {
-        todo!()
+        self.request(|reply| Request::Stop { reply }).await
     }
     /// Waits until health is `ready`; fails at once, with the last log lines, if the process exits.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), SupervisorError> {
-        let _ = timeout;
-        todo!()
+        let mut rx = self.subscribe();
+        match tokio::time::timeout(timeout, self.follow_until_ready(&mut rx)).await {
+            Ok(result) => result,
+            Err(_) => Err(SupervisorError::ReadyTimeout { timeout }),
+        }
     }
     /// Stops the process (if any) and ends the task. Used by delete and engine shutdown.
     pub async fn shutdown(&self) {
-        todo!()
+        // An error means the task has already ended: nothing left to stop.
+        let _ = self.request(|reply| Request::Shutdown { reply }).await;
     }
     /// The last `lines` log lines (all when `None`), read from the log file, so they survive an
     /// engine restart.
     pub fn logs(&self, lines: Option<usize>) -> std::io::Result<String> {
-        let _ = lines;
-        todo!()
+        logs::tail(self.inner.log.path(), lines)
+    }
+
+    /// Sends one command to the task and waits for its answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, SupervisorError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(reply))
+            .await
+            .map_err(|_| SupervisorError::ShutDown)?;
+        answer.await.map_err(|_| SupervisorError::ShutDown)
+    }
+
+    /// Follows the state until health is `ready`, failing as soon as the process that was
+    /// starting is gone (exited, restarting, stopped or replaced by another pid).
+    async fn follow_until_ready(
+        &self,
+        rx: &mut watch::Receiver<RuntimeState>,
+    ) -> Result<(), SupervisorError> {
+        let mut seen_pid: Option<u32> = None;
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let exited = |reason: Option<String>| SupervisorError::ExitedBeforeReady {
+                reason: reason.unwrap_or_else(|| "the backend exited".to_string()),
+                output: self.inner.log.recent(ERROR_OUTPUT_LINES),
+            };
+            match (state.status, state.health) {
+                (Status::Running, Some(Health::Ready)) => return Ok(()),
+                (Status::Failed, _) => return Err(exited(state.error)),
+                (Status::Stopped, _) if seen_pid.is_some() => {
+                    return Err(exited(
+                        state
+                            .error
+                            .or_else(|| Some("the backend stopped".to_string())),
+                    ))
+                }
+                (Status::Stopped, _) => return Err(SupervisorError::NotRunning),
+                (Status::Running, Some(Health::Stopping)) => {
+                    return Err(SupervisorError::StoppedBeforeReady)
+                }
+                (Status::Running, Some(Health::Restarting)) if seen_pid.is_some() => {
+                    return Err(exited(state.error))
+                }
+                _ => {}
+            }
+            if let Some(pid) = state.pid {
+                // Another pid means the process we were waiting for exited and was restarted
+                // between two looks at the state.
+                if seen_pid.is_some_and(|seen| seen != pid) {
+                    return Err(exited(state.error));
+                }
+                seen_pid = Some(pid);
+            }
+            if rx.changed().await.is_err() {
+                return Err(SupervisorError::ShutDown);
+            }
+        }
     }
 }
 
 /// Finds pid files left by a crashed engine, stops those processes that are really backends we
 /// started, removes the files; returns one line per process handled.
 pub fn clean_up_leftovers(run_dir: &std::path::Path) -> Vec<String> {
-    let _ = run_dir;
-    todo!()
+    pidfile::clean_up_leftovers(run_dir)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! Parse-command: a shell command line of a backend -> options (llamactl's algorithm, behaviour
+//! §5, with a quote-aware tokenizer and negative numbers).
+
+use super::{
+    flag_key, Backend, BackendOptions, BackendType, OptionKind, OptionSpec, OptionValue, ParseError,
+};
+
+pub(super) fn parse_command(
+    backend: BackendType,
+    command: &str,
+) -> Result<BackendOptions, ParseError> {
+    if command.trim().is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let table = Backend::of(backend);
+    let words = shell_words::split(&join_continuations(command))
+        .map_err(|_| ParseError::UnterminatedQuote)?;
+    let mut rest = words.as_slice();
+    rest = skip_executable(table, rest);
+    if let Some((first, tail)) = rest.split_first() {
+        if table
+            .subcommands
+            .iter()
+            .any(|s| first.eq_ignore_ascii_case(s))
+        {
+            rest = tail;
+        }
+    }
+    let mut positional_model = None;
+    if let Some((first, tail)) = rest.split_first() {
+        if !first.starts_with('-') {
+            positional_model = Some(first.clone());
+            rest = tail;
+        }
+    }
+
+    let mut options = BackendOptions::empty(backend);
+    let mut i = 0;
+    while i < rest.len() {
+        let word = &rest[i];
+        i += 1;
+        // stray values are ignored, as llamactl does
+        if !word.starts_with('-') || word == "-" || word == "--" {
+            continue;
+        }
+        if word.starts_with("---") {
+            return Err(ParseError::MalformedFlag(word.clone()));
+        }
+        let (flag, inline) = match word.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_string())),
+            None => (word.as_str(), None),
+        };
+        let key = flag_key(flag);
+        match table.lookup(&key) {
+            Some(spec) => {
+                let consumed = apply_known(table, &mut options, spec, flag, inline, &rest[i..])?;
+                i += consumed;
+            }
+            None => {
+                let value = match inline {
+                    Some(value) => value,
+                    None => match rest.get(i) {
+                        Some(next) if !looks_like_flag(next) => {
+                            i += 1;
+                            next.clone()
+                        }
+                        // a bare unknown flag: llamactl (HEAD) stores "true"
+                        _ => "true".to_string(),
+                    },
+                };
+                options.extra_args.insert(key, value);
+            }
+        }
+    }
+    if let Some(model) = positional_model {
+        options
+            .values
+            .entry("model")
+            .or_insert(OptionValue::String(model));
+    }
+    Ok(options)
+}
+
+/// Backslash-newline continuations (with any spaces around) become one space, as in a shell
+/// script pasted from a README.
+fn join_continuations(command: &str) -> String {
+    let mut out = String::with_capacity(command.len());
+    let chars: Vec<char> = command.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '\\' {
+            let mut j = i + 1;
+            while j < chars.len() && (chars[j] == ' ' || chars[j] == '\t' || chars[j] == '\r') {
+                j += 1;
+            }
+            if j < chars.len() && chars[j] == '\n' {
+                j += 1;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                out.push(' ');
+                i = j;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Skips `llama-server`, `/usr/bin/llama-server`, `LLAMA-SERVER`, `python -m mlx_lm.server`, ...
+fn skip_executable<'a>(table: &Backend, words: &'a [String]) -> &'a [String] {
+    let Some(first) = words.first() else {
+        return words;
+    };
+    let base = first
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(first)
+        .to_ascii_lowercase();
+    let base = base.strip_suffix(".exe").unwrap_or(&base);
+    let is_path = first.contains(['/', '\\']);
+    let named = table.executables.iter().any(|exe| {
+        if is_path {
+            // llamactl skips any path ending in the name (`/opt/my-llama-server`)
+            base.ends_with(exe)
+        } else {
+            base == *exe
+        }
+    });
+    if named {
+        return &words[1..];
+    }
+    if base.starts_with("python") && words.len() >= 3 && words[1] == "-m" {
+        if table.python_modules.contains(&words[2].as_str()) {
+            return &words[3..];
+        }
+    }
+    words
+}
+
+/// A word that starts a new flag rather than being a value: `-x`, `--x`, but not `-1` or `-0.5`.
+fn looks_like_flag(word: &str) -> bool {
+    word.starts_with('-') && word.len() > 1 && word.parse::<f64>().is_err()
+}
+
+/// Stores one known option; returns how many following words it consumed as its value.
+fn apply_known(
+    table: &Backend,
+    options: &mut BackendOptions,
+    spec: &'static OptionSpec,
+    flag: &str,
+    inline: Option<String>,
+    following: &[String],
+) -> Result<usize, ParseError> {
+    let invalid = |expected: &'static str, value: &str| ParseError::InvalidValue {
+        flag: flag.to_string(),
+        expected,
+        value: value.to_string(),
+    };
+    if spec.kind == OptionKind::Bool {
+        let (text, consumed) = match inline {
+            Some(text) => (Some(text), 0),
+            None => match following.first() {
+                Some(next) if parse_bool(next).is_some() => (Some(next.clone()), 1),
+                _ => (None, 0),
+            },
+        };
+        let value = match text {
+            None => true,
+            Some(text) => parse_bool(&text).ok_or_else(|| invalid("true or false", &text))?,
+        };
+        options.values.insert(spec.name, OptionValue::Bool(value));
+        return Ok(consumed);
+    }
+
+    if spec.kind == OptionKind::StringList
+        && table.repeat_in_one_flag.contains(&spec.name)
+        && inline.is_none()
+    {
+        // argparse nargs='+': every following non-flag word belongs to this flag
+        let values: Vec<String> = following
+            .iter()
+            .take_while(|w| !looks_like_flag(w))
+            .cloned()
+            .collect();
+        if values.is_empty() {
+            return Err(ParseError::MissingValue {
+                flag: flag.to_string(),
+                expected: "one or more values",
+            });
+        }
+        let consumed = values.len();
+        let entry = options
+            .values
+            .entry(spec.name)
+            .or_insert_with(|| OptionValue::StringList(Vec::new()));
+        if let OptionValue::StringList(list) = entry {
+            list.extend(values);
+        }
+        return Ok(consumed);
+    }
+    let wanted = if table.is_two_values(spec.name) && inline.is_none() {
+        2
+    } else {
+        1
+    };
+    let (text, consumed) = match inline {
+        Some(text) => (text, 0),
+        None => {
+            let values: Vec<&String> = following
+                .iter()
+                .take(wanted)
+                .take_while(|w| !looks_like_flag(w))
+                .collect();
+            if values.len() < wanted {
+                // llamactl 1.x wrote a bare --flash-attn; llama.cpp now wants on|off|auto
+                if spec.name == "flash_attn" {
+                    options
+                        .values
+                        .insert(spec.name, OptionValue::String("on".into()));
+                    return Ok(0);
+                }
+                let expected = if wanted == 2 {
+                    "two values: START END"
+                } else {
+                    super::kind_expects(spec.kind)
+                };
+                return Err(ParseError::MissingValue {
+                    flag: flag.to_string(),
+                    expected,
+                });
+            }
+            let joined = values
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            (joined, wanted)
+        }
+    };
+    let value = match spec.kind {
+        OptionKind::Int => {
+            let keyword = table
+                .int_keywords
+                .iter()
+                .find(|(name, word, _)| *name == spec.name && text.eq_ignore_ascii_case(word));
+            let number = match keyword {
+                Some((_, _, number)) => *number,
+                None => text
+                    .parse::<i64>()
+                    .map_err(|_| invalid("an integer", &text))?,
+            };
+            if spec.name == "port" {
+                if number == 0 {
+                    options.values.remove("port");
+                    return Ok(consumed);
+                }
+                if !(1..=65535).contains(&number) {
+                    return Err(invalid("a port (1-65535)", &text));
+                }
+            }
+            OptionValue::Int(number)
+        }
+        OptionKind::Float => {
+            let number = text
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| invalid("a number", &text))?;
+            OptionValue::Float(number)
+        }
+        OptionKind::StringList => {
+            let entry = options
+                .values
+                .entry(spec.name)
+                .or_insert_with(|| OptionValue::StringList(Vec::new()));
+            if let OptionValue::StringList(list) = entry {
+                list.push(text);
+            }
+            return Ok(consumed);
+        }
+        OptionKind::String => {
+            let text = match (spec.name, parse_bool(&text)) {
+                ("flash_attn", Some(b)) => (if b { "on" } else { "off" }).to_string(),
+                _ => text,
+            };
+            if let Some(choices) = table.choices(spec.name) {
+                if !choices.contains(&text.as_str()) {
+                    return Err(ParseError::InvalidValue {
+                        flag: flag.to_string(),
+                        expected: "one of the listed values",
+                        value: format!("{text} (allowed: {})", choices.join(", ")),
+                    });
+                }
+            }
+            OptionValue::String(text)
+        }
+        OptionKind::Bool => {
+            OptionValue::Bool(parse_bool(&text).ok_or_else(|| invalid("true or false", &text))?)
+        }
+    };
+    options.values.insert(spec.name, value);
+    Ok(consumed)
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    if text.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if text.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,145 @@
+//! Readiness: polls the backend's health URL until it answers 200, then keeps checking it now and
+//! then so a backend that stops answering shows as `unhealthy`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The first poll comes this soon after the spawn; a tiny model is ready in milliseconds.
+const FIRST_DELAY: Duration = Duration::from_millis(5);
+/// The backoff between polls while starting grows up to this.
+const MAX_DELAY: Duration = Duration::from_millis(250);
+/// Period of the health check once the backend has been ready.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// One probe gives up after this; a backend busy generating may answer slowly.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A change of the backend's answer, sent to the supervisor task (the only writer of the state).
+#[derive(Debug)]
+pub(super) struct Probe {
+    /// Which spawn the probe belongs to; answers about an earlier process are dropped.
+    pub(super) generation: u64,
+    pub(super) healthy: bool,
+}
+
+/// Runs for the life of one process: reports the first 200, then every change of health.
+pub(super) async fn watch_health(
+    url: String,
+    generation: u64,
+    report: mpsc::UnboundedSender<Probe>,
+) {
+    let Some(target) = Target::parse(&url) else {
+        tracing::warn!(%url, "the health URL is not a plain http:// URL; the instance will never be ready");
+        return;
+    };
+    let mut delay = FIRST_DELAY;
+    while !target.is_healthy().await {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_DELAY);
+    }
+    let mut healthy = true;
+    loop {
+        if report
+            .send(Probe {
+                generation,
+                healthy,
+            })
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            if target.is_healthy().await != healthy {
+                healthy = !healthy;
+                break;
+            }
+        }
+    }
+}
+
+/// Where to send the health GET.
+struct Target {
+    /// `host:port` (or `[v6]:port`), as given; also the Host header.
+    authority: String,
+    /// Path and query, `/` when the URL has none.
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Option<Self> {
+        let rest = url.strip_prefix("http://")?;
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return None;
+        }
+        Some(Self {
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// One GET; true only for a `200` status line. A minimal HTTP/1.1 request is enough here and
+    /// needs no connection pool: the backend answers on 127.0.0.1.
+    async fn is_healthy(&self) -> bool {
+        let probe = async {
+            let mut stream = TcpStream::connect(&self.authority).await?;
+            let request = format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: corral\r\n\r\n",
+                self.path, self.authority
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut head = Vec::with_capacity(64);
+            let mut byte = [0u8; 256];
+            while !head.contains(&b'\n') && head.len() < 1024 {
+                let read = stream.read(&mut byte).await?;
+                if read == 0 {
+                    break;
+                }
+                head.extend_from_slice(&byte[..read]);
+            }
+            Ok::<bool, std::io::Error>(status_is_200(&head))
+        };
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+            Ok(Ok(true))
+        )
+    }
+}
+
+fn status_is_200(head: &[u8]) -> bool {
+    let line = head.split(|&byte| byte == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&byte| byte == b' ');
+    matches!((words.next(), words.next()), (Some(version), Some(b"200")) if version.starts_with(b"HTTP/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_200_status_line_counts_as_healthy() {
+        assert!(status_is_200(b"HTTP/1.1 200 OK\r\n"));
+        assert!(status_is_200(b"HTTP/1.0 200\r\n"));
+        assert!(!status_is_200(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!status_is_200(b"HTTP/1.1 2000 odd\r\n"));
+        assert!(!status_is_200(b""));
+    }
+
+    #[test]
+    fn health_urls_split_into_address_and_path() {
+        let target = Target::parse("http://127.0.0.1:8081/health").unwrap();
+        assert_eq!(
+            (target.authority.as_str(), target.path.as_str()),
+            ("127.0.0.1:8081", "/health")
+        );
+        let bare = Target::parse("http://localhost:9").unwrap();
+        assert_eq!(bare.path, "/");
+        assert!(Target::parse("https://x:1/health").is_none());
+    }
+}

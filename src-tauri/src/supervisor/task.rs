@@ -1,0 +1,328 @@
+//! The supervisor task of one instance: the only owner of its child process and the only writer
+//! of its state. Commands arrive over a channel; exits, readiness probes, the restart delay and
+//! the restart-counter reset are the other events it waits on.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::logs::LogSink;
+use super::readiness::Probe;
+use super::restart::{self, AfterExit};
+use super::spawn::{self, LaunchContext, Running};
+use super::{
+    stop, Health, LaunchSpec, RestartPolicy, RuntimeState, Status, SupervisorError,
+    SupervisorSettings,
+};
+
+/// A command from a [`super::Supervisor`] handle, with the channel for its answer.
+pub(super) enum Request {
+    Start {
+        spec: LaunchSpec,
+        policy: RestartPolicy,
+        reply: oneshot::Sender<Result<RuntimeState, SupervisorError>>,
+    },
+    Stop {
+        reply: oneshot::Sender<RuntimeState>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Starts the task; returns the handle's ends of the command and state channels.
+pub(super) fn spawn_task(
+    name: &str,
+    settings: Arc<SupervisorSettings>,
+    log: Arc<LogSink>,
+) -> (mpsc::Sender<Request>, watch::Receiver<RuntimeState>) {
+    // Commands are few and each waits for its answer: a small buffer is plenty.
+    let (commands_tx, commands) = mpsc::channel(16);
+    let (state, state_rx) = watch::channel(RuntimeState {
+        status: Status::Stopped,
+        health: None,
+        pid: None,
+        started_at: None,
+        restarts: 0,
+        error: None,
+    });
+    let (probes_tx, probes) = mpsc::unbounded_channel();
+    let task = Task {
+        name: name.to_string(),
+        settings,
+        log,
+        state,
+        commands,
+        probes_tx,
+        probes,
+        launch: None,
+        child: None,
+        generation: 0,
+        restart_at: None,
+        reset_counter_at: None,
+    };
+    tokio::spawn(task.run());
+    (commands_tx, state_rx)
+}
+
+struct Task {
+    name: String,
+    settings: Arc<SupervisorSettings>,
+    log: Arc<LogSink>,
+    /// The published state; this task is its only writer.
+    state: watch::Sender<RuntimeState>,
+    commands: mpsc::Receiver<Request>,
+    /// Given to each readiness watch; answers come back on `probes`.
+    probes_tx: mpsc::UnboundedSender<Probe>,
+    probes: mpsc::UnboundedReceiver<Probe>,
+    /// What the last manual start ran, for automatic restarts.
+    launch: Option<(LaunchSpec, RestartPolicy)>,
+    /// The running backend, if any.
+    child: Option<Running>,
+    /// Counts spawns, so probes of an earlier process are told apart.
+    generation: u64,
+    /// When a pending automatic restart is due; `None` when none is pending.
+    restart_at: Option<Instant>,
+    /// When the restart counter goes back to 0, if the backend stays ready until then.
+    reset_counter_at: Option<Instant>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                request = self.commands.recv() => match request {
+                    Some(Request::Start { spec, policy, reply }) => {
+                        let _ = reply.send(self.start(spec, policy));
+                    }
+                    Some(Request::Stop { reply }) => {
+                        self.stop().await;
+                        let _ = reply.send(self.state.borrow().clone());
+                    }
+                    Some(Request::Shutdown { reply }) => {
+                        self.stop().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    // Every handle is gone: nobody can stop the backend any more, so stop it now.
+                    None => {
+                        self.stop().await;
+                        return;
+                    }
+                },
+                exit = wait_for_exit(&mut self.child) => self.exited(exit).await,
+                Some(probe) = self.probes.recv() => self.probed(probe),
+                () = sleep_until(self.restart_at) => self.restart(),
+                () = sleep_until(self.reset_counter_at) => {
+                    self.reset_counter_at = None;
+                    self.state.send_modify(|state| state.restarts = 0);
+                }
+            }
+        }
+    }
+
+    /// A manual start: resets the restart counter and cancels a pending restart.
+    fn start(
+        &mut self,
+        spec: LaunchSpec,
+        policy: RestartPolicy,
+    ) -> Result<RuntimeState, SupervisorError> {
+        if self.child.is_some() {
+            return Ok(self.state.borrow().clone());
+        }
+        let was_restarting = self.restart_at.take().is_some();
+        self.reset_counter_at = None;
+        self.state.send_modify(|state| state.restarts = 0);
+        let result = self.spawn(&spec);
+        self.launch = Some((spec, policy));
+        match result {
+            Ok(()) => Ok(self.state.borrow().clone()),
+            Err(err) => {
+                self.state.send_modify(|state| {
+                    // The restart it replaced is gone too: nothing is running or about to.
+                    if was_restarting {
+                        *state = stopped_state(Status::Failed, state.restarts);
+                    }
+                    state.error = Some(err.to_string());
+                });
+                Err(err)
+            }
+        }
+    }
+
+    /// Spawns the backend of the current launch and publishes `running`/`starting`.
+    fn spawn(&mut self, spec: &LaunchSpec) -> Result<(), SupervisorError> {
+        self.generation += 1;
+        let context = LaunchContext {
+            name: &self.name,
+            run_dir: &self.settings.run_dir,
+            log: &self.log,
+            generation: self.generation,
+            probes: &self.probes_tx,
+        };
+        match spawn::launch(spec, context) {
+            Ok(running) => {
+                let pid = running.pid;
+                self.child = Some(running);
+                self.state.send_modify(|state| {
+                    state.status = Status::Running;
+                    state.health = Some(Health::Starting);
+                    state.pid = Some(pid);
+                    state.started_at = Some(unix_now());
+                    state.error = None;
+                });
+                Ok(())
+            }
+            Err(err) => {
+                self.log
+                    .note(&format!("Could not start instance {}: {err}", self.name));
+                Err(err)
+            }
+        }
+    }
+
+    /// The stop verb; also ends a pending restart. The state ends `stopped` unless there was
+    /// nothing to stop (then it is unchanged, `failed` included).
+    async fn stop(&mut self) {
+        self.reset_counter_at = None;
+        if self.restart_at.take().is_some() {
+            self.state
+                .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts));
+        }
+        let Some(mut running) = self.child.take() else {
+            return;
+        };
+        // Published first, so nobody takes the coming exit for a crash or waits for readiness.
+        self.state
+            .send_modify(|state| state.health = Some(Health::Stopping));
+        if let Err(err) = stop::stop(&mut running, self.settings.stop_grace).await {
+            tracing::warn!(instance = %self.name, "cannot reap the backend: {err}");
+        }
+        stop::finish(running, &self.log, &self.name).await;
+        self.state
+            .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts));
+    }
+
+    /// The backend exited on its own: stopped, restart later, or failed.
+    async fn exited(&mut self, exit: std::io::Result<std::process::ExitStatus>) {
+        self.reset_counter_at = None;
+        let Some(running) = self.child.take() else {
+            return;
+        };
+        stop::finish(running, &self.log, &self.name).await;
+        let Some((_, policy)) = &self.launch else {
+            return;
+        };
+        let restarts = self.state.borrow().restarts;
+        match restart::after_exit(&exit, policy, restarts) {
+            AfterExit::Stopped => self
+                .state
+                .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts)),
+            AfterExit::Failed { reason } => {
+                self.log
+                    .note(&format!("Instance {} failed: {reason}", self.name));
+                self.state.send_modify(|state| {
+                    *state = stopped_state(Status::Failed, state.restarts);
+                    state.error = Some(reason);
+                });
+            }
+            AfterExit::Restart {
+                attempt,
+                delay,
+                reason,
+            } => {
+                self.log.note(&format!(
+                    "Auto-restarting instance {} (attempt {attempt}/{}) in {} s",
+                    self.name,
+                    policy.max_restarts,
+                    delay.as_secs_f32()
+                ));
+                self.restart_at = Some(Instant::now() + delay);
+                self.state.send_modify(|state| {
+                    state.status = Status::Running;
+                    state.health = Some(Health::Restarting);
+                    state.pid = None;
+                    state.started_at = None;
+                    state.restarts = attempt;
+                    state.error = Some(reason);
+                });
+            }
+        }
+    }
+
+    /// The restart delay is over: spawn again (the counter was raised when it was scheduled).
+    fn restart(&mut self) {
+        self.restart_at = None;
+        let Some((spec, _)) = self.launch.clone() else {
+            return;
+        };
+        if let Err(err) = self.spawn(&spec) {
+            self.state.send_modify(|state| {
+                *state = stopped_state(Status::Failed, state.restarts);
+                state.error = Some(format!("the automatic restart failed: {err}"));
+            });
+        }
+    }
+
+    /// A readiness answer: `ready` on 200, `unhealthy` when a ready backend stops answering.
+    fn probed(&mut self, probe: Probe) {
+        if self.child.is_none() || probe.generation != self.generation {
+            return;
+        }
+        let health = self.state.borrow().health;
+        match (probe.healthy, health) {
+            (true, Some(Health::Starting | Health::Unhealthy)) => {
+                if self.state.borrow().restarts > 0 {
+                    self.reset_counter_at =
+                        Some(Instant::now() + self.settings.restart_reset_after);
+                }
+                self.state
+                    .send_modify(|state| state.health = Some(Health::Ready));
+            }
+            (false, Some(Health::Ready)) => {
+                self.reset_counter_at = None;
+                self.state
+                    .send_modify(|state| state.health = Some(Health::Unhealthy));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The state of an instance with no process and no restart pending.
+fn stopped_state(status: Status, restarts: u32) -> RuntimeState {
+    RuntimeState {
+        status,
+        health: None,
+        pid: None,
+        started_at: None,
+        restarts,
+        error: None,
+    }
+}
+
+/// The exit of the running backend; never resolves while there is none.
+async fn wait_for_exit(child: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(running) => running.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}
