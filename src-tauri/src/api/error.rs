@@ -52,6 +52,7 @@ impl From<InstanceError> for ApiError {
             E::UnknownBackendType(_) => (StatusCode::BAD_REQUEST, "unknown_backend_type"),
             E::NotFound(_) => (StatusCode::NOT_FOUND, "instance_not_found"),
             E::AlreadyExists(_) => (StatusCode::CONFLICT, "instance_exists"),
+            E::UnloadedDefinition { .. } => (StatusCode::CONFLICT, "instance_exists"),
             E::MaxInstances(_) => (StatusCode::CONFLICT, "max_instances_reached"),
             E::MaxRunning(_) => (StatusCode::CONFLICT, "max_running_instances_reached"),
             E::PortTaken { .. } => (StatusCode::CONFLICT, "port_taken"),

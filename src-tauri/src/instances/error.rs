@@ -17,6 +17,8 @@ pub enum InstanceError {
     NotFound(String),
     #[error("an instance named '{0}' already exists: choose another name or update it with PUT")]
     AlreadyExists(String),
+    #[error("{} exists but could not be loaded at start: fix or remove that file before creating '{name}' again", path.display())]
+    UnloadedDefinition { name: String, path: PathBuf },
     #[error("the maximum number of instances ({0}) is reached: delete an instance first or raise instances.max_instances")]
     MaxInstances(usize),
     #[error("the maximum number of running instances ({0}) is reached: stop an instance first or raise instances.max_running_instances")]

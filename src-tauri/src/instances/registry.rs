@@ -416,6 +416,14 @@ impl Registry {
         validate_name(name)?;
         let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
         self.refuse_when_shutting_down()?;
+        // A definition that failed to load is still the user's: never overwrite it.
+        let file = store::definition_path(&self.config.instances.configs_dir, name);
+        if !lock(&self.table).instances.contains_key(name) && file.exists() {
+            return Err(InstanceError::UnloadedDefinition {
+                name: name.to_owned(),
+                path: file,
+            });
+        }
         // Locked before the instance becomes visible, so no other operation can come first.
         let op = Arc::new(tokio::sync::Mutex::new(()));
         let _op = Arc::clone(&op).lock_owned().await;
