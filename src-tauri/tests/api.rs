@@ -1,4 +1,5 @@
 //! The management API over a real listener, with `tests/fixtures/fake_backend.py` as the backend.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
@@ -1139,5 +1140,50 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
     assert!(schemas["LlamaCppOptions"]["properties"]["gpu_layers"].is_object());
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_starts_never_exceed_the_running_limit_nor_spawn_twice() {
+    let dir = data_dir();
+    let mut config = test_config(dir.path());
+    config.instances.max_running_instances = Some(1);
+    let engine = Engine::start(config).await;
+    for name in ["left", "right"] {
+        engine.create(name, llama(json!({}))).await;
+        engine.post(&format!("/api/v1/instances/{name}/stop")).await;
+    }
+
+    let (left, right) = tokio::join!(
+        engine.post("/api/v1/instances/left/start"),
+        engine.post("/api/v1/instances/right/start"),
+    );
+    let mut statuses = [left.status().as_u16(), right.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "exactly one start wins the last slot");
+    let list: Value = engine.get("/api/v1/instances").await.json().await.unwrap();
+    let running = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "running")
+        .count();
+    assert_eq!(running, 1);
+
+    // Two starts of the same instance share one process.
+    let winner = if left.status() == 200 {
+        "left"
+    } else {
+        "right"
+    };
+    engine
+        .post(&format!("/api/v1/instances/{winner}/stop"))
+        .await;
+    let path = format!("/api/v1/instances/{winner}/start");
+    let (first, second) = tokio::join!(engine.post(&path), engine.post(&path));
+    let first: Value = first.json().await.unwrap();
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["status"], "running");
+    assert_eq!(first["pid"], second["pid"]);
     engine.stop().await;
 }

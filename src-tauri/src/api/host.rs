@@ -67,6 +67,7 @@ fn host_name(host: &str) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::host_name;
 

@@ -194,6 +194,7 @@ fn backend_path(path: &str) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::backend_path;
 

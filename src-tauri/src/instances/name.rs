@@ -30,6 +30,7 @@ pub fn validate_name(name: &str) -> Result<(), InstanceError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

@@ -16,6 +16,7 @@ pub fn lowest_free(range: (u16, u16), reserved: impl Fn(u16) -> bool) -> Option<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

@@ -116,6 +116,7 @@ pub fn load_dir(dir: &Path) -> Vec<(String, PathBuf, RecordIn)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
