@@ -656,13 +656,15 @@ async fn proxy_forwards_to_the_backend_with_path_query_and_body() {
 
     let health = engine.get("/api/v1/instances/px/proxy/health").await;
     assert_eq!(health.status(), 200);
-    assert!(
-        health
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none_or(|v| v != "https://backend.example"),
-        "the backend's CORS headers are dropped"
-    );
+    // The backend's CORS headers are dropped; Corral's own CORS layer decides.
+    assert!(health
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+    assert!(health
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none_or(|v| v != "https://backend.example"));
     assert_eq!(
         health.json::<Value>().await.unwrap(),
         json!({"status": "ok"})
@@ -1140,6 +1142,82 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
     assert!(schemas["LlamaCppOptions"]["properties"]["gpu_layers"].is_object());
+
+    // Every reference points at a schema of the document.
+    fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    found.push(target);
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&document, &mut found);
+    assert!(found.contains(&"#/components/schemas/VllmOptions"));
+    for target in found {
+        let name = target.strip_prefix("#/components/schemas/").unwrap();
+        assert!(schemas.contains_key(name), "dangling $ref {target}");
+    }
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let dir = data_dir();
+    let mut config = test_config(dir.path());
+    config.server.allowed_origins = vec!["http://ui.example".into()];
+    let engine = Engine::start(config).await;
+    let url = engine.url("/api/v1/instances");
+
+    let allowed = engine
+        .client
+        .get(&url)
+        .header("Origin", "http://ui.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://ui.example"
+    );
+    let other = engine
+        .client
+        .get(&url)
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let preflight = engine
+        .client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("Origin", "http://ui.example")
+        .header("Access-Control-Request-Method", "DELETE")
+        .header("Access-Control-Request-Headers", "x-api-key")
+        .send()
+        .await
+        .unwrap();
+    let methods = preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        methods.contains("DELETE") && methods.contains("PUT"),
+        "{methods}"
+    );
+    let headers = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        headers.contains("x-api-key") && headers.contains("authorization"),
+        "{headers}"
+    );
     engine.stop().await;
 }
 
