@@ -1221,47 +1221,58 @@ async fn cors_allows_only_the_configured_origins() {
     engine.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_starts_never_exceed_the_running_limit_nor_spawn_twice() {
     let dir = data_dir();
     let mut config = test_config(dir.path());
     config.instances.max_running_instances = Some(1);
     let engine = Engine::start(config).await;
-    for name in ["left", "right"] {
+    let names = ["one", "two", "three", "four", "five"];
+    for name in names {
         engine.create(name, llama(json!({}))).await;
         engine.post(&format!("/api/v1/instances/{name}/stop")).await;
     }
 
-    let (left, right) = tokio::join!(
-        engine.post("/api/v1/instances/left/start"),
-        engine.post("/api/v1/instances/right/start"),
+    let starts = names.map(|name| engine.post_owned(format!("/api/v1/instances/{name}/start")));
+    let answers = futures_util::future::join_all(starts).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status().as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        1,
+        "{statuses:?}"
     );
-    let mut statuses = [left.status().as_u16(), right.status().as_u16()];
-    statuses.sort_unstable();
-    assert_eq!(statuses, [200, 409], "exactly one start wins the last slot");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 409).count(),
+        4,
+        "{statuses:?}"
+    );
     let list: Value = engine.get("/api/v1/instances").await.json().await.unwrap();
-    let running = list
+    let running: Vec<&str> = list
         .as_array()
         .unwrap()
         .iter()
         .filter(|i| i["status"] == "running")
-        .count();
-    assert_eq!(running, 1);
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(running.len(), 1, "{running:?}");
 
-    // Two starts of the same instance share one process.
-    let winner = if left.status() == 200 {
-        "left"
-    } else {
-        "right"
-    };
+    // Concurrent starts of one instance share one process.
+    let winner = running[0];
     engine
         .post(&format!("/api/v1/instances/{winner}/stop"))
         .await;
     let path = format!("/api/v1/instances/{winner}/start");
-    let (first, second) = tokio::join!(engine.post(&path), engine.post(&path));
-    let first: Value = first.json().await.unwrap();
-    let second: Value = second.json().await.unwrap();
-    assert_eq!(first["status"], "running");
-    assert_eq!(first["pid"], second["pid"]);
+    let answers =
+        futures_util::future::join_all((0..4).map(|_| engine.post_owned(path.clone()))).await;
+    let mut pids = std::collections::BTreeSet::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+        pids.insert(
+            answer.json::<Value>().await.unwrap()["pid"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(pids.len(), 1, "{pids:?}");
     engine.stop().await;
 }

@@ -157,6 +157,14 @@ impl Engine {
         self.client.post(self.url(path)).send().await.unwrap()
     }
 
+    /// `post` for futures that must not borrow the path (`join_all` over a list).
+    pub fn post_owned(
+        &self,
+        path: String,
+    ) -> impl std::future::Future<Output = reqwest::Response> + '_ {
+        async move { self.post(&path).await }
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
