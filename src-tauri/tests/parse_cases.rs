@@ -1,6 +1,9 @@
 //! Parse-command against llamactl's recorded cases (`shared/spec/llamactl-parse-cases.json`) and
 //! against command lines written from each tool's real `--help`.
 
+// A failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use corral::backends::{parse_command, BackendOptions, BackendType};
@@ -287,6 +290,7 @@ fn a_switch_followed_by_a_plain_word_leaves_the_word_as_a_stray_value() {
 fn malformed_commands_are_parse_errors_with_a_reason() {
     for (command, needle) in [
         ("llama-server ---model x", "malformed flag: ---model"),
+        ("llama-server --a/b x", "malformed flag: --a/b"),
         ("llama-server --alias 'open", "unterminated quoted string"),
         ("llama-server --ctx-size", "--ctx-size needs a value"),
         (

@@ -57,6 +57,10 @@ pub(super) fn parse_command(
                 i += consumed;
             }
             None => {
+                // the key must survive the JSON the API stores (same rule as extra_args there)
+                if super::validate_extra_key(table, &key).is_err() {
+                    return Err(ParseError::MalformedFlag(word.clone()));
+                }
                 let value = match inline {
                     Some(value) => value,
                     None => match rest.get(i) {
@@ -132,10 +136,12 @@ fn skip_executable<'a>(table: &Backend, words: &'a [String]) -> &'a [String] {
     if named {
         return &words[1..];
     }
-    if base.starts_with("python") && words.len() >= 3 && words[1] == "-m" {
-        if table.python_modules.contains(&words[2].as_str()) {
-            return &words[3..];
-        }
+    if base.starts_with("python")
+        && words.len() >= 3
+        && words[1] == "-m"
+        && table.python_modules.contains(&words[2].as_str())
+    {
+        return &words[3..];
     }
     words
 }

@@ -1,5 +1,8 @@
 //! Unit tests of the option tables, JSON validation and argv building.
 
+// A failed unwrap is a failed test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
 use serde_json::json;
 
 use super::*;

@@ -266,5 +266,7 @@ pub fn clean_up_leftovers(run_dir: &std::path::Path) -> Vec<String> {
     pidfile::clean_up_leftovers(run_dir)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
+// Tests may unwrap: a panic is how they fail.
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -114,11 +114,14 @@ impl Target {
 
 fn status_is_200(head: &[u8]) -> bool {
     let line = head.split(|&byte| byte == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut words = line.split(|&byte| byte == b' ');
     matches!((words.next(), words.next()), (Some(version), Some(b"200")) if version.starts_with(b"HTTP/"))
 }
 
 #[cfg(test)]
+// Tests may unwrap: a panic is how they fail.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -76,6 +76,8 @@ pub(super) fn describe(status: &ExitStatus) -> String {
 }
 
 #[cfg(all(test, unix))]
+// Tests may unwrap: a panic is how they fail.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::os::unix::process::ExitStatusExt;
 

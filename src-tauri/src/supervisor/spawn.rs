@@ -33,6 +33,16 @@ pub(super) struct Running {
     pub(super) pid_file: Option<PathBuf>,
 }
 
+impl Drop for Running {
+    /// Torn down without an orderly stop (the runtime is shutting down): the group guard and
+    /// `kill_on_drop` end the processes, so the pid file no longer describes anything.
+    fn drop(&mut self) {
+        if let Some(path) = self.pid_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// What one launch needs besides the spec.
 pub(super) struct LaunchContext<'a> {
     pub(super) name: &'a str,
@@ -59,9 +69,7 @@ pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running
     #[cfg(target_os = "linux")]
     die_with_parent(&mut command);
 
-    let mut child = command
-        .spawn()
-        .map_err(|err| spawn_error(&spec.program, err))?;
+    let mut child = spawn_command(command).map_err(|err| spawn_error(&spec.program, err))?;
     let pid = child.id().ok_or_else(|| SupervisorError::Spawn {
         program: spec.program.clone(),
         source: std::io::Error::other("the process exited before its pid could be read"),
@@ -112,9 +120,55 @@ fn spawn_error(program: &str, err: std::io::Error) -> SupervisorError {
     }
 }
 
+/// The parent-death signal fires when the *thread* that spawned the child exits, not the engine.
+/// Runtime threads can come and go (the blocking pool, `block_in_place`), so on Linux every
+/// backend is spawned from one thread that lives as long as the engine process.
+#[cfg(target_os = "linux")]
+fn spawn_command(mut command: Command) -> std::io::Result<Child> {
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::{Mutex, OnceLock};
+
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: OnceLock<Option<Mutex<std_mpsc::Sender<Job>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("corral-spawner".to_string())
+            .spawn(move || queue.iter().for_each(|job| job()))
+            .ok()
+            .map(|_| Mutex::new(jobs))
+    });
+    let Some(jobs) = spawner else {
+        // Without the thread, spawning here still works; only the signal is less reliable.
+        return command.spawn();
+    };
+    // The child registers with the caller's runtime, which reaps it.
+    let runtime = tokio::runtime::Handle::current();
+    let (reply, answer) = std_mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _context = runtime.enter();
+        let _ = reply.send(command.spawn());
+    });
+    let sent = jobs
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send(job);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the spawner thread is gone"));
+    }
+    // Blocks this worker for one fork and exec, as a direct spawn would.
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_command(mut command: Command) -> std::io::Result<Child> {
+    command.spawn()
+}
+
 /// Asks Linux to SIGKILL the child when the engine dies, so even a SIGKILLed engine leaves no
-/// backend behind. The signal fires when the spawning *thread* exits: backends are spawned from
-/// the supervisor task on a runtime worker thread, which lives as long as the engine's runtime.
+/// backend behind (see [`spawn_command`] for the thread it is spawned from).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn die_with_parent(command: &mut Command) {

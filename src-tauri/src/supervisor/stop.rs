@@ -35,11 +35,12 @@ pub(super) async fn finish(mut running: Running, log: &LogSink, name: &str) {
             abort.abort();
         }
     }
-    if let Some(path) = &running.pid_file {
-        if let Err(err) = std::fs::remove_file(path) {
+    if let Some(path) = running.pid_file.take() {
+        if let Err(err) = std::fs::remove_file(&path) {
             tracing::warn!(path = %path.display(), "cannot remove the pid file: {err}");
         }
     }
+    drop(running);
     log.stopped(name);
 }
 

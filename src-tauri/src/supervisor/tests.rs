@@ -1,1 +1,770 @@
+//! Behaviour of the supervisor against small fake backends: a Python HTTP server answering
+//! `/health`, and shell scripts that print, crash or ignore signals.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::*;
+
+/// Generous: two busy cores, and Python takes a while to start.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const FAKE_BACKEND: &str = r#"
+import http.server, os, sys
+port = int(sys.argv[1])
+crash_once = os.environ.get("CRASH_ONCE_FILE")
+if crash_once and not os.path.exists(crash_once):
+    open(crash_once, "w").close()
+    print("crashing on purpose", flush=True)
+    sys.exit(3)
+sick = os.environ.get("SICK_FILE")
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        healthy = self.path == "/health" and not (sick and os.path.exists(sick))
+        self.send_response(200 if healthy else 503)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+print(f"serving on {port}", flush=True)
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+struct Fixture {
+    dir: TempDir,
+    settings: Arc<SupervisorSettings>,
+    supervisor: Supervisor,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        Self::with(name, |_| {})
+    }
+
+    fn with(name: &str, adjust: impl FnOnce(&mut SupervisorSettings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings_in(dir.path());
+        adjust(&mut settings);
+        let settings = Arc::new(settings);
+        let supervisor = Supervisor::new(name, settings.clone());
+        Self {
+            dir,
+            settings,
+            supervisor,
+        }
+    }
+
+    /// A spec running the fake HTTP backend on a free port.
+    fn http_backend(&self, env: &[(&str, PathBuf)]) -> LaunchSpec {
+        let script = self.dir.path().join("backend.py");
+        std::fs::write(&script, FAKE_BACKEND).unwrap();
+        let port = free_port();
+        LaunchSpec {
+            program: "python3".to_string(),
+            args: vec![script.display().to_string(), port.to_string()],
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.display().to_string()))
+                .collect(),
+            health_url: format!("http://127.0.0.1:{port}/health"),
+        }
+    }
+
+    fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.settings.logs_dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+}
+
+fn settings_in(dir: &Path) -> SupervisorSettings {
+    SupervisorSettings {
+        logs_dir: dir.join("logs"),
+        run_dir: dir.join("run"),
+        stop_grace: Duration::from_secs(10),
+        log_max_bytes: 100 * 1024 * 1024,
+        log_keep_files: 3,
+        restart_reset_after: Duration::from_secs(600),
+    }
+}
+
+/// A backend that is a shell script; its health URL points at a port nobody listens on.
+fn shell(script: &str) -> LaunchSpec {
+    LaunchSpec {
+        program: "sh".to_string(),
+        args: vec!["-c".to_string(), script.to_string()],
+        env: Vec::new(),
+        health_url: format!("http://127.0.0.1:{}/health", free_port()),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn policy(auto_restart: bool, max_restarts: u32, restart_delay: Duration) -> RestartPolicy {
+    RestartPolicy {
+        auto_restart,
+        max_restarts,
+        restart_delay,
+    }
+}
+
+fn no_restart() -> RestartPolicy {
+    policy(false, 0, Duration::ZERO)
+}
+
+/// Follows the state until `done` holds; returns every state seen on the way (the last matches).
+async fn states_until(
+    supervisor: &Supervisor,
+    done: impl Fn(&RuntimeState) -> bool,
+) -> Vec<RuntimeState> {
+    let mut rx = supervisor.subscribe();
+    let mut seen = Vec::new();
+    let follow = async {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let finished = done(&state);
+            seen.push(state);
+            if finished {
+                return;
+            }
+            rx.changed().await.unwrap();
+        }
+    };
+    if tokio::time::timeout(PATIENCE, follow).await.is_err() {
+        panic!("the expected state never came; seen: {seen:#?}");
+    }
+    seen
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn is_alive(pid: u32) -> bool {
+    let pid_t = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    if nix::sys::signal::kill(pid_t, None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => cfg!(not(target_os = "linux")),
+    }
+}
+
+/// Polls until `pid` is gone; false if it still runs after the patience runs out.
+async fn gone(pid: u32) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if !is_alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Polls `condition` until it holds; panics when the patience runs out.
+async fn eventually(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "the condition never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+async fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn started_instance_becomes_ready_and_stop_leaves_no_process() {
+    let fx = Fixture::new("srv");
+    let started = fx
+        .supervisor
+        .start(fx.http_backend(&[]), no_restart())
+        .await
+        .unwrap();
+    assert_eq!(started.status, Status::Running);
+    assert_eq!(started.health, Some(Health::Starting));
+    assert!(started.started_at.is_some());
+    let pid = started.pid.unwrap();
+    assert!(
+        fx.settings.run_dir.join("srv.pid").exists(),
+        "a running child has a pid file"
+    );
+
+    fx.supervisor.wait_ready(PATIENCE).await.unwrap();
+    assert_eq!(fx.supervisor.state().health, Some(Health::Ready));
+
+    let stopped = fx.supervisor.stop().await.unwrap();
+    assert_eq!(stopped.status, Status::Stopped);
+    assert_eq!(
+        (stopped.health, stopped.pid, stopped.started_at),
+        (None, None, None)
+    );
+    assert!(!is_alive(pid), "the backend was reaped by the stop");
+    assert!(!fx.settings.run_dir.join("srv.pid").exists());
+
+    let again = fx.supervisor.stop().await.unwrap();
+    assert_eq!(
+        again, stopped,
+        "stopping a stopped instance changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn starting_a_running_instance_returns_its_state_unchanged() {
+    let fx = Fixture::new("twice");
+    let first = fx
+        .supervisor
+        .start(fx.http_backend(&[]), no_restart())
+        .await
+        .unwrap();
+    let second = fx
+        .supervisor
+        .start(fx.http_backend(&[]), no_restart())
+        .await
+        .unwrap();
+    assert_eq!(first.pid, second.pid);
+    fx.supervisor.shutdown().await;
+    assert!(!is_alive(first.pid.unwrap()));
+}
+
+#[tokio::test]
+async fn backend_ignoring_sigint_is_killed_after_the_grace() {
+    let fx = Fixture::with("stubborn", |settings| {
+        settings.stop_grace = Duration::from_millis(500)
+    });
+    let script = "trap '' INT; echo ignoring; while true; do sleep 0.1; done";
+    let pid = fx
+        .supervisor
+        .start(shell(script), no_restart())
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
+    eventually(|| fx.log_text("stubborn").contains("ignoring")).await;
+
+    let began = Instant::now();
+    let stopped = fx.supervisor.stop().await.unwrap();
+    assert!(
+        began.elapsed() >= Duration::from_millis(500),
+        "SIGKILL came before the grace ended"
+    );
+    assert_eq!(stopped.status, Status::Stopped);
+    assert!(!is_alive(pid));
+}
+
+#[tokio::test]
+async fn stop_kills_grandchildren_in_the_process_group() {
+    let fx = Fixture::new("family");
+    let marker = fx.dir.path().join("grandchild.pid");
+    // A background job of a non-interactive shell ignores SIGINT: only the group kill reaches it.
+    let script = format!("sleep 300 & echo $! > '{}'; wait", marker.display());
+    fx.supervisor
+        .start(shell(&script), no_restart())
+        .await
+        .unwrap();
+    let grandchild: u32 = wait_for_file(&marker).await.trim().parse().unwrap();
+    assert!(is_alive(grandchild));
+
+    fx.supervisor.stop().await.unwrap();
+    assert!(
+        gone(grandchild).await,
+        "the grandchild {grandchild} survived the stop"
+    );
+}
+
+#[tokio::test]
+async fn crashing_backend_is_restarted_until_max_restarts_then_fails() {
+    let fx = Fixture::new("crashy");
+    let spec = shell("echo booting; sleep 0.2; exit 3");
+    fx.supervisor
+        .start(spec, policy(true, 2, Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let seen = states_until(&fx.supervisor, |state| state.status == Status::Failed).await;
+
+    assert!(seen
+        .iter()
+        .any(|state| state.health == Some(Health::Restarting) && state.status == Status::Running));
+    let pids: std::collections::BTreeSet<u32> = seen.iter().filter_map(|state| state.pid).collect();
+    assert_eq!(pids.len(), 3, "one launch and two restarts: {seen:#?}");
+    let failed = seen.last().unwrap();
+    assert_eq!(failed.restarts, 2);
+    let error = failed.error.as_deref().unwrap();
+    assert!(
+        error.contains("exited with code 3") && error.contains("after 2 restarts"),
+        "{error}"
+    );
+    let log = fx.log_text("crashy");
+    assert_eq!(count(&log, "=== Instance crashy started at "), 3, "{log}");
+    assert_eq!(count(&log, "=== Instance crashy stopped at "), 3, "{log}");
+}
+
+#[tokio::test]
+async fn backend_exiting_with_code_zero_stops_without_restart() {
+    let fx = Fixture::new("done");
+    fx.supervisor
+        .start(
+            shell("echo bye"),
+            policy(true, 5, Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    let seen = states_until(&fx.supervisor, |state| state.status == Status::Stopped).await;
+    let stopped = seen.last().unwrap();
+    assert_eq!((stopped.restarts, stopped.error.as_deref()), (0, None));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fx.supervisor.state().status, Status::Stopped);
+    assert_eq!(
+        count(&fx.log_text("done"), "started at"),
+        1,
+        "no second launch"
+    );
+}
+
+#[tokio::test]
+async fn stop_during_a_pending_restart_cancels_it() {
+    let fx = Fixture::new("pending");
+    fx.supervisor
+        .start(shell("exit 7"), policy(true, 3, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    states_until(&fx.supervisor, |state| {
+        state.health == Some(Health::Restarting)
+    })
+    .await;
+
+    let stopped = fx.supervisor.stop().await.unwrap();
+    assert_eq!((stopped.status, stopped.health), (Status::Stopped, None));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(fx.supervisor.state().status, Status::Stopped);
+    assert_eq!(
+        count(&fx.log_text("pending"), "started at"),
+        1,
+        "the restart ran anyway"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_during_a_pending_restart_never_resurrects_the_instance() {
+    let fx = Fixture::new("deleted");
+    fx.supervisor
+        .start(shell("exit 7"), policy(true, 3, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    states_until(&fx.supervisor, |state| {
+        state.health == Some(Health::Restarting)
+    })
+    .await;
+
+    fx.supervisor.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        count(&fx.log_text("deleted"), "started at"),
+        1,
+        "the restart ran anyway"
+    );
+    let err = fx
+        .supervisor
+        .start(shell("exit 0"), no_restart())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::ShutDown), "{err}");
+    assert!(fx.supervisor.stop().await.is_err());
+}
+
+#[tokio::test]
+async fn wait_ready_fails_at_once_when_the_backend_exits_while_starting() {
+    let fx = Fixture::new("broken");
+    let script = "echo 'loading model'; echo 'error: failed to open model.gguf' >&2; exit 1";
+    // A long restart delay: the waiter must not sit through it.
+    fx.supervisor
+        .start(shell(script), policy(true, 3, Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let err = fx
+        .supervisor
+        .wait_ready(Duration::from_secs(600))
+        .await
+        .unwrap_err();
+    assert!(began.elapsed() < PATIENCE, "the waiter sat out its timeout");
+    let message = err.to_string();
+    assert!(message.contains("exited with code 1"), "{message}");
+    assert!(
+        message.contains("error: failed to open model.gguf"),
+        "{message}"
+    );
+    assert!(message.contains("loading model"), "{message}");
+    fx.supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn wait_ready_times_out_for_a_backend_that_never_answers() {
+    let fx = Fixture::new("silent");
+    fx.supervisor
+        .start(shell("sleep 300"), no_restart())
+        .await
+        .unwrap();
+    let err = fx
+        .supervisor
+        .wait_ready(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SupervisorError::ReadyTimeout { .. }), "{err}");
+    assert_eq!(fx.supervisor.state().health, Some(Health::Starting));
+    fx.supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_executable_fails_to_start_and_names_it() {
+    let fx = Fixture::new("ghost");
+    let mut spec = shell("");
+    spec.program = "/nonexistent/bin/llama-server-xyz".to_string();
+    let err = fx.supervisor.start(spec, no_restart()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/bin/llama-server-xyz"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not found"), "{err}");
+    let state = fx.supervisor.state();
+    assert_eq!(state.status, Status::Stopped);
+    assert!(state.error.unwrap().contains("not found"));
+    assert!(!fx.settings.run_dir.join("ghost.pid").exists());
+}
+
+#[tokio::test]
+async fn logs_have_markers_interleaved_output_and_a_tail() {
+    let fx = Fixture::new("chatty");
+    fx.supervisor
+        .start(shell("echo one; echo two >&2; echo three"), no_restart())
+        .await
+        .unwrap();
+    states_until(&fx.supervisor, |state| state.status == Status::Stopped).await;
+
+    let all = fx.supervisor.logs(None).unwrap();
+    let lines: Vec<&str> = all.split('\n').collect();
+    let start = lines
+        .iter()
+        .position(|line| line.starts_with("=== Instance chatty started at "))
+        .unwrap();
+    let stop = lines
+        .iter()
+        .position(|line| line.starts_with("=== Instance chatty stopped at "))
+        .unwrap();
+    let output: Vec<&str> = lines[start + 1..stop].to_vec();
+    for word in ["one", "two", "three"] {
+        assert!(output.contains(&word), "{word} missing from {output:?}");
+    }
+    assert!(lines[start].ends_with(" ==="));
+    // `=== Instance chatty started at 2026-11-24 19:40:06 ===`: a local date and time.
+    let stamp = lines[start]
+        .trim_start_matches("=== Instance chatty started at ")
+        .trim_end_matches(" ===");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S").is_ok(),
+        "{stamp}"
+    );
+
+    for wanted in [1, 3, 4] {
+        let tail = fx.supervisor.logs(Some(wanted)).unwrap();
+        assert_eq!(
+            tail,
+            lines[lines.len() - wanted..].join("\n"),
+            "tail of {wanted}"
+        );
+    }
+    assert_eq!(fx.supervisor.logs(Some(10_000)).unwrap(), all);
+    assert_eq!(fx.supervisor.logs(Some(0)).unwrap(), "");
+}
+
+#[tokio::test]
+async fn logs_of_an_instance_never_started_in_this_run_come_from_its_file() {
+    let fx = Fixture::new("old");
+    assert_eq!(fx.supervisor.logs(Some(5)).unwrap(), "", "no file yet");
+    std::fs::create_dir_all(&fx.settings.logs_dir).unwrap();
+    std::fs::write(
+        fx.settings.logs_dir.join("old.log"),
+        "first\nsecond\nthird\n",
+    )
+    .unwrap();
+    let fresh = Supervisor::new("old", fx.settings.clone());
+    assert_eq!(fresh.logs(Some(2)).unwrap(), "second\nthird");
+    assert_eq!(fresh.logs(None).unwrap(), "first\nsecond\nthird");
+}
+
+#[tokio::test]
+async fn a_three_megabyte_line_without_newline_is_logged_and_breaks_nothing() {
+    let fx = Fixture::new("long");
+    let spec = LaunchSpec {
+        program: "python3".to_string(),
+        args: vec![
+            "-c".to_string(),
+            "import sys; sys.stdout.write('x' * 3_000_000); sys.stdout.flush(); print(); print('after the long line')"
+                .to_string(),
+        ],
+        env: Vec::new(),
+        health_url: format!("http://127.0.0.1:{}/health", free_port()),
+    };
+    fx.supervisor.start(spec, no_restart()).await.unwrap();
+    let seen = states_until(&fx.supervisor, |state| state.status != Status::Running).await;
+    assert_eq!(
+        seen.last().unwrap().status,
+        Status::Stopped,
+        "the backend exited cleanly"
+    );
+
+    let tail = fx.supervisor.logs(Some(3)).unwrap();
+    assert!(
+        tail.starts_with("after the long line\n=== Instance long stopped at "),
+        "{}",
+        &tail[..tail.len().min(200)]
+    );
+    let all = fx.supervisor.logs(None).unwrap();
+    assert_eq!(
+        count(&all, "x"),
+        3_000_000,
+        "every byte of the long line is in the log"
+    );
+}
+
+#[tokio::test]
+async fn log_file_is_rotated_past_its_size_and_old_files_are_dropped() {
+    let fx = Fixture::with("big", |settings| {
+        settings.log_max_bytes = 20_000;
+        settings.log_keep_files = 2;
+    });
+    let script = "i=0; while [ $i -lt 1500 ]; do echo \"line $i of a backend that talks a lot, padded to be long enough\"; i=$((i+1)); done";
+    fx.supervisor
+        .start(shell(script), no_restart())
+        .await
+        .unwrap();
+    states_until(&fx.supervisor, |state| state.status == Status::Stopped).await;
+
+    let logs = &fx.settings.logs_dir;
+    for file in ["big.log", "big.log.1", "big.log.2"] {
+        let size = std::fs::metadata(logs.join(file))
+            .map(|meta| meta.len())
+            .unwrap_or(0);
+        assert!(size > 0 && size <= 20_000 + 200, "{file}: {size} bytes");
+    }
+    assert!(
+        !logs.join("big.log.3").exists(),
+        "only log_keep_files rotated files are kept"
+    );
+    let newest = fx.supervisor.logs(Some(2)).unwrap();
+    assert!(
+        newest.starts_with("=== Instance big stopped at "),
+        "{newest}"
+    );
+}
+
+#[tokio::test]
+async fn restart_counter_resets_after_healthy_uptime() {
+    let fx = Fixture::with("recovering", |settings| {
+        settings.restart_reset_after = Duration::from_millis(300);
+    });
+    let crash_once = fx.dir.path().join("crashed-once");
+    let spec = fx.http_backend(&[("CRASH_ONCE_FILE", crash_once)]);
+    fx.supervisor
+        .start(spec, policy(true, 3, Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let seen = states_until(&fx.supervisor, |state| {
+        state.health == Some(Health::Ready) && state.restarts == 0
+    })
+    .await;
+    assert!(
+        seen.iter().any(|state| state.restarts == 1),
+        "it crashed once first: {seen:#?}"
+    );
+    assert!(fx.log_text("recovering").contains("crashing on purpose"));
+    fx.supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn ready_backend_that_stops_answering_turns_unhealthy_and_back() {
+    let fx = Fixture::new("flaky");
+    let sick = fx.dir.path().join("sick");
+    fx.supervisor
+        .start(
+            fx.http_backend(&[("SICK_FILE", sick.clone())]),
+            no_restart(),
+        )
+        .await
+        .unwrap();
+    fx.supervisor.wait_ready(PATIENCE).await.unwrap();
+
+    std::fs::write(&sick, "").unwrap();
+    states_until(&fx.supervisor, |state| {
+        state.health == Some(Health::Unhealthy)
+    })
+    .await;
+    assert_eq!(fx.supervisor.state().status, Status::Running);
+    std::fs::remove_file(&sick).unwrap();
+    states_until(&fx.supervisor, |state| state.health == Some(Health::Ready)).await;
+    fx.supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path();
+    let grandchild_file = dir.path().join("worker-pid.txt");
+    // A "backend" left by a crashed engine: its own group, with a worker beside it.
+    let mut leftover = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "sleep 300 & echo $! > '{}'; wait",
+                grandchild_file.display()
+            ),
+        ])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let worker: u32 = wait_for_file(&grandchild_file)
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let record = pidfile::PidRecord::describe(leftover.id(), "sh", "leftover-token");
+    pidfile::write(run_dir, "leftover", &record).unwrap();
+
+    // A pid file whose pid now belongs to an unrelated process (different start identity).
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let mut stale = pidfile::PidRecord::describe(unrelated.id(), "llama-server", "other-token");
+    stale.identity = Some("another-boot/12345".to_string());
+    pidfile::write(run_dir, "reused", &stale).unwrap();
+
+    let handled = clean_up_leftovers(run_dir);
+    assert_eq!(handled.len(), 2, "{handled:?}");
+    assert!(handled
+        .iter()
+        .any(|line| line.contains("killed") && line.contains(&leftover.id().to_string())));
+
+    let status = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(status) = leftover.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!status.success());
+    assert!(
+        gone(worker).await,
+        "the worker in the leftover group survived"
+    );
+    assert!(
+        is_alive(unrelated.id()),
+        "an unrelated process was signalled"
+    );
+    assert_eq!(
+        std::fs::read_dir(run_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|ext| ext == "pid")
+            })
+            .count(),
+        0,
+        "pid files are removed"
+    );
+
+    unrelated.kill().unwrap();
+    unrelated.wait().unwrap();
+}
+
+/// Where the engine process of `backend_dies_when_the_engine_is_killed` works.
+const ENGINE_DIR_VAR: &str = "CORRAL_TEST_ENGINE_DIR";
+
+#[tokio::test]
+#[ignore = "helper: the engine process that backend_dies_when_the_engine_is_killed kills"]
+async fn engine_process_that_gets_killed() {
+    let dir = PathBuf::from(std::env::var_os(ENGINE_DIR_VAR).unwrap());
+    let supervisor = Supervisor::new("orphan", Arc::new(settings_in(&dir)));
+    let spec = LaunchSpec {
+        program: "sleep".to_string(),
+        args: vec!["300".to_string()],
+        env: Vec::new(),
+        health_url: format!("http://127.0.0.1:{}/health", free_port()),
+    };
+    let pid = supervisor
+        .start(spec, no_restart())
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
+    std::fs::write(dir.join("backend-pid.txt"), format!("{pid}\n")).unwrap();
+    tokio::time::sleep(PATIENCE).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn backend_dies_when_the_engine_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "supervisor::tests::engine_process_that_gets_killed",
+            "--ignored",
+        ])
+        .env(ENGINE_DIR_VAR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let backend: u32 = wait_for_file(&dir.path().join("backend-pid.txt"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_alive(backend));
+
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert!(
+        gone(backend).await,
+        "the backend {backend} outlived the SIGKILLed engine"
+    );
+}
