@@ -158,11 +158,8 @@ impl Engine {
     }
 
     /// `post` for futures that must not borrow the path (`join_all` over a list).
-    pub fn post_owned(
-        &self,
-        path: String,
-    ) -> impl std::future::Future<Output = reqwest::Response> + '_ {
-        async move { self.post(&path).await }
+    pub async fn post_owned(&self, path: String) -> reqwest::Response {
+        self.post(&path).await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
