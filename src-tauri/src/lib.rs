@@ -6,6 +6,7 @@ pub mod config;
 #[cfg(feature = "desktop")]
 pub mod desktop;
 pub mod instances;
+pub mod proxy;
 pub mod supervisor;
 
 use std::net::SocketAddr;

@@ -1,1 +1,139 @@
 //! The HTTP API: management routes under /api/v1, auth, errors and the OpenAPI document.
+
+pub mod auth;
+mod backends;
+pub mod body;
+pub mod error;
+pub mod host;
+mod instances;
+pub mod openapi;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{any, get, post};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use crate::instances::Registry;
+use crate::proxy::Proxy;
+use error::ApiError;
+
+/// What the engine hands the router.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub config: Arc<Config>,
+}
+
+/// What the handlers see: the app state and the proxy's connection pool.
+#[derive(Clone)]
+pub struct Api {
+    pub registry: Arc<Registry>,
+    pub config: Arc<Config>,
+    pub proxy: Proxy,
+}
+
+impl FromRef<Api> for Arc<Config> {
+    fn from_ref(api: &Api) -> Self {
+        Arc::clone(&api.config)
+    }
+}
+
+/// The whole HTTP surface: `/api/v1` behind management auth, CORS, and the Host check.
+pub fn router(state: AppState) -> Router {
+    let config = Arc::clone(&state.config);
+    let api = Api {
+        registry: state.registry,
+        config: state.config,
+        proxy: Proxy::new(),
+    };
+    let management = Router::new()
+        .route("/version", get(server::version))
+        .route("/server/help", get(server::help))
+        .route("/server/version", get(server::server_version))
+        .route("/server/devices", get(server::devices))
+        .route(
+            "/backends/{backend}/parse-command",
+            post(backends::parse_command),
+        )
+        .route("/instances", get(instances::list))
+        .route("/instances/", get(instances::list))
+        .route(
+            "/instances/{name}",
+            get(instances::get)
+                .post(instances::create)
+                .put(instances::update)
+                .delete(instances::delete),
+        )
+        .route("/instances/{name}/start", post(instances::start))
+        .route("/instances/{name}/stop", post(instances::stop))
+        .route("/instances/{name}/restart", post(instances::restart))
+        .route("/instances/{name}/logs", get(instances::logs))
+        .route("/instances/{name}/proxy", any(instances::proxy))
+        .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(
+            Arc::clone(&config),
+            auth::require_management,
+        ))
+        .with_state(api);
+    Router::new()
+        .nest("/api/v1", management)
+        .layer(cors(&config))
+        .layer(from_fn_with_state(config, host::check_host))
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such API route: see /api/v1/openapi.json for the routes",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method: see /api/v1/openapi.json",
+    )
+}
+
+/// llamactl's CORS, plus `X-API-Key` so a browser page may send keys that way too.
+fn cors(config: &Config) -> CorsLayer {
+    let origins = &config.server.allowed_origins;
+    let allow_origin = if origins.iter().any(|origin| origin.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([header::LINK])
+        .max_age(Duration::from_secs(300))
+}

@@ -1,1 +1,15 @@
 //! Instances: the definitions (options with defaults), the registry, persistence and ports.
+
+mod error;
+mod name;
+mod options;
+mod ports;
+mod registry;
+mod store;
+
+pub use error::InstanceError;
+pub use name::{validate_name, MAX_NAME_LEN};
+pub use options::{
+    CreateInstanceOptions, InstanceOptions, InstanceOptionsView, InstanceView, BACKEND_SCHEMA_NAMES,
+};
+pub use registry::{Registry, Upstream};

@@ -1,0 +1,208 @@
+//! `/api/v1/instances`: list, create, get, update, delete, start, stop, restart, logs and the
+//! per-instance proxy.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, RequestExt};
+
+use super::body::JsonBody;
+use super::error::{ApiError, ErrorBody};
+use super::Api;
+use crate::instances::{CreateInstanceOptions, InstanceView};
+
+type Answer<T> = Result<T, ApiError>;
+
+/// List all instances, sorted by name.
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+    responses((status = 200, description = "Every instance", body = [InstanceView])))]
+pub async fn list(State(api): State<Api>) -> Json<Vec<InstanceView>> {
+    Json(api.registry.list())
+}
+
+/// One instance.
+#[utoipa::path(get, path = "/api/v1/instances/{name}", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, body = InstanceView),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody)))]
+pub async fn get(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<InstanceView>> {
+    Ok(Json(api.registry.get(&name)?))
+}
+
+/// Create an instance and start it.
+#[utoipa::path(post, path = "/api/v1/instances/{name}", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = CreateInstanceOptions,
+    responses(
+        (status = 201, description = "Created and started", body = InstanceView),
+        (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
+        (status = 409, description = "Name or port taken, or a limit reached", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 500, description = "The backend could not be started", body = ErrorBody)))]
+pub async fn create(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Answer<(StatusCode, Json<InstanceView>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(api.registry.create(&name, &body).await?),
+    ))
+}
+
+/// Replace an instance's options; a running instance is restarted with them.
+#[utoipa::path(put, path = "/api/v1/instances/{name}", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    request_body = CreateInstanceOptions,
+    responses(
+        (status = 200, body = InstanceView),
+        (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Port taken", body = ErrorBody)))]
+pub async fn update(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Answer<Json<InstanceView>> {
+    Ok(Json(api.registry.update(&name, &body).await?))
+}
+
+/// Stop the instance if it runs, then remove it (its log file stays).
+#[utoipa::path(delete, path = "/api/v1/instances/{name}", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody)))]
+pub async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Answer<StatusCode> {
+    api.registry.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start an instance; a running one is returned as it is.
+#[utoipa::path(post, path = "/api/v1/instances/{name}/start", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, body = InstanceView),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Running limit reached or port in use", body = ErrorBody),
+        (status = 500, description = "The backend could not be started", body = ErrorBody)))]
+pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<InstanceView>> {
+    Ok(Json(api.registry.start(&name).await?))
+}
+
+/// Stop an instance; a stopped one is returned as it is.
+#[utoipa::path(post, path = "/api/v1/instances/{name}/stop", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, body = InstanceView),
+        (status = 404, description = "No such instance", body = ErrorBody)))]
+pub async fn stop(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<InstanceView>> {
+    Ok(Json(api.registry.stop(&name).await?))
+}
+
+/// Stop (if needed) and start an instance, from any state.
+#[utoipa::path(post, path = "/api/v1/instances/{name}/restart", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, body = InstanceView),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "Running limit reached or port in use", body = ErrorBody)))]
+pub async fn restart(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Answer<Json<InstanceView>> {
+    Ok(Json(api.registry.restart(&name).await?))
+}
+
+/// The instance's log: the last `lines` lines, or all of it when `lines` is missing or ≤ 0.
+#[utoipa::path(get, path = "/api/v1/instances/{name}/logs", tag = "instances",
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("lines" = Option<i64>, Query, description = "Lines from the end; missing or <= 0 = all")),
+    responses(
+        (status = 200, description = "Log text", body = String, content_type = "text/plain"),
+        (status = 400, description = "Invalid name or lines", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody)))]
+pub async fn logs(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer<Response> {
+    let lines = match query.get("lines").map(|lines| lines.trim()) {
+        None | Some("") => None,
+        Some(lines) => {
+            let lines: i64 = lines.parse().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_lines",
+                    format!("lines must be an integer, got '{lines}'"),
+                )
+            })?;
+            usize::try_from(lines).ok().filter(|&lines| lines > 0)
+        }
+    };
+    let text = api.registry.logs(&name, lines).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Forward any request to the instance's backend, the path after `/proxy` and the query kept.
+#[utoipa::path(get, path = "/api/v1/instances/{name}/proxy/{rest}", tag = "instances",
+    params(
+        ("name" = String, Path, description = "Instance name"),
+        ("rest" = String, Path, description = "Path on the backend, e.g. health")),
+    responses(
+        (status = 200, description = "Whatever the backend answers (any method is forwarded)"),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 502, description = "The backend did not answer", body = ErrorBody),
+        (status = 503, description = "Instance is not running", body = ErrorBody)))]
+pub async fn proxy(State(api): State<Api>, mut request: Request) -> Answer<Response> {
+    // Extracted here rather than in the signature: the two proxy routes differ in their
+    // parameters, and a map extractor would confuse the OpenAPI generator.
+    let Path(params) = request
+        .extract_parts::<Path<HashMap<String, String>>>()
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    let name = params.get("name").map(String::as_str).unwrap_or_default();
+    let upstream = api.registry.upstream(name)?;
+    let mut target = backend_path(request.uri().path()).to_owned();
+    if let Some(query) = request.uri().query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    Ok(api
+        .proxy
+        .forward(request, &upstream.authority, &target, ())
+        .await)
+}
+
+/// What follows `/instances/<name>/proxy` in the raw (still percent-encoded) path; `/` if nothing.
+fn backend_path(path: &str) -> &str {
+    let rest = path
+        .split_once("/instances/")
+        .and_then(|(_, after)| after.split_once('/'))
+        .and_then(|(_, tail)| tail.strip_prefix("proxy"))
+        .unwrap_or_default();
+    if rest.is_empty() {
+        "/"
+    } else {
+        rest
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::backend_path;
+
+    #[test]
+    fn the_proxy_prefix_is_stripped() {
+        assert_eq!(backend_path("/api/v1/instances/a/proxy"), "/");
+        assert_eq!(backend_path("/api/v1/instances/a/proxy/"), "/");
+        assert_eq!(backend_path("/api/v1/instances/a/proxy/health"), "/health");
+        assert_eq!(backend_path("/instances/a/proxy/v1/a%2Fb"), "/v1/a%2Fb");
+    }
+}

@@ -1,0 +1,67 @@
+//! Everything an instance operation can refuse or fail with; `api::error` maps it to HTTP.
+
+use std::path::PathBuf;
+
+use crate::supervisor::SupervisorError;
+
+/// Display is the `details` sentence shown to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("invalid instance name: {0}")]
+    InvalidName(String),
+    #[error("invalid instance options: {0}")]
+    InvalidOptions(String),
+    #[error("unknown backend_type '{0}': use one of llama_cpp, mlx_lm, vllm")]
+    UnknownBackendType(String),
+    #[error("no instance named '{0}'")]
+    NotFound(String),
+    #[error("an instance named '{0}' already exists: choose another name or update it with PUT")]
+    AlreadyExists(String),
+    #[error("{} exists but could not be loaded at start: fix or remove that file before creating '{name}' again", path.display())]
+    UnloadedDefinition { name: String, path: PathBuf },
+    #[error("the maximum number of instances ({0}) is reached: delete an instance first or raise instances.max_instances")]
+    MaxInstances(usize),
+    #[error("the maximum number of running instances ({0}) is reached: stop an instance first or raise instances.max_running_instances")]
+    MaxRunning(usize),
+    #[error("port {port} is already used by instance '{owner}': choose another port or leave it out to get a free one")]
+    PortTaken { port: u16, owner: String },
+    #[error("port {0} is in use by another program: choose another port or leave it out to get a free one")]
+    PortInUse(u16),
+    #[error("no free port left in instances.port_range {0}-{1}: widen the range or delete unused instances")]
+    NoFreePort(u16, u16),
+    #[error("Instance is not running: start '{0}' first")]
+    NotRunning(String),
+    #[error("instance '{name}' could not be started: {source}")]
+    StartFailed {
+        name: String,
+        #[source]
+        source: SupervisorError,
+    },
+    #[error("instance '{name}' could not be stopped: {source}")]
+    StopFailed {
+        name: String,
+        #[source]
+        source: SupervisorError,
+    },
+    #[error("could not save instance '{name}' to {}: {source}", path.display())]
+    Persist {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not create directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the logs of instance '{name}': {source}")]
+    Logs {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Corral is shutting down: no instance can be started or changed now")]
+    ShuttingDown,
+}

@@ -1,0 +1,219 @@
+//! Instance options: the create/update request, its validation against the configured defaults,
+//! and the wire shape of an instance (llamactl's `{name, status, created, options}` plus health).
+
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{OneOfBuilder, Ref};
+use utoipa::ToSchema;
+
+use super::InstanceError;
+use crate::backends::{BackendOptions, BackendType};
+use crate::config::InstancesConfig;
+use crate::supervisor::{Health, RuntimeState, Status};
+
+/// The body of create and update (llamactl's `CreateInstanceOptions`). A missing top-level field
+/// takes the configured default; update is a full replacement, not a patch.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CreateInstanceOptions {
+    /// Restart the backend when it crashes.
+    pub auto_restart: Option<bool>,
+    /// Automatic restarts allowed before the instance is `failed` (0 = never; negative = 0).
+    pub max_restarts: Option<i64>,
+    /// Seconds to wait before an automatic restart (negative = 0).
+    pub restart_delay: Option<i64>,
+    /// Let `/v1` requests start the instance when it is stopped.
+    pub on_demand_start: Option<bool>,
+    /// Minutes without requests before the instance is stopped; 0 = never (negative = 0).
+    pub idle_timeout: Option<i64>,
+    /// Required.
+    #[schema(value_type = BackendType)]
+    pub backend_type: Option<String>,
+    /// Required (at least `{}`): the options of the backend named by `backend_type`.
+    #[schema(schema_with = backend_options_schema)]
+    pub backend_options: Option<serde_json::Value>,
+}
+
+/// Validated options with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceOptions {
+    pub auto_restart: bool,
+    pub max_restarts: u32,
+    /// Seconds.
+    pub restart_delay: u64,
+    pub on_demand_start: bool,
+    /// Minutes; 0 = never.
+    pub idle_timeout: u64,
+    /// Carries the backend type; its port is always set once the registry accepted the instance.
+    pub backend: BackendOptions,
+}
+
+impl InstanceOptions {
+    /// Validates a request body (any JSON value) and fills in the defaults of `defaults`.
+    pub fn from_json(
+        value: &serde_json::Value,
+        defaults: &InstancesConfig,
+    ) -> Result<Self, InstanceError> {
+        if !value.is_object() {
+            return Err(InstanceError::InvalidOptions(
+                "the body must be a JSON object such as {\"backend_type\": \"llama_cpp\", \"backend_options\": {\"model\": \"/path/model.gguf\"}}"
+                    .into(),
+            ));
+        }
+        let request: CreateInstanceOptions = serde_json::from_value(value.clone())
+            .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
+        Self::from_request(request, defaults)
+    }
+
+    pub fn from_request(
+        request: CreateInstanceOptions,
+        defaults: &InstancesConfig,
+    ) -> Result<Self, InstanceError> {
+        let backend_type = match request.backend_type.as_deref() {
+            None | Some("") => {
+                return Err(InstanceError::InvalidOptions(
+                    "backend_type is required: one of llama_cpp, mlx_lm, vllm".into(),
+                ))
+            }
+            Some(name) => parse_backend_type(name)?,
+        };
+        let backend_options = match request.backend_options {
+            None | Some(serde_json::Value::Null) => return Err(InstanceError::InvalidOptions(
+                "backend_options is required: an object with the backend's options, at least {}"
+                    .into(),
+            )),
+            Some(value) if !value.is_object() => {
+                return Err(InstanceError::InvalidOptions(
+                    "backend_options must be a JSON object".into(),
+                ))
+            }
+            Some(value) => value,
+        };
+        let backend = BackendOptions::from_json(backend_type, &backend_options)
+            .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
+        Ok(Self {
+            auto_restart: request
+                .auto_restart
+                .unwrap_or(defaults.default_auto_restart),
+            max_restarts: request
+                .max_restarts
+                .map_or(defaults.default_max_restarts, clamp_u32),
+            restart_delay: request
+                .restart_delay
+                .map_or(defaults.default_restart_delay, clamp_u64),
+            on_demand_start: request
+                .on_demand_start
+                .unwrap_or(defaults.default_on_demand_start),
+            idle_timeout: request
+                .idle_timeout
+                .map_or(defaults.default_idle_timeout, clamp_u64),
+            backend,
+        })
+    }
+
+    pub fn backend_type(&self) -> BackendType {
+        self.backend.backend_type()
+    }
+
+    /// The user-given port; 0 means "pick one", as in llamactl.
+    pub fn requested_port(&self) -> Option<u16> {
+        self.backend.port().filter(|&port| port != 0)
+    }
+
+    pub fn view(&self) -> InstanceOptionsView {
+        InstanceOptionsView {
+            auto_restart: self.auto_restart,
+            max_restarts: self.max_restarts,
+            restart_delay: self.restart_delay,
+            on_demand_start: self.on_demand_start,
+            idle_timeout: self.idle_timeout,
+            backend_type: self.backend_type(),
+            backend_options: self.backend.to_json(),
+        }
+    }
+}
+
+fn parse_backend_type(name: &str) -> Result<BackendType, InstanceError> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .map_err(|_| InstanceError::UnknownBackendType(name.to_owned()))
+}
+
+/// llamactl clamps negative counts to 0 rather than rejecting them.
+fn clamp_u32(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+}
+
+fn clamp_u64(value: i64) -> u64 {
+    u64::try_from(value.max(0)).unwrap_or(0)
+}
+
+/// `options` of an instance on the wire and on disk, in llamactl's field order.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(as = InstanceOptions)]
+pub struct InstanceOptionsView {
+    pub auto_restart: bool,
+    pub max_restarts: u32,
+    /// Seconds.
+    pub restart_delay: u64,
+    pub on_demand_start: bool,
+    /// Minutes; 0 = never.
+    pub idle_timeout: u64,
+    pub backend_type: BackendType,
+    /// Only the options that are set; `port` is always there.
+    #[schema(schema_with = backend_options_schema)]
+    pub backend_options: serde_json::Value,
+}
+
+/// One instance as the API returns it: llamactl's shape, plus the supervisor's finer state.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(as = Instance)]
+pub struct InstanceView {
+    pub name: String,
+    /// llamactl's three statuses.
+    pub status: Status,
+    /// Unix seconds of the creation; kept across updates and restarts.
+    pub created: i64,
+    pub options: InstanceOptionsView,
+    /// Finer state of a running process; null when stopped.
+    pub health: Option<Health>,
+    /// Automatic restarts since the last manual start.
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    /// Unix seconds of the current process's start.
+    pub started_at: Option<i64>,
+    /// Why the instance failed, or why its last start failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl InstanceView {
+    pub fn new(name: &str, created: i64, options: &InstanceOptions, state: RuntimeState) -> Self {
+        Self {
+            name: name.to_owned(),
+            status: state.status,
+            created,
+            options: options.view(),
+            health: state.health,
+            restarts: state.restarts,
+            pid: state.pid,
+            started_at: state.started_at,
+            error: state.error,
+        }
+    }
+}
+
+/// Component names of the three `backend_options` schemas in the OpenAPI document.
+pub const BACKEND_SCHEMA_NAMES: [(BackendType, &str); 3] = [
+    (BackendType::LlamaCpp, "LlamaCppOptions"),
+    (BackendType::MlxLm, "MlxLmOptions"),
+    (BackendType::Vllm, "VllmOptions"),
+];
+
+/// `backend_options` is one of the three backend schemas, chosen by `backend_type`.
+fn backend_options_schema() -> utoipa::openapi::schema::Schema {
+    let one_of = BACKEND_SCHEMA_NAMES
+        .iter()
+        .fold(OneOfBuilder::new(), |one_of, (_, name)| {
+            one_of.item(Ref::from_schema_name(*name))
+        })
+        .build();
+    utoipa::openapi::schema::Schema::OneOf(one_of)
+}

@@ -1,0 +1,740 @@
+//! The registry: every instance of this engine, its port, its supervisor and its definition file.
+//!
+//! Locking, in the only order ever taken: an instance's `op` lock (async, held for a whole
+//! lifecycle operation) may be followed by the registry's `table` lock (sync, held for lookups
+//! only); `table` is never held across an await and never waits for an `op` lock, so the two
+//! cannot deadlock.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::options::{InstanceOptions, InstanceView};
+use super::store::{self, RecordOut};
+use super::{name::validate_name, ports, InstanceError};
+use crate::config::Config;
+use crate::supervisor::{
+    Health, LaunchSpec, RestartPolicy, RuntimeState, Status, Supervisor, SupervisorSettings,
+};
+
+/// Healthy uptime after which a backend's restart counter starts again from zero.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Where a running instance's backend is reached, for the proxies.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// `host:port` the proxy dials.
+    pub authority: String,
+}
+
+/// All instances of the engine. Cheap lookups behind one lock; each instance's operations are
+/// serialized by its own lock.
+pub struct Registry {
+    config: Arc<Config>,
+    settings: Arc<SupervisorSettings>,
+    /// A std Mutex on purpose: it only guards map lookups, inserts and the port table, is never
+    /// held across an `.await`, so blocking briefly is cheaper than an async lock and it can never
+    /// be held while waiting for a backend.
+    table: Mutex<Table>,
+    /// Set by `shutdown`: nothing may start after the engine began to stop its backends.
+    shutting_down: AtomicBool,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Sorted, so listings come out by name.
+    instances: BTreeMap<String, Arc<Instance>>,
+    /// Port -> instance owning it, whether or not the instance runs.
+    ports: BTreeMap<u16, String>,
+}
+
+struct Instance {
+    name: String,
+    /// Unix seconds; kept across updates and restarts.
+    created: i64,
+    supervisor: Supervisor,
+    /// `<configs_dir>/<name>.json`.
+    file: PathBuf,
+    /// Serializes this instance's lifecycle operations (create, update, start, stop, restart,
+    /// delete); a tokio Mutex because they await the supervisor while holding it.
+    op: Arc<tokio::sync::Mutex<()>>,
+    /// The current definition. std Mutex: read or swapped in short sections, never across an await.
+    options: Mutex<InstanceOptions>,
+    /// Guards the definition file; `true` once the file was removed, so no write can follow.
+    file_removed: Mutex<bool>,
+    /// A start is under way: counts against `max_running_instances` before the process exists.
+    starting: AtomicBool,
+    /// The instance left the registry; an operation that waited for `op` answers not found.
+    removed: AtomicBool,
+    /// Writes the definition when the supervisor changes the status (a crash that ends `failed`).
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Poisoning only means another thread panicked mid-section; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counted as running for limits: a live process or one waiting to be restarted.
+fn is_active(state: &RuntimeState) -> bool {
+    state.status == Status::Running || state.health == Some(Health::Restarting)
+}
+
+/// The status written to disk: a crashed instance waiting for its automatic restart is still
+/// meant to run, so an engine killed during the delay restores it.
+fn persisted_status(state: &RuntimeState) -> Status {
+    if state.health == Some(Health::Restarting) {
+        Status::Running
+    } else {
+        state.status
+    }
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Instance {
+    fn options(&self) -> InstanceOptions {
+        lock(&self.options).clone()
+    }
+
+    fn view(&self) -> InstanceView {
+        InstanceView::new(
+            &self.name,
+            self.created,
+            &lock(&self.options),
+            self.supervisor.state(),
+        )
+    }
+
+    fn port(&self) -> Option<u16> {
+        lock(&self.options).backend.port()
+    }
+
+    /// Writes the definition with the status the supervisor reports right now; the file lock
+    /// makes the last writer also the one that saw the latest state.
+    fn persist_now(&self) -> Result<(), InstanceError> {
+        let removed = lock(&self.file_removed);
+        if *removed {
+            return Ok(());
+        }
+        let options = lock(&self.options).view();
+        let record = RecordOut {
+            name: &self.name,
+            status: persisted_status(&self.supervisor.state()),
+            created: self.created,
+            options: &options,
+        };
+        let persist_error = |source| InstanceError::Persist {
+            name: self.name.clone(),
+            path: self.file.clone(),
+            source,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&record).map_err(|e| persist_error(e.into()))?;
+        bytes.push(b'\n');
+        store::write_atomic(&self.file, &bytes).map_err(persist_error)
+    }
+
+    /// `persist_now` off the async workers (it fsyncs).
+    async fn persist(self: &Arc<Self>) -> Result<(), InstanceError> {
+        let instance = Arc::clone(self);
+        tokio::task::spawn_blocking(move || instance.persist_now())
+            .await
+            .map_err(|e| InstanceError::Persist {
+                name: self.name.clone(),
+                path: self.file.clone(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// Removes the definition file; afterwards no write happens any more.
+    fn remove_file(&self) -> Result<(), InstanceError> {
+        let mut removed = lock(&self.file_removed);
+        store::remove(&self.file).map_err(|source| InstanceError::Persist {
+            name: self.name.clone(),
+            path: self.file.clone(),
+            source,
+        })?;
+        *removed = true;
+        Ok(())
+    }
+
+    /// Follows the supervisor's status and saves each change, so a crash that ends in `failed`
+    /// is on disk too. Holds only a weak reference: the task never keeps an instance alive.
+    fn watch_status(self: &Arc<Self>) {
+        let mut changes = self.supervisor.subscribe();
+        let mut last = persisted_status(&changes.borrow());
+        let instance: Weak<Self> = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let status = persisted_status(&changes.borrow_and_update());
+                if status == last {
+                    continue;
+                }
+                last = status;
+                let Some(instance) = instance.upgrade() else {
+                    break;
+                };
+                if let Err(e) = instance.persist().await {
+                    tracing::warn!("{e}");
+                }
+            }
+        });
+        if let Some(previous) = lock(&self.watcher).replace(task) {
+            previous.abort();
+        }
+    }
+
+    fn stop_watching(&self) {
+        if let Some(task) = lock(&self.watcher).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Clears `Instance::starting` however a start ends.
+struct StartingGuard<'a>(&'a Instance);
+
+impl Drop for StartingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.starting.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Registry {
+    /// Creates the folders, loads every saved definition (a broken one is reported and left
+    /// alone), re-reserves their ports, and starts in the background those saved `running` with
+    /// `auto_restart`; every other instance starts out stopped.
+    pub fn open(config: Arc<Config>) -> Result<Arc<Registry>, InstanceError> {
+        let dirs = &config.instances;
+        if dirs.auto_create_dirs {
+            for path in [&dirs.configs_dir, &dirs.logs_dir, &dirs.run_dir] {
+                std::fs::create_dir_all(path).map_err(|source| InstanceError::CreateDir {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        let settings = Arc::new(SupervisorSettings {
+            logs_dir: dirs.logs_dir.clone(),
+            run_dir: dirs.run_dir.clone(),
+            stop_grace: dirs.stop_grace,
+            log_max_bytes: dirs.log_max_bytes,
+            log_keep_files: dirs.log_keep_files,
+            restart_reset_after: RESTART_RESET_AFTER,
+        });
+        let registry = Arc::new(Registry {
+            config,
+            settings,
+            table: Mutex::new(Table::default()),
+            shutting_down: AtomicBool::new(false),
+        });
+        let to_start = registry.load();
+        if !to_start.is_empty() {
+            let registry = Arc::clone(&registry);
+            tokio::spawn(async move {
+                for name in to_start {
+                    match registry.start(&name).await {
+                        Ok(_) => tracing::info!("restored running instance '{name}'"),
+                        Err(e) => tracing::warn!("could not restore instance '{name}': {e}"),
+                    }
+                }
+            });
+        }
+        Ok(registry)
+    }
+
+    /// Loads the definitions; returns the names to start again.
+    fn load(&self) -> Vec<String> {
+        let mut to_start = Vec::new();
+        for (stem, path, record) in store::load_dir(&self.config.instances.configs_dir) {
+            let skip = |why: String| {
+                tracing::warn!("skipping instance definition {}: {why}", path.display())
+            };
+            if let Err(e) = validate_name(&stem) {
+                skip(e.to_string());
+                continue;
+            }
+            if record.name != stem {
+                skip(format!(
+                    "it names '{}' but the file is for '{stem}'",
+                    record.name
+                ));
+                continue;
+            }
+            let mut options =
+                match InstanceOptions::from_json(&record.options, &self.config.instances) {
+                    Ok(options) => options,
+                    Err(e) => {
+                        skip(e.to_string());
+                        continue;
+                    }
+                };
+            let mut table = lock(&self.table);
+            let port = match options.requested_port() {
+                Some(port) => match table.ports.get(&port) {
+                    Some(owner) => {
+                        skip(format!("port {port} is already used by instance '{owner}'"));
+                        continue;
+                    }
+                    None => port,
+                },
+                // Only a hand-written file lacks a port: give it one like create would.
+                None => match ports::lowest_free(self.config.instances.port_range, |p| {
+                    table.ports.contains_key(&p)
+                }) {
+                    Some(port) => port,
+                    None => {
+                        let (first, last) = self.config.instances.port_range;
+                        skip(InstanceError::NoFreePort(first, last).to_string());
+                        continue;
+                    }
+                },
+            };
+            options.backend.set_port(port);
+            if record.status == "running" && options.auto_restart {
+                to_start.push(stem.clone());
+            }
+            let created = if record.created > 0 {
+                record.created
+            } else {
+                now_unix()
+            };
+            let instance = self.new_instance(&stem, created, options, Arc::default());
+            table.ports.insert(port, stem.clone());
+            table.instances.insert(stem, instance);
+        }
+        to_start
+    }
+
+    fn new_instance(
+        &self,
+        name: &str,
+        created: i64,
+        options: InstanceOptions,
+        op: Arc<tokio::sync::Mutex<()>>,
+    ) -> Arc<Instance> {
+        let instance = Arc::new(Instance {
+            name: name.to_owned(),
+            created,
+            supervisor: Supervisor::new(name, Arc::clone(&self.settings)),
+            file: store::definition_path(&self.config.instances.configs_dir, name),
+            op,
+            options: Mutex::new(options),
+            file_removed: Mutex::new(false),
+            starting: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            watcher: Mutex::new(None),
+        });
+        instance.watch_status();
+        instance
+    }
+
+    /// Every instance, sorted by name.
+    pub fn list(&self) -> Vec<InstanceView> {
+        let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
+        instances.iter().map(|instance| instance.view()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<InstanceView, InstanceError> {
+        Ok(self.lookup(name)?.view())
+    }
+
+    fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
+        validate_name(name)?;
+        lock(&self.table)
+            .instances
+            .get(name)
+            .cloned()
+            .ok_or_else(|| InstanceError::NotFound(name.to_owned()))
+    }
+
+    /// Looks the instance up and takes its operation lock; fails if it was deleted meanwhile.
+    async fn lock_instance(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<Instance>, tokio::sync::OwnedMutexGuard<()>), InstanceError> {
+        let instance = self.lookup(name)?;
+        let guard = Arc::clone(&instance.op).lock_owned().await;
+        if instance.removed.load(Ordering::SeqCst) {
+            return Err(InstanceError::NotFound(name.to_owned()));
+        }
+        Ok((instance, guard))
+    }
+
+    fn refuse_when_shutting_down(&self) -> Result<(), InstanceError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Err(InstanceError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Where `name`'s backend listens; `NotRunning` unless its process is running.
+    pub fn upstream(&self, name: &str) -> Result<Upstream, InstanceError> {
+        let instance = self.lookup(name)?;
+        if instance.supervisor.state().status != Status::Running {
+            return Err(InstanceError::NotRunning(name.to_owned()));
+        }
+        let options = instance.options();
+        let port = options.backend.port().unwrap_or_default();
+        Ok(Upstream {
+            name: name.to_owned(),
+            authority: format!("{}:{port}", connect_host(options.backend.host())),
+        })
+    }
+
+    /// The last `lines` lines of the instance's log (all when `None`); empty if it never ran.
+    pub async fn logs(&self, name: &str, lines: Option<usize>) -> Result<String, InstanceError> {
+        let supervisor = self.lookup(name)?.supervisor.clone();
+        let read = tokio::task::spawn_blocking(move || supervisor.logs(lines))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match read {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(source) => Err(InstanceError::Logs {
+                name: name.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Defines the instance and starts it. On any refusal or failure nothing remains of it: no
+    /// definition, no reserved port.
+    pub async fn create(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<InstanceView, InstanceError> {
+        validate_name(name)?;
+        let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
+        self.refuse_when_shutting_down()?;
+        // A definition that failed to load is still the user's: never overwrite it.
+        let file = store::definition_path(&self.config.instances.configs_dir, name);
+        if !lock(&self.table).instances.contains_key(name) && file.exists() {
+            return Err(InstanceError::UnloadedDefinition {
+                name: name.to_owned(),
+                path: file,
+            });
+        }
+        // Locked before the instance becomes visible, so no other operation can come first.
+        let op = Arc::new(tokio::sync::Mutex::new(()));
+        let _op = Arc::clone(&op).lock_owned().await;
+        let instance = {
+            let mut table = lock(&self.table);
+            if table.instances.contains_key(name) {
+                return Err(InstanceError::AlreadyExists(name.to_owned()));
+            }
+            if let Some(max) = self.config.instances.max_instances {
+                if table.instances.len() >= max {
+                    return Err(InstanceError::MaxInstances(max));
+                }
+            }
+            if let Some(max) = self.config.instances.max_running_instances {
+                if self.active_count(&table, None) >= max {
+                    return Err(InstanceError::MaxRunning(max));
+                }
+            }
+            let port = self.assign_port(&table, name, options.requested_port(), None)?;
+            options.backend.set_port(port);
+            let instance = self.new_instance(name, now_unix(), options, op);
+            table.ports.insert(port, name.to_owned());
+            table
+                .instances
+                .insert(name.to_owned(), Arc::clone(&instance));
+            instance
+        };
+        let started = async {
+            self.start_locked(&instance).await?;
+            instance.persist().await
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(instance.view()),
+            Err(e) => {
+                if let Err(cleanup) = self.remove_locked(&instance).await {
+                    tracing::warn!("{cleanup}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the options (a full replacement; missing fields take the defaults). A running
+    /// instance is restarted with the new options. Without a port the instance keeps its own.
+    pub async fn update(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<InstanceView, InstanceError> {
+        validate_name(name)?;
+        let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
+        let (instance, _op) = self.lock_instance(name).await?;
+        self.refuse_when_shutting_down()?;
+        let old_port = instance.port();
+        let port = {
+            let mut table = lock(&self.table);
+            let port = self.assign_port(&table, name, options.requested_port(), old_port)?;
+            table.ports.insert(port, name.to_owned());
+            port
+        };
+        options.backend.set_port(port);
+        let release = |port: u16| {
+            let mut table = lock(&self.table);
+            if table.ports.get(&port).is_some_and(|owner| owner == name) {
+                table.ports.remove(&port);
+            }
+        };
+        let was_running = is_active(&instance.supervisor.state());
+        if was_running {
+            if let Err(e) = self.stop_locked(&instance).await {
+                if Some(port) != old_port {
+                    release(port);
+                }
+                return Err(e);
+            }
+        }
+        *lock(&instance.options) = options;
+        if let Some(old) = old_port.filter(|&old| old != port) {
+            release(old);
+        }
+        instance.persist().await?;
+        if was_running {
+            self.start_locked(&instance).await?;
+            instance.persist().await?;
+        }
+        Ok(instance.view())
+    }
+
+    /// Stops the instance if it runs, then removes its definition and frees its port. The log
+    /// file stays.
+    pub async fn delete(&self, name: &str) -> Result<(), InstanceError> {
+        let (instance, _op) = self.lock_instance(name).await?;
+        self.remove_locked(&instance).await
+    }
+
+    /// Starts a stopped or failed instance; a running one is returned as it is.
+    pub async fn start(&self, name: &str) -> Result<InstanceView, InstanceError> {
+        let (instance, _op) = self.lock_instance(name).await?;
+        self.refuse_when_shutting_down()?;
+        self.start_locked(&instance).await?;
+        instance.persist().await?;
+        Ok(instance.view())
+    }
+
+    /// Stops a running instance (and cancels a pending automatic restart); a stopped one is
+    /// returned as it is.
+    pub async fn stop(&self, name: &str) -> Result<InstanceView, InstanceError> {
+        let (instance, _op) = self.lock_instance(name).await?;
+        self.stop_locked(&instance).await?;
+        instance.persist().await?;
+        Ok(instance.view())
+    }
+
+    /// Stops the instance if needed and starts it again, from any state.
+    pub async fn restart(&self, name: &str) -> Result<InstanceView, InstanceError> {
+        let (instance, _op) = self.lock_instance(name).await?;
+        self.refuse_when_shutting_down()?;
+        self.stop_locked(&instance).await?;
+        let started = self.start_locked(&instance).await;
+        instance.persist().await?;
+        started?;
+        Ok(instance.view())
+    }
+
+    /// Stops every backend in parallel, leaving the definitions as they are so that the next
+    /// engine start restores the instances that were running.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
+        for instance in &instances {
+            // Otherwise the stops below would be saved as the user's wish.
+            instance.stop_watching();
+        }
+        futures_util::future::join_all(
+            instances
+                .iter()
+                .map(|instance| instance.supervisor.shutdown()),
+        )
+        .await;
+    }
+
+    /// Instances running or about to, `except` one.
+    fn active_count(&self, table: &Table, except: Option<&Arc<Instance>>) -> usize {
+        table
+            .instances
+            .values()
+            .filter(|other| except.is_none_or(|except| !Arc::ptr_eq(other, except)))
+            .filter(|other| {
+                other.starting.load(Ordering::SeqCst) || is_active(&other.supervisor.state())
+            })
+            .count()
+    }
+
+    /// The port `name` will use: the requested one if no other instance owns it and (unless it
+    /// is already `current`) nothing listens on it; else `current`; else the lowest free port of
+    /// the range.
+    fn assign_port(
+        &self,
+        table: &Table,
+        name: &str,
+        requested: Option<u16>,
+        current: Option<u16>,
+    ) -> Result<u16, InstanceError> {
+        match (requested, current) {
+            (Some(port), _) => {
+                if let Some(owner) = table.ports.get(&port).filter(|owner| *owner != name) {
+                    return Err(InstanceError::PortTaken {
+                        port,
+                        owner: owner.clone(),
+                    });
+                }
+                if Some(port) != current && !ports::is_free_at_os(port) {
+                    return Err(InstanceError::PortInUse(port));
+                }
+                Ok(port)
+            }
+            (None, Some(port)) => Ok(port),
+            (None, None) => {
+                let range = self.config.instances.port_range;
+                ports::lowest_free(range, |port| table.ports.contains_key(&port))
+                    .ok_or(InstanceError::NoFreePort(range.0, range.1))
+            }
+        }
+    }
+
+    /// Starts the process; the caller holds the instance's `op` lock.
+    async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
+        if instance.supervisor.state().status == Status::Running {
+            return Ok(());
+        }
+        {
+            // Checking and reserving under one lock keeps concurrent starts of different
+            // instances from both taking the last running slot.
+            let table = lock(&self.table);
+            if let Some(max) = self.config.instances.max_running_instances {
+                if self.active_count(&table, Some(instance)) >= max {
+                    return Err(InstanceError::MaxRunning(max));
+                }
+            }
+            instance.starting.store(true, Ordering::SeqCst);
+        }
+        let _starting = StartingGuard(instance);
+        let options = instance.options();
+        if let Some(port) = options.backend.port() {
+            if !ports::is_free_at_os(port) {
+                return Err(InstanceError::PortInUse(port));
+            }
+        }
+        let spec = self.launch_spec(&options);
+        let policy = RestartPolicy {
+            auto_restart: options.auto_restart,
+            max_restarts: options.max_restarts,
+            restart_delay: Duration::from_secs(options.restart_delay),
+        };
+        instance
+            .supervisor
+            .start(spec, policy)
+            .await
+            .map(drop)
+            .map_err(|source| InstanceError::StartFailed {
+                name: instance.name.clone(),
+                source,
+            })
+    }
+
+    /// Stops the process; the caller holds the instance's `op` lock.
+    async fn stop_locked(&self, instance: &Instance) -> Result<(), InstanceError> {
+        instance
+            .supervisor
+            .stop()
+            .await
+            .map(drop)
+            .map_err(|source| InstanceError::StopFailed {
+                name: instance.name.clone(),
+                source,
+            })
+    }
+
+    /// Removes the definition file first (if that fails, nothing changed), then stops the process
+    /// and drops the instance and its port. The caller holds the instance's `op` lock.
+    async fn remove_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
+        let file_instance = Arc::clone(instance);
+        tokio::task::spawn_blocking(move || file_instance.remove_file())
+            .await
+            .map_err(|e| InstanceError::Persist {
+                name: instance.name.clone(),
+                path: instance.file.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        instance.removed.store(true, Ordering::SeqCst);
+        instance.stop_watching();
+        instance.supervisor.shutdown().await;
+        let mut table = lock(&self.table);
+        if table
+            .instances
+            .get(&instance.name)
+            .is_some_and(|current| Arc::ptr_eq(current, instance))
+        {
+            table.instances.remove(&instance.name);
+        }
+        table.ports.retain(|_, owner| *owner != instance.name);
+        Ok(())
+    }
+
+    /// Program, arguments and environment from the backend's configured command, plus the
+    /// instance's own arguments.
+    fn launch_spec(&self, options: &InstanceOptions) -> LaunchSpec {
+        let command = self.config.backends.command(options.backend_type());
+        let mut args = command.args.clone();
+        args.extend(options.backend.to_args());
+        let port = options.backend.port().unwrap_or_default();
+        LaunchSpec {
+            program: command.command.clone(),
+            args,
+            env: command
+                .environment
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            health_url: format!(
+                "http://{}:{port}{}",
+                connect_host(options.backend.host()),
+                options.backend.health_path()
+            ),
+        }
+    }
+}
+
+/// The host to dial for a backend bound to `host`: loopback unless it names a concrete address
+/// (a wildcard bind cannot be dialled everywhere, and `localhost` may resolve to IPv6 only).
+fn connect_host(host: Option<&str>) -> String {
+    let host = host.map(str::trim).unwrap_or_default();
+    match host {
+        "" | "0.0.0.0" | "::" | "[::]" | "localhost" => "127.0.0.1".to_owned(),
+        _ if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
+        _ => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_and_missing_hosts_are_dialled_on_loopback() {
+        assert_eq!(connect_host(None), "127.0.0.1");
+        assert_eq!(connect_host(Some("0.0.0.0")), "127.0.0.1");
+        assert_eq!(connect_host(Some("::")), "127.0.0.1");
+        assert_eq!(connect_host(Some("192.168.1.5")), "192.168.1.5");
+        assert_eq!(connect_host(Some("::1")), "[::1]");
+    }
+}

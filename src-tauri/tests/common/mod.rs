@@ -1,0 +1,275 @@
+//! A real engine for the API tests: the router served on 127.0.0.1:0, a registry in temporary
+//! folders, and `tests/fixtures/fake_backend.py` standing in for llama-server.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corral::api::{router, AppState};
+use corral::config::{
+    AuthConfig, BackendCommand, BackendsConfig, Config, InstancesConfig, ServerConfig,
+};
+use corral::instances::Registry;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const MANAGEMENT_KEY: &str = "sk-management-test";
+pub const INFERENCE_KEY: &str = "sk-inference-test";
+
+/// Each engine gets its own slice of ports, so parallel tests never race for one.
+static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(21000);
+const PORTS_PER_ENGINE: u16 = 20;
+
+pub fn fake_backend_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_backend.py")
+}
+
+fn backend(command: &str, args: Vec<String>) -> BackendCommand {
+    BackendCommand {
+        command: command.to_owned(),
+        args,
+        environment: BTreeMap::new(),
+    }
+}
+
+/// A configuration whose llama.cpp backend is the fake one and whose folders are in `data_dir`.
+/// Auth is off; tests that need it turn it on.
+pub fn test_config(data_dir: &Path) -> Config {
+    let first = NEXT_PORT_BLOCK.fetch_add(PORTS_PER_ENGINE, Ordering::SeqCst);
+    let fake = backend("python3", vec![fake_backend_script().display().to_string()]);
+    Config {
+        server: ServerConfig {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            allowed_origins: vec!["*".into()],
+            allowed_hosts: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            allow_insecure_remote: false,
+        },
+        backends: BackendsConfig {
+            llama_cpp: fake.clone(),
+            mlx: fake.clone(),
+            vllm: fake,
+        },
+        instances: InstancesConfig {
+            port_range: (first, first + PORTS_PER_ENGINE - 1),
+            data_dir: data_dir.to_path_buf(),
+            configs_dir: data_dir.join("instances"),
+            logs_dir: data_dir.join("logs"),
+            run_dir: data_dir.join("run"),
+            auto_create_dirs: true,
+            max_instances: None,
+            max_running_instances: None,
+            enable_lru_eviction: true,
+            default_auto_restart: true,
+            default_max_restarts: 3,
+            default_restart_delay: 1,
+            default_on_demand_start: true,
+            default_idle_timeout: 0,
+            on_demand_start_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            log_max_bytes: 1024 * 1024,
+            log_keep_files: 2,
+        },
+        auth: AuthConfig {
+            require_inference_auth: false,
+            inference_keys: Vec::new(),
+            require_management_auth: false,
+            management_keys: Vec::new(),
+        },
+    }
+}
+
+pub fn with_auth(mut config: Config) -> Config {
+    config.auth = AuthConfig {
+        require_inference_auth: true,
+        inference_keys: vec![INFERENCE_KEY.into()],
+        require_management_auth: true,
+        management_keys: vec![MANAGEMENT_KEY.into()],
+    };
+    config
+}
+
+/// A running engine. `stop` shuts its backends down; dropping it without `stop` still kills
+/// them when the test's runtime ends (the children are kill-on-drop).
+pub struct Engine {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub registry: Arc<Registry>,
+    pub config: Arc<Config>,
+    server: Option<oneshot::Sender<()>>,
+}
+
+impl Engine {
+    pub async fn start(config: Config) -> Engine {
+        let config = Arc::new(config);
+        let registry = Registry::open(Arc::clone(&config)).expect("registry opens");
+        let app = router(AppState {
+            registry: Arc::clone(&registry),
+            config: Arc::clone(&config),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Engine {
+            base: format!("http://{addr}"),
+            addr,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            registry,
+            config,
+            server: Some(stop),
+        }
+    }
+
+    /// Stops the HTTP server and every backend, like the engine's exit.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.server.take() {
+            let _ = stop.send(());
+        }
+        self.registry.shutdown().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.unwrap()
+    }
+
+    /// `post` for futures that must not borrow the path (`join_all` over a list).
+    pub async fn post_owned(&self, path: String) -> reqwest::Response {
+        self.post(&path).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
+    }
+
+    /// Creates `name` with `body` and asserts the 201.
+    pub async fn create(&self, name: &str, body: Value) -> Value {
+        let response = self
+            .post_json(&format!("/api/v1/instances/{name}"), &body)
+            .await;
+        let status = response.status();
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "create {name}: {json}");
+        json
+    }
+
+    pub async fn instance(&self, name: &str) -> Value {
+        let response = self.get(&format!("/api/v1/instances/{name}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls the instance until `done` holds; panics after a generous minute.
+    pub async fn wait_for(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let instance = self.instance(name).await;
+            if done(&instance) {
+                return instance;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never became {what}: {instance}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, name: &str) -> Value {
+        self.wait_for(name, "ready", |i| i["health"] == "ready")
+            .await
+    }
+
+    pub fn definition_file(&self, name: &str) -> PathBuf {
+        self.config
+            .instances
+            .configs_dir
+            .join(format!("{name}.json"))
+    }
+}
+
+/// A minimal valid create body for the fake llama.cpp backend.
+pub fn llama(extra: Value) -> Value {
+    let mut body = serde_json::json!({
+        "backend_type": "llama_cpp",
+        "backend_options": {"model": "/models/test.gguf"},
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            body.insert(key.clone(), value.clone());
+        }
+    }
+    body
+}
+
+/// Asserts a management error: the status, `{"error": code, "details": <non-empty>}`.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let actual = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(actual, status, "status of {body}");
+    assert_eq!(body["error"], code, "code of {body}");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|details| !details.is_empty()),
+        "details of {body}"
+    );
+    body
+}
+
+/// Whether a process with this pid exists (signal 0 probes without sending anything).
+pub fn process_exists(pid: u32) -> bool {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, None).is_ok()
+}
+
+/// Polls `condition` for up to a minute.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
