@@ -242,15 +242,17 @@ where
 {
     match env.var(name) {
         None => Ok(None),
-        Some((key, value)) => value
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e: T::Err| ConfigError::Env {
-                name: key,
-                value: value.clone(),
-                reason: e.to_string(),
-            }),
+        Some((key, value)) => {
+            value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError::Env {
+                    name: key,
+                    value: value.clone(),
+                    reason: e.to_string(),
+                })
+        }
     }
 }
 
@@ -655,7 +657,10 @@ backends:
         let c = build("server: {port: 6000}", &env).expect("valid");
         assert_eq!(c.server.port, 7001);
         assert_eq!(c.instances.port_range, (8000, 8100));
-        assert_eq!(c.auth.management_keys, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            c.auth.management_keys,
+            vec!["a".to_string(), "b".to_string()]
+        );
         assert!(!c.instances.default_on_demand_start);
     }
 
@@ -672,7 +677,14 @@ backends:
         for ok in ["8000-9000", "8000,9000", "8000 - 9000", "8000 , 9000"] {
             assert_eq!(parse_port_range(ok), Some((8000, 9000)), "{ok}");
         }
-        for bad in ["8000", "not-a-range", "start-end", "", "8000-9000-10000", "-1000--500"] {
+        for bad in [
+            "8000",
+            "not-a-range",
+            "start-end",
+            "",
+            "8000-9000-10000",
+            "-1000--500",
+        ] {
             assert_eq!(parse_port_range(bad), None, "{bad}");
         }
     }
@@ -681,7 +693,11 @@ backends:
     fn remote_listen_without_inference_keys_is_refused() {
         let err = build("server: {host: 0.0.0.0}", &NO_ENV).expect_err("insecure");
         assert!(err.to_string().contains("inference_keys"), "{err}");
-        build("server: {host: 0.0.0.0}\nauth: {inference_keys: [k]}", &NO_ENV).expect("keys set");
+        build(
+            "server: {host: 0.0.0.0}\nauth: {inference_keys: [k]}",
+            &NO_ENV,
+        )
+        .expect("keys set");
         build(
             "server: {host: 0.0.0.0, allow_insecure_remote: true}",
             &NO_ENV,

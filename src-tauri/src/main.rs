@@ -10,7 +10,11 @@ use corral::config::{Config, Overrides};
 use corral::{generate_missing_keys, Engine, GeneratedKeys};
 
 #[derive(Parser)]
-#[command(name = "corral", version, about = "Runs, routes and supervises local LLM inference servers")]
+#[command(
+    name = "corral",
+    version,
+    about = "Runs, routes and supervises local LLM inference servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -92,7 +96,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 fn print_banner(engine: &Engine, generated: &GeneratedKeys) {
-    println!("Corral {} on http://{}", env!("CARGO_PKG_VERSION"), engine.addr);
+    println!(
+        "Corral {} on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        engine.addr
+    );
     println!("  data: {}", engine.config.instances.data_dir.display());
     if let Some(key) = &generated.management {
         println!("  management key (generated, changes on restart): {key}");

@@ -74,7 +74,12 @@ impl Corral {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -95,7 +100,11 @@ impl Corral {
 
     async fn instance(&self, name: &str) -> Value {
         let (status, v) = self
-            .json(reqwest::Method::GET, &format!("/api/v1/instances/{name}"), None)
+            .json(
+                reqwest::Method::GET,
+                &format!("/api/v1/instances/{name}"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{v}");
         v
@@ -109,7 +118,10 @@ impl Corral {
             if check(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "gave up waiting; last state: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting; last state: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -180,7 +192,10 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
     let port = created["options"]["backend_options"]["port"]
         .as_u64()
         .expect("auto-assigned port");
-    assert!((18100..=18199).contains(&port), "port {port} outside the range");
+    assert!(
+        (18100..=18199).contains(&port),
+        "port {port} outside the range"
+    );
     assert_eq!(created["options"]["backend_options"]["gpu_layers"], 0);
     let first = corral.wait_for("tiny", ready_limit, ready).await;
     let first_pid = pid_of(&first);
@@ -229,7 +244,9 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
         .await;
     assert_eq!(status, 200);
     let restarted = corral
-        .wait_for("tiny", ready_limit, |v| ready(v) && pid_of(v) != pid_of(&started))
+        .wait_for("tiny", ready_limit, |v| {
+            ready(v) && pid_of(v) != pid_of(&started)
+        })
         .await;
     wait_gone(pid_of(&started), Duration::from_secs(10)).await;
 
@@ -249,7 +266,9 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["options"]["backend_options"]["ctx_size"], 512);
     let updated = corral
-        .wait_for("tiny", ready_limit, |v| ready(v) && pid_of(v) != pid_of(&restarted))
+        .wait_for("tiny", ready_limit, |v| {
+            ready(v) && pid_of(v) != pid_of(&restarted)
+        })
         .await;
     let (_, logs) = corral
         .call(Method::GET, "/api/v1/instances/tiny/logs", None)
