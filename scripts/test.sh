@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as the README names it and CI runs it (.ci/run). Stops at the
+# first failing step and says which.
+#
+#   1. the real backend for the e2e tests: llama-server and a tiny model, built once and cached
+#      outside the repo by scripts/test-backend.sh (~5 minutes the first time, ~1 s after);
+#      its paths reach the tests as CORRAL_LLAMA_SERVER and CORRAL_TEST_MODEL
+#   2. cargo fmt --check
+#   3. cargo clippy, warnings as errors
+#   4. cargo test (e2e included: they fail, never skip, without the backend)
+#
+# Everything builds with --no-default-features: the headless engine, without Tauri.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started=$SECONDS
+header() { printf '\n===== %s\n' "$*"; }
+
+step() {
+    local name=$1 t0=$SECONDS
+    shift
+    header "$name"
+    if ! "$@"; then
+        printf '\n===== FAILED: %s (after %ss)\n' "$name" "$((SECONDS - t0))" >&2
+        exit 1
+    fi
+    printf '===== ok: %s (%ss)\n' "$name" "$((SECONDS - t0))"
+}
+
+header "backend for the e2e tests (llama-server + tiny model)"
+t0=$SECONDS
+# Assigned first, not eval'd straight from $(...): a failure inside must stop the run.
+if ! backend_env=$(bash scripts/test-backend.sh); then
+    printf '\n===== FAILED: backend for the e2e tests (after %ss)\n' "$((SECONDS - t0))" >&2
+    exit 1
+fi
+eval "$backend_env"
+export CORRAL_LLAMA_SERVER CORRAL_TEST_MODEL
+printf '%s\n' "$backend_env"
+printf '===== ok: backend (%ss)\n' "$((SECONDS - t0))"
+
+step "cargo fmt" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy -p corral --no-default-features --all-targets -- -D warnings
+step "cargo test" cargo test -p corral --no-default-features
+
+# Slot for the web UI (ui/: npm ci, type check, unit tests, build) and the desktop build
+# (`cargo build -p corral` with the default `desktop` feature), once they exist.
+
+header "all steps passed in $((SECONDS - started))s"
