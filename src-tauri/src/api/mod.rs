@@ -6,6 +6,7 @@ pub mod body;
 pub mod error;
 pub mod host;
 mod instances;
+pub mod openai;
 pub mod openapi;
 mod server;
 
