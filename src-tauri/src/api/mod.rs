@@ -6,6 +6,7 @@ pub mod body;
 pub mod error;
 pub mod host;
 mod instances;
+pub mod ollama;
 pub mod openai;
 pub mod openapi;
 mod server;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         config: state.config,
         proxy: Proxy::new(),
     };
+    let ollama = ollama::router(api.clone());
     let management = Router::new()
         .route("/version", get(server::version))
         .route("/server/help", get(server::help))
@@ -88,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(api);
     Router::new()
         .nest("/api/v1", management)
+        .merge(ollama)
         .layer(cors(&config))
         .layer(from_fn_with_state(config, host::check_host))
 }
