@@ -2,6 +2,7 @@
 //! start, idle stop, LRU eviction, counters and auth — against the fake backend — and, at the
 //! end, the same paths against a real llama-server (`CORRAL_LLAMA_SERVER`, `CORRAL_TEST_MODEL`;
 //! missing, those tests fail: run them through scripts/test.sh).
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
