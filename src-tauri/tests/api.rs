@@ -234,6 +234,7 @@ async fn instance_and_running_limits_are_409() {
     let mut config = test_config(dir.path());
     config.instances.max_instances = Some(2);
     config.instances.max_running_instances = Some(1);
+    config.instances.enable_lru_eviction = false;
     let engine = Engine::start(config).await;
 
     engine.create("one", llama(json!({}))).await;
@@ -1226,6 +1227,7 @@ async fn concurrent_starts_never_exceed_the_running_limit_nor_spawn_twice() {
     let dir = data_dir();
     let mut config = test_config(dir.path());
     config.instances.max_running_instances = Some(1);
+    config.instances.enable_lru_eviction = false;
     let engine = Engine::start(config).await;
     let names = ["one", "two", "three", "four", "five"];
     for name in names {

@@ -349,11 +349,21 @@ async fn at_the_running_limit_the_least_recently_used_idle_instance_makes_room()
     assert_eq!(start.status(), 200);
     assert_eq!(engine.instance("first").await["status"], "stopped");
 
-    // An instance without an idle timeout is never evicted: nothing can make room.
+    // An instance without an idle timeout is evicted too (llamactl would not, so its running
+    // limit with on-demand start fails under the defaults).
     engine.create("pinned", llama(json!({}))).await;
-    engine.post("/api/v1/instances/pinned/stop").await;
-    engine.post("/api/v1/instances/second/stop").await;
-    engine.post("/api/v1/instances/pinned/start").await;
+    assert_eq!(engine.instance("second").await["status"], "stopped");
+    assert_eq!(chat(&engine, "second").await.status(), 200);
+    assert_eq!(engine.instance("pinned").await["status"], "stopped");
+
+    // An instance with a request in flight is never evicted: nothing can make room.
+    let stream = engine
+        .post_json(
+            "/v1/slow_stream",
+            &json!({"model": "second", "chunks": 40, "interval": 0.1}),
+        )
+        .await;
+    assert_eq!(stream.status(), 200);
     let message = assert_openai_error(
         chat(&engine, "first").await,
         503,
@@ -361,6 +371,8 @@ async fn at_the_running_limit_the_least_recently_used_idle_instance_makes_room()
     )
     .await;
     assert!(message.contains("max_running_instances"), "{message}");
+    assert_eq!(engine.instance("second").await["status"], "running");
+    drop(stream);
     engine.stop().await;
 }
 

@@ -233,9 +233,9 @@ impl Registry {
             && !self.eviction_candidates(table, except).is_empty()
     }
 
-    /// Running instances that may be evicted, least recently used first: those with an idle
-    /// timeout (as in llamactl: an instance without one is meant to stay), nothing in flight,
-    /// and not starting or stopping.
+    /// Running instances that may be evicted, least recently used first: nothing in flight, not
+    /// starting or stopping. Unlike llamactl, an instance without an idle timeout is a candidate
+    /// too: otherwise a running limit with on-demand start fails under the default settings.
     fn eviction_candidates(
         &self,
         table: &Table,
@@ -250,7 +250,6 @@ impl Registry {
                 is_active(&state)
                     && state.health != Some(Health::Stopping)
                     && !other.starting.load(Ordering::SeqCst)
-                    && other.idle_timeout() > 0
                     && other.usage.in_flight() == 0
                     && !other.usage.is_draining()
             })
