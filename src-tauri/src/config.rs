@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Largest accepted management request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest accepted `/v1` request body, in bytes (prompts with images are large); past it 413.
+    pub max_inference_body_bytes: usize,
     /// Allow listening on a non-loopback address without inference keys.
     pub allow_insecure_remote: bool,
 }
@@ -82,6 +84,9 @@ pub struct InstancesConfig {
     /// Minutes; 0 = never.
     pub default_idle_timeout: u64,
     pub on_demand_start_timeout: Duration,
+    /// What one unit of an instance's `idle_timeout` lasts: a minute, except in tests
+    /// (`instances.idle_timeout_unit_seconds`, `CORRAL_IDLE_TIMEOUT_UNIT_SECONDS`).
+    pub idle_timeout_unit: Duration,
     /// How long a backend gets after SIGINT before SIGKILL.
     pub stop_grace: Duration,
     /// A log file is rotated when it grows past this many bytes.
@@ -150,6 +155,7 @@ struct FileServer {
     allowed_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
+    max_inference_body_bytes: Option<usize>,
     allow_insecure_remote: Option<bool>,
 }
 
@@ -195,6 +201,8 @@ struct FileInstances {
     default_on_demand_start: Option<bool>,
     default_idle_timeout: Option<u64>,
     on_demand_start_timeout: Option<i64>,
+    /// Hidden knob for tests: seconds per `idle_timeout` unit (default 60).
+    idle_timeout_unit_seconds: Option<f64>,
     stop_grace_seconds: Option<f64>,
     log_max_bytes: Option<u64>,
     log_keep_files: Option<usize>,
@@ -377,6 +385,9 @@ impl Config {
             max_body_bytes: env_parse(env, "MAX_BODY_BYTES")?
                 .or(s.max_body_bytes)
                 .unwrap_or(64 * 1024 * 1024),
+            max_inference_body_bytes: env_parse(env, "MAX_INFERENCE_BODY_BYTES")?
+                .or(s.max_inference_body_bytes)
+                .unwrap_or(256 * 1024 * 1024),
             allow_insecure_remote: env_bool(env, "ALLOW_INSECURE_REMOTE")?
                 .or(s.allow_insecure_remote)
                 .unwrap_or(false),
@@ -432,6 +443,9 @@ impl Config {
         let start_timeout = env_parse::<i64>(env, "ON_DEMAND_START_TIMEOUT")?
             .or(i.on_demand_start_timeout)
             .unwrap_or(120);
+        let idle_unit = env_parse::<f64>(env, "IDLE_TIMEOUT_UNIT_SECONDS")?
+            .or(i.idle_timeout_unit_seconds)
+            .unwrap_or(60.0);
         let stop_grace = env_parse::<f64>(env, "STOP_GRACE_SECONDS")?
             .or(i.stop_grace_seconds)
             .unwrap_or(10.0);
@@ -477,6 +491,14 @@ impl Config {
             } else {
                 30
             }),
+            idle_timeout_unit: Duration::try_from_secs_f64(idle_unit)
+                .ok()
+                .filter(|unit| !unit.is_zero())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "instances.idle_timeout_unit_seconds must be a positive number, got {idle_unit}"
+                    ))
+                })?,
             stop_grace: Duration::try_from_secs_f64(stop_grace).map_err(|_| {
                 ConfigError::Invalid(format!(
                     "instances.stop_grace_seconds must be a non-negative number, got {stop_grace}"
@@ -598,6 +620,21 @@ mod tests {
         assert_eq!(c.instances.default_restart_delay, 5);
         assert_eq!(c.backends.llama_cpp.command, "llama-server");
         assert_eq!(c.backends.vllm.args, vec!["serve".to_string()]);
+        assert_eq!(c.server.max_inference_body_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.instances.idle_timeout_unit, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn idle_timeout_unit_can_be_shortened_for_tests_but_not_zeroed() {
+        let c = build("", &[("CORRAL_IDLE_TIMEOUT_UNIT_SECONDS", "0.5")]).expect("valid");
+        assert_eq!(c.instances.idle_timeout_unit, Duration::from_millis(500));
+        let c = build("instances: {idle_timeout_unit_seconds: 2}", &NO_ENV).expect("valid");
+        assert_eq!(c.instances.idle_timeout_unit, Duration::from_secs(2));
+        let err = build("instances: {idle_timeout_unit_seconds: 0}", &NO_ENV).expect_err("zero");
+        assert!(
+            err.to_string().contains("idle_timeout_unit_seconds"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri, Version};
@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::api::error::ApiError;
+use crate::instances::InFlight;
 
 /// How long dialling a backend may take before the request fails with 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +30,49 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Watches one exchange pass through the proxy without holding it up; dropped when the response
+/// body ended or the client went away (so a guard inside it lives exactly as long as the request).
+pub trait Tap: Send + 'static {
+    /// The backend's status and headers, before the body.
+    fn response(&mut self, _status: StatusCode, _headers: &HeaderMap) {}
+    /// Each chunk of the response body, as it passes.
+    fn data(&mut self, _chunk: &Bytes) {}
+    /// The request could not be forwarded.
+    fn failed(&mut self, _error: &ProxyError) {}
+}
+
+impl Tap for () {}
+
+impl Tap for InFlight {}
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the path cannot be forwarded: {0}")]
+    InvalidPath(String),
+    #[error("the backend at {authority} did not answer: {message}")]
+    Unreachable { authority: String, message: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(error: ProxyError) -> Self {
+        let code = match error {
+            ProxyError::InvalidPath(_) => "invalid_path",
+            ProxyError::Unreachable { .. } => "upstream_unreachable",
+        };
+        ApiError::new(error.status(), code, error.to_string())
+    }
+}
 
 /// A pooled HTTP/1 client to the backends. Cheap to clone.
 #[derive(Clone)]
@@ -53,28 +97,37 @@ impl Proxy {
         }
     }
 
+    /// `try_forward` with failures as management errors (502 for an unreachable backend).
+    pub async fn forward<T: Tap>(
+        &self,
+        request: Request,
+        authority: &str,
+        path_and_query: &str,
+        tap: T,
+    ) -> Response {
+        self.try_forward(request, authority, path_and_query, tap)
+            .await
+            .unwrap_or_else(|e| ApiError::from(e).into_response())
+    }
+
     /// Sends `request` to `http://<authority><path_and_query>` and streams the answer back.
-    /// `guard` is kept until the response body has been sent or the client went away (the
-    /// in-flight count of the router hangs on it). Upstream CORS headers are dropped so that
-    /// Corral's own apply. An unreachable backend answers 502.
-    pub async fn forward<G>(
+    /// `tap` sees the answer go by and is kept until the response body has been sent or the
+    /// client went away (the in-flight count of the router hangs on it); dropping the body also
+    /// drops the upstream connection, which cancels the backend's work. Upstream CORS headers
+    /// are dropped so that Corral's own apply.
+    pub async fn try_forward<T: Tap>(
         &self,
         mut request: Request,
         authority: &str,
         path_and_query: &str,
-        guard: G,
-    ) -> Response
-    where
-        G: Send + 'static,
-    {
+        mut tap: T,
+    ) -> Result<Response, ProxyError> {
         let uri = match format!("http://{authority}{path_and_query}").parse::<Uri>() {
             Ok(uri) => uri,
             Err(e) => {
-                return ApiError::bad_request(
-                    "invalid_path",
-                    format!("the path cannot be forwarded: {e}"),
-                )
-                .into_response()
+                let error = ProxyError::InvalidPath(e.to_string());
+                tap.failed(&error);
+                return Err(error);
             }
         };
         let original_host = request.headers().get(header::HOST).cloned();
@@ -99,19 +152,24 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 strip_cors(&mut parts.headers);
+                tap.response(parts.status, &parts.headers);
+                // Owning the tap here ties its life to the body's.
                 let body = body.map_frame(move |frame| {
-                    // Owning the guard here ties its life to the body's.
-                    let _ = &guard;
+                    if let Some(chunk) = frame.data_ref() {
+                        tap.data(chunk);
+                    }
                     frame
                 });
-                Response::from_parts(parts, Body::new(body))
+                Ok(Response::from_parts(parts, Body::new(body)))
             }
-            Err(e) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                format!("the backend at {authority} did not answer: {e}"),
-            )
-            .into_response(),
+            Err(e) => {
+                let error = ProxyError::Unreachable {
+                    authority: authority.to_owned(),
+                    message: e.to_string(),
+                };
+                tap.failed(&error);
+                Err(error)
+            }
         }
     }
 }

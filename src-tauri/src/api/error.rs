@@ -64,6 +64,9 @@ impl From<InstanceError> for ApiError {
             E::Persist { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "persistence_failed"),
             E::CreateDir { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
             E::Logs { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "logs_unavailable"),
+            E::Failed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "instance_failed"),
+            E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "instance_not_ready"),
+            E::AliasTaken { .. } => (StatusCode::CONFLICT, "alias_taken"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         Self::new(status, code, error.to_string())

@@ -167,16 +167,30 @@ pub async fn proxy(State(api): State<Api>, mut request: Request) -> Answer<Respo
         .await
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
     let name = params.get("name").map(String::as_str).unwrap_or_default();
-    let upstream = api.registry.upstream(name)?;
-    let mut target = backend_path(request.uri().path()).to_owned();
+    let path = backend_path(request.uri().path()).to_owned();
+    let mut target = path.clone();
     if let Some(query) = request.uri().query() {
         target.push('?');
         target.push_str(query);
     }
+    // Health probes (the UI polls them) must not keep an instance from going idle.
+    if is_health_probe(&path) {
+        let upstream = api.registry.upstream(name)?;
+        return Ok(api
+            .proxy
+            .forward(request, &upstream.authority, &target, ())
+            .await);
+    }
+    let (upstream, in_flight) = api.registry.lease_running(name)?;
     Ok(api
         .proxy
-        .forward(request, &upstream.authority, &target, ())
+        .forward(request, &upstream.authority, &target, in_flight)
         .await)
+}
+
+fn is_health_probe(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    path == "/health" || path == "/v1/health"
 }
 
 /// What follows `/instances/<name>/proxy` in the raw (still percent-encoded) path; `/` if nothing.

@@ -1,4 +1,5 @@
-//! The HTTP API: management routes under /api/v1, auth, errors and the OpenAPI document.
+//! The HTTP API: management routes under /api/v1, the inference routes under /v1, auth, errors
+//! and the OpenAPI document.
 
 pub mod auth;
 mod backends;
@@ -6,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod host;
 mod instances;
+pub mod ollama;
 pub mod openai;
 pub mod openapi;
 mod server;
@@ -46,7 +48,8 @@ impl FromRef<Api> for Arc<Config> {
     }
 }
 
-/// The whole HTTP surface: `/api/v1` behind management auth, CORS, and the Host check.
+/// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, CORS,
+/// and the Host check.
 pub fn router(state: AppState) -> Router {
     let config = Arc::clone(&state.config);
     let api = Api {
@@ -54,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         config: state.config,
         proxy: Proxy::new(),
     };
+    let ollama = ollama::router(api.clone());
     let management = Router::new()
         .route("/version", get(server::version))
         .route("/server/help", get(server::help))
@@ -85,9 +89,22 @@ pub fn router(state: AppState) -> Router {
             Arc::clone(&config),
             auth::require_management,
         ))
+        .with_state(api.clone());
+    let inference = Router::new()
+        .route("/models", get(openai::models))
+        .route("/models/{model}", get(openai::model))
+        .route("/{*path}", post(openai::inference))
+        .fallback(unknown_inference_route)
+        .method_not_allowed_fallback(inference_method_not_allowed)
+        .layer(from_fn_with_state(
+            Arc::clone(&config),
+            auth::require_inference,
+        ))
         .with_state(api);
     Router::new()
         .nest("/api/v1", management)
+        .nest("/v1", inference)
+        .merge(ollama)
         .layer(cors(&config))
         .layer(from_fn_with_state(config, host::check_host))
 }
@@ -105,6 +122,22 @@ async fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not accept that method: see /api/v1/openapi.json",
+    )
+}
+
+async fn unknown_inference_route() -> openai::OpenAiError {
+    openai::OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such inference route: /v1 takes GET /v1/models and POST /v1/<backend route>",
+    )
+}
+
+async fn inference_method_not_allowed() -> openai::OpenAiError {
+    openai::OpenAiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "inference routes take POST with a JSON body naming the `model`",
     )
 }
 

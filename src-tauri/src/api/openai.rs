@@ -1,16 +1,271 @@
-//! The inference router: `/v1/*` requests go to the instance their `model` names.
+//! The inference router: `GET /v1/models`, and `POST /v1/*` requests sent to the instance their
+//! body's `model` names (an instance or an alias), started on demand, with OpenAI-shaped errors
+//! and one log line per request with its tokens.
 //!
 //! INTERFACE: `dispatch` is what every inference front end (OpenAI, Anthropic, Ollama) calls.
-//! This first version only forwards to a running instance; on-demand start, aliases, the model
-//! rewrite, in-flight counting and OpenAI-shaped errors come with the routing work.
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{header, HeaderMap, Method};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
 use super::Api;
+use crate::instances::{InFlight, InstanceError, ModelEntry, TokenUsage};
+use crate::proxy::{ProxyError, Tap};
+
+/// The body of every `/v1` error, in OpenAI's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    /// `invalid_request_error` for the client's mistakes, `server_error` otherwise.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Stable, machine-readable code (`model_not_found`).
+    pub code: &'static str,
+}
+
+/// A refused or failed inference request.
+#[derive(Debug)]
+pub struct OpenAiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl OpenAiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let kind = if self.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let body = OpenAiErrorBody {
+            error: OpenAiErrorDetail {
+                message: self.message,
+                kind,
+                code: self.code,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<InstanceError> for OpenAiError {
+    fn from(error: InstanceError) -> Self {
+        use InstanceError as E;
+        let (status, code, message) = match &error {
+            E::NotFound(model) => (
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("The model '{model}' does not exist: GET /v1/models lists the models"),
+            ),
+            E::NotRunning(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "instance_not_running",
+                "Instance is not running".to_owned(),
+            ),
+            E::Failed { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "instance_failed",
+                error.to_string(),
+            ),
+            E::NotReady { .. } | E::StartFailed { .. } | E::PortInUse(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "instance_start_failed",
+                error.to_string(),
+            ),
+            E::MaxRunning(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "max_running_instances_reached",
+                error.to_string(),
+            ),
+            E::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                error.to_string(),
+            ),
+            _ => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                error.to_string(),
+            ),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl From<ProxyError> for OpenAiError {
+    fn from(error: ProxyError) -> Self {
+        let code = match error {
+            ProxyError::InvalidPath(_) => "invalid_path",
+            ProxyError::Unreachable { .. } => "upstream_unreachable",
+        };
+        Self::new(error.status(), code, error.to_string())
+    }
+}
+
+/// One model of `/v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    /// Instance name or alias: what to send as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Unix seconds of the instance's creation.
+    pub created: i64,
+    /// Always `corral`.
+    pub owned_by: &'static str,
+}
+
+impl From<ModelEntry> for Model {
+    fn from(entry: ModelEntry) -> Self {
+        Self {
+            id: entry.id,
+            object: "model",
+            created: entry.created,
+            owned_by: "corral",
+        }
+    }
+}
+
+/// OpenAI's model list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<Model>,
+}
+
+/// Every instance and alias, as OpenAI's model list, sorted by id.
+#[utoipa::path(get, path = "/v1/models", tag = "inference",
+    responses((status = 200, body = ModelList)))]
+pub async fn models(State(api): State<Api>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: api.registry.models().into_iter().map(Model::from).collect(),
+    })
+}
+
+/// One model by id.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "inference",
+    params(("model" = String, Path, description = "Instance name or alias")),
+    responses(
+        (status = 200, body = Model),
+        (status = 404, description = "No such model", body = OpenAiErrorBody)))]
+pub async fn model(
+    State(api): State<Api>,
+    Path(model): Path<String>,
+) -> Result<Json<Model>, OpenAiError> {
+    api.registry
+        .models()
+        .into_iter()
+        .find(|entry| entry.id == model)
+        .map(|entry| Json(entry.into()))
+        .ok_or_else(|| InstanceError::NotFound(model).into())
+}
+
+/// Any OpenAI or Anthropic inference call (`chat/completions`, `completions`, `embeddings`,
+/// `rerank`, `messages`, ...): sent to the instance the body's `model` names, which is started
+/// first if it is stopped and allows on-demand start. The answer streams back as the backend
+/// writes it.
+#[utoipa::path(post, path = "/v1/{path}", tag = "inference",
+    params(("path" = String, Path, description = "The backend's route, e.g. chat/completions")),
+    request_body(content = Object, description = "The backend's request; `model` names the instance or an alias"),
+    responses(
+        (status = 200, description = "Whatever the backend answers (JSON or an SSE stream)"),
+        (status = 400, description = "Not a JSON object, or no `model`", body = OpenAiErrorBody),
+        (status = 404, description = "No instance or alias has that name", body = OpenAiErrorBody),
+        (status = 413, description = "Body over server.max_inference_body_bytes", body = OpenAiErrorBody),
+        (status = 502, description = "The backend did not answer", body = OpenAiErrorBody),
+        (status = 503, description = "Not running, failed, or could not be started in time", body = OpenAiErrorBody)))]
+pub async fn inference(State(api): State<Api>, request: Request) -> Response {
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let (parts, body) = request.into_parts();
+    let raw = match read_body(&api, &parts.headers, body).await {
+        Ok(raw) => raw,
+        Err(e) => return e.into_response(),
+    };
+    let value: Value = match serde_json::from_slice(&raw) {
+        Ok(value @ Value::Object(_)) => value,
+        Ok(_) | Err(_) => {
+            return OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_body",
+                "Invalid request body: expected a JSON object",
+            )
+            .into_response()
+        }
+    };
+    let Some(model) = value
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|model| !model.is_empty())
+        .map(str::to_owned)
+    else {
+        return OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "model_required",
+            "Instance name is required: set `model` to an instance name or alias (GET /v1/models)",
+        )
+        .into_response();
+    };
+    route(&api, &model, &path, parts.headers, value, Some(raw)).await
+}
+
+/// Reads the whole body, refusing with 413 past `server.max_inference_body_bytes`.
+async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<Bytes, OpenAiError> {
+    let limit = api.config.server.max_inference_body_bytes;
+    let too_large = || {
+        OpenAiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the request body is larger than {limit} bytes (server.max_inference_body_bytes)"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_body",
+            format!("Failed to read request body: {e}"),
+        )),
+    }
+}
 
 /// Sends one inference request with JSON `body` to `path` (`/v1/chat/completions`) of the
 /// instance that serves `model`, and streams its answer back.
@@ -21,15 +276,52 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: serde_json::Value,
 ) -> Response {
-    let upstream = match api.registry.upstream(model) {
-        Ok(upstream) => upstream,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let bytes = match serde_json::to_vec(&body) {
-        Ok(bytes) => bytes,
+    route(api, model, path, headers, body, None).await
+}
+
+/// `dispatch`, forwarding `raw` unchanged when the backend takes the model name as sent.
+async fn route(
+    api: &Api,
+    model: &str,
+    path: &str,
+    headers: HeaderMap,
+    mut body: Value,
+    raw: Option<Bytes>,
+) -> Response {
+    let started = Instant::now();
+    let lease = match api.registry.acquire(model).await {
+        Ok(lease) => lease,
         Err(e) => {
-            return ApiError::bad_request("invalid_json", format!("cannot encode the request: {e}"))
-                .into_response()
+            let error = OpenAiError::from(e);
+            tracing::info!(
+                model,
+                path,
+                status = error.status.as_u16(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "inference request refused: {}",
+                error.message
+            );
+            return error.into_response();
+        }
+    };
+    lease.guard.count_request();
+    let bytes = match (&lease.backend_model, raw) {
+        (None, Some(raw)) => raw,
+        (backend_model, _) => {
+            if let (Some(backend_model), Some(object)) = (backend_model, body.as_object_mut()) {
+                object.insert("model".into(), Value::String(backend_model.clone()));
+            }
+            match serde_json::to_vec(&body) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(e) => {
+                    return OpenAiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        format!("cannot encode the request: {e}"),
+                    )
+                    .into_response()
+                }
+            }
         }
     };
     let mut request = Request::new(Body::from(bytes));
@@ -37,10 +329,214 @@ pub async fn dispatch(
     *request.headers_mut() = headers;
     request.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
+        HeaderValue::from_static("application/json"),
     );
+    // The body may have been rewritten; hyper sets the length from the new one.
     request.headers_mut().remove(header::CONTENT_LENGTH);
-    api.proxy
-        .forward(request, &upstream.authority, path, ())
+    let log = RequestLog::new(lease.guard, path, started);
+    match api
+        .proxy
+        .try_forward(request, &lease.upstream.authority, path, log)
         .await
+    {
+        Ok(response) => response,
+        Err(e) => OpenAiError::from(e).into_response(),
+    }
+}
+
+/// Largest JSON answer kept to read its `usage`; bigger ones (embeddings of long inputs) are
+/// passed on without counting tokens.
+const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
+
+/// Largest SSE line kept while looking for the final chunk's usage.
+const MAX_SSE_LINE: usize = 1024 * 1024;
+
+/// The request's log line and the instance's counters, written when the exchange ends (body
+/// sent or client gone). Holds the in-flight guard, so the instance counts as busy until then.
+struct RequestLog {
+    guard: InFlight,
+    path: String,
+    started: Instant,
+    status: Option<StatusCode>,
+    body: TappedBody,
+    tokens: TokenUsage,
+}
+
+/// What of the response body is kept to find the token counts: never the stream itself.
+enum TappedBody {
+    /// A JSON answer, whole (bounded by `MAX_JSON_TAP`).
+    Json(Vec<u8>),
+    /// An SSE stream: only the line being received.
+    Sse(Vec<u8>),
+    Ignored,
+}
+
+impl RequestLog {
+    fn new(guard: InFlight, path: &str, started: Instant) -> Self {
+        Self {
+            guard,
+            path: path.to_owned(),
+            started,
+            status: None,
+            body: TappedBody::Ignored,
+            tokens: TokenUsage::default(),
+        }
+    }
+
+    fn sse_line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let mentions = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+        if !mentions(b"usage") && !mentions(b"timings") {
+            return;
+        }
+        if let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) {
+            merge_usage(&mut self.tokens, &event);
+        }
+    }
+}
+
+impl Tap for RequestLog {
+    fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.status = Some(status);
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        self.body = if content_type.starts_with("text/event-stream") {
+            TappedBody::Sse(Vec::new())
+        } else if content_type.starts_with("application/json") {
+            TappedBody::Json(Vec::new())
+        } else {
+            TappedBody::Ignored
+        };
+    }
+
+    fn data(&mut self, chunk: &Bytes) {
+        match &mut self.body {
+            TappedBody::Json(kept) if kept.len() + chunk.len() <= MAX_JSON_TAP => {
+                kept.extend_from_slice(chunk)
+            }
+            TappedBody::Json(_) => self.body = TappedBody::Ignored,
+            TappedBody::Sse(line) => {
+                let mut line = std::mem::take(line);
+                for piece in chunk.split_inclusive(|&byte| byte == b'\n') {
+                    if line.len() + piece.len() <= MAX_SSE_LINE {
+                        line.extend_from_slice(piece);
+                    }
+                    if piece.ends_with(b"\n") {
+                        self.sse_line(&line);
+                        line.clear();
+                    }
+                }
+                if let TappedBody::Sse(kept) = &mut self.body {
+                    *kept = line;
+                }
+            }
+            TappedBody::Ignored => {}
+        }
+    }
+
+    fn failed(&mut self, error: &ProxyError) {
+        self.status = Some(error.status());
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        if let TappedBody::Json(kept) = &self.body {
+            if let Ok(answer) = serde_json::from_slice::<Value>(kept) {
+                merge_usage(&mut self.tokens, &answer);
+            }
+        }
+        let elapsed = self.started.elapsed();
+        if self.tokens.per_second.is_none() {
+            self.tokens.per_second = self
+                .tokens
+                .completion
+                .filter(|&tokens| tokens > 0 && !elapsed.is_zero())
+                .map(|tokens| tokens as f64 / elapsed.as_secs_f64());
+        }
+        if self.tokens != TokenUsage::default() {
+            self.guard.record_tokens(self.tokens);
+        }
+        // A response whose status never arrived was cut off by the client.
+        let status = self.status.map_or(499, |status| status.as_u16());
+        tracing::info!(
+            instance = self.guard.instance(),
+            path = %self.path,
+            status,
+            duration_ms = elapsed.as_millis() as u64,
+            prompt_tokens = self.tokens.prompt,
+            completion_tokens = self.tokens.completion,
+            tokens_per_second = self.tokens.per_second,
+            "inference request"
+        );
+    }
+}
+
+/// Takes the token counts an answer or a stream event reports: OpenAI's `usage`, Anthropic's
+/// `usage` (also inside `message`), llama-server's `timings`. Later events win.
+fn merge_usage(tokens: &mut TokenUsage, event: &Value) {
+    let number = |value: &Value, key: &str| value.get(key).and_then(Value::as_u64);
+    for usage in [event.get("usage"), event.pointer("/message/usage")]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(prompt) =
+            number(usage, "prompt_tokens").or_else(|| number(usage, "input_tokens"))
+        {
+            tokens.prompt = Some(prompt);
+        }
+        if let Some(completion) =
+            number(usage, "completion_tokens").or_else(|| number(usage, "output_tokens"))
+        {
+            tokens.completion = Some(completion);
+        }
+    }
+    if let Some(timings) = event.get("timings") {
+        if tokens.prompt.is_none() {
+            tokens.prompt = number(timings, "prompt_n");
+        }
+        if tokens.completion.is_none() {
+            tokens.completion = number(timings, "predicted_n");
+        }
+        if let Some(speed) = timings.get("predicted_per_second").and_then(Value::as_f64) {
+            tokens.per_second = Some(speed);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_is_read_from_openai_anthropic_and_llama_shapes() {
+        let mut tokens = TokenUsage::default();
+        merge_usage(
+            &mut tokens,
+            &json!({"usage": {"prompt_tokens": 7, "completion_tokens": 3}}),
+        );
+        assert_eq!((tokens.prompt, tokens.completion), (Some(7), Some(3)));
+
+        let mut tokens = TokenUsage::default();
+        merge_usage(
+            &mut tokens,
+            &json!({"message": {"usage": {"input_tokens": 5}}}),
+        );
+        merge_usage(&mut tokens, &json!({"usage": {"output_tokens": 9}}));
+        assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(9)));
+
+        let mut tokens = TokenUsage::default();
+        merge_usage(
+            &mut tokens,
+            &json!({"timings": {"prompt_n": 4, "predicted_n": 8, "predicted_per_second": 120.5}}),
+        );
+        assert_eq!(tokens.per_second, Some(120.5));
+        assert_eq!(tokens.completion, Some(8));
+    }
 }

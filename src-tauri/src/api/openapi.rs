@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, error, instances, server};
+use super::{backends, error, instances, openai, server};
 use crate::instances::BACKEND_SCHEMA_NAMES;
 
 #[derive(OpenApi)]
@@ -27,9 +27,12 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         instances::restart,
         instances::logs,
         instances::proxy,
+        openai::models,
+        openai::model,
+        openai::inference,
         openapi_json,
     ),
-    components(schemas(error::ErrorBody)),
+    components(schemas(error::ErrorBody, openai::OpenAiErrorBody)),
     modifiers(&BackendSchemas, &Security),
     security(("bearer" = []), ("api_key" = [])),
 )]

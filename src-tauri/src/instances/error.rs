@@ -62,6 +62,12 @@ pub enum InstanceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("instance '{name}' has failed: {reason}")]
+    Failed { name: String, reason: String },
+    #[error("instance '{name}' is not ready: {reason}")]
+    NotReady { name: String, reason: String },
+    #[error("alias '{alias}' is already used by instance '{owner}'")]
+    AliasTaken { alias: String, owner: String },
     #[error("Corral is shutting down: no instance can be started or changed now")]
     ShuttingDown,
 }

@@ -5,7 +5,9 @@ mod name;
 mod options;
 mod ports;
 mod registry;
+mod routing;
 mod store;
+mod usage;
 
 pub use error::InstanceError;
 pub use name::{validate_name, MAX_NAME_LEN};
@@ -13,3 +15,5 @@ pub use options::{
     CreateInstanceOptions, InstanceOptions, InstanceOptionsView, InstanceView, BACKEND_SCHEMA_NAMES,
 };
 pub use registry::{Registry, Upstream};
+pub use routing::{Lease, ModelEntry};
+pub use usage::{InFlight, TokenUsage};

@@ -24,6 +24,9 @@ pub struct CreateInstanceOptions {
     pub on_demand_start: Option<bool>,
     /// Minutes without requests before the instance is stopped; 0 = never (negative = 0).
     pub idle_timeout: Option<i64>,
+    /// Other model names `/v1` requests may use for this instance; unique across all instances
+    /// and their names.
+    pub aliases: Option<Vec<String>>,
     /// Required.
     #[schema(value_type = BackendType)]
     pub backend_type: Option<String>,
@@ -42,6 +45,8 @@ pub struct InstanceOptions {
     pub on_demand_start: bool,
     /// Minutes; 0 = never.
     pub idle_timeout: u64,
+    /// Other model names this instance answers to, trimmed and without repeats.
+    pub aliases: Vec<String>,
     /// Carries the backend type; its port is always set once the registry accepted the instance.
     pub backend: BackendOptions,
 }
@@ -89,6 +94,7 @@ impl InstanceOptions {
         };
         let backend = BackendOptions::from_json(backend_type, &backend_options)
             .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
+        let aliases = validate_aliases(request.aliases.unwrap_or_default())?;
         Ok(Self {
             auto_restart: request
                 .auto_restart
@@ -105,6 +111,7 @@ impl InstanceOptions {
             idle_timeout: request
                 .idle_timeout
                 .map_or(defaults.default_idle_timeout, clamp_u64),
+            aliases,
             backend,
         })
     }
@@ -125,10 +132,31 @@ impl InstanceOptions {
             restart_delay: self.restart_delay,
             on_demand_start: self.on_demand_start,
             idle_timeout: self.idle_timeout,
+            aliases: self.aliases.clone(),
             backend_type: self.backend_type(),
             backend_options: self.backend.to_json(),
         }
     }
+}
+
+/// Aliases are model names clients send: any non-empty text without control characters.
+fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, InstanceError> {
+    let mut valid: Vec<String> = Vec::with_capacity(aliases.len());
+    for alias in aliases {
+        let alias = alias.trim();
+        if alias.is_empty() || alias.len() > 256 || alias.chars().any(char::is_control) {
+            return Err(InstanceError::InvalidOptions(format!(
+                "alias {alias:?} must be 1 to 256 printable characters"
+            )));
+        }
+        if valid.iter().any(|seen| seen == alias) {
+            return Err(InstanceError::InvalidOptions(format!(
+                "alias '{alias}' is listed twice"
+            )));
+        }
+        valid.push(alias.to_owned());
+    }
+    Ok(valid)
 }
 
 fn parse_backend_type(name: &str) -> Result<BackendType, InstanceError> {
@@ -156,6 +184,9 @@ pub struct InstanceOptionsView {
     pub on_demand_start: bool,
     /// Minutes; 0 = never.
     pub idle_timeout: u64,
+    /// Other model names `/v1` routes to this instance; left out when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     pub backend_type: BackendType,
     /// Only the options that are set; `port` is always there.
     #[schema(schema_with = backend_options_schema)]
@@ -182,6 +213,18 @@ pub struct InstanceView {
     /// Why the instance failed, or why its last start failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Inference requests routed to it since the engine started.
+    pub requests: u64,
+    /// Requests and streams being answered right now.
+    pub in_flight: u64,
+    /// Unix seconds of the last inference request.
+    pub last_request_at: Option<i64>,
+    /// Prompt tokens of every answer that reported usage, summed.
+    pub tokens_prompt: u64,
+    /// Generated tokens of every answer that reported usage, summed.
+    pub tokens_completion: u64,
+    /// Generation speed of the last answer that reported usage.
+    pub tokens_per_second: Option<f64>,
 }
 
 impl InstanceView {
@@ -196,6 +239,12 @@ impl InstanceView {
             pid: state.pid,
             started_at: state.started_at,
             error: state.error,
+            requests: 0,
+            in_flight: 0,
+            last_request_at: None,
+            tokens_prompt: 0,
+            tokens_completion: 0,
+            tokens_per_second: None,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::options::{InstanceOptions, InstanceView};
 use super::store::{self, RecordOut};
+use super::usage::Usage;
 use super::{name::validate_name, ports, InstanceError};
 use crate::config::Config;
 use crate::supervisor::{
@@ -35,53 +36,75 @@ pub struct Upstream {
 /// All instances of the engine. Cheap lookups behind one lock; each instance's operations are
 /// serialized by its own lock.
 pub struct Registry {
-    config: Arc<Config>,
+    pub(super) config: Arc<Config>,
     settings: Arc<SupervisorSettings>,
     /// A std Mutex on purpose: it only guards map lookups, inserts and the port table, is never
     /// held across an `.await`, so blocking briefly is cheaper than an async lock and it can never
     /// be held while waiting for a backend.
-    table: Mutex<Table>,
+    pub(super) table: Mutex<Table>,
     /// Set by `shutdown`: nothing may start after the engine began to stop its backends.
-    shutting_down: AtomicBool,
+    pub(super) shutting_down: AtomicBool,
+    /// Wakes the idle reaper when a deadline may have moved (a start, an update, the end of a
+    /// request); a stored permit means no wake-up is lost while it scans.
+    pub(super) reaper_wake: Arc<tokio::sync::Notify>,
+    /// The idle reaper, ended with the registry.
+    pub(super) reaper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(reaper) = lock(&self.reaper).take() {
+            reaper.abort();
+        }
+    }
 }
 
 #[derive(Default)]
-struct Table {
+pub(super) struct Table {
     /// Sorted, so listings come out by name.
-    instances: BTreeMap<String, Arc<Instance>>,
+    pub(super) instances: BTreeMap<String, Arc<Instance>>,
     /// Port -> instance owning it, whether or not the instance runs.
     ports: BTreeMap<u16, String>,
 }
 
-struct Instance {
-    name: String,
+pub(super) struct Instance {
+    pub(super) name: String,
     /// Unix seconds; kept across updates and restarts.
-    created: i64,
-    supervisor: Supervisor,
+    pub(super) created: i64,
+    pub(super) supervisor: Supervisor,
     /// `<configs_dir>/<name>.json`.
     file: PathBuf,
     /// Serializes this instance's lifecycle operations (create, update, start, stop, restart,
     /// delete); a tokio Mutex because they await the supervisor while holding it.
-    op: Arc<tokio::sync::Mutex<()>>,
+    pub(super) op: Arc<tokio::sync::Mutex<()>>,
     /// The current definition. std Mutex: read or swapped in short sections, never across an await.
     options: Mutex<InstanceOptions>,
     /// Guards the definition file; `true` once the file was removed, so no write can follow.
     file_removed: Mutex<bool>,
     /// A start is under way: counts against `max_running_instances` before the process exists.
-    starting: AtomicBool,
+    pub(super) starting: AtomicBool,
     /// The instance left the registry; an operation that waited for `op` answers not found.
-    removed: AtomicBool,
+    pub(super) removed: AtomicBool,
+    /// Requests in flight, last use and counters.
+    pub(super) usage: Usage,
+    /// Start attempts made by inference requests; a request that waited for another's attempt
+    /// shares its outcome instead of trying again.
+    pub(super) start_attempts: AtomicU64,
+    /// Why the last of those attempts failed.
+    pub(super) last_start_error: Mutex<Option<String>>,
+    /// The reaper handed this instance to an idle stop that has not finished yet.
+    pub(super) idle_stop_pending: AtomicBool,
     /// Writes the definition when the supervisor changes the status (a crash that ends `failed`).
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Poisoning only means another thread panicked mid-section; the data is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Counted as running for limits: a live process or one waiting to be restarted.
-fn is_active(state: &RuntimeState) -> bool {
+pub(super) fn is_active(state: &RuntimeState) -> bool {
     state.status == Status::Running || state.health == Some(Health::Restarting)
 }
 
@@ -100,17 +123,34 @@ fn now_unix() -> i64 {
 }
 
 impl Instance {
-    fn options(&self) -> InstanceOptions {
+    pub(super) fn options(&self) -> InstanceOptions {
         lock(&self.options).clone()
     }
 
-    fn view(&self) -> InstanceView {
-        InstanceView::new(
+    /// Minutes (of `idle_timeout_unit`) without use before the reaper stops it; 0 = never.
+    pub(super) fn idle_timeout(&self) -> u64 {
+        lock(&self.options).idle_timeout
+    }
+
+    pub(super) fn aliases(&self) -> Vec<String> {
+        lock(&self.options).aliases.clone()
+    }
+
+    pub(super) fn view(&self) -> InstanceView {
+        let mut view = InstanceView::new(
             &self.name,
             self.created,
             &lock(&self.options),
             self.supervisor.state(),
-        )
+        );
+        let stats = self.usage.stats();
+        view.requests = self.usage.requests();
+        view.in_flight = self.usage.in_flight();
+        view.last_request_at = stats.last_request_at;
+        view.tokens_prompt = stats.tokens_prompt;
+        view.tokens_completion = stats.tokens_completion;
+        view.tokens_per_second = stats.tokens_per_second;
+        view
     }
 
     fn port(&self) -> Option<u16> {
@@ -142,7 +182,7 @@ impl Instance {
     }
 
     /// `persist_now` off the async workers (it fsyncs).
-    async fn persist(self: &Arc<Self>) -> Result<(), InstanceError> {
+    pub(super) async fn persist(self: &Arc<Self>) -> Result<(), InstanceError> {
         let instance = Arc::clone(self);
         tokio::task::spawn_blocking(move || instance.persist_now())
             .await
@@ -234,8 +274,11 @@ impl Registry {
             settings,
             table: Mutex::new(Table::default()),
             shutting_down: AtomicBool::new(false),
+            reaper_wake: Arc::default(),
+            reaper: Mutex::new(None),
         });
         let to_start = registry.load();
+        registry.spawn_reaper();
         if !to_start.is_empty() {
             let registry = Arc::clone(&registry);
             tokio::spawn(async move {
@@ -330,6 +373,10 @@ impl Registry {
             file_removed: Mutex::new(false),
             starting: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            usage: Usage::new(),
+            start_attempts: AtomicU64::new(0),
+            last_start_error: Mutex::new(None),
+            idle_stop_pending: AtomicBool::new(false),
             watcher: Mutex::new(None),
         });
         instance.watch_status();
@@ -346,7 +393,7 @@ impl Registry {
         Ok(self.lookup(name)?.view())
     }
 
-    fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
+    pub(super) fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
         validate_name(name)?;
         lock(&self.table)
             .instances
@@ -368,7 +415,7 @@ impl Registry {
         Ok((instance, guard))
     }
 
-    fn refuse_when_shutting_down(&self) -> Result<(), InstanceError> {
+    pub(super) fn refuse_when_shutting_down(&self) -> Result<(), InstanceError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             Err(InstanceError::ShuttingDown)
         } else {
@@ -438,10 +485,11 @@ impl Registry {
                 }
             }
             if let Some(max) = self.config.instances.max_running_instances {
-                if self.active_count(&table, None) >= max {
+                if self.active_count(&table, None) >= max && !self.may_evict(&table, None) {
                     return Err(InstanceError::MaxRunning(max));
                 }
             }
+            check_aliases(&table, name, &options.aliases)?;
             let port = self.assign_port(&table, name, options.requested_port(), None)?;
             options.backend.set_port(port);
             let instance = self.new_instance(name, now_unix(), options, op);
@@ -481,6 +529,7 @@ impl Registry {
         let old_port = instance.port();
         let port = {
             let mut table = lock(&self.table);
+            check_aliases(&table, name, &options.aliases)?;
             let port = self.assign_port(&table, name, options.requested_port(), old_port)?;
             table.ports.insert(port, name.to_owned());
             port
@@ -502,6 +551,8 @@ impl Registry {
             }
         }
         *lock(&instance.options) = options;
+        // The idle timeout may have changed.
+        self.reaper_wake.notify_one();
         if let Some(old) = old_port.filter(|&old| old != port) {
             release(old);
         }
@@ -553,6 +604,9 @@ impl Registry {
     /// engine start restores the instances that were running.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(reaper) = lock(&self.reaper).take() {
+            reaper.abort();
+        }
         let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
         for instance in &instances {
             // Otherwise the stops below would be saved as the user's wish.
@@ -567,7 +621,7 @@ impl Registry {
     }
 
     /// Instances running or about to, `except` one.
-    fn active_count(&self, table: &Table, except: Option<&Arc<Instance>>) -> usize {
+    pub(super) fn active_count(&self, table: &Table, except: Option<&Arc<Instance>>) -> usize {
         table
             .instances
             .values()
@@ -610,21 +664,34 @@ impl Registry {
         }
     }
 
-    /// Starts the process; the caller holds the instance's `op` lock.
-    async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
+    /// Starts the process, first stopping the least recently used idle instance if the running
+    /// limit is reached; the caller holds the instance's `op` lock.
+    pub(super) async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
         if instance.supervisor.state().status == Status::Running {
             return Ok(());
         }
-        {
+        // Each round either reserves a slot or stops one instance, so this ends.
+        let mut evictions_left = lock(&self.table).instances.len();
+        loop {
             // Checking and reserving under one lock keeps concurrent starts of different
             // instances from both taking the last running slot.
-            let table = lock(&self.table);
-            if let Some(max) = self.config.instances.max_running_instances {
-                if self.active_count(&table, Some(instance)) >= max {
-                    return Err(InstanceError::MaxRunning(max));
+            let victim = {
+                let table = lock(&self.table);
+                match self.config.instances.max_running_instances {
+                    Some(max) if self.active_count(&table, Some(instance)) >= max => {
+                        match self.lock_lru_victim(&table, Some(instance)) {
+                            Some(victim) if evictions_left > 0 => victim,
+                            _ => return Err(InstanceError::MaxRunning(max)),
+                        }
+                    }
+                    _ => {
+                        instance.starting.store(true, Ordering::SeqCst);
+                        break;
+                    }
                 }
-            }
-            instance.starting.store(true, Ordering::SeqCst);
+            };
+            evictions_left -= 1;
+            self.evict(victim).await;
         }
         let _starting = StartingGuard(instance);
         let options = instance.options();
@@ -643,15 +710,18 @@ impl Registry {
             .supervisor
             .start(spec, policy)
             .await
-            .map(drop)
             .map_err(|source| InstanceError::StartFailed {
                 name: instance.name.clone(),
                 source,
-            })
+            })?;
+        // A fresh start counts as use: its idle time begins now.
+        instance.usage.touch();
+        self.reaper_wake.notify_one();
+        Ok(())
     }
 
     /// Stops the process; the caller holds the instance's `op` lock.
-    async fn stop_locked(&self, instance: &Instance) -> Result<(), InstanceError> {
+    pub(super) async fn stop_locked(&self, instance: &Instance) -> Result<(), InstanceError> {
         instance
             .supervisor
             .stop()
@@ -713,9 +783,41 @@ impl Registry {
     }
 }
 
+/// Refuses aliases that name another instance or that another instance already answers to, and
+/// a name that another instance uses as an alias.
+fn check_aliases(table: &Table, name: &str, aliases: &[String]) -> Result<(), InstanceError> {
+    for (other_name, other) in &table.instances {
+        if other_name == name {
+            continue;
+        }
+        let other_aliases = other.aliases();
+        if other_aliases.iter().any(|alias| alias == name) {
+            return Err(InstanceError::AliasTaken {
+                alias: name.to_owned(),
+                owner: other_name.clone(),
+            });
+        }
+        if let Some(alias) = aliases
+            .iter()
+            .find(|alias| *alias == other_name || other_aliases.contains(alias))
+        {
+            return Err(InstanceError::AliasTaken {
+                alias: alias.clone(),
+                owner: other_name.clone(),
+            });
+        }
+    }
+    if aliases.iter().any(|alias| alias == name) {
+        return Err(InstanceError::InvalidOptions(format!(
+            "alias '{name}' is the instance's own name"
+        )));
+    }
+    Ok(())
+}
+
 /// The host to dial for a backend bound to `host`: loopback unless it names a concrete address
 /// (a wildcard bind cannot be dialled everywhere, and `localhost` may resolve to IPv6 only).
-fn connect_host(host: Option<&str>) -> String {
+pub(super) fn connect_host(host: Option<&str>) -> String {
     let host = host.map(str::trim).unwrap_or_default();
     match host {
         "" | "0.0.0.0" | "::" | "[::]" | "localhost" => "127.0.0.1".to_owned(),

@@ -48,6 +48,7 @@ pub fn test_config(data_dir: &Path) -> Config {
             allowed_origins: vec!["*".into()],
             allowed_hosts: Vec::new(),
             max_body_bytes: 64 * 1024,
+            max_inference_body_bytes: 1024 * 1024,
             allow_insecure_remote: false,
         },
         backends: BackendsConfig {
@@ -71,6 +72,7 @@ pub fn test_config(data_dir: &Path) -> Config {
             default_on_demand_start: true,
             default_idle_timeout: 0,
             on_demand_start_timeout: Duration::from_secs(60),
+            idle_timeout_unit: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             log_max_bytes: 1024 * 1024,
             log_keep_files: 2,
