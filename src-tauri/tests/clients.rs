@@ -102,7 +102,14 @@ async fn official_python_clients_work_unchanged_against_corral() {
     let (mut corral, base) = start_corral(data.path(), &llama_server).await;
 
     let pytest = Command::new(&python)
-        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/clients"])
+        .args([
+            "-m",
+            "pytest",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "tests/clients",
+        ])
         .current_dir(&root)
         .env("CORRAL_BASE_URL", &base)
         .env("CORRAL_MANAGEMENT_KEY", MANAGEMENT_KEY)

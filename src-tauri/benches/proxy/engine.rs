@@ -112,7 +112,11 @@ impl Management {
     }
 
     /// Polls the instance until `check` holds, for at most two minutes.
-    pub async fn wait_for(&self, name: &str, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (_, value) = self
@@ -217,7 +221,10 @@ pub fn write_definitions(data_dir: &Path, count: usize) -> anyhow::Result<()> {
                 }
             }
         });
-        std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec(&record)?)?;
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_vec(&record)?,
+        )?;
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! connection and nginx, streaming latency, on-demand start overhead and engine memory. Prints a
 //! table; docs/benchmarks.md records the figures. Loopback only, every loop bounded.
 //!
-//! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run. With
+//! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run; `CORRAL_BENCH_ONLY`
+//! (`load,stream,on-demand,memory`, comma-separated) picks sections. With
 //! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server.
 
 mod engine;
@@ -49,7 +50,6 @@ async fn run() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(5);
-    let run_for = Duration::from_secs(seconds);
     let nginx_bin = bench_deps().await?;
     let tmp = tempfile::tempdir()?;
     let fake = Backend {
@@ -82,6 +82,8 @@ async fn run() -> anyhow::Result<()> {
         free_port()?,
     )?;
     let (corral_label, corral_url) = corral_route(&management).await?;
+    let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
+    let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     let targets = [
         ("direct", format!("http://{upstream}/v1/chat/completions")),
         (
@@ -91,15 +93,40 @@ async fn run() -> anyhow::Result<()> {
         (corral_label, corral_url),
     ];
 
-    println!("\nProxy overhead: fixed-answer upstream, wrk -t1, {seconds} s per run, POST {CHAT_BODY}");
+    if wanted("load") {
+        proxy_overhead(&targets, tmp.path(), seconds).await?;
+    }
+    if wanted("stream") {
+        streaming_latency(&targets, corral_label).await?;
+    }
+    drop(nginx);
+    engine.shutdown().await;
+    if wanted("on-demand") {
+        on_demand_overhead(tmp.path(), &fake).await?;
+    }
+    if wanted("memory") {
+        memory(tmp.path()).await?;
+    }
+    Ok(())
+}
+
+async fn proxy_overhead(
+    targets: &[(&str, String)],
+    tmp: &Path,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let run_for = Duration::from_secs(seconds);
+    println!(
+        "\nProxy overhead: fixed-answer upstream, wrk -t1, {seconds} s per run, POST {CHAT_BODY}"
+    );
     println!(
         "{:<34} {:>5} {:>10} {:>10} {:>10} {:>7}",
         "path", "conc", "req/s", "p50 ms", "p99 ms", "errors"
     );
-    let script = load::write_script(tmp.path(), CHAT_BODY)?;
+    let script = load::write_script(tmp, CHAT_BODY)?;
     for connections in [1u32, 32] {
         let mut results = Vec::new();
-        for (label, url) in &targets {
+        for (label, url) in targets {
             load::run(url, &script, connections, Duration::from_secs(1)).await?;
             let r = load::run(url, &script, connections, run_for).await?;
             println!(
@@ -115,14 +142,21 @@ async fn run() -> anyhow::Result<()> {
         }
         print_ratio(connections, &results[1], &results[2]);
     }
+    Ok(())
+}
 
-    println!("\nStreaming: {} SSE chunks, one every {} ms; {STREAM_RUNS} requests per path", upstream::STREAM_CHUNKS, upstream::STREAM_GAP.as_millis());
+async fn streaming_latency(targets: &[(&str, String)], corral_label: &str) -> anyhow::Result<()> {
+    println!(
+        "\nStreaming: {} SSE chunks, one every {} ms; {STREAM_RUNS} requests per path",
+        upstream::STREAM_CHUNKS,
+        upstream::STREAM_GAP.as_millis()
+    );
     println!(
         "{:<34} {:>10} {:>10} {:>12} {:>12} {:>12}",
         "path", "TTFB p50", "TTFB max", "gap p50", "gap p99", "gap max"
     );
     let mut direct_stream = None;
-    for (label, url) in &targets {
+    for (label, url) in targets {
         let s = streaming::measure(url, STREAM_BODY, STREAM_RUNS).await?;
         println!(
             "{:<34} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>12.3}",
@@ -146,11 +180,6 @@ async fn run() -> anyhow::Result<()> {
             }
         }
     }
-    drop(nginx);
-    engine.shutdown().await;
-
-    on_demand_overhead(tmp.path(), &fake).await?;
-    memory(tmp.path()).await?;
     Ok(())
 }
 
@@ -215,8 +244,7 @@ async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
         ),
     };
     println!("\nOn-demand start: {label}, {ON_DEMAND_RUNS} runs each, medians");
-    let engine =
-        engine::start_engine(&subdir(tmp, "on-demand")?, &backend, (28050, 28099)).await?;
+    let engine = engine::start_engine(&subdir(tmp, "on-demand")?, &backend, (28050, 28099)).await?;
     let management = Management::new(format!("http://{}", engine.addr));
     management.create("od", options).await?;
     management.wait_for("od", is_ready).await?;
@@ -255,12 +283,20 @@ async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
     }
     engine.shutdown().await;
     let direct_ms = ms(percentile(&direct, 50.0));
-    println!("{:<48} {:>10.1} ms", "backend spawn to answer, direct", direct_ms);
+    println!(
+        "{:<48} {:>10.1} ms",
+        "backend spawn to answer, direct", direct_ms
+    );
     match failure {
-        Some(why) => println!("Corral on-demand: not measurable, a request for the stopped instance answered {why}"),
+        Some(why) => println!(
+            "Corral on-demand: not measurable, a request for the stopped instance answered {why}"
+        ),
         None => {
             let corral_ms = ms(percentile(&corral, 50.0));
-            println!("{:<48} {:>10.1} ms", "Corral request to answer, instance stopped", corral_ms);
+            println!(
+                "{:<48} {:>10.1} ms",
+                "Corral request to answer, instance stopped", corral_ms
+            );
             println!(
                 "on-demand overhead: {:+.1} ms (target < 20 ms: {})",
                 corral_ms - direct_ms,

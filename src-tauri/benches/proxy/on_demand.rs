@@ -10,11 +10,16 @@ use serde_json::{json, Value};
 
 use crate::engine::{Backend, Management};
 
-const CHAT: &str = r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"max_tokens":1}"#;
+const CHAT: &str =
+    r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"max_tokens":1}"#;
 
 /// Spawns the backend directly on `port` with `args`, polls `/health` every millisecond until it
 /// answers 200, then sends one chat request: spawn to answer.
-pub async fn direct_once(backend: &Backend, args: &[String], port: u16) -> anyhow::Result<Duration> {
+pub async fn direct_once(
+    backend: &Backend,
+    args: &[String],
+    port: u16,
+) -> anyhow::Result<Duration> {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
@@ -62,10 +67,7 @@ pub async fn direct_once(backend: &Backend, args: &[String], port: u16) -> anyho
 
 /// One request for the stopped instance `name` through Corral's `/v1/chat/completions`: request
 /// to answer. Stops the instance again afterwards.
-pub async fn corral_once(
-    management: &Management,
-    name: &str,
-) -> Result<Duration, (u16, Value)> {
+pub async fn corral_once(management: &Management, name: &str) -> Result<Duration, (u16, Value)> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     let response = http
@@ -76,11 +78,17 @@ pub async fn corral_once(
         .await
         .map_err(|e| (0, json!(e.to_string())))?;
     let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|e| (0, json!(e.to_string())))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| (0, json!(e.to_string())))?;
     let elapsed = started.elapsed();
     if status != 200 {
         let text = String::from_utf8_lossy(&body).into_owned();
-        return Err((status, serde_json::from_str(&text).unwrap_or(Value::String(text))));
+        return Err((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ));
     }
     management
         .stop(name)

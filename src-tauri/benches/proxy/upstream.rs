@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 
 /// First argument that turns the bench binary into the upstream server.
@@ -52,7 +53,11 @@ fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         let app = Router::new()
             .route("/health", get(|| async { r#"{"status":"ok"}"# }))
             .route("/v1/chat/completions", post(chat));
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        // Without TCP_NODELAY, Nagle holds each small SSE chunk until the client's delayed ACK
+        // (~40 ms): llama-server sets it, so the stand-in does too.
+        let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         // Corral stops a backend with SIGINT; keep-alive connections must not hold the exit up.
         tokio::select! {
             served = axum::serve(listener, app) => served?,
@@ -70,12 +75,15 @@ async fn chat(body: Bytes) -> Response {
         return ([(header::CONTENT_TYPE, "application/json")], ANSWER).into_response();
     }
     // The first chunk goes out at once, so time to first byte measures the path, not the pause.
-    let chunks = futures_util::stream::unfold(0usize, |i| async move {
+    // Deadlines on a fixed cadence from the first chunk, so timer slack does not accumulate.
+    let start = tokio::time::Instant::now();
+    let chunks = futures_util::stream::unfold(0usize, move |i| async move {
         if i > STREAM_CHUNKS {
             return None;
         }
+        // Even a past deadline costs a timer tick (~1 ms), so the first chunk does not wait.
         if i > 0 {
-            tokio::time::sleep(STREAM_GAP).await;
+            tokio::time::sleep_until(start + STREAM_GAP * i as u32).await;
         }
         let data = if i == STREAM_CHUNKS {
             "data: [DONE]\n\n".to_owned()
