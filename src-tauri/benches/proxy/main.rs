@@ -84,14 +84,22 @@ async fn run() -> anyhow::Result<()> {
     let (corral_label, corral_url) = corral_route(&management).await?;
     let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
     let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
-    let targets = [
+    let per_instance = format!(
+        "{}/api/v1/instances/fast/proxy/v1/chat/completions",
+        management.base
+    );
+    let mut targets = vec![
         ("direct", format!("http://{upstream}/v1/chat/completions")),
         (
             "nginx",
             format!("http://{}/v1/chat/completions", nginx.authority),
         ),
-        (corral_label, corral_url),
+        (corral_label, corral_url.clone()),
     ];
+    // The bare proxy beside the router splits the router's own cost from the proxy's.
+    if corral_url != per_instance {
+        targets.push(("Corral /api/v1/instances/fast/proxy", per_instance));
+    }
 
     if wanted("load") {
         proxy_overhead(&targets, tmp.path(), seconds).await?;
@@ -282,6 +290,14 @@ async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
         }
     }
     engine.shutdown().await;
+    let samples = |all: &[Duration]| {
+        all.iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("samples, direct (ms): {}", samples(&direct));
+    println!("samples, Corral (ms): {}", samples(&corral));
     let direct_ms = ms(percentile(&direct, 50.0));
     println!(
         "{:<48} {:>10.1} ms",
