@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{OriginalUri, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -200,11 +200,15 @@ pub async fn model(
         (status = 413, description = "Body over server.max_inference_body_bytes", body = OpenAiErrorBody),
         (status = 502, description = "The backend did not answer", body = OpenAiErrorBody),
         (status = 503, description = "Not running, failed, or could not be started in time", body = OpenAiErrorBody)))]
-pub async fn inference(State(api): State<Api>, request: Request) -> Response {
-    let path = request.uri().path_and_query().map_or_else(
-        || request.uri().path().to_owned(),
-        |p| p.as_str().to_owned(),
-    );
+pub async fn inference(
+    State(api): State<Api>,
+    OriginalUri(uri): OriginalUri,
+    request: Request,
+) -> Response {
+    // The original URI: nesting under /v1 stripped the prefix from the request's own.
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
     let (parts, body) = request.into_parts();
     let raw = match read_body(&api, &parts.headers, body).await {
         Ok(raw) => raw,
@@ -382,19 +386,6 @@ impl RequestLog {
             tokens: TokenUsage::default(),
         }
     }
-
-    fn sse_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let mentions = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
-        if !mentions(b"usage") && !mentions(b"timings") {
-            return;
-        }
-        if let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) {
-            merge_usage(&mut self.tokens, &event);
-        }
-    }
 }
 
 impl Tap for RequestLog {
@@ -414,28 +405,7 @@ impl Tap for RequestLog {
     }
 
     fn data(&mut self, chunk: &Bytes) {
-        match &mut self.body {
-            TappedBody::Json(kept) if kept.len() + chunk.len() <= MAX_JSON_TAP => {
-                kept.extend_from_slice(chunk)
-            }
-            TappedBody::Json(_) => self.body = TappedBody::Ignored,
-            TappedBody::Sse(line) => {
-                let mut line = std::mem::take(line);
-                for piece in chunk.split_inclusive(|&byte| byte == b'\n') {
-                    if line.len() + piece.len() <= MAX_SSE_LINE {
-                        line.extend_from_slice(piece);
-                    }
-                    if piece.ends_with(b"\n") {
-                        self.sse_line(&line);
-                        line.clear();
-                    }
-                }
-                if let TappedBody::Sse(kept) = &mut self.body {
-                    *kept = line;
-                }
-            }
-            TappedBody::Ignored => {}
-        }
+        tap_chunk(&mut self.body, &mut self.tokens, chunk);
     }
 
     fn failed(&mut self, error: &ProxyError) {
@@ -473,6 +443,42 @@ impl Drop for RequestLog {
             tokens_per_second = self.tokens.per_second,
             "inference request"
         );
+    }
+}
+
+/// Keeps what `body` needs of one response chunk; reads the usage of each complete SSE line.
+fn tap_chunk(body: &mut TappedBody, tokens: &mut TokenUsage, chunk: &Bytes) {
+    match body {
+        TappedBody::Json(kept) if kept.len() + chunk.len() <= MAX_JSON_TAP => {
+            kept.extend_from_slice(chunk)
+        }
+        TappedBody::Json(_) => *body = TappedBody::Ignored,
+        TappedBody::Sse(line) => {
+            for piece in chunk.split_inclusive(|&byte| byte == b'\n') {
+                if line.len() + piece.len() <= MAX_SSE_LINE {
+                    line.extend_from_slice(piece);
+                }
+                if piece.ends_with(b"\n") {
+                    sse_usage(tokens, line);
+                    line.clear();
+                }
+            }
+        }
+        TappedBody::Ignored => {}
+    }
+}
+
+/// The usage in one SSE line, if it is a `data:` event that mentions one.
+fn sse_usage(tokens: &mut TokenUsage, line: &[u8]) {
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    let mentions = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+    if !mentions(b"usage") && !mentions(b"timings") {
+        return;
+    }
+    if let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) {
+        merge_usage(tokens, &event);
     }
 }
 
@@ -538,5 +544,24 @@ mod tests {
         );
         assert_eq!(tokens.per_second, Some(120.5));
         assert_eq!(tokens.completion, Some(8));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tap_tests {
+    use super::*;
+
+    #[test]
+    fn sse_lines_split_across_chunks_are_read() {
+        let mut body = TappedBody::Sse(Vec::new());
+        let mut tokens = TokenUsage::default();
+        for chunk in [
+            &b"data: {\"choices\":[]}\n\ndata: {\"usage\": {\"prompt_"[..],
+            &b"tokens\": 5, \"completion_tokens\": 7}}\n\ndata: [DONE]\n\n"[..],
+        ] {
+            tap_chunk(&mut body, &mut tokens, &Bytes::copy_from_slice(chunk));
+        }
+        assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(7)));
     }
 }

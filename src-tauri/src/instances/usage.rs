@@ -1,7 +1,6 @@
 //! Per-instance use: requests in flight, the time of last use (for the idle reaper and LRU
 //! eviction), and the request and token counters shown in the instance JSON.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,19 +103,17 @@ impl Usage {
     }
 
     /// Waits until nothing is in flight, at most `limit`; true when drained.
-    pub(super) fn drain(&self, limit: Duration) -> impl Future<Output = bool> + '_ {
-        async move {
-            let deadline = tokio::time::Instant::now() + limit;
-            loop {
-                let notified = self.drained.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.in_flight() == 0 {
-                    return true;
-                }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    return self.in_flight() == 0;
-                }
+    pub(super) async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight() == 0;
             }
         }
     }
