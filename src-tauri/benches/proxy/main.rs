@@ -38,8 +38,12 @@ fn main() -> anyhow::Result<()> {
     // Corral logs every request at info, as `corral serve` does; the cost of formatting and
     // writing those lines belongs in the measurement, the terminal output does not.
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // RUST_LOG overrides the filter, e.g. `off` to see what the request log costs.
     tracing_subscriber::fmt()
-        .with_env_filter("info,hyper=warn")
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hyper=warn".into()),
+        )
         .with_writer(Mutex::new(devnull))
         .init();
     tokio::runtime::Runtime::new()?.block_on(run())
