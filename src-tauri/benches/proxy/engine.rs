@@ -1,0 +1,230 @@
+//! Corral under test: engines started in-process with `corral::Engine::start`, the instances
+//! they serve, and the `corral serve` binary as a child for memory readings.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use corral::config::{Config, Overrides};
+use corral::Engine;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// How a `llama_cpp` instance is launched: the executable and the arguments before Corral's own.
+pub struct Backend {
+    pub command: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// Starts an engine over `data_dir` whose llama.cpp backend is `backend`, with auth off so every
+/// path in the comparison carries the same headers.
+pub async fn start_engine(
+    data_dir: &Path,
+    backend: &Backend,
+    ports: (u16, u16),
+) -> anyhow::Result<Engine> {
+    let config_file = data_dir.join("config.yaml");
+    let yaml = format!(
+        "backends:\n  llama-cpp:\n    command: {}\n    args: {}\ninstances:\n  port_range: [{}, {}]\n  stop_grace_seconds: 2\nauth:\n  require_management_auth: false\n  require_inference_auth: false\n",
+        serde_json::to_string(&backend.command.display().to_string())?,
+        serde_json::to_string(&backend.args)?,
+        ports.0,
+        ports.1
+    );
+    std::fs::write(&config_file, yaml)?;
+    let config = Config::load(&Overrides {
+        config_file: Some(config_file),
+        host: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        port: Some(0),
+        data_dir: Some(data_dir.to_path_buf()),
+    })
+    .context("loading the bench engine's configuration")?;
+    Ok(Engine::start(config).await?)
+}
+
+/// The management API of one engine.
+pub struct Management {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Management {
+    pub fn new(base: String) -> Management {
+        Management {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    pub async fn create(&self, name: &str, backend_options: Value) -> anyhow::Result<Value> {
+        let body = json!({
+            "backend_type": "llama_cpp",
+            "on_demand_start": true,
+            "backend_options": backend_options,
+        });
+        let (status, value) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/instances/{name}"),
+                Some(body),
+            )
+            .await?;
+        if status != 201 {
+            bail!("creating {name}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    pub async fn stop(&self, name: &str) -> anyhow::Result<()> {
+        let (status, value) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/instances/{name}/stop"),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            bail!("stopping {name}: {status} {value}");
+        }
+        self.wait_for(name, |v| v["status"] == "stopped").await?;
+        Ok(())
+    }
+
+    /// Polls the instance until `check` holds, for at most two minutes.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, value) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/instances/{name}"),
+                    None,
+                )
+                .await?;
+            if check(&value) {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                bail!("gave up waiting on {name}: {value}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn is_ready(v: &Value) -> bool {
+    v["status"] == "running" && v["health"] == "ready"
+}
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// RSS of `corral serve` over `data_dir` once it has loaded `expected` instances and settled.
+pub async fn serve_rss_kib(data_dir: &Path, expected: usize) -> anyhow::Result<u64> {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(data_dir)
+        .env("CORRAL_REQUIRE_MANAGEMENT_AUTH", "false")
+        .env("CORRAL_REQUIRE_INFERENCE_AUTH", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting corral serve")?;
+    let stdout = child.stdout.take().context("corral's stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                return Ok(format!("http://{}", rest.trim()));
+            }
+        }
+        bail!("corral exited before printing its address")
+    })
+    .await
+    .context("corral did not start within 60 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let management = Management::new(base);
+    let (status, list) = management
+        .call(reqwest::Method::GET, "/api/v1/instances", None)
+        .await?;
+    let loaded = list.as_array().map_or(0, Vec::len);
+    if status != 200 || loaded != expected {
+        bail!("corral serve loaded {loaded} instances, expected {expected} ({status})");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = child.id().context("corral's pid")?;
+    let rss = rss_kib(pid)?;
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    Ok(rss)
+}
+
+/// Writes `count` stopped instance definitions, as Corral persists them, into `data_dir`.
+pub fn write_definitions(data_dir: &Path, count: usize) -> anyhow::Result<()> {
+    let dir = data_dir.join("instances");
+    std::fs::create_dir_all(&dir)?;
+    for i in 0..count {
+        let name = format!("model-{i:03}");
+        let record = json!({
+            "name": name,
+            "status": "stopped",
+            "created": 1_700_000_000 + i,
+            "options": {
+                "backend_type": "llama_cpp",
+                "on_demand_start": true,
+                "idle_timeout": 10,
+                "backend_options": {
+                    "model": format!("/models/{name}.gguf"),
+                    "port": 40000 + i,
+                    "ctx_size": 4096,
+                    "gpu_layers": 99
+                }
+            }
+        });
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_vec(&record)?,
+        )?;
+    }
+    Ok(())
+}

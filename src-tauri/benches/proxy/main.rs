@@ -1,0 +1,410 @@
+//! `cargo bench -p corral --no-default-features --bench proxy`: Corral's proxy against a direct
+//! connection and nginx, streaming latency, on-demand start overhead and engine memory. Prints a
+//! table; docs/benchmarks.md records the figures. Loopback only, every loop bounded.
+//!
+//! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run; `CORRAL_BENCH_ONLY`
+//! (`load,stream,on-demand,memory`, comma-separated) picks sections. With
+//! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server.
+
+mod engine;
+mod load;
+mod nginx;
+mod on_demand;
+mod streaming;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::engine::{is_ready, Backend, Management};
+use crate::load::LoadResult;
+
+const CHAT_BODY: &str =
+    r#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"max_tokens":16}"#;
+const STREAM_BODY: &str =
+    r#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"max_tokens":16,"stream":true}"#;
+const STREAM_RUNS: usize = 20;
+const ON_DEMAND_RUNS: usize = 5;
+const DEFINED_INSTANCES: usize = 200;
+
+fn main() -> anyhow::Result<()> {
+    if let Some(result) = upstream::run_if_requested() {
+        return result;
+    }
+    // Corral logs every request at info, as `corral serve` does; the cost of formatting and
+    // writing those lines belongs in the measurement, the terminal output does not.
+    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // RUST_LOG overrides the filter, e.g. `off` to see what the request log costs.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hyper=warn".into()),
+        )
+        .with_writer(Mutex::new(devnull))
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let seconds = std::env::var("CORRAL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(5);
+    let nginx_bin = bench_deps().await?;
+    let tmp = tempfile::tempdir()?;
+    let fake = Backend {
+        command: std::env::current_exe()?,
+        args: vec![upstream::UPSTREAM_FLAG.to_owned()],
+    };
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model()
+    );
+
+    // One engine whose `fast` instance is the fixed-answer upstream; direct and nginx reach the
+    // same process on its port.
+    let proxy_dir = subdir(tmp.path(), "proxy")?;
+    let engine = engine::start_engine(&proxy_dir, &fake, (28000, 28049)).await?;
+    let management = Management::new(format!("http://{}", engine.addr));
+    let created = management
+        .create("fast", json!({"model": "/dev/null"}))
+        .await?;
+    management.wait_for("fast", is_ready).await?;
+    let port = created["options"]["backend_options"]["port"]
+        .as_u64()
+        .context("the instance has no port")?;
+    let upstream = format!("127.0.0.1:{port}");
+    let nginx = nginx::Nginx::start(
+        &nginx_bin,
+        &subdir(tmp.path(), "nginx")?,
+        &upstream,
+        free_port()?,
+    )?;
+    let (corral_label, corral_url) = corral_route(&management).await?;
+    let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
+    let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+    let per_instance = format!(
+        "{}/api/v1/instances/fast/proxy/v1/chat/completions",
+        management.base
+    );
+    let mut targets = vec![
+        ("direct", format!("http://{upstream}/v1/chat/completions")),
+        (
+            "nginx",
+            format!("http://{}/v1/chat/completions", nginx.authority),
+        ),
+        (corral_label, corral_url.clone()),
+    ];
+    // The bare proxy beside the router splits the router's own cost from the proxy's.
+    if corral_url != per_instance {
+        targets.push(("Corral /api/v1/instances/fast/proxy", per_instance));
+    }
+
+    if wanted("load") {
+        proxy_overhead(&targets, tmp.path(), seconds).await?;
+    }
+    if wanted("stream") {
+        streaming_latency(&targets, corral_label).await?;
+    }
+    drop(nginx);
+    engine.shutdown().await;
+    if wanted("on-demand") {
+        on_demand_overhead(tmp.path(), &fake).await?;
+    }
+    if wanted("memory") {
+        memory(tmp.path()).await?;
+    }
+    Ok(())
+}
+
+async fn proxy_overhead(
+    targets: &[(&str, String)],
+    tmp: &Path,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let run_for = Duration::from_secs(seconds);
+    println!(
+        "\nProxy overhead: fixed-answer upstream, wrk -t1, {seconds} s per run, POST {CHAT_BODY}"
+    );
+    println!(
+        "{:<34} {:>5} {:>10} {:>10} {:>10} {:>7}",
+        "path", "conc", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    let script = load::write_script(tmp, CHAT_BODY)?;
+    for connections in [1u32, 32] {
+        let mut results = Vec::new();
+        for (label, url) in targets {
+            load::run(url, &script, connections, Duration::from_secs(1)).await?;
+            let r = load::run(url, &script, connections, run_for).await?;
+            println!(
+                "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>7}",
+                label,
+                connections,
+                r.requests_per_s,
+                ms(r.p50),
+                ms(r.p99),
+                r.errors
+            );
+            results.push(r);
+        }
+        print_ratio(connections, &results[1], &results[2]);
+    }
+    Ok(())
+}
+
+async fn streaming_latency(targets: &[(&str, String)], corral_label: &str) -> anyhow::Result<()> {
+    println!(
+        "\nStreaming: {} SSE chunks, one every {} ms; {STREAM_RUNS} requests per path",
+        upstream::STREAM_CHUNKS,
+        upstream::STREAM_GAP.as_millis()
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "path", "TTFB p50", "TTFB max", "gap p50", "gap p99", "gap max"
+    );
+    let mut direct_stream = None;
+    for (label, url) in targets {
+        let s = streaming::measure(url, STREAM_BODY, STREAM_RUNS).await?;
+        println!(
+            "{:<34} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>12.3}",
+            label,
+            ms(percentile(&s.ttfb, 50.0)),
+            ms(percentile(&s.ttfb, 100.0)),
+            ms(percentile(&s.gaps, 50.0)),
+            ms(percentile(&s.gaps, 99.0)),
+            ms(percentile(&s.gaps, 100.0)),
+        );
+        if direct_stream.is_none() {
+            direct_stream = Some(s);
+        } else if *label == corral_label {
+            if let Some(d) = &direct_stream {
+                println!(
+                    "Corral - direct: TTFB p50 {:+.3} ms, gap p50 {:+.3} ms, gap p99 {:+.3} ms (target: within 1 ms)",
+                    ms(percentile(&s.ttfb, 50.0)) - ms(percentile(&d.ttfb, 50.0)),
+                    ms(percentile(&s.gaps, 50.0)) - ms(percentile(&d.gaps, 50.0)),
+                    ms(percentile(&s.gaps, 99.0)) - ms(percentile(&d.gaps, 99.0)),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `/v1/chat/completions` when the router serves it; else the per-instance proxy, labelled so.
+async fn corral_route(management: &Management) -> anyhow::Result<(&'static str, String)> {
+    let v1 = format!("{}/v1/chat/completions", management.base);
+    let answer = reqwest::Client::new()
+        .post(&v1)
+        .header("content-type", "application/json")
+        .body(CHAT_BODY)
+        .send()
+        .await?;
+    let status = answer.status();
+    let text = answer.text().await?;
+    if status.is_success() && text.contains("choices") {
+        return Ok(("Corral /v1/chat/completions", v1));
+    }
+    println!("note: Corral's /v1/chat/completions answered {status} ({text}); measuring the per-instance proxy instead");
+    Ok((
+        "Corral /api/v1/instances/fast/proxy",
+        format!(
+            "{}/api/v1/instances/fast/proxy/v1/chat/completions",
+            management.base
+        ),
+    ))
+}
+
+fn print_ratio(connections: u32, nginx: &LoadResult, corral: &LoadResult) {
+    let throughput = corral.requests_per_s / nginx.requests_per_s;
+    let p50 = corral.p50.as_secs_f64() / nginx.p50.as_secs_f64();
+    println!(
+        "  c={connections}: Corral/nginx throughput {throughput:.2}x (target >= 0.9x: {}), p50 {p50:.2}x (target <= 1.2x: {})",
+        verdict(throughput >= 0.9),
+        verdict(p50 <= 1.2)
+    );
+}
+
+async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
+    let real = match (
+        std::env::var_os("CORRAL_LLAMA_SERVER").map(PathBuf::from),
+        std::env::var_os("CORRAL_TEST_MODEL").map(PathBuf::from),
+    ) {
+        (Some(server), Some(model)) if server.is_file() && model.is_file() => Some((server, model)),
+        _ => None,
+    };
+    let (label, backend, options) = match &real {
+        Some((server, model)) => (
+            "llama-server + tiny model",
+            Backend {
+                command: server.clone(),
+                args: Vec::new(),
+            },
+            json!({"model": model, "ctx_size": 512, "gpu_layers": 0}),
+        ),
+        None => (
+            "fixed-answer upstream (CORRAL_LLAMA_SERVER unset)",
+            Backend {
+                command: fake.command.clone(),
+                args: fake.args.clone(),
+            },
+            json!({"model": "/dev/null"}),
+        ),
+    };
+    println!("\nOn-demand start: {label}, {ON_DEMAND_RUNS} runs each, medians");
+    let engine = engine::start_engine(&subdir(tmp, "on-demand")?, &backend, (28050, 28099)).await?;
+    let management = Management::new(format!("http://{}", engine.addr));
+    management.create("od", options).await?;
+    management.wait_for("od", is_ready).await?;
+    management.stop("od").await?;
+    let mut direct = Vec::new();
+    let mut corral = Vec::new();
+    let mut failure = None;
+    for _ in 0..ON_DEMAND_RUNS {
+        let port = free_port()?;
+        let args: Vec<String> = match &real {
+            Some((_, model)) => [
+                "--model",
+                &model.display().to_string(),
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--ctx-size",
+                "512",
+                "--n-gpu-layers",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            None => vec!["--port".into(), port.to_string()],
+        };
+        direct.push(on_demand::direct_once(&backend, &args, port).await?);
+        match on_demand::corral_once(&management, "od").await {
+            Ok(t) => corral.push(t),
+            Err((status, body)) => {
+                failure = Some(format!("{status} {body}"));
+                break;
+            }
+        }
+    }
+    engine.shutdown().await;
+    let samples = |all: &[Duration]| {
+        all.iter()
+            .map(|d| format!("{:.1}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("samples, direct (ms): {}", samples(&direct));
+    println!("samples, Corral (ms): {}", samples(&corral));
+    let direct_ms = ms(percentile(&direct, 50.0));
+    println!(
+        "{:<48} {:>10.1} ms",
+        "backend spawn to answer, direct", direct_ms
+    );
+    match failure {
+        Some(why) => println!(
+            "Corral on-demand: not measurable, a request for the stopped instance answered {why}"
+        ),
+        None => {
+            let corral_ms = ms(percentile(&corral, 50.0));
+            println!(
+                "{:<48} {:>10.1} ms",
+                "Corral request to answer, instance stopped", corral_ms
+            );
+            println!(
+                "on-demand overhead: {:+.1} ms (target < 20 ms: {})",
+                corral_ms - direct_ms,
+                verdict(corral_ms - direct_ms < 20.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn memory(tmp: &Path) -> anyhow::Result<()> {
+    println!("\nEngine memory (`corral serve`, VmRSS 1 s after start)");
+    let idle = engine::serve_rss_kib(&subdir(tmp, "mem-idle")?, 0).await?;
+    let full_dir = subdir(tmp, "mem-200")?;
+    engine::write_definitions(&full_dir, DEFINED_INSTANCES)?;
+    let full = engine::serve_rss_kib(&full_dir, DEFINED_INSTANCES).await?;
+    println!("{:<48} {:>10.1} MiB", "no instances", idle as f64 / 1024.0);
+    println!(
+        "{:<48} {:>10.1} MiB",
+        format!("{DEFINED_INSTANCES} defined (stopped) instances"),
+        full as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Runs scripts/bench-deps.sh (installs nginx and wrk when missing); returns nginx's path.
+async fn bench_deps() -> anyhow::Result<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench-deps.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", script.display(), out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .last()
+        .map(|line| line.trim().to_owned())
+        .context("bench-deps.sh printed no nginx path")
+}
+
+fn subdir(parent: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Nearest-rank percentile; zero for no samples.
+fn percentile(samples: &[Duration], pct: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
