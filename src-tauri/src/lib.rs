@@ -100,6 +100,13 @@ impl Engine {
         });
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
+            // Streamed tokens are small writes: without TCP_NODELAY, Nagle holds some of them
+            // back until the client's delayed ACK (~40 ms).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
