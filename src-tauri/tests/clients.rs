@@ -5,25 +5,21 @@
 //! `tests/clients/`, which creates its instances through the management API. Needs
 //! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL`: missing, the test fails, never skips.
 
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::{required_file, spawn_corral};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const MANAGEMENT_KEY: &str = "sk-clients-management";
 const INFERENCE_KEY: &str = "sk-clients-inference";
-
-fn required_file(var: &str) -> PathBuf {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{var} is not set: run the tests through scripts/test.sh"));
-    assert!(path.is_file(), "{var}={} does not exist", path.display());
-    path
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,45 +28,14 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `corral serve` on a random port with inference auth on, printing its address on stdout.
+/// `corral serve` on a random port with inference auth on.
 async fn start_corral(data_dir: &Path, llama_server: &Path) -> (Child, String) {
-    let config = data_dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "backends:\n  llama-cpp:\n    command: {}\ninstances:\n  port_range: [18200, 18299]\n  stop_grace_seconds: 5\n",
-            llama_server.display()
-        ),
-    )
-    .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["serve", "--port", "0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("CORRAL_MANAGEMENT_KEYS", MANAGEMENT_KEY)
-        .env("CORRAL_INFERENCE_KEYS", INFERENCE_KEY)
-        .env("CORRAL_REQUIRE_INFERENCE_AUTH", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn corral");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.split(" on http://").nth(1) {
-                return format!("http://{}", rest.trim());
-            }
-        }
-        panic!("corral exited before printing its address");
-    })
-    .await
-    .expect("corral did not start within 60 s");
-    // Keep draining stdout so the engine never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
+    let env = [
+        ("CORRAL_MANAGEMENT_KEYS", MANAGEMENT_KEY),
+        ("CORRAL_INFERENCE_KEYS", INFERENCE_KEY),
+        ("CORRAL_REQUIRE_INFERENCE_AUTH", "true"),
+    ];
+    spawn_corral(data_dir, llama_server, (18200, 18299), &env).await
 }
 
 /// The venv's python, created or reused by the project's script.

@@ -3,25 +3,20 @@
 //! Needs `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` (set by `scripts/test.sh`, which builds
 //! them). Missing, they fail the test: CI must never pass without the real backend.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::binary::{required_file, spawn_corral};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const KEY: &str = "sk-e2e-management";
-
-fn required_file(var: &str) -> PathBuf {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{var} is not set: run the tests through scripts/test.sh"));
-    assert!(path.is_file(), "{var}={} does not exist", path.display());
-    path
-}
 
 /// One `corral serve` process on a random port over a data folder that outlives it.
 struct Corral {
@@ -32,41 +27,11 @@ struct Corral {
 
 impl Corral {
     async fn start(data_dir: &Path, llama_server: &Path) -> Corral {
-        let config = data_dir.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "backends:\n  llama-cpp:\n    command: {}\ninstances:\n  port_range: [18100, 18199]\n  stop_grace_seconds: 5\n",
-                llama_server.display()
-            ),
-        )
-        .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(["serve", "--port", "0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("CORRAL_MANAGEMENT_KEYS", KEY)
-            .env("CORRAL_REQUIRE_INFERENCE_AUTH", "false")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn corral");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(rest) = line.split(" on http://").nth(1) {
-                    return format!("http://{}", rest.trim());
-                }
-            }
-            panic!("corral exited before printing its address");
-        })
-        .await
-        .expect("corral did not start within 60 s");
-        // Keep draining stdout so the engine never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let env = [
+            ("CORRAL_MANAGEMENT_KEYS", KEY),
+            ("CORRAL_REQUIRE_INFERENCE_AUTH", "false"),
+        ];
+        let (child, base) = spawn_corral(data_dir, llama_server, (18100, 18199), &env).await;
         Corral {
             child,
             base,

@@ -2,6 +2,8 @@
 //! folders, and `tests/fixtures/fake_backend.py` standing in for llama-server.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
