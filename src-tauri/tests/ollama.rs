@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::binary::required_file;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -464,14 +466,6 @@ async fn ollama_routes_take_inference_or_management_keys_and_api_v1_keeps_its_ow
         .unwrap();
     assert_eq!(management_with_inference_key.status(), 401);
     engine.stop().await;
-}
-
-fn required_file(var: &str) -> PathBuf {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{var} is not set: run the tests through scripts/test.sh"));
-    assert!(path.is_file(), "{var}={} does not exist", path.display());
-    path
 }
 
 /// Chat (streamed and whole), generate, tags and embed against a real llama-server.

@@ -410,14 +410,9 @@ async fn inference_routes_need_an_inference_or_management_key_when_auth_is_on() 
 
 // ---- Against the real llama-server ------------------------------------------------------------
 
+/// A path `scripts/test.sh` provides, as a string for configs and JSON.
 fn required_path(var: &str) -> String {
-    let path = std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} is not set: run the tests through scripts/test.sh"));
-    assert!(
-        std::path::Path::new(&path).is_file(),
-        "{var}={path} does not exist"
-    );
-    path
+    common::binary::required_file(var).display().to_string()
 }
 
 async fn llama_engine(dir: &std::path::Path) -> Engine {
