@@ -16,6 +16,7 @@ pub struct Config {
     pub backends: BackendsConfig,
     pub instances: InstancesConfig,
     pub auth: AuthConfig,
+    pub desktop: DesktopConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +104,14 @@ pub struct AuthConfig {
     pub management_keys: Vec<String>,
 }
 
+/// What only the desktop app reads.
+#[derive(Debug, Clone)]
+pub struct DesktopConfig {
+    /// Closing the window keeps Corral running in the tray (the default); when false, closing
+    /// the window quits. The app's settings page may override it (`<data_dir>/desktop.json`).
+    pub close_to_tray: bool,
+}
+
 /// Why the configuration could not be loaded. Each says which file or variable to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -145,6 +154,13 @@ struct FileConfig {
     backends: FileBackends,
     instances: FileInstances,
     auth: FileAuth,
+    desktop: FileDesktop,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct FileDesktop {
+    close_to_tray: Option<bool>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -524,11 +540,17 @@ impl Config {
                 .or(a.management_keys)
                 .unwrap_or_default(),
         };
+        let desktop = DesktopConfig {
+            close_to_tray: env_bool(env, "DESKTOP_CLOSE_TO_TRAY")?
+                .or(file.desktop.close_to_tray)
+                .unwrap_or(true),
+        };
         Ok(Config {
             server,
             backends,
             instances,
             auth,
+            desktop,
         })
     }
 
@@ -699,6 +721,16 @@ backends:
             vec!["a".to_string(), "b".to_string()]
         );
         assert!(!c.instances.default_on_demand_start);
+    }
+
+    #[test]
+    fn closing_the_window_keeps_the_app_in_the_tray_unless_configured_otherwise() {
+        assert!(build("", &NO_ENV).expect("valid").desktop.close_to_tray);
+        let c = build("desktop: {close_to_tray: false}", &NO_ENV).expect("valid");
+        assert!(!c.desktop.close_to_tray);
+        let env = [("CORRAL_DESKTOP_CLOSE_TO_TRAY", "true")];
+        let c = build("desktop: {close_to_tray: false}", &env).expect("valid");
+        assert!(c.desktop.close_to_tray);
     }
 
     #[test]

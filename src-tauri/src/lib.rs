@@ -3,7 +3,6 @@
 pub mod api;
 pub mod backends;
 pub mod config;
-#[cfg(feature = "desktop")]
 pub mod desktop;
 pub mod instances;
 pub mod proxy;
@@ -77,6 +76,14 @@ impl Engine {
     /// Cleans up after a crashed engine, loads the instances, and starts serving.
     /// Keys must already be final (see `generate_missing_keys`).
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        Self::start_with(config, None).await
+    }
+
+    /// `start`, with the desktop app's controls behind `/api/v1/desktop`.
+    pub async fn start_with(
+        config: Config,
+        desktop: Option<Arc<dyn api::desktop::DesktopControl>>,
+    ) -> Result<Engine, EngineError> {
         let config = Arc::new(config);
         let run_dir = &config.instances.run_dir;
         std::fs::create_dir_all(run_dir).map_err(|source| EngineError::CreateDir {
@@ -97,6 +104,7 @@ impl Engine {
         let app = api::router(api::AppState {
             registry: registry.clone(),
             config: config.clone(),
+            desktop,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

@@ -74,8 +74,10 @@ fn main() -> anyhow::Result<()> {
 fn open(args: &ServeArgs) -> anyhow::Result<()> {
     #[cfg(feature = "desktop")]
     if corral::desktop::display_available() {
-        let mut config = Config::load(&args.overrides()).context("loading the configuration")?;
-        generate_missing_keys(&mut config);
+        // A double-clicked app gets launchd's bare PATH; backends live on the login shell's.
+        #[cfg(target_os = "macos")]
+        corral::desktop::login_path::adopt();
+        let config = Config::load(&args.overrides()).context("loading the configuration")?;
         return corral::desktop::run(config).context("running the desktop app");
     }
     serve(args)

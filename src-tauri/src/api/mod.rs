@@ -4,6 +4,7 @@
 pub mod auth;
 mod backends;
 pub mod body;
+pub mod desktop;
 pub mod error;
 pub mod host;
 mod instances;
@@ -32,6 +33,8 @@ use error::ApiError;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
+    /// The desktop app's controls when the engine runs inside it; `None` when headless.
+    pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
 }
 
 /// What the handlers see: the app state and the proxy's connection pool.
@@ -40,6 +43,7 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
     pub proxy: Proxy,
+    pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -56,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         registry: state.registry,
         config: state.config,
         proxy: Proxy::new(),
+        desktop: state.desktop,
     };
     let ollama = ollama::router(api.clone());
     let management = Router::new()
@@ -83,6 +88,11 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route(
+            "/desktop/settings",
+            get(desktop::settings).put(desktop::update_settings),
+        )
+        .route("/desktop/open", post(desktop::open))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(

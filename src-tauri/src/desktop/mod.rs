@@ -1,53 +1,106 @@
-//! The desktop shell (feature `desktop`): a Tauri window over the engine running in this process.
-//! The window loads the engine's own address, so the app and a browser run the same UI.
+//! The desktop app: a Tauri window, tray menu and OS integrations over the engine running in this
+//! process (feature `desktop`). The parts that need no window system (the tray's menu model, the
+//! app's settings and keys files, the login shell's PATH, the port choice) build and are tested
+//! in the headless engine too.
 
-use tauri::{RunEvent, WebviewUrl, WebviewWindowBuilder};
+pub mod keys;
+pub mod login_path;
+pub mod menu;
+pub mod settings;
 
-use crate::config::Config;
-use crate::Engine;
+#[cfg(feature = "desktop")]
+mod app;
+#[cfg(feature = "desktop")]
+mod control;
+#[cfg(feature = "desktop")]
+mod tray;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DesktopError {
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error(transparent)]
-    Engine(#[from] crate::EngineError),
-    #[error("the window system failed: {0}")]
-    Tauri(#[from] tauri::Error),
+#[cfg(feature = "desktop")]
+pub use app::{display_available, run, DesktopError};
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+
+/// How many ports after the configured one the app tries before giving up.
+const PORT_TRIES: u16 = 20;
+
+/// The configured port if nothing listens there, else the next free one (a second app or a
+/// `corral serve` may hold the default). Port 0 stays 0: the system picks one.
+pub fn first_free_port(host: IpAddr, port: u16) -> Option<u16> {
+    if port == 0 {
+        return Some(0);
+    }
+    (port..=port.saturating_add(PORT_TRIES))
+        .find(|&candidate| TcpListener::bind(SocketAddr::new(host, candidate)).is_ok())
 }
 
-/// Whether a window can be opened at all (a Linux machine without X11 or Wayland cannot).
-pub fn display_available() -> bool {
-    if cfg!(target_os = "linux") {
-        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
-    } else {
-        true
+/// Where the window reaches the engine: loopback when it listens on every address.
+pub fn local_base(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// The dashboard's address, carrying the management key in the fragment: the page reads it
+/// and drops it from the address bar, and fragments never reach a server or a log.
+pub fn dashboard_url(base: &str, key: Option<&str>) -> String {
+    match key {
+        Some(key) => {
+            let encoded: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+            format!("{base}/#key={encoded}")
+        }
+        None => format!("{base}/"),
     }
 }
 
-/// Starts the engine, opens the window on it, and stops every backend when the app exits.
-pub fn run(config: Config) -> Result<(), DesktopError> {
-    let runtime = tokio::runtime::Runtime::new().map_err(DesktopError::Runtime)?;
-    let engine = runtime.block_on(Engine::start(config))?;
-    let url = format!("http://{}/", engine.addr);
-    tauri::async_runtime::set(runtime.handle().clone());
-    let app = tauri::Builder::default()
-        .setup(move |app| {
-            WebviewWindowBuilder::new(app, "main", WebviewUrl::External(url.parse()?))
-                .title("Corral")
-                .inner_size(1024.0, 640.0)
-                .min_inner_size(800.0, 500.0)
-                .build()?;
-            Ok(())
-        })
-        .build(tauri::generate_context!("../tauri.conf.json"))?;
-    let mut engine = Some(engine);
-    app.run(move |_, event| {
-        if let RunEvent::Exit = event {
-            if let Some(engine) = engine.take() {
-                runtime.block_on(engine.shutdown());
-            }
-        }
-    });
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_skipped_for_the_next_free_one() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let taken = TcpListener::bind((loopback, 0)).expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let chosen = first_free_port(loopback, port).expect("a free port nearby");
+        assert_ne!(chosen, port);
+        assert!(chosen > port && chosen <= port + PORT_TRIES);
+        TcpListener::bind((loopback, chosen)).expect("the chosen port is free");
+    }
+
+    #[test]
+    fn a_free_port_is_kept() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let port = TcpListener::bind((loopback, 0))
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        assert_eq!(first_free_port(loopback, port), Some(port));
+    }
+
+    #[test]
+    fn the_window_carries_the_key_in_the_fragment_encoded() {
+        assert_eq!(
+            dashboard_url("http://127.0.0.1:8080", Some("sk-management-ab12")),
+            "http://127.0.0.1:8080/#key=sk-management-ab12"
+        );
+        assert_eq!(
+            dashboard_url("http://127.0.0.1:8080", Some("a&b=c d")),
+            "http://127.0.0.1:8080/#key=a%26b%3Dc+d"
+        );
+        assert_eq!(
+            dashboard_url("http://127.0.0.1:8080", None),
+            "http://127.0.0.1:8080/"
+        );
+    }
+
+    #[test]
+    fn an_engine_on_every_address_is_reached_on_loopback() {
+        let any: SocketAddr = "0.0.0.0:9000".parse().expect("addr");
+        assert_eq!(local_base(any), "http://127.0.0.1:9000");
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        assert_eq!(local_base(local), "http://127.0.0.1:8080");
+    }
 }

@@ -116,6 +116,7 @@ impl Engine {
         let app = router(AppState {
             registry: Arc::clone(&registry),
             config: Arc::clone(&config),
+            desktop: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,191 @@
+//! Starting the app: keys and port, the engine in this process, the window on the engine's own
+//! address, the plugins, and the orderly stop of every backend when the app quits.
+
+use std::sync::Arc;
+
+use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder, WindowEvent};
+use tauri_plugin_opener::OpenerExt as _;
+use tauri_plugin_window_state::StateFlags;
+
+use super::control::Control;
+use super::keys::{self, KeysError};
+use super::settings::SettingsError;
+use super::{dashboard_url, local_base};
+use crate::config::Config;
+use crate::Engine;
+
+/// The main window's label, as capabilities/default.json names it.
+pub const MAIN_WINDOW: &str = "main";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DesktopError {
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("port {0} and the {count} after it are all taken: set server.port", count = super::PORT_TRIES)]
+    NoFreePort(u16),
+    #[error(transparent)]
+    Engine(#[from] crate::EngineError),
+    #[error("the window system failed: {0}")]
+    Tauri(#[from] tauri::Error),
+}
+
+/// Whether a window can be opened at all (a Linux machine without X11 or Wayland cannot).
+pub fn display_available() -> bool {
+    if cfg!(target_os = "linux") {
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+    } else {
+        true
+    }
+}
+
+/// Starts the engine, opens the window on it, and stops every backend when the app exits.
+pub fn run(mut config: Config) -> Result<(), DesktopError> {
+    let window_key = keys::load_or_create(&mut config)?;
+    let wanted = config.server.port;
+    config.server.port = super::first_free_port(config.server.host, wanted)
+        .ok_or(DesktopError::NoFreePort(wanted))?;
+    if config.server.port != wanted {
+        tracing::warn!(
+            "port {wanted} is taken: using {} instead",
+            config.server.port
+        );
+    }
+    let control = Arc::new(Control::new(&config)?);
+    let runtime = tokio::runtime::Runtime::new().map_err(DesktopError::Runtime)?;
+    let engine = runtime.block_on(Engine::start_with(
+        config,
+        Some(control.clone() as Arc<dyn crate::api::desktop::DesktopControl>),
+    ))?;
+    let base = local_base(engine.addr);
+    tracing::info!("Corral desktop: the window opens {base}/");
+    let dashboard = dashboard_url(&base, window_key.as_deref());
+    let registry = engine.registry().clone();
+    tauri::async_runtime::set(runtime.handle().clone());
+
+    let setup_control = control.clone();
+    let app = tauri::Builder::default()
+        // First: a second launch hands over to this one before doing anything else.
+        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            show_window(app);
+        }))
+        .plugin(
+            tauri_plugin_window_state::Builder::new()
+                // A window closed to the tray was hidden; it must still open at the next launch.
+                .with_state_flags(StateFlags::all() & !StateFlags::VISIBLE)
+                .build(),
+        )
+        .plugin(tauri_plugin_autostart::init(
+            tauri_plugin_autostart::MacosLauncher::LaunchAgent,
+            None,
+        ))
+        .plugin(tauri_plugin_notification::init())
+        .plugin(tauri_plugin_clipboard_manager::init())
+        .plugin(tauri_plugin_opener::init())
+        .setup(move |app| {
+            setup_control.attach(app.handle().clone());
+            open_window(app.handle(), &dashboard, &base)?;
+            super::tray::install(app.handle(), registry, base)?;
+            quit_on_signals(app.handle().clone());
+            Ok(())
+        })
+        .on_window_event(move |window, event| {
+            if let WindowEvent::CloseRequested { api, .. } = event {
+                if window.label() == MAIN_WINDOW && control.close_to_tray() {
+                    api.prevent_close();
+                    if let Err(e) = window.hide() {
+                        tracing::warn!("cannot hide the window: {e}");
+                    }
+                }
+            }
+        })
+        .build(tauri::generate_context!("../tauri.conf.json"))?;
+    let mut engine = Some(engine);
+    app.run(move |_, event| {
+        if let RunEvent::Exit = event {
+            if let Some(engine) = engine.take() {
+                tracing::info!("quitting: stopping every instance");
+                runtime.block_on(engine.shutdown());
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The window over the engine's UI. Links leaving the engine open in the user's browser.
+fn open_window(app: &AppHandle, dashboard: &str, base: &str) -> Result<(), tauri::Error> {
+    let url = dashboard.parse().map_err(tauri::Error::InvalidUrl)?;
+    let origin = format!("{base}/");
+    let nav_app = app.clone();
+    let new_window_app = app.clone();
+    WebviewWindowBuilder::new(app, MAIN_WINDOW, WebviewUrl::External(url))
+        .title("Corral")
+        .inner_size(1100.0, 720.0)
+        .min_inner_size(800.0, 500.0)
+        .on_navigation(move |url| {
+            let inside = url.as_str().starts_with(&origin);
+            if !inside {
+                open_outside(&nav_app, url.as_str());
+            }
+            inside
+        })
+        .on_new_window(move |url, _| {
+            open_outside(&new_window_app, url.as_str());
+            tauri::webview::NewWindowResponse::Deny
+        })
+        .build()?;
+    Ok(())
+}
+
+fn open_outside(app: &AppHandle, url: &str) {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        if let Err(e) = app.opener().open_url(url, None::<&str>) {
+            tracing::warn!("cannot open {url}: {e}");
+        }
+    }
+}
+
+/// Shows, unminimizes and focuses the window (tray "Open dashboard", a second launch).
+pub fn show_window(app: &AppHandle) {
+    if let Some(window) = app.get_webview_window(MAIN_WINDOW) {
+        let shown = window
+            .show()
+            .and_then(|()| window.unminimize())
+            .and_then(|()| window.set_focus());
+        if let Err(e) = shown {
+            tracing::warn!("cannot show the window: {e}");
+        }
+    }
+}
+
+/// SIGTERM and Ctrl-C (a logout, `kill`, a terminal) quit like the tray's Quit: backends stop
+/// gracefully instead of dying with the app.
+fn quit_on_signals(app: AppHandle) {
+    tauri::async_runtime::spawn(async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate => {}
+        }
+        tracing::info!("signal received: quitting");
+        app.exit(0);
+    });
+}
