@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use corral::api::{router, AppState};
 use corral::config::{
-    AuthConfig, BackendCommand, BackendsConfig, Config, InstancesConfig, ServerConfig,
+    AuthConfig, BackendCommand, BackendsConfig, Config, DesktopConfig, InstancesConfig,
+    ServerConfig,
 };
 use corral::instances::Registry;
 use serde_json::Value;
@@ -84,6 +85,9 @@ pub fn test_config(data_dir: &Path) -> Config {
             inference_keys: Vec::new(),
             require_management_auth: false,
             management_keys: Vec::new(),
+        },
+        desktop: DesktopConfig {
+            close_to_tray: true,
         },
     }
 }
