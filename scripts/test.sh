@@ -8,6 +8,7 @@
 #   2. cargo fmt --check
 #   3. cargo clippy, warnings as errors
 #   4. cargo test (e2e included: they fail, never skip, without the backend)
+#   5. the desktop build: clippy, then the app end to end over WebDriver under Xvfb
 #
 # Everything builds with --no-default-features: the headless engine, without Tauri.
 set -euo pipefail
@@ -53,6 +54,20 @@ if pkg-config --exists webkit2gtk-4.1 2>/dev/null; then
 elif [[ -n ${CI:-} ]]; then
     echo "CI must check the desktop build, but WebKitGTK (libwebkit2gtk-4.1-dev) is missing" >&2
     exit 1
+fi
+
+# The desktop app end to end over WebDriver under Xvfb (scripts/test-desktop.sh). Needs a
+# display server and WebKitWebDriver besides WebKitGTK; CI has them (.ci/run), elsewhere the step
+# is skipped with a note when they are missing.
+if pkg-config --exists webkit2gtk-4.1 2>/dev/null && command -v xvfb-run >/dev/null 2>&1 &&
+    command -v WebKitWebDriver >/dev/null 2>&1; then
+    step "desktop e2e (WebDriver, Xvfb)" env CARGO_TARGET_DIR=target/desktop \
+        bash scripts/test-desktop.sh
+elif [[ -n ${CI:-} ]]; then
+    echo "CI must run the desktop e2e test, but xvfb-run or WebKitWebDriver is missing" >&2
+    exit 1
+else
+    echo "skipping the desktop e2e test: needs xvfb and webkit2gtk-driver (apt-get install)"
 fi
 
 # Slot for the web UI (ui/: npm ci, type check, unit tests, build) once it exists.
