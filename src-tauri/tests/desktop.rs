@@ -128,7 +128,10 @@ impl Api {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -230,7 +233,12 @@ async fn create_from_the_ui(desktop: &Desktop, name: &str, model: &Path) {
         input.clear().await.unwrap();
         input.send_keys(&value).await.unwrap();
     }
-    desktop.element("save-instance").await.click().await.unwrap();
+    desktop
+        .element("save-instance")
+        .await
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -297,7 +305,10 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
     if ui_served {
         // The dashboard shows without a login, with the key taken from the fragment.
         desktop.element("nav-dashboard").await;
-        assert!(!desktop.has("login-key").await, "the window asked for a key");
+        assert!(
+            !desktop.has("login-key").await,
+            "the window asked for a key"
+        );
         let stored = desktop
             .client
             .execute("return sessionStorage.getItem('corral.key')", vec![])
@@ -373,7 +384,10 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
     // (the log shows the supervisor's stop marker) and none is left behind.
     let app = parent_of(backend);
     kill(Pid::from_raw(i32::try_from(app).unwrap()), Signal::SIGTERM).unwrap();
-    poll("the app exits", STARTUP, async || (!alive(app)).then_some(())).await;
+    poll("the app exits", STARTUP, async || {
+        (!alive(app)).then_some(())
+    })
+    .await;
     assert!(!alive(backend), "llama-server {backend} outlived the app");
     assert_eq!(backends_of(&name), Vec::<u32>::new());
     let log = std::fs::read_to_string(data.join("logs").join(format!("{name}.log"))).unwrap();

@@ -104,13 +104,20 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
         })
         .build(tauri::generate_context!("../tauri.conf.json"))?;
     let mut engine = Some(engine);
-    app.run(move |_, event| {
-        if let RunEvent::Exit = event {
+    app.run(move |_app, event| match event {
+        RunEvent::Exit => {
             if let Some(engine) = engine.take() {
                 tracing::info!("quitting: stopping every instance");
                 runtime.block_on(engine.shutdown());
             }
         }
+        // A click on the Dock icon brings back a window closed to the menu bar.
+        #[cfg(target_os = "macos")]
+        RunEvent::Reopen {
+            has_visible_windows: false,
+            ..
+        } => show_window(_app),
+        _ => {}
     });
     Ok(())
 }
