@@ -42,14 +42,22 @@ pub fn local_base(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
+/// What stays as it is in the key's fragment: the URL-unreserved characters, which every key
+/// Corral generates is made of; anything else is %-escaped for the UI's `decodeURIComponent`.
+const FRAGMENT_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// The dashboard's address, carrying the management key in the fragment: the page reads it
 /// and drops it from the address bar, and fragments never reach a server or a log.
 pub fn dashboard_url(base: &str, key: Option<&str>) -> String {
     match key {
-        Some(key) => {
-            let encoded: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
-            format!("{base}/#key={encoded}")
-        }
+        Some(key) => format!(
+            "{base}/#key={}",
+            percent_encoding::utf8_percent_encode(key, FRAGMENT_KEEP)
+        ),
         None => format!("{base}/"),
     }
 }
@@ -87,8 +95,8 @@ mod tests {
             "http://127.0.0.1:8080/#key=sk-management-ab12"
         );
         assert_eq!(
-            dashboard_url("http://127.0.0.1:8080", Some("a&b=c d")),
-            "http://127.0.0.1:8080/#key=a%26b%3Dc+d"
+            dashboard_url("http://127.0.0.1:8080", Some("a&b=c d+")),
+            "http://127.0.0.1:8080/#key=a%26b%3Dc%20d%2B"
         );
         assert_eq!(
             dashboard_url("http://127.0.0.1:8080", None),
