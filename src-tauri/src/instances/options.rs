@@ -6,7 +6,7 @@ use utoipa::openapi::schema::{OneOfBuilder, Ref};
 use utoipa::ToSchema;
 
 use super::InstanceError;
-use crate::backends::{BackendOptions, BackendType};
+use crate::backends::{BackendOptions, BackendType, FieldType, OptionField};
 use crate::config::InstancesConfig;
 use crate::supervisor::{Health, RuntimeState, Status};
 
@@ -265,4 +265,57 @@ fn backend_options_schema() -> utoipa::openapi::schema::Schema {
         })
         .build();
     utoipa::openapi::schema::Schema::OneOf(one_of)
+}
+
+/// Corral's own settings of an instance as form fields, with the configured defaults; the help
+/// is that of [`CreateInstanceOptions`].
+pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
+    let field = |name, field_type, default: serde_json::Value, help| OptionField {
+        name,
+        flag: None,
+        aliases: Vec::new(),
+        field_type,
+        default,
+        help,
+        common: true,
+        choices: None,
+    };
+    vec![
+        field(
+            "auto_restart",
+            FieldType::Boolean,
+            defaults.default_auto_restart.into(),
+            "Restart the backend when it crashes.",
+        ),
+        field(
+            "max_restarts",
+            FieldType::Integer,
+            defaults.default_max_restarts.into(),
+            "Automatic restarts allowed before the instance is failed (0 = never).",
+        ),
+        field(
+            "restart_delay",
+            FieldType::Integer,
+            defaults.default_restart_delay.into(),
+            "Seconds to wait before an automatic restart.",
+        ),
+        field(
+            "on_demand_start",
+            FieldType::Boolean,
+            defaults.default_on_demand_start.into(),
+            "Let /v1 requests start the instance when it is stopped.",
+        ),
+        field(
+            "idle_timeout",
+            FieldType::Integer,
+            defaults.default_idle_timeout.into(),
+            "Minutes without requests before the instance is stopped; 0 = never.",
+        ),
+        field(
+            "aliases",
+            FieldType::StringList,
+            serde_json::json!([]),
+            "Other model names /v1 requests may use for this instance; unique across all instances and their names.",
+        ),
+    ]
 }
