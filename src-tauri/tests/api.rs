@@ -1436,3 +1436,91 @@ async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_setti
     assert_eq!(schema["lifecycle"][0]["type"], "boolean");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn errors_about_one_option_name_the_field() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let url = engine.url("/api/v1/instances/fields");
+    let cases = [
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"ctx_size": "big"}}),
+            "invalid_options",
+            "backend_options.ctx_size",
+        ),
+        // An alias of the flag is reported under the option's own name.
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"ngl": true}}),
+            "invalid_options",
+            "backend_options.gpu_layers",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"flash_attn": "maybe"}}),
+            "invalid_options",
+            "backend_options.flash_attn",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"no_such_flag": 1}}),
+            "invalid_options",
+            "backend_options.no_such_flag",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"port": 70000}}),
+            "invalid_options",
+            "backend_options.port",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "idle_timeout": "soon"}),
+            "invalid_options",
+            "idle_timeout",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "aliases": ["a", "a"]}),
+            "invalid_options",
+            "aliases",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "aliases": [1]}),
+            "invalid_options",
+            "aliases",
+        ),
+        (
+            json!({"backend_type": "ollama", "backend_options": {}}),
+            "unknown_backend_type",
+            "backend_type",
+        ),
+    ];
+    for (body, code, field) in cases {
+        let response = engine.client.post(&url).json(&body).send().await.unwrap();
+        let error = assert_error(response, 400, code).await;
+        assert_eq!(error["field"], field, "{body} -> {error}");
+    }
+
+    let bad_name = engine
+        .post_json("/api/v1/instances/bad.name", &llama(json!({})))
+        .await;
+    let error = assert_error(bad_name, 400, "invalid_instance_name").await;
+    assert_eq!(error["field"], "name");
+
+    // A port another instance owns is a conflict at the port field.
+    let first = engine.create("first", llama(json!({}))).await;
+    let port = first["options"]["backend_options"]["port"].clone();
+    let taken = engine
+        .post_json(
+            "/api/v1/instances/second",
+            &json!({"backend_type": "llama_cpp", "backend_options": {"port": port}}),
+        )
+        .await;
+    let error = assert_error(taken, 409, "port_taken").await;
+    assert_eq!(error["field"], "backend_options.port");
+
+    // Errors about no field in particular carry none.
+    let missing = assert_error(
+        engine.get("/api/v1/instances/ghost").await,
+        404,
+        "instance_not_found",
+    )
+    .await;
+    assert!(missing.get("field").is_none(), "{missing}");
+    engine.stop().await;
+}

@@ -130,6 +130,24 @@ pub enum OptionsError {
     ExtraArgs(String),
 }
 
+impl OptionsError {
+    /// The option the error is about, by its name in the table when the key names one (`ngl`
+    /// -> `gpu_layers`); `extra_args` for those; `None` when it is about the whole object.
+    pub fn key(&self, backend: BackendType) -> Option<String> {
+        let key = match self {
+            OptionsError::NotAnObject => return None,
+            OptionsError::ExtraArgs(_) => return Some("extra_args".to_owned()),
+            OptionsError::UnknownOption { key, .. }
+            | OptionsError::WrongType { key, .. }
+            | OptionsError::OutOfRange { key, .. }
+            | OptionsError::NotAChoice { key, .. }
+            | OptionsError::Duplicate { key, .. } => key,
+        };
+        let canonical = Backend::of(backend).lookup(key).map(|spec| spec.name);
+        Some(canonical.map_or_else(|| key.clone(), str::to_owned))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("Command cannot be empty")]

@@ -842,9 +842,10 @@ fn check_aliases(table: &Table, name: &str, aliases: &[String]) -> Result<(), In
         }
     }
     if aliases.iter().any(|alias| alias == name) {
-        return Err(InstanceError::InvalidOptions(format!(
-            "alias '{name}' is the instance's own name"
-        )));
+        return Err(InstanceError::invalid_field(
+            "aliases",
+            format!("alias '{name}' is the instance's own name"),
+        ));
     }
     Ok(())
 }
