@@ -1122,6 +1122,7 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         "/api/v1/openapi.json",
         "/api/v1/events",
         "/api/v1/schema",
+        "/api/v1/instances/{name}/logs/stream",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
@@ -1715,5 +1716,19 @@ async fn the_web_ui_is_served_at_every_non_api_path_without_auth() {
         .await
         .unwrap();
     assert_eq!(foreign.status(), 403);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn open_streams_end_when_the_engine_stops() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("streamed", llama(json!({}))).await;
+    let mut events = SseReader::new(engine.get("/api/v1/events").await);
+    assert_eq!(events.next().await.event, "snapshot");
+    let logs = SseReader::new(engine.get("/api/v1/instances/streamed/logs/stream").await);
+    engine.registry.end_streams();
+    events.assert_ends().await;
+    logs.assert_ends().await;
     engine.stop().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::Api;
@@ -36,6 +36,7 @@ pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Eve
             Some((Ok(event), (registry, changes, None)))
         },
     );
+    let stream = stream.take_until(api.registry.streams_ended());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }
 
