@@ -11,6 +11,7 @@ pub mod ollama;
 pub mod openai;
 pub mod openapi;
 mod server;
+mod system;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
+use crate::devices::{Devices, ProbeEnv};
 use crate::instances::Registry;
 use crate::proxy::Proxy;
 use error::ApiError;
@@ -40,6 +42,8 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
     pub proxy: Proxy,
+    /// The system report and its caches.
+    pub devices: Arc<Devices>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -56,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         registry: state.registry,
         config: state.config,
         proxy: Proxy::new(),
+        devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
     };
     let ollama = ollama::router(api.clone());
     let management = Router::new()
@@ -63,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/server/help", get(server::help))
         .route("/server/version", get(server::server_version))
         .route("/server/devices", get(server::devices))
+        .route("/system", get(system::system))
         .route(
             "/backends/{backend}/parse-command",
             post(backends::parse_command),

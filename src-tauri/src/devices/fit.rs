@@ -45,9 +45,11 @@ impl Estimate {
         if self.layers == 0 {
             return 0;
         }
-        let share = u128::from(self.total_bytes()) * u128::from(self.gpu_layers.min(self.layers))
-            / u128::from(self.layers);
-        u64::try_from(share).unwrap_or(u64::MAX)
+        share(
+            self.total_bytes(),
+            self.gpu_layers.min(self.layers),
+            self.layers,
+        )
     }
 
     pub fn ram_bytes(&self) -> u64 {
@@ -107,7 +109,8 @@ pub fn estimate(header: &Header, options: &BackendOptions, has_gpu: bool) -> Est
         .filter(|ctx| *ctx > 0)
         .unwrap_or(model_context);
     let parallel = int_option(options, "parallel").filter(|n| *n >= 1);
-    let unified = flag(options, "kv_unified") || (parallel.is_none() && !flag(options, "no_kv_unified"));
+    let unified =
+        flag(options, "kv_unified") || (parallel.is_none() && !flag(options, "no_kv_unified"));
     // llama-server's automatic slot count.
     let slots = parallel.map_or(4, |n| n.unsigned_abs());
     let per_slot = int_option(options, "kv_unified_per_slot")
@@ -123,18 +126,20 @@ pub fn estimate(header: &Header, options: &BackendOptions, has_gpu: bool) -> Est
     let heads = header.arch_uint("attention.head_count").unwrap_or(0);
     let kv_heads = header.arch_uint("attention.head_count_kv").unwrap_or(heads);
     let default_width = embedding.checked_div(heads).unwrap_or(0);
-    let key_length = header.arch_uint("attention.key_length").unwrap_or(default_width);
+    let key_length = header
+        .arch_uint("attention.key_length")
+        .unwrap_or(default_width);
     let value_length = header
         .arch_uint("attention.value_length")
         .unwrap_or(default_width);
-    let k_bytes = cache_type_bytes(string_option(options, "cache_type_k").unwrap_or("f16"))
-        .unwrap_or(2.0);
-    let v_bytes = cache_type_bytes(string_option(options, "cache_type_v").unwrap_or("f16"))
-        .unwrap_or(2.0);
-    let per_cell_per_layer = (key_length * kv_heads) as f64 * k_bytes
-        + (value_length * kv_heads) as f64 * v_bytes;
-    // f64 keeps quantised types' fractional bytes; the product stays far below 2^53 for any
-    // model that exists.
+    let k_bytes =
+        cache_type_bytes(string_option(options, "cache_type_k").unwrap_or("f16")).unwrap_or(2.0);
+    let v_bytes =
+        cache_type_bytes(string_option(options, "cache_type_v").unwrap_or("f16")).unwrap_or(2.0);
+    // f64 keeps quantised types' fractional bytes, and cannot overflow on a file's absurd
+    // numbers (the cast saturates); any real model stays far below 2^53.
+    let per_cell_per_layer = key_length as f64 * kv_heads as f64 * k_bytes
+        + value_length as f64 * kv_heads as f64 * v_bytes;
     let kv_cache_bytes = (per_cell_per_layer * layers as f64 * kv_cells as f64).ceil() as u64;
 
     let gpu_layers = match int_option(options, "gpu_layers") {
@@ -159,7 +164,10 @@ pub fn check(model: &Path, options: &BackendOptions, available: &Available) -> V
         Ok(header) => header,
         Err(e) => return vec![format!("fit check skipped: {e}")],
     };
-    warnings(&estimate(&header, options, available.gpu.is_some()), available)
+    warnings(
+        &estimate(&header, options, available.gpu.is_some()),
+        available,
+    )
 }
 
 /// The warnings for an estimate against what is free.
@@ -169,8 +177,12 @@ pub fn warnings(estimate: &Estimate, available: &Available) -> Vec<String> {
         format!(
             "the model needs about {} {place} (weights {} + KV cache {} for {} tokens)",
             gib(bytes),
-            gib(estimate.weights_bytes * bytes / estimate.total_bytes().max(1)),
-            gib(estimate.kv_cache_bytes * bytes / estimate.total_bytes().max(1)),
+            gib(share(estimate.weights_bytes, bytes, estimate.total_bytes())),
+            gib(share(
+                estimate.kv_cache_bytes,
+                bytes,
+                estimate.total_bytes()
+            )),
             estimate.kv_cells,
         )
     };
@@ -195,6 +207,12 @@ pub fn warnings(estimate: &Estimate, available: &Available) -> Vec<String> {
         ));
     }
     warnings
+}
+
+/// `part × of / whole`, without overflow.
+fn share(part: u64, of: u64, whole: u64) -> u64 {
+    let share = u128::from(part) * u128::from(of) / u128::from(whole.max(1));
+    u64::try_from(share).unwrap_or(u64::MAX)
 }
 
 fn gib(bytes: u64) -> String {
@@ -260,7 +278,11 @@ mod tests {
         let small = estimate(&h, &options(json!({"ctx_size": 1024})), false);
         assert_eq!(small.kv_cache_bytes, 1024 * 4096);
 
-        let slots = estimate(&h, &options(json!({"ctx_size": 1024, "parallel": 3})), false);
+        let slots = estimate(
+            &h,
+            &options(json!({"ctx_size": 1024, "parallel": 3})),
+            false,
+        );
         assert_eq!(slots.kv_cells, 3 * 1024);
         assert_eq!(slots.kv_cache_bytes, 3 * 1024 * 4096);
 
@@ -292,8 +314,16 @@ mod tests {
         let on_gpu = options(json!({"gpu_layers": 99}));
         let warned = check(&path, &on_gpu, &gpu(50 * MIB));
         assert_eq!(warned.len(), 1, "{warned:?}");
-        assert!(warned[0].contains("Test GPU has 50.0 MiB free"), "{}", warned[0]);
-        assert!(warned[0].contains("56.0 MiB of GPU memory"), "{}", warned[0]);
+        assert!(
+            warned[0].contains("Test GPU has 50.0 MiB free"),
+            "{}",
+            warned[0]
+        );
+        assert!(
+            warned[0].contains("56.0 MiB of GPU memory"),
+            "{}",
+            warned[0]
+        );
         assert!(check(&path, &on_gpu, &gpu(60 * MIB)).is_empty());
         // A shorter context makes it fit.
         let short = options(json!({"gpu_layers": 99, "ctx_size": 512}));
@@ -320,7 +350,10 @@ mod tests {
             gpu: Some(("Test GPU".into(), 1 << 40)),
             ram_bytes: 20 * MIB,
         };
-        assert_eq!(check(&path, &options(json!({"gpu_layers": 0})), &gpu_too).len(), 1);
+        assert_eq!(
+            check(&path, &options(json!({"gpu_layers": 0})), &gpu_too).len(),
+            1
+        );
         // Unset gpu_layers with a GPU offloads everything.
         assert!(check(&path, &options(json!({})), &gpu_too).is_empty());
     }

@@ -346,7 +346,11 @@ pub(crate) mod writer {
     }
 
     /// The bytes of a GGUF v3 file.
-    pub fn gguf(meta: &[(&str, Meta<'_>)], tensors: &[(&str, &[u64], u32)], data_bytes: u64) -> Vec<u8> {
+    pub fn gguf(
+        meta: &[(&str, Meta<'_>)],
+        tensors: &[(&str, &[u64], u32)],
+        data_bytes: u64,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -400,7 +404,7 @@ pub(crate) mod writer {
             out.extend_from_slice(&offset.to_le_bytes());
             offset += 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.write_all(&vec![0; data_bytes as usize]).unwrap();
@@ -434,7 +438,10 @@ mod tests {
                 ("llama.rope.freq_base", Meta::F32(10000.0)),
                 ("tokenizer.ggml.tokens", Meta::StrArray(&vocab)),
             ],
-            &[("token_embd.weight", &[64, 100], 1), ("output.weight", &[64], 0)],
+            &[
+                ("token_embd.weight", &[64, 100], 1),
+                ("output.weight", &[64], 0),
+            ],
             1000,
         );
         let path = write(&dir, &bytes);
@@ -448,7 +455,10 @@ mod tests {
         assert_eq!(header.tensors.len(), 2);
         assert_eq!(header.tensors[0].dims, vec![64, 100]);
         assert_eq!(header.tensor_data_bytes(), 1000);
-        assert_eq!(header.metadata.get("tokenizer.ggml.tokens"), Some(&Value::Skipped));
+        assert_eq!(
+            header.metadata.get("tokenizer.ggml.tokens"),
+            Some(&Value::Skipped)
+        );
     }
 
     #[test]
@@ -460,12 +470,18 @@ mod tests {
         let full = gguf(&[("general.architecture", Meta::Str("llama"))], &[], 0);
         let path = write(&dir, &full[..40]);
         let error = read_header(&path).unwrap_err();
-        assert!(error.to_string().contains("ends inside its header"), "{error}");
+        assert!(
+            error.to_string().contains("ends inside its header"),
+            "{error}"
+        );
 
         let mut lying = full.clone();
         lying[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         let path = write(&dir, &lying);
-        assert!(matches!(read_header(&path), Err(GgufError::Malformed { .. })));
+        assert!(matches!(
+            read_header(&path),
+            Err(GgufError::Malformed { .. })
+        ));
 
         let missing = dir.path().join("absent.gguf");
         assert!(matches!(read_header(&missing), Err(GgufError::Io { .. })));
@@ -484,6 +500,9 @@ mod tests {
         assert_eq!(header.arch_uint("attention.head_count_kv"), Some(2));
         let data = header.tensor_data_bytes();
         // Most of the file is the f16 weights (the 32k-token embedding dominates).
-        assert!(data > header.file_size / 2 && data < header.file_size, "{data}");
+        assert!(
+            data > header.file_size / 2 && data < header.file_size,
+            "{data}"
+        );
     }
 }

@@ -9,13 +9,13 @@
 
 mod amd;
 mod apple;
+mod drm;
 pub mod fit;
 pub mod gguf;
 mod host;
 mod intel;
 mod llama;
 mod nvidia;
-mod drm;
 mod processes;
 pub mod runner;
 #[cfg(test)]
@@ -255,8 +255,11 @@ pub struct Devices {
     report: tokio::sync::Mutex<Option<(Instant, SystemReport)>>,
     /// Outputs of slow commands by command line. A std Mutex: only looked up and stored, never
     /// held across an await.
-    commands: Mutex<HashMap<String, (Instant, Result<String, RunError>)>>,
+    commands: Mutex<HashMap<String, CommandAnswer>>,
 }
+
+/// When a command answered, and what.
+type CommandAnswer = (Instant, Result<String, RunError>);
 
 impl Devices {
     pub fn new(env: ProbeEnv) -> Self {
@@ -426,7 +429,6 @@ impl Devices {
         }
         answer
     }
-
 }
 
 /// A small sysfs file, trimmed; None when it is missing, unreadable or empty.

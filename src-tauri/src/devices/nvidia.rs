@@ -22,7 +22,11 @@ pub(super) async fn probe(devices: &Devices) -> Result<Found, String> {
     };
     let query = format!("--query-gpu={SMI_FIELDS}");
     match devices
-        .run("nvidia-smi", &[&query, "--format=csv,noheader,nounits"], Duration::ZERO)
+        .run(
+            "nvidia-smi",
+            &[&query, "--format=csv,noheader,nounits"],
+            Duration::ZERO,
+        )
         .await
     {
         Ok(csv) => parse_smi(&csv).map(|gpus| Found::devices(gpus, "nvidia-smi")),
@@ -160,7 +164,9 @@ mod nvml {
     }
 
     pub(super) fn gpus() -> Result<Vec<Accelerator>, Unavailable> {
-        Err(Unavailable::Absent("NVML does not exist on this OS".to_owned()))
+        Err(Unavailable::Absent(
+            "NVML does not exist on this OS".to_owned(),
+        ))
     }
 
     pub(super) fn process_memory() -> Option<HashMap<u32, u64>> {

@@ -285,7 +285,10 @@ async fn apple_silicon_reports_chip_gpu_cores_unified_memory_and_suggests_mlx() 
         .unwrap();
     assert_eq!(metal.id, "MTL0");
 
-    assert_eq!(apple::parse_sysctl("Intel(R) Core(TM) i9\n"), (Some("Intel(R) Core(TM) i9".into()), None));
+    assert_eq!(
+        apple::parse_sysctl("Intel(R) Core(TM) i9\n"),
+        (Some("Intel(R) Core(TM) i9".into()), None)
+    );
     assert_eq!(apple::parse_gpu_cores("{}"), None);
 }
 
@@ -324,10 +327,17 @@ async fn a_hanging_or_failing_probe_is_reported_and_the_rest_still_answers() {
     let report = report(env).await;
     let llama = probe(&report, "llama-server");
     assert!(!llama.ok);
-    assert!(llama.error.as_deref().unwrap().contains("did not finish"), "{llama:?}");
+    assert!(
+        llama.error.as_deref().unwrap().contains("did not finish"),
+        "{llama:?}"
+    );
     let nvidia = probe(&report, "nvidia");
     assert!(!nvidia.ok);
-    assert!(nvidia.error.as_deref().unwrap().contains("couldn't communicate"));
+    assert!(nvidia
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("couldn't communicate"));
     // The AMD card is still there.
     assert_eq!(report.accelerators.len(), 1);
     assert!(probe(&report, "amd").ok);

@@ -18,6 +18,7 @@ use super::store::{self, RecordOut};
 use super::usage::Usage;
 use super::{name::validate_name, ports, InstanceError};
 use crate::config::Config;
+use crate::devices::ResourceMonitor;
 use crate::supervisor::{
     Health, LaunchSpec, RestartPolicy, RuntimeState, Status, Supervisor, SupervisorSettings,
 };
@@ -49,6 +50,8 @@ pub struct Registry {
     pub(super) reaper_wake: Arc<tokio::sync::Notify>,
     /// The idle reaper, ended with the registry.
     pub(super) reaper: Mutex<Option<JoinHandle<()>>>,
+    /// Samples the running backends' CPU and memory when a view is asked for.
+    resources: ResourceMonitor,
 }
 
 impl Drop for Registry {
@@ -276,6 +279,7 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             reaper_wake: Arc::default(),
             reaper: Mutex::new(None),
+            resources: ResourceMonitor::new(),
         });
         let to_start = registry.load();
         registry.spawn_reaper();
@@ -386,11 +390,38 @@ impl Registry {
     /// Every instance, sorted by name.
     pub fn list(&self) -> Vec<InstanceView> {
         let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
-        instances.iter().map(|instance| instance.view()).collect()
+        let mut views: Vec<InstanceView> =
+            instances.iter().map(|instance| instance.view()).collect();
+        self.fill_resources(&mut views);
+        views
     }
 
     pub fn get(&self, name: &str) -> Result<InstanceView, InstanceError> {
-        Ok(self.lookup(name)?.view())
+        Ok(self.view(&*self.lookup(name)?))
+    }
+
+    /// The instance as the API shows it, its resources included.
+    fn view(&self, instance: &Instance) -> InstanceView {
+        let mut view = [instance.view()];
+        self.fill_resources(&mut view);
+        let [view] = view;
+        view
+    }
+
+    /// Fills in the resources of the running instances among `views`, from one sample.
+    pub fn fill_resources(&self, views: &mut [InstanceView]) {
+        let pids: Vec<u32> = views
+            .iter()
+            .filter(|view| view.status == Status::Running)
+            .filter_map(|view| view.pid)
+            .collect();
+        let usage = self.resources.usage(&pids);
+        for view in views {
+            view.resources = view
+                .pid
+                .filter(|_| view.status == Status::Running)
+                .and_then(|pid| usage.get(&pid).copied());
+        }
     }
 
     pub(super) fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
@@ -505,7 +536,7 @@ impl Registry {
         }
         .await;
         match started {
-            Ok(()) => Ok(instance.view()),
+            Ok(()) => Ok(self.view(&instance)),
             Err(e) => {
                 if let Err(cleanup) = self.remove_locked(&instance).await {
                     tracing::warn!("{cleanup}");
@@ -561,7 +592,7 @@ impl Registry {
             self.start_locked(&instance).await?;
             instance.persist().await?;
         }
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops the instance if it runs, then removes its definition and frees its port. The log
@@ -577,7 +608,7 @@ impl Registry {
         self.refuse_when_shutting_down()?;
         self.start_locked(&instance).await?;
         instance.persist().await?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops a running instance (and cancels a pending automatic restart); a stopped one is
@@ -586,7 +617,7 @@ impl Registry {
         let (instance, _op) = self.lock_instance(name).await?;
         self.stop_locked(&instance).await?;
         instance.persist().await?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops the instance if needed and starts it again, from any state.
@@ -597,7 +628,7 @@ impl Registry {
         let started = self.start_locked(&instance).await;
         instance.persist().await?;
         started?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops every backend in parallel, leaving the definitions as they are so that the next
