@@ -126,7 +126,7 @@ async fn a_running_instance_reports_its_cpu_and_memory_and_a_stopped_one_null() 
         resources["rss_bytes"].as_u64().unwrap() > 1 << 20,
         "{ready}"
     );
-    assert!(resources["cpu_percent"].as_f64().unwrap() >= 0.0);
+    assert!(resources["cpu_percent"].is_number(), "{ready}");
     assert!(resources.get("vram_bytes").is_some());
     let listed: Value = engine.get("/api/v1/instances").await.json().await.unwrap();
     assert!(listed[0]["resources"]["rss_bytes"].as_u64().unwrap() > 0);

@@ -294,12 +294,18 @@ impl Devices {
         let nvidia = self.probe("nvidia", nvidia::probe(self));
         let amd = self.probe("amd", amd::probe(self));
         let intel = self.probe("intel", intel::probe(self));
+        let apple = async {
+            if self.env.apple {
+                Some(self.probe("apple", apple::probe(self)).await)
+            } else {
+                None
+            }
+        };
         let llama = self.probe("llama-server", llama::probe(self));
-        let (host, nvidia, amd, intel, llama) = tokio::join!(host, nvidia, amd, intel, llama);
+        let (host, nvidia, amd, intel, apple, llama) =
+            tokio::join!(host, nvidia, amd, intel, apple, llama);
         let mut results = vec![nvidia, amd, intel];
-        if self.env.apple {
-            results.push(self.probe("apple", apple::probe(self)).await);
-        }
+        results.extend(apple);
         results.push(llama);
 
         let ((os, cpu, memory), host_millis) = host;

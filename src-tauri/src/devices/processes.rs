@@ -163,4 +163,34 @@ mod tests {
         let gone = ResourceMonitor::new().usage(&[pid]);
         assert!(gone.is_empty(), "{gone:?}");
     }
+
+    #[test]
+    fn a_busy_process_shows_its_cpu_use_once_a_second_has_passed() {
+        let mut busy = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import time\nend = time.time() + 60\nwhile time.time() < end: pass",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = busy.id();
+        let monitor = ResourceMonitor::new();
+        let first = monitor.usage(&[pid]);
+        // Within the second the first sample is reused as it is.
+        assert_eq!(monitor.usage(&[pid]), first);
+        // A percentage needs two samples with CPU time between them; a process seen before its
+        // first clock tick needs a third. Poll, a second apart.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let cpu = loop {
+            std::thread::sleep(SAMPLE_TTL + Duration::from_millis(100));
+            let cpu = monitor.usage(&[pid])[&pid].cpu_percent;
+            if cpu > 10.0 || Instant::now() > deadline {
+                break cpu;
+            }
+        };
+        busy.kill().unwrap();
+        busy.wait().unwrap();
+        // A spinning loop on a shared two-core machine still gets far more than this.
+        assert!(cpu > 10.0, "cpu {cpu}");
+    }
 }
