@@ -365,13 +365,13 @@ impl Devices {
         name: &str,
         probe: impl std::future::Future<Output = Result<Found, String>>,
     ) -> (ProbeReport, Found) {
-        let (outcome, millis) = timed(tokio::time::timeout(self.env.timeout, probe)).await;
-        let outcome = outcome.unwrap_or_else(|_| {
-            Err(format!(
-                "did not finish within {} s",
-                self.env.timeout.as_secs_f32()
-            ))
-        });
+        // A quarter more than the commands get: a command that hangs ends by its own timeout
+        // first, and that answer is cached like any other, so a hanging llama-server is not
+        // started again on every poll.
+        let limit = self.env.timeout + self.env.timeout / 4;
+        let (outcome, millis) = timed(tokio::time::timeout(limit, probe)).await;
+        let outcome = outcome
+            .unwrap_or_else(|_| Err(format!("did not finish within {} s", limit.as_secs_f32())));
         match outcome {
             Ok(found) => (
                 ProbeReport {

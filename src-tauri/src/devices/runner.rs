@@ -88,3 +88,38 @@ impl CommandRunner for SystemRunner {
         })
     }
 }
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    async fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, RunError> {
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        SystemRunner.run(program, &args, &[], timeout).await
+    }
+
+    #[tokio::test]
+    async fn programs_answer_fail_hang_or_are_not_installed() {
+        let second = Duration::from_secs(30);
+        assert_eq!(
+            run("sh", &["-c", "echo out; echo err >&2"], second)
+                .await
+                .unwrap(),
+            "out\nerr\n"
+        );
+        assert!(matches!(
+            run("/nonexistent/nvidia-smi", &[], second).await,
+            Err(RunError::NotPresent(_))
+        ));
+        let failed = run("sh", &["-c", "echo broken; exit 9"], second).await;
+        assert!(
+            matches!(&failed, Err(RunError::Failed { output, .. }) if output == "broken"),
+            "{failed:?}"
+        );
+        let started = std::time::Instant::now();
+        let hung = run("sleep", &["30"], Duration::from_millis(200)).await;
+        assert!(matches!(hung, Err(RunError::TimedOut { .. })), "{hung:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

@@ -363,3 +363,31 @@ async fn the_report_is_reused_for_a_second_and_static_commands_for_longer() {
     // nvidia-smi again (live memory), llama-server not (its list is static).
     assert_eq!(runner.calls.load(Ordering::SeqCst), after_first + 1);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_hanging_llama_server_times_out_once_and_is_not_started_on_every_poll() {
+    let mut env = env("empty", Recorded::default());
+    env.runner = Arc::new(SystemRunner);
+    // `sh -c 'sleep 30' --list-devices`: a llama-server that never answers.
+    env.llama_server = Some(BackendCommand {
+        command: "sh".into(),
+        args: vec!["-c".into(), "sleep 30".into()],
+        environment: Default::default(),
+    });
+    env.timeout = Duration::from_millis(300);
+    let devices = Devices::new(env);
+    let first = devices.report().await;
+    let llama = probe(&first, "llama-server");
+    assert!(!llama.ok);
+    assert!(
+        llama.error.as_deref().unwrap().contains("did not finish"),
+        "{llama:?}"
+    );
+    tokio::time::sleep(REPORT_TTL + Duration::from_millis(100)).await;
+    let second = devices.report().await;
+    let again = probe(&second, "llama-server");
+    assert!(!again.ok);
+    // The cached failure answers at once instead of waiting for another timeout.
+    assert!(again.millis < 250, "{again:?}");
+}
