@@ -918,21 +918,6 @@ pub(super) fn connect_host(host: Option<&str>) -> String {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcard_and_missing_hosts_are_dialled_on_loopback() {
-        assert_eq!(connect_host(None), "127.0.0.1");
-        assert_eq!(connect_host(Some("0.0.0.0")), "127.0.0.1");
-        assert_eq!(connect_host(Some("::")), "127.0.0.1");
-        assert_eq!(connect_host(Some("192.168.1.5")), "192.168.1.5");
-        assert_eq!(connect_host(Some("::1")), "[::1]");
-    }
-}
-
 /// Fills in the resources of the running instances among `views`, from one sample.
 pub(super) fn fill_resources(monitor: &ResourceMonitor, views: &mut [InstanceView]) {
     let pids: Vec<u32> = views
@@ -946,5 +931,20 @@ pub(super) fn fill_resources(monitor: &ResourceMonitor, views: &mut [InstanceVie
             .pid
             .filter(|_| view.status == Status::Running)
             .and_then(|pid| usage.get(&pid).copied());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_and_missing_hosts_are_dialled_on_loopback() {
+        assert_eq!(connect_host(None), "127.0.0.1");
+        assert_eq!(connect_host(Some("0.0.0.0")), "127.0.0.1");
+        assert_eq!(connect_host(Some("::")), "127.0.0.1");
+        assert_eq!(connect_host(Some("192.168.1.5")), "192.168.1.5");
+        assert_eq!(connect_host(Some("::1")), "[::1]");
     }
 }
