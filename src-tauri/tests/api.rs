@@ -1120,6 +1120,9 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         "/api/v1/instances/{name}/logs",
         "/api/v1/instances/{name}/proxy/{rest}",
         "/api/v1/openapi.json",
+        "/api/v1/events",
+        "/api/v1/schema",
+        "/api/v1/instances/{name}/logs/stream",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
@@ -1139,6 +1142,8 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         "LlamaCppOptions",
         "MlxLmOptions",
         "VllmOptions",
+        "OptionsSchema",
+        "OptionField",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
@@ -1276,5 +1281,454 @@ async fn concurrent_starts_never_exceed_the_running_limit_nor_spawn_twice() {
         );
     }
     assert_eq!(pids.len(), 1, "{pids:?}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn events_start_with_a_snapshot_then_follow_status_counters_and_deletion() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("watched", llama(json!({}))).await;
+    engine.wait_ready("watched").await;
+    engine.post("/api/v1/instances/watched/stop").await;
+
+    let mut events = SseReader::new(engine.get("/api/v1/events").await);
+    let snapshot = events.next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    let snapshot = snapshot.json();
+    assert_eq!(names(&snapshot), ["watched"]);
+    assert_eq!(snapshot[0]["status"], "stopped");
+    assert_eq!(
+        snapshot[0]["options"]["backend_options"]["model"],
+        "/models/test.gguf"
+    );
+
+    assert_eq!(
+        engine
+            .post("/api/v1/instances/watched/start")
+            .await
+            .status(),
+        200
+    );
+    events
+        .until("watched running and ready", |event| {
+            let instance = event.json();
+            event.event == "instance"
+                && instance["name"] == "watched"
+                && instance["status"] == "running"
+                && instance["health"] == "ready"
+        })
+        .await;
+
+    // A request through /v1 shows up in the counters without anyone polling.
+    let answer = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "watched", "messages": []}),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    let counted = events
+        .until("the request counted", |event| {
+            event.event == "instance" && event.json()["requests"] == 1
+        })
+        .await
+        .json();
+    assert_eq!(counted["name"], "watched");
+
+    engine.create("second", llama(json!({}))).await;
+    events
+        .until("second created", |event| {
+            event.event == "instance" && event.json()["name"] == "second"
+        })
+        .await;
+    assert_eq!(
+        engine.delete("/api/v1/instances/watched").await.status(),
+        204
+    );
+    let deleted = events
+        .until("watched deleted", |event| event.event == "deleted")
+        .await;
+    assert_eq!(deleted.json(), json!({"name": "watched"}));
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn events_need_the_management_key() {
+    let dir = data_dir();
+    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+    assert_eq!(engine.get("/api/v1/events").await.status(), 401);
+    let authorized = engine
+        .client
+        .get(engine.url("/api/v1/events"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(authorized);
+    assert_eq!(events.next().await.event, "snapshot");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_settings() {
+    use corral::backends::{specs, BackendType, OptionKind};
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let response = engine.get("/api/v1/schema").await;
+    assert_eq!(response.status(), 200);
+    let schema: Value = response.json().await.unwrap();
+
+    for (backend, key) in [
+        (BackendType::LlamaCpp, "llama_cpp"),
+        (BackendType::MlxLm, "mlx_lm"),
+        (BackendType::Vllm, "vllm"),
+    ] {
+        let options = schema["backends"][key]["options"].as_array().unwrap();
+        assert!(schema["backends"][key]["label"].is_string());
+        assert_eq!(options.len(), specs(backend).len(), "{key}");
+        for spec in specs(backend) {
+            let field = options
+                .iter()
+                .find(|field| field["name"] == spec.name)
+                .unwrap_or_else(|| panic!("{key}: {} missing", spec.name));
+            let expected = match spec.kind {
+                OptionKind::Bool => "boolean",
+                OptionKind::Int => "integer",
+                OptionKind::Float => "number",
+                OptionKind::String => "string",
+                OptionKind::StringList => "string_list",
+            };
+            assert_eq!(field["type"], expected, "{key}.{}", spec.name);
+            assert_eq!(field["flag"], spec.flag);
+        }
+        let model = options.iter().find(|f| f["name"] == "model").unwrap();
+        assert_eq!(model["common"], true, "{key}: model is common");
+    }
+    let llama = schema["backends"]["llama_cpp"]["options"]
+        .as_array()
+        .unwrap();
+    let field = |name: &str| llama.iter().find(|f| f["name"] == name).unwrap().clone();
+    assert_eq!(field("ctx_size")["aliases"], json!(["-c"]));
+    assert_eq!(field("ctx_size")["common"], true);
+    assert_eq!(field("flash_attn")["choices"], json!(["on", "off", "auto"]));
+    assert_eq!(field("temp")["default"], json!(0.8));
+    assert_eq!(field("top_k")["common"], false);
+
+    let lifecycle: Vec<&str> = schema["lifecycle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|field| field["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [
+            "auto_restart",
+            "max_restarts",
+            "restart_delay",
+            "on_demand_start",
+            "idle_timeout",
+            "aliases"
+        ]
+    );
+    // Defaults are the configured ones.
+    assert_eq!(schema["lifecycle"][1]["default"], 3);
+    assert_eq!(schema["lifecycle"][0]["type"], "boolean");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn errors_about_one_option_name_the_field() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let url = engine.url("/api/v1/instances/fields");
+    let cases = [
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"ctx_size": "big"}}),
+            "invalid_options",
+            "backend_options.ctx_size",
+        ),
+        // An alias of the flag is reported under the option's own name.
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"ngl": true}}),
+            "invalid_options",
+            "backend_options.gpu_layers",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"flash_attn": "maybe"}}),
+            "invalid_options",
+            "backend_options.flash_attn",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"no_such_flag": 1}}),
+            "invalid_options",
+            "backend_options.no_such_flag",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"port": 70000}}),
+            "invalid_options",
+            "backend_options.port",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "idle_timeout": "soon"}),
+            "invalid_options",
+            "idle_timeout",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "aliases": ["a", "a"]}),
+            "invalid_options",
+            "aliases",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "aliases": [1]}),
+            "invalid_options",
+            "aliases",
+        ),
+        (
+            json!({"backend_type": "ollama", "backend_options": {}}),
+            "unknown_backend_type",
+            "backend_type",
+        ),
+    ];
+    for (body, code, field) in cases {
+        let response = engine.client.post(&url).json(&body).send().await.unwrap();
+        let error = assert_error(response, 400, code).await;
+        assert_eq!(error["field"], field, "{body} -> {error}");
+    }
+
+    let bad_name = engine
+        .post_json("/api/v1/instances/bad.name", &llama(json!({})))
+        .await;
+    let error = assert_error(bad_name, 400, "invalid_instance_name").await;
+    assert_eq!(error["field"], "name");
+
+    // A port another instance owns is a conflict at the port field.
+    let first = engine.create("first", llama(json!({}))).await;
+    let port = first["options"]["backend_options"]["port"].clone();
+    let taken = engine
+        .post_json(
+            "/api/v1/instances/second",
+            &json!({"backend_type": "llama_cpp", "backend_options": {"port": port}}),
+        )
+        .await;
+    let error = assert_error(taken, 409, "port_taken").await;
+    assert_eq!(error["field"], "backend_options.port");
+
+    // Errors about no field in particular carry none.
+    let missing = assert_error(
+        engine.get("/api/v1/instances/ghost").await,
+        404,
+        "instance_not_found",
+    )
+    .await;
+    assert!(missing.get("field").is_none(), "{missing}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn log_stream_sends_the_last_lines_then_follows_new_ones_across_restarts() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("chatty", llama(json!({}))).await;
+    engine.wait_ready("chatty").await;
+    engine.get("/api/v1/instances/chatty/proxy/before").await;
+    let expected = engine
+        .get("/api/v1/instances/chatty/logs?lines=3")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let expected: Vec<&str> = expected.lines().collect();
+    assert_eq!(expected.len(), 3, "{expected:?}");
+
+    let mut stream = SseReader::new(
+        engine
+            .get("/api/v1/instances/chatty/logs/stream?lines=3")
+            .await,
+    );
+    for line in &expected {
+        let event = stream.next().await;
+        assert_eq!(event.event, "line");
+        assert_eq!(event.data, *line);
+    }
+
+    // A line the backend prints after the client connected arrives as it is written.
+    engine
+        .get("/api/v1/instances/chatty/proxy/after-connecting")
+        .await;
+    stream
+        .until("the request's log line", |event| {
+            event.event == "line" && event.data.contains("/after-connecting")
+        })
+        .await;
+
+    // The stream goes on across a restart of the instance.
+    assert_eq!(
+        engine
+            .post("/api/v1/instances/chatty/restart")
+            .await
+            .status(),
+        200
+    );
+    stream
+        .until("the start marker", |event| {
+            event.data.starts_with("=== Instance chatty started at")
+        })
+        .await;
+    engine.wait_ready("chatty").await;
+    engine
+        .get("/api/v1/instances/chatty/proxy/after-restart")
+        .await;
+    stream
+        .until("a line of the new process", |event| {
+            event.data.contains("/after-restart")
+        })
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn log_stream_refuses_bad_counts_and_unknown_instances() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    assert_error(
+        engine.get("/api/v1/instances/ghost/logs/stream").await,
+        404,
+        "instance_not_found",
+    )
+    .await;
+    engine.create("quiet", llama(json!({}))).await;
+    assert_error(
+        engine
+            .get("/api/v1/instances/quiet/logs/stream?lines=many")
+            .await,
+        400,
+        "invalid_lines",
+    )
+    .await;
+    engine.stop().await;
+}
+
+/// `ui/dist` as the build embedded it (build.rs rebuilds the crate whenever it changes).
+fn built_ui() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ui/dist")
+}
+
+#[tokio::test]
+async fn the_web_ui_is_served_at_every_non_api_path_without_auth() {
+    let dir = data_dir();
+    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+    let index = built_ui().join("index.html");
+    assert_eq!(
+        corral::api::ui::is_embedded(),
+        index.is_file(),
+        "the binary embeds ui/dist as it is on disk"
+    );
+
+    for path in ["/", "/some/deep/link", "/instances/llama"] {
+        let response = engine.get(path).await;
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let cache = response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/html"),
+            "{path}: {content_type}"
+        );
+        assert_eq!(cache, "no-cache", "{path}");
+        if index.is_file() {
+            assert_eq!(response.status(), 200, "{path}");
+            let body = response.bytes().await.unwrap();
+            assert_eq!(body, std::fs::read(&index).unwrap(), "{path} is index.html");
+        } else {
+            assert_eq!(response.status(), 503, "{path}");
+            let body = response.text().await.unwrap();
+            assert!(body.contains("not built"), "{body}");
+            assert!(body.contains("scripts/build-ui.sh"), "{body}");
+        }
+    }
+
+    // Hashed assets are cached for good, with their own content type.
+    let assets = built_ui().join("assets");
+    let asset = std::fs::read_dir(&assets)
+        .into_iter()
+        .flatten()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "js"));
+    if let Some(asset) = asset {
+        let name = asset.file_name().unwrap().to_str().unwrap();
+        let response = engine.get(&format!("/assets/{name}")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript"));
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            std::fs::read(&asset).unwrap()
+        );
+    }
+    // A missing file is not answered with the app's page.
+    assert_error(
+        engine.get("/assets/missing-0000.js").await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    // API paths stay the API's: JSON errors, Ollama's routes, auth.
+    let nope = engine
+        .client
+        .get(engine.url("/api/v1/nope"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_error(nope, 404, "not_found").await;
+    assert_eq!(engine.get("/api/v1/instances").await.status(), 401);
+    assert_error(engine.get("/api/nope").await, 404, "not_found").await;
+    let tags = engine
+        .client
+        .get(engine.url("/api/tags"))
+        .bearer_auth(INFERENCE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tags.status(), 200);
+    let tags: Value = tags.json().await.unwrap();
+    assert!(tags["models"].is_array(), "{tags}");
+
+    // The Host check covers the UI too.
+    let foreign = engine
+        .client
+        .get(engine.url("/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn open_streams_end_when_the_engine_stops() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("streamed", llama(json!({}))).await;
+    let mut events = SseReader::new(engine.get("/api/v1/events").await);
+    assert_eq!(events.next().await.event, "snapshot");
+    let logs = SseReader::new(engine.get("/api/v1/instances/streamed/logs/stream").await);
+    engine.registry.end_streams();
+    events.assert_ends().await;
+    logs.assert_ends().await;
     engine.stop().await;
 }

@@ -6,12 +6,17 @@ mod backends;
 pub mod body;
 pub mod desktop;
 pub mod error;
+mod events;
 pub mod host;
 mod instances;
+mod logs_stream;
 pub mod ollama;
 pub mod openai;
 pub mod openapi;
+mod schema;
 mod server;
+mod system;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
+use crate::devices::{Devices, ProbeEnv};
 use crate::instances::Registry;
 use crate::proxy::Proxy;
 use error::ApiError;
@@ -43,6 +49,8 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
     pub proxy: Proxy,
+    /// The system report and its caches.
+    pub devices: Arc<Devices>,
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
 }
 
@@ -52,14 +60,15 @@ impl FromRef<Api> for Arc<Config> {
     }
 }
 
-/// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, CORS,
-/// and the Host check.
+/// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, the
+/// web UI without auth at every other path, CORS, and the Host check.
 pub fn router(state: AppState) -> Router {
     let config = Arc::clone(&state.config);
     let api = Api {
         registry: state.registry,
         config: state.config,
         proxy: Proxy::new(),
+        devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
         desktop: state.desktop,
     };
     let ollama = ollama::router(api.clone());
@@ -68,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/server/help", get(server::help))
         .route("/server/version", get(server::server_version))
         .route("/server/devices", get(server::devices))
+        .route("/system", get(system::system))
         .route(
             "/backends/{backend}/parse-command",
             post(backends::parse_command),
@@ -85,9 +95,15 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{name}/stop", post(instances::stop))
         .route("/instances/{name}/restart", post(instances::restart))
         .route("/instances/{name}/logs", get(instances::logs))
+        .route(
+            "/instances/{name}/logs/stream",
+            get(logs_stream::logs_stream),
+        )
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/events", get(events::events))
+        .route("/schema", get(schema::schema))
         .route(
             "/desktop/settings",
             get(desktop::settings).put(desktop::update_settings),
@@ -115,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", management)
         .nest("/v1", inference)
         .merge(ollama)
+        .fallback(ui::serve)
         .layer(cors(&config))
         .layer(from_fn_with_state(config, host::check_host))
 }

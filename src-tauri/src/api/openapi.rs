@@ -5,7 +5,9 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, desktop, error, instances, openai, server};
+use super::{
+    backends, desktop, error, events, instances, logs_stream, openai, schema, server, system,
+};
 use crate::instances::BACKEND_SCHEMA_NAMES;
 
 #[derive(OpenApi)]
@@ -16,6 +18,7 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         server::help,
         server::server_version,
         server::devices,
+        system::system,
         backends::parse_command,
         instances::list,
         instances::get,
@@ -31,6 +34,9 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         openai::model,
         openai::inference,
         openapi_json,
+        events::events,
+        logs_stream::logs_stream,
+        schema::schema,
         desktop::settings,
         desktop::update_settings,
         desktop::open,

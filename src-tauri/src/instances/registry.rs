@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::events::{self, Feed, InstanceEvent};
 use super::options::{InstanceOptions, InstanceView};
 use super::store::{self, RecordOut};
 use super::usage::Usage;
 use super::{name::validate_name, ports, InstanceError};
 use crate::config::Config;
+use crate::devices::ResourceMonitor;
 use crate::supervisor::{
     Health, LaunchSpec, RestartPolicy, RuntimeState, Status, Supervisor, SupervisorSettings,
 };
@@ -49,12 +51,24 @@ pub struct Registry {
     pub(super) reaper_wake: Arc<tokio::sync::Notify>,
     /// The idle reaper, ended with the registry.
     pub(super) reaper: Mutex<Option<JoinHandle<()>>>,
+    /// What changed, for the UI's live events and the tray.
+    pub(super) feed: Arc<Feed>,
+    /// Sends counter changes to the feed while someone listens; ended with the registry.
+    sampler: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the engine stops: endless streams (events, log tails) end, so that the HTTP
+    /// server's graceful shutdown does not wait for them.
+    streams_closed: tokio::sync::watch::Sender<bool>,
+    /// Samples the running backends' CPU and memory when a view is asked for.
+    resources: Arc<ResourceMonitor>,
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
+        }
+        if let Some(sampler) = lock(&self.sampler).take() {
+            sampler.abort();
         }
     }
 }
@@ -94,8 +108,11 @@ pub(super) struct Instance {
     pub(super) last_start_error: Mutex<Option<String>>,
     /// The reaper handed this instance to an idle stop that has not finished yet.
     pub(super) idle_stop_pending: AtomicBool,
-    /// Writes the definition when the supervisor changes the status (a crash that ends `failed`).
+    /// Writes the definition when the supervisor changes the status (a crash that ends `failed`)
+    /// and reports every change of the supervisor's state to the feed.
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// The registry's change feed.
+    feed: Arc<Feed>,
 }
 
 /// Poisoning only means another thread panicked mid-section; the data is still usable.
@@ -205,8 +222,14 @@ impl Instance {
         Ok(())
     }
 
-    /// Follows the supervisor's status and saves each change, so a crash that ends in `failed`
-    /// is on disk too. Holds only a weak reference: the task never keeps an instance alive.
+    /// Tells the change feed that something in this instance's JSON may have changed.
+    pub(super) fn publish(&self) {
+        self.feed.changed(self);
+    }
+
+    /// Follows the supervisor's state: reports each change to the feed, and saves each status
+    /// change, so a crash that ends in `failed` is on disk too. Holds only a weak reference: the
+    /// task never keeps an instance alive.
     fn watch_status(self: &Arc<Self>) {
         let mut changes = self.supervisor.subscribe();
         let mut last = persisted_status(&changes.borrow());
@@ -214,13 +237,14 @@ impl Instance {
         let task = tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 let status = persisted_status(&changes.borrow_and_update());
+                let Some(instance) = instance.upgrade() else {
+                    break;
+                };
+                instance.publish();
                 if status == last {
                     continue;
                 }
                 last = status;
-                let Some(instance) = instance.upgrade() else {
-                    break;
-                };
                 if let Err(e) = instance.persist().await {
                     tracing::warn!("{e}");
                 }
@@ -269,6 +293,7 @@ impl Registry {
             log_keep_files: dirs.log_keep_files,
             restart_reset_after: RESTART_RESET_AFTER,
         });
+        let resources = Arc::new(ResourceMonitor::new());
         let registry = Arc::new(Registry {
             config,
             settings,
@@ -276,9 +301,14 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             reaper_wake: Arc::default(),
             reaper: Mutex::new(None),
+            feed: Arc::new(Feed::new(Arc::clone(&resources))),
+            sampler: Mutex::new(None),
+            streams_closed: tokio::sync::watch::Sender::new(false),
+            resources,
         });
         let to_start = registry.load();
         registry.spawn_reaper();
+        *lock(&registry.sampler) = Some(events::spawn_sampler(&registry));
         if !to_start.is_empty() {
             let registry = Arc::clone(&registry);
             tokio::spawn(async move {
@@ -378,19 +408,58 @@ impl Registry {
             last_start_error: Mutex::new(None),
             idle_stop_pending: AtomicBool::new(false),
             watcher: Mutex::new(None),
+            feed: Arc::clone(&self.feed),
         });
         instance.watch_status();
         instance
     }
 
+    /// Follows every change of the instances: each event carries the whole new instance JSON
+    /// (or the name of a deleted one). Counter changes come at most once a second per instance.
+    /// A receiver that falls behind gets `RecvError::Lagged`; it should then take a fresh
+    /// [`Registry::list`] and go on (subscribe first, then list, so nothing falls in between).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<InstanceEvent> {
+        self.feed.subscribe()
+    }
+
+    /// Ends every open event stream and log tail (the engine is stopping).
+    pub fn end_streams(&self) {
+        self.streams_closed.send_replace(true);
+    }
+
+    /// Completes once [`Registry::end_streams`] was called; streams end with it.
+    pub fn streams_ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.streams_closed.subscribe();
+        async move {
+            // An error means the registry is gone: nothing left to stream either.
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
+    }
+
     /// Every instance, sorted by name.
     pub fn list(&self) -> Vec<InstanceView> {
         let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
-        instances.iter().map(|instance| instance.view()).collect()
+        let mut views: Vec<InstanceView> =
+            instances.iter().map(|instance| instance.view()).collect();
+        self.fill_resources(&mut views);
+        views
     }
 
     pub fn get(&self, name: &str) -> Result<InstanceView, InstanceError> {
-        Ok(self.lookup(name)?.view())
+        Ok(self.view(&*self.lookup(name)?))
+    }
+
+    /// The instance as the API shows it, its resources included.
+    fn view(&self, instance: &Instance) -> InstanceView {
+        let mut view = [instance.view()];
+        self.fill_resources(&mut view);
+        let [view] = view;
+        view
+    }
+
+    /// Fills in the resources of the running instances among `views`, from one sample.
+    pub fn fill_resources(&self, views: &mut [InstanceView]) {
+        fill_resources(&self.resources, views);
     }
 
     pub(super) fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
@@ -453,6 +522,23 @@ impl Registry {
         }
     }
 
+    /// Follows the instance's log: its last `lines` lines, then each new line, across restarts,
+    /// until the instance is deleted.
+    pub async fn follow_logs(
+        &self,
+        name: &str,
+        lines: usize,
+    ) -> Result<crate::supervisor::LogFollower, InstanceError> {
+        let supervisor = self.lookup(name)?.supervisor.clone();
+        tokio::task::spawn_blocking(move || supervisor.follow_logs(lines))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| InstanceError::Logs {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
     /// Defines the instance and starts it. On any refusal or failure nothing remains of it: no
     /// definition, no reserved port.
     pub async fn create(
@@ -499,13 +585,14 @@ impl Registry {
                 .insert(name.to_owned(), Arc::clone(&instance));
             instance
         };
+        instance.publish();
         let started = async {
             self.start_locked(&instance).await?;
             instance.persist().await
         }
         .await;
         match started {
-            Ok(()) => Ok(instance.view()),
+            Ok(()) => Ok(self.view(&instance)),
             Err(e) => {
                 if let Err(cleanup) = self.remove_locked(&instance).await {
                     tracing::warn!("{cleanup}");
@@ -551,6 +638,7 @@ impl Registry {
             }
         }
         *lock(&instance.options) = options;
+        instance.publish();
         // The idle timeout may have changed.
         self.reaper_wake.notify_one();
         if let Some(old) = old_port.filter(|&old| old != port) {
@@ -561,7 +649,7 @@ impl Registry {
             self.start_locked(&instance).await?;
             instance.persist().await?;
         }
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops the instance if it runs, then removes its definition and frees its port. The log
@@ -577,7 +665,7 @@ impl Registry {
         self.refuse_when_shutting_down()?;
         self.start_locked(&instance).await?;
         instance.persist().await?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops a running instance (and cancels a pending automatic restart); a stopped one is
@@ -586,7 +674,7 @@ impl Registry {
         let (instance, _op) = self.lock_instance(name).await?;
         self.stop_locked(&instance).await?;
         instance.persist().await?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops the instance if needed and starts it again, from any state.
@@ -597,13 +685,14 @@ impl Registry {
         let started = self.start_locked(&instance).await;
         instance.persist().await?;
         started?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops every backend in parallel, leaving the definitions as they are so that the next
     /// engine start restores the instances that were running.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.end_streams();
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
         }
@@ -756,6 +845,8 @@ impl Registry {
             table.instances.remove(&instance.name);
         }
         table.ports.retain(|_, owner| *owner != instance.name);
+        drop(table);
+        self.feed.deleted(&instance.name);
         Ok(())
     }
 
@@ -808,9 +899,10 @@ fn check_aliases(table: &Table, name: &str, aliases: &[String]) -> Result<(), In
         }
     }
     if aliases.iter().any(|alias| alias == name) {
-        return Err(InstanceError::InvalidOptions(format!(
-            "alias '{name}' is the instance's own name"
-        )));
+        return Err(InstanceError::invalid_field(
+            "aliases",
+            format!("alias '{name}' is the instance's own name"),
+        ));
     }
     Ok(())
 }
@@ -823,6 +915,22 @@ pub(super) fn connect_host(host: Option<&str>) -> String {
         "" | "0.0.0.0" | "::" | "[::]" | "localhost" => "127.0.0.1".to_owned(),
         _ if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
         _ => host.to_owned(),
+    }
+}
+
+/// Fills in the resources of the running instances among `views`, from one sample.
+pub(super) fn fill_resources(monitor: &ResourceMonitor, views: &mut [InstanceView]) {
+    let pids: Vec<u32> = views
+        .iter()
+        .filter(|view| view.status == Status::Running)
+        .filter_map(|view| view.pid)
+        .collect();
+    let usage = monitor.usage(&pids);
+    for view in views {
+        view.resources = view
+            .pid
+            .filter(|_| view.status == Status::Running)
+            .and_then(|pid| usage.get(&pid).copied());
     }
 }
 
