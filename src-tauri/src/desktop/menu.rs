@@ -3,14 +3,11 @@
 //! notify failures). The Tauri side (`tray.rs`) only turns this into native menu items.
 
 use std::sync::Arc;
-use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::instances::{InstanceView, Registry};
 use crate::supervisor::{Health, Status};
-
-/// How often the registry is looked at. TODO(ui-engine): once `Registry::subscribe()` exists,
-/// `watch` waits on its events instead; nothing else changes.
-const POLL: Duration = Duration::from_secs(1);
 
 /// What the tray shows of one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,26 +130,33 @@ pub fn lines(registry: &Registry) -> Vec<InstanceLine> {
     registry.list().iter().map(InstanceLine::from).collect()
 }
 
-/// Calls `on_change(before, after)` whenever what the tray shows changes; the first call has
-/// `before` equal to `after` (what was failed before the app started is no news). Ends when
-/// `on_change` answers false.
+/// Calls `on_change(before, after)` whenever what the tray shows changes (the registry's change
+/// feed says when to look); the first call has `before` equal to `after` (what was failed before
+/// the app started is no news). Ends when `on_change` answers false or the registry is gone.
 pub async fn watch(
     registry: Arc<Registry>,
     mut on_change: impl FnMut(&[InstanceLine], &[InstanceLine]) -> bool,
 ) {
-    let mut shown: Vec<InstanceLine> = Vec::new();
-    let mut first = true;
+    // Subscribed before the first look, so that no change falls in between.
+    let mut changes = registry.subscribe();
+    let mut shown = lines(&registry);
+    if !on_change(&shown, &shown) {
+        return;
+    }
     loop {
+        match changes.recv().await {
+            // Counters change often and are not shown: only a different menu is news. After
+            // a lag the full list below catches up all the same.
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
         let now = lines(&registry);
-        if first || now != shown {
-            let before = if first { &now } else { &shown };
-            if !on_change(before, &now) {
+        if now != shown {
+            if !on_change(&shown, &now) {
                 return;
             }
             shown = now;
-            first = false;
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 
