@@ -216,6 +216,15 @@ impl Desktop {
     }
 }
 
+/// Saves the window to `CORRAL_DESKTOP_SCREENSHOT` when it is set (docs/screenshots/desktop.png).
+async fn screenshot(desktop: &Desktop) {
+    if let Ok(path) = std::env::var("CORRAL_DESKTOP_SCREENSHOT") {
+        let png = desktop.client.screenshot().await.unwrap();
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {path}");
+    }
+}
+
 /// Creates the instance through the UI's form, as a user would.
 async fn create_from_the_ui(desktop: &Desktop, name: &str, model: &Path) {
     desktop.element("new-instance").await.click().await.unwrap();
@@ -350,6 +359,16 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
     .await;
     let backend = u32::try_from(running["pid"].as_u64().unwrap()).unwrap();
     assert!(alive(backend));
+    if ui_served {
+        // The card catches up with the ready backend (the window paints live updates).
+        let card = desktop.element(&format!("instance-card-{name}")).await;
+        poll("the card shows the ready instance", STARTUP, async || {
+            let text = card.text().await.ok()?;
+            (!text.contains("starting")).then_some(())
+        })
+        .await;
+    }
+    screenshot(&desktop).await;
 
     // The desktop settings exist in the app, and act on the OS: a login item appears and goes.
     let settings = api.get("/desktop/settings").await;
@@ -374,10 +393,16 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
         serde_json::from_slice(&std::fs::read(data.join("desktop.json")).unwrap()).unwrap();
     assert_eq!(saved["close_to_tray"], false);
 
-    if let Ok(path) = std::env::var("CORRAL_DESKTOP_SCREENSHOT") {
-        let png = desktop.client.screenshot().await.unwrap();
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot: {path}");
+    if ui_served {
+        // The dashboard stays live while the app runs: still connected, still showing it.
+        let status = desktop.element(&format!("instance-status-{name}")).await;
+        assert_eq!(status.text().await.unwrap().trim(), "running");
+        let body = desktop.client.find(Locator::Css("body")).await.unwrap();
+        let text = body.text().await.unwrap();
+        assert!(
+            !text.contains("Connecting"),
+            "the dashboard lost its event stream:\n{text}"
+        );
     }
 
     // Quit the app as the system does at logout: SIGTERM. Every backend stops gracefully

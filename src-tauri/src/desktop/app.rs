@@ -44,6 +44,13 @@ pub fn display_available() -> bool {
 
 /// Starts the engine, opens the window on it, and stops every backend when the app exits.
 pub fn run(mut config: Config) -> Result<(), DesktopError> {
+    // WebKitGTK's DMA-BUF renderer leaves the window blank or stale without GPU acceleration
+    // (VMs, remote desktops, Xvfb, some NVIDIA drivers); a dashboard does not need it. Set
+    // before any thread exists; the user's own setting wins.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("WEBKIT_DISABLE_DMABUF_RENDERER").is_none() {
+        std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1");
+    }
     let window_key = keys::load_or_create(&mut config)?;
     let wanted = config.server.port;
     config.server.port = super::first_free_port(config.server.host, wanted)
