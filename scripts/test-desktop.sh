@@ -2,8 +2,8 @@
 # The desktop app end to end (src-tauri/tests/desktop.rs): the real app under Xvfb, driven over
 # WebDriver by tauri-driver + Debian's WebKitWebDriver, supervising a real llama-server.
 #
-# Needs: Xvfb (xvfb-run), webkit2gtk-driver (WebKitWebDriver), WebKitGTK's headers for the build
-# (.ci/run installs all three on Debian). tauri-driver is installed once from crates.io into the
+# Needs: Xvfb (xvfb-run), webkit2gtk-driver (WebKitWebDriver), dbus (dbus-run-session) and
+# WebKitGTK's headers for the build (.ci/run installs them on Debian). tauri-driver is installed once from crates.io into the
 # test cache, like the backend (scripts/test-backend.sh):
 #   ${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}/tauri-driver/bin/tauri-driver
 #
@@ -19,9 +19,9 @@ CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
 export CORRAL_TAURI_DRIVER=$CACHE/tauri-driver/bin/tauri-driver
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/desktop}
 
-for cmd in xvfb-run WebKitWebDriver; do
+for cmd in xvfb-run WebKitWebDriver dbus-run-session; do
     command -v "$cmd" >/dev/null 2>&1 || {
-        echo "$cmd is missing: apt-get install xvfb webkit2gtk-driver" >&2
+        echo "$cmd is missing: apt-get install xvfb webkit2gtk-driver dbus" >&2
         exit 1
     }
 done
@@ -39,5 +39,6 @@ fi
 
 # Built outside the display first, so that xvfb-run only wraps the run itself.
 cargo test -p corral --test desktop --no-run
-xvfb-run -a -s "-screen 0 1280x800x24" \
+# A private D-Bus session: single instance (a second launch focuses the first) goes through it.
+xvfb-run -a -s "-screen 0 1280x800x24" dbus-run-session -- \
     cargo test -p corral --test desktop -- --ignored --nocapture

@@ -61,14 +61,14 @@ fi
 # display server and WebKitWebDriver besides WebKitGTK; CI has them (.ci/run), elsewhere the step
 # is skipped with a note when they are missing.
 if pkg-config --exists webkit2gtk-4.1 2>/dev/null && command -v xvfb-run >/dev/null 2>&1 &&
-    command -v WebKitWebDriver >/dev/null 2>&1; then
+    command -v WebKitWebDriver >/dev/null 2>&1 && command -v dbus-run-session >/dev/null 2>&1; then
     step "desktop e2e (WebDriver, Xvfb)" env CARGO_TARGET_DIR=target/desktop \
         bash scripts/test-desktop.sh
 elif [[ -n ${CI:-} ]]; then
-    echo "CI must run the desktop e2e test, but xvfb-run or WebKitWebDriver is missing" >&2
+    echo "CI must run the desktop e2e test, but xvfb-run, WebKitWebDriver or dbus-run-session is missing" >&2
     exit 1
 else
-    echo "skipping the desktop e2e test: needs xvfb and webkit2gtk-driver (apt-get install)"
+    echo "skipping the desktop e2e test: needs xvfb, webkit2gtk-driver and dbus (apt-get install)"
 fi
 
 # Slot for the web UI (ui/: npm ci, type check, unit tests, build) once it exists.

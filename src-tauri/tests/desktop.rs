@@ -257,6 +257,11 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
         std::env::var_os("DISPLAY").is_some(),
         "no display: run under xvfb-run (scripts/test-desktop.sh does)"
     );
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "no D-Bus session (single instance needs one): run under dbus-run-session \
+         (scripts/test-desktop.sh does)"
+    );
     let llama_server = required_file("CORRAL_LLAMA_SERVER");
     let model = required_file("CORRAL_TEST_MODEL");
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +374,26 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
         .await;
     }
     screenshot(&desktop).await;
+
+    // A second launch hands over to the running app and exits; the running app's backend is
+    // untouched (a second engine over the same data would have killed it as a leftover).
+    let second = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .env("HOME", &home)
+        .env("CORRAL_CONFIG_PATH", &config)
+        .env("CORRAL_DATA_DIRECTORY", &data)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let second = tokio::time::timeout(STARTUP, second)
+        .await
+        .expect("the second launch exits")
+        .unwrap();
+    assert!(second.success(), "second launch: {second}");
+    assert!(
+        alive(backend),
+        "the second launch killed the running backend"
+    );
+    assert_eq!(api.get(&format!("/instances/{name}")).await["pid"], backend);
 
     // The desktop settings exist in the app, and act on the OS: a login item appears and goes.
     let settings = api.get("/desktop/settings").await;

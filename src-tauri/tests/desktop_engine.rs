@@ -51,6 +51,35 @@ async fn the_tray_menu_follows_instances_as_they_start_and_stop() {
 }
 
 #[tokio::test]
+async fn pause_all_stops_what_runs_and_resume_starts_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("one", llama(json!({}))).await;
+    engine.create("two", llama(json!({}))).await;
+    engine.create("idle", llama(json!({}))).await;
+    for name in ["one", "two", "idle"] {
+        engine.wait_ready(name).await;
+    }
+    assert_eq!(
+        engine.post("/api/v1/instances/idle/stop").await.status(),
+        200
+    );
+
+    let paused = menu::pause_all(&engine.registry).await;
+    assert_eq!(paused, vec!["one".to_string(), "two".to_string()]);
+    for name in ["one", "two", "idle"] {
+        assert_eq!(engine.instance(name).await["status"], "stopped", "{name}");
+    }
+
+    let failed = menu::resume(&engine.registry, &paused).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    engine.wait_ready("one").await;
+    engine.wait_ready("two").await;
+    assert_eq!(engine.instance("idle").await["status"], "stopped");
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn desktop_routes_say_the_engine_is_headless() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(test_config(dir.path())).await;

@@ -1,7 +1,7 @@
 //! Starting the app: keys and port, the engine in this process, the window on the engine's own
 //! address, the plugins, and the orderly stop of every backend when the app quits.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder, WindowEvent};
 use tauri_plugin_opener::OpenerExt as _;
@@ -42,6 +42,15 @@ pub fn display_available() -> bool {
     }
 }
 
+/// What the window and the tray need of the running engine.
+struct Started {
+    /// The engine's address, `http://127.0.0.1:<port>`.
+    base: String,
+    /// `base` with the management key in the fragment.
+    dashboard: String,
+    registry: Arc<crate::instances::Registry>,
+}
+
 /// Starts the engine, opens the window on it, and stops every backend when the app exits.
 pub fn run(mut config: Config) -> Result<(), DesktopError> {
     // WebKitGTK's DMA-BUF renderer leaves the window blank or stale without GPU acceleration
@@ -51,31 +60,19 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
     if std::env::var_os("WEBKIT_DISABLE_DMABUF_RENDERER").is_none() {
         std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1");
     }
-    let window_key = keys::load_or_create(&mut config)?;
-    let wanted = config.server.port;
-    config.server.port = super::first_free_port(config.server.host, wanted)
-        .ok_or(DesktopError::NoFreePort(wanted))?;
-    if config.server.port != wanted {
-        tracing::warn!(
-            "port {wanted} is taken: using {} instead",
-            config.server.port
-        );
-    }
     let control = Arc::new(Control::new(&config)?);
     let runtime = tokio::runtime::Runtime::new().map_err(DesktopError::Runtime)?;
-    let engine = runtime.block_on(Engine::start_with(
-        config,
-        Some(control.clone() as Arc<dyn crate::api::desktop::DesktopControl>),
-    ))?;
-    let base = local_base(engine.addr);
-    tracing::info!("Corral desktop: the window opens {base}/");
-    let dashboard = dashboard_url(&base, window_key.as_deref());
-    let registry = engine.registry().clone();
     tauri::async_runtime::set(runtime.handle().clone());
 
+    // Filled once the engine runs, which is after `build`: the window and tray need it.
+    let started: Arc<OnceLock<Started>> = Arc::new(OnceLock::new());
+    let setup_started = started.clone();
     let setup_control = control.clone();
+    let engine_control: Arc<dyn crate::api::desktop::DesktopControl> = control.clone();
     let app = tauri::Builder::default()
-        // First: a second launch hands over to this one before doing anything else.
+        // First, and before the engine exists: a second launch hands over to the running app
+        // (which shows its window) and exits inside `build` below. Starting an engine first
+        // would take the running app's pid files for a crash's leftovers and kill its backends.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
             show_window(app);
         }))
@@ -93,9 +90,10 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
         .plugin(tauri_plugin_clipboard_manager::init())
         .plugin(tauri_plugin_opener::init())
         .setup(move |app| {
+            let started = setup_started.get().ok_or("the engine did not start")?;
             setup_control.attach(app.handle().clone());
-            open_window(app.handle(), &dashboard, &base)?;
-            super::tray::install(app.handle(), registry, base)?;
+            open_window(app.handle(), &started.dashboard, &started.base)?;
+            super::tray::install(app.handle(), started.registry.clone(), started.base.clone())?;
             quit_on_signals(app.handle().clone());
             Ok(())
         })
@@ -110,6 +108,26 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
             }
         })
         .build(tauri::generate_context!("../tauri.conf.json"))?;
+
+    // Past `build`, this is the only Corral app of this user.
+    let window_key = keys::load_or_create(&mut config)?;
+    let wanted = config.server.port;
+    config.server.port = super::first_free_port(config.server.host, wanted)
+        .ok_or(DesktopError::NoFreePort(wanted))?;
+    if config.server.port != wanted {
+        tracing::warn!(
+            "port {wanted} is taken: using {} instead",
+            config.server.port
+        );
+    }
+    let engine = runtime.block_on(Engine::start_with(config, Some(engine_control)))?;
+    let base = local_base(engine.addr);
+    tracing::info!("Corral desktop: the window opens {base}/");
+    let _ = started.set(Started {
+        dashboard: dashboard_url(&base, window_key.as_deref()),
+        base,
+        registry: engine.registry().clone(),
+    });
     let mut engine = Some(engine);
     app.run(move |_app, event| match event {
         RunEvent::Exit => {

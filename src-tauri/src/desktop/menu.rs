@@ -125,6 +125,40 @@ pub fn new_failures(before: &[InstanceLine], after: &[InstanceLine]) -> Vec<Fail
         .collect()
 }
 
+/// "Pause all": stops every running instance and answers their names, for `resume`. Failures
+/// to stop are logged; the instance stays listed so that resume tries it again.
+pub async fn pause_all(registry: &Registry) -> Vec<String> {
+    let running: Vec<String> = lines(registry)
+        .into_iter()
+        .filter(InstanceLine::can_stop)
+        .map(|line| line.name)
+        .collect();
+    let stops = running.iter().map(|name| registry.stop(name));
+    for (name, stopped) in running
+        .iter()
+        .zip(futures_util::future::join_all(stops).await)
+    {
+        if let Err(e) = stopped {
+            tracing::warn!("cannot pause {name}: {e}");
+        }
+    }
+    running
+}
+
+/// "Resume all": starts the paused instances again; answers those that did not start, with why
+/// (one deleted meanwhile is not an error).
+pub async fn resume(registry: &Registry, paused: &[String]) -> Vec<(String, String)> {
+    let starts = paused.iter().map(|name| registry.start(name));
+    paused
+        .iter()
+        .zip(futures_util::future::join_all(starts).await)
+        .filter_map(|(name, started)| match started {
+            Ok(_) | Err(crate::instances::InstanceError::NotFound(_)) => None,
+            Err(e) => Some((name.clone(), e.to_string())),
+        })
+        .collect()
+}
+
 /// The instances as the tray shows them, sorted by name.
 pub fn lines(registry: &Registry) -> Vec<InstanceLine> {
     registry.list().iter().map(InstanceLine::from).collect()

@@ -188,23 +188,10 @@ fn act(app: &AppHandle, action: Action) {
             }
         }
         Action::PauseAll => {
-            let running: Vec<String> = menu::lines(&tray.registry)
-                .into_iter()
-                .filter(InstanceLine::can_stop)
-                .map(|line| line.name)
-                .collect();
-            *tray.paused() = running.clone();
             let app = app.clone();
             tauri::async_runtime::spawn(async move {
-                let stops = running.iter().map(|name| tray.registry.stop(name));
-                for (name, stopped) in running
-                    .iter()
-                    .zip(futures_util::future::join_all(stops).await)
-                {
-                    if let Err(e) = stopped {
-                        tracing::warn!("cannot pause {name}: {e}");
-                    }
-                }
+                let paused = menu::pause_all(&tray.registry).await;
+                *tray.paused() = paused;
                 refresh(&app, &menu::lines(&tray.registry));
             });
         }
@@ -213,14 +200,8 @@ fn act(app: &AppHandle, action: Action) {
             let app = app.clone();
             tauri::async_runtime::spawn(async move {
                 refresh(&app, &menu::lines(&tray.registry));
-                let starts = paused.iter().map(|name| tray.registry.start(name));
-                for (name, started) in paused
-                    .iter()
-                    .zip(futures_util::future::join_all(starts).await)
-                {
-                    if let Err(e) = started {
-                        notify(&app, &format!("{name} did not resume"), &e.to_string());
-                    }
+                for (name, why) in menu::resume(&tray.registry, &paused).await {
+                    notify(&app, &format!("{name} did not resume"), &why);
                 }
             });
         }
