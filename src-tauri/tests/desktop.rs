@@ -418,6 +418,16 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
         serde_json::from_slice(&std::fs::read(data.join("desktop.json")).unwrap()).unwrap();
     assert_eq!(saved["close_to_tray"], false);
 
+    // The logs folder is handed to the system's opener (xdg-open here).
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/desktop/open",
+            Some(json!({"folder": "logs"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+
     if ui_served {
         // The dashboard stays live while the app runs: still connected, still showing it.
         let status = desktop.element(&format!("instance-status-{name}")).await;
