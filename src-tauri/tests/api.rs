@@ -1120,6 +1120,8 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         "/api/v1/instances/{name}/logs",
         "/api/v1/instances/{name}/proxy/{rest}",
         "/api/v1/openapi.json",
+        "/api/v1/events",
+        "/api/v1/schema",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
@@ -1139,6 +1141,8 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         "LlamaCppOptions",
         "MlxLmOptions",
         "VllmOptions",
+        "OptionsSchema",
+        "OptionField",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
@@ -1276,5 +1280,247 @@ async fn concurrent_starts_never_exceed_the_running_limit_nor_spawn_twice() {
         );
     }
     assert_eq!(pids.len(), 1, "{pids:?}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn events_start_with_a_snapshot_then_follow_status_counters_and_deletion() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("watched", llama(json!({}))).await;
+    engine.wait_ready("watched").await;
+    engine.post("/api/v1/instances/watched/stop").await;
+
+    let mut events = SseReader::new(engine.get("/api/v1/events").await);
+    let snapshot = events.next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    let snapshot = snapshot.json();
+    assert_eq!(names(&snapshot), ["watched"]);
+    assert_eq!(snapshot[0]["status"], "stopped");
+    assert_eq!(
+        snapshot[0]["options"]["backend_options"]["model"],
+        "/models/test.gguf"
+    );
+
+    assert_eq!(
+        engine
+            .post("/api/v1/instances/watched/start")
+            .await
+            .status(),
+        200
+    );
+    events
+        .until("watched running and ready", |event| {
+            let instance = event.json();
+            event.event == "instance"
+                && instance["name"] == "watched"
+                && instance["status"] == "running"
+                && instance["health"] == "ready"
+        })
+        .await;
+
+    // A request through /v1 shows up in the counters without anyone polling.
+    let answer = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "watched", "messages": []}),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    let counted = events
+        .until("the request counted", |event| {
+            event.event == "instance" && event.json()["requests"] == 1
+        })
+        .await
+        .json();
+    assert_eq!(counted["name"], "watched");
+
+    engine.create("second", llama(json!({}))).await;
+    events
+        .until("second created", |event| {
+            event.event == "instance" && event.json()["name"] == "second"
+        })
+        .await;
+    assert_eq!(
+        engine.delete("/api/v1/instances/watched").await.status(),
+        204
+    );
+    let deleted = events
+        .until("watched deleted", |event| event.event == "deleted")
+        .await;
+    assert_eq!(deleted.json(), json!({"name": "watched"}));
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn events_need_the_management_key() {
+    let dir = data_dir();
+    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+    assert_eq!(engine.get("/api/v1/events").await.status(), 401);
+    let authorized = engine
+        .client
+        .get(engine.url("/api/v1/events"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(authorized);
+    assert_eq!(events.next().await.event, "snapshot");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_settings() {
+    use corral::backends::{specs, BackendType, OptionKind};
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let response = engine.get("/api/v1/schema").await;
+    assert_eq!(response.status(), 200);
+    let schema: Value = response.json().await.unwrap();
+
+    for (backend, key) in [
+        (BackendType::LlamaCpp, "llama_cpp"),
+        (BackendType::MlxLm, "mlx_lm"),
+        (BackendType::Vllm, "vllm"),
+    ] {
+        let options = schema["backends"][key]["options"].as_array().unwrap();
+        assert!(schema["backends"][key]["label"].is_string());
+        assert_eq!(options.len(), specs(backend).len(), "{key}");
+        for spec in specs(backend) {
+            let field = options
+                .iter()
+                .find(|field| field["name"] == spec.name)
+                .unwrap_or_else(|| panic!("{key}: {} missing", spec.name));
+            let expected = match spec.kind {
+                OptionKind::Bool => "boolean",
+                OptionKind::Int => "integer",
+                OptionKind::Float => "number",
+                OptionKind::String => "string",
+                OptionKind::StringList => "string_list",
+            };
+            assert_eq!(field["type"], expected, "{key}.{}", spec.name);
+            assert_eq!(field["flag"], spec.flag);
+        }
+        let model = options.iter().find(|f| f["name"] == "model").unwrap();
+        assert_eq!(model["common"], true, "{key}: model is common");
+    }
+    let llama = schema["backends"]["llama_cpp"]["options"]
+        .as_array()
+        .unwrap();
+    let field = |name: &str| llama.iter().find(|f| f["name"] == name).unwrap().clone();
+    assert_eq!(field("ctx_size")["aliases"], json!(["-c"]));
+    assert_eq!(field("ctx_size")["common"], true);
+    assert_eq!(field("flash_attn")["choices"], json!(["on", "off", "auto"]));
+    assert_eq!(field("temp")["default"], json!(0.8));
+    assert_eq!(field("top_k")["common"], false);
+
+    let lifecycle: Vec<&str> = schema["lifecycle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|field| field["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [
+            "auto_restart",
+            "max_restarts",
+            "restart_delay",
+            "on_demand_start",
+            "idle_timeout",
+            "aliases"
+        ]
+    );
+    // Defaults are the configured ones.
+    assert_eq!(schema["lifecycle"][1]["default"], 3);
+    assert_eq!(schema["lifecycle"][0]["type"], "boolean");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn errors_about_one_option_name_the_field() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let url = engine.url("/api/v1/instances/fields");
+    let cases = [
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"ctx_size": "big"}}),
+            "invalid_options",
+            "backend_options.ctx_size",
+        ),
+        // An alias of the flag is reported under the option's own name.
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"ngl": true}}),
+            "invalid_options",
+            "backend_options.gpu_layers",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"flash_attn": "maybe"}}),
+            "invalid_options",
+            "backend_options.flash_attn",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"no_such_flag": 1}}),
+            "invalid_options",
+            "backend_options.no_such_flag",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"port": 70000}}),
+            "invalid_options",
+            "backend_options.port",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "idle_timeout": "soon"}),
+            "invalid_options",
+            "idle_timeout",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "aliases": ["a", "a"]}),
+            "invalid_options",
+            "aliases",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {}, "aliases": [1]}),
+            "invalid_options",
+            "aliases",
+        ),
+        (
+            json!({"backend_type": "ollama", "backend_options": {}}),
+            "unknown_backend_type",
+            "backend_type",
+        ),
+    ];
+    for (body, code, field) in cases {
+        let response = engine.client.post(&url).json(&body).send().await.unwrap();
+        let error = assert_error(response, 400, code).await;
+        assert_eq!(error["field"], field, "{body} -> {error}");
+    }
+
+    let bad_name = engine
+        .post_json("/api/v1/instances/bad.name", &llama(json!({})))
+        .await;
+    let error = assert_error(bad_name, 400, "invalid_instance_name").await;
+    assert_eq!(error["field"], "name");
+
+    // A port another instance owns is a conflict at the port field.
+    let first = engine.create("first", llama(json!({}))).await;
+    let port = first["options"]["backend_options"]["port"].clone();
+    let taken = engine
+        .post_json(
+            "/api/v1/instances/second",
+            &json!({"backend_type": "llama_cpp", "backend_options": {"port": port}}),
+        )
+        .await;
+    let error = assert_error(taken, 409, "port_taken").await;
+    assert_eq!(error["field"], "backend_options.port");
+
+    // Errors about no field in particular carry none.
+    let missing = assert_error(
+        engine.get("/api/v1/instances/ghost").await,
+        404,
+        "instance_not_found",
+    )
+    .await;
+    assert!(missing.get("field").is_none(), "{missing}");
     engine.stop().await;
 }

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, in words a user can act on.
     pub details: String,
+    /// The request field the error is about (`backend_options.ctx_size`), for forms.
+    pub field: Option<String>,
 }
 
 /// The body of every management error.
@@ -23,6 +25,10 @@ pub struct ApiError {
 pub struct ErrorBody {
     pub error: String,
     pub details: String,
+    /// Present when the error is about one field of the request: `name`, `idle_timeout`,
+    /// `backend_options.ctx_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -31,7 +37,14 @@ impl ApiError {
             status,
             code,
             details: details.into(),
+            field: None,
         }
+    }
+
+    /// Names the request field the error is about.
+    pub fn with_field(mut self, field: Option<String>) -> Self {
+        self.field = field;
+        self
     }
 
     pub fn bad_request(code: &'static str, details: impl Into<String>) -> Self {
@@ -48,7 +61,7 @@ impl From<InstanceError> for ApiError {
         use InstanceError as E;
         let (status, code) = match &error {
             E::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_instance_name"),
-            E::InvalidOptions(_) => (StatusCode::BAD_REQUEST, "invalid_options"),
+            E::InvalidOptions { .. } => (StatusCode::BAD_REQUEST, "invalid_options"),
             E::UnknownBackendType(_) => (StatusCode::BAD_REQUEST, "unknown_backend_type"),
             E::NotFound(_) => (StatusCode::NOT_FOUND, "instance_not_found"),
             E::AlreadyExists(_) => (StatusCode::CONFLICT, "instance_exists"),
@@ -69,7 +82,7 @@ impl From<InstanceError> for ApiError {
             E::AliasTaken { .. } => (StatusCode::CONFLICT, "alias_taken"),
             E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
-        Self::new(status, code, error.to_string())
+        Self::new(status, code, error.to_string()).with_field(error.field())
     }
 }
 
@@ -78,6 +91,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.code.to_owned(),
             details: self.details,
+            field: self.field,
         };
         (self.status, axum::Json(body)).into_response()
     }

@@ -5,11 +5,13 @@ pub mod auth;
 mod backends;
 pub mod body;
 pub mod error;
+mod events;
 pub mod host;
 mod instances;
 pub mod ollama;
 pub mod openai;
 pub mod openapi;
+mod schema;
 mod server;
 
 use std::sync::Arc;
@@ -83,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/events", get(events::events))
+        .route("/schema", get(schema::schema))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(

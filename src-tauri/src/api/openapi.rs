@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, error, instances, openai, server};
+use super::{backends, error, events, instances, openai, schema, server};
 use crate::instances::BACKEND_SCHEMA_NAMES;
 
 #[derive(OpenApi)]
@@ -31,6 +31,8 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         openai::model,
         openai::inference,
         openapi_json,
+        events::events,
+        schema::schema,
     ),
     components(schemas(error::ErrorBody, openai::OpenAiErrorBody)),
     modifiers(&BackendSchemas, &Security),

@@ -4,7 +4,26 @@
 use super::{Backend, PositionalModel};
 
 pub(super) static BACKEND: Backend = Backend {
+    label: "llama.cpp",
     specs: super::llama_table::SPECS,
+    common: &[
+        "model",
+        "hf_repo",
+        "alias",
+        "port",
+        "host",
+        "ctx_size",
+        "gpu_layers",
+        "threads",
+        "parallel",
+        "flash_attn",
+        "jinja",
+        "embedding",
+        "cache_type_k",
+        "cache_type_v",
+        "mmproj",
+        "api_key",
+    ],
     negations: super::llama_table::NEGATIONS,
     two_values: super::llama_table::TWO_VALUES,
     repeat_in_one_flag: &[],

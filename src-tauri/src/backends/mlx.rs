@@ -42,7 +42,20 @@ static SPECS: &[OptionSpec] = &[
 ];
 
 pub(super) static BACKEND: Backend = Backend {
+    label: "MLX LM",
     specs: SPECS,
+    common: &[
+        "model",
+        "port",
+        "host",
+        "adapter_path",
+        "draft_model",
+        "max_tokens",
+        "temp",
+        "top_p",
+        "trust_remote_code",
+        "chat_template",
+    ],
     negations: &[],
     two_values: &[],
     repeat_in_one_flag: &[],

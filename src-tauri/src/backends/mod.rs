@@ -8,13 +8,28 @@ mod llama;
 mod llama_table;
 mod mlx;
 mod parse;
+mod schema;
 mod vllm;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub use schema::{fields, label, FieldType, OptionField};
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendType {
     LlamaCpp,
@@ -23,6 +38,9 @@ pub enum BackendType {
 }
 
 impl BackendType {
+    pub const ALL: [BackendType; 3] =
+        [BackendType::LlamaCpp, BackendType::MlxLm, BackendType::Vllm];
+
     /// The wire name: `llama_cpp`, `mlx_lm`, `vllm`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,6 +130,24 @@ pub enum OptionsError {
     ExtraArgs(String),
 }
 
+impl OptionsError {
+    /// The option the error is about, by its name in the table when the key names one (`ngl`
+    /// -> `gpu_layers`); `extra_args` for those; `None` when it is about the whole object.
+    pub fn key(&self, backend: BackendType) -> Option<String> {
+        let key = match self {
+            OptionsError::NotAnObject => return None,
+            OptionsError::ExtraArgs(_) => return Some("extra_args".to_owned()),
+            OptionsError::UnknownOption { key, .. }
+            | OptionsError::WrongType { key, .. }
+            | OptionsError::OutOfRange { key, .. }
+            | OptionsError::NotAChoice { key, .. }
+            | OptionsError::Duplicate { key, .. } => key,
+        };
+        let canonical = Backend::of(backend).lookup(key).map(|spec| spec.name);
+        Some(canonical.map_or_else(|| key.clone(), str::to_owned))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("Command cannot be empty")]
@@ -154,7 +190,11 @@ enum PositionalModel {
 
 /// Everything one backend needs beyond its spec table.
 struct Backend {
+    /// The name people know it by (`llama.cpp`).
+    label: &'static str,
     specs: &'static [OptionSpec],
+    /// The options a form shows first, in this order; the rest are there to search.
+    common: &'static [&'static str],
     /// `(option, flag)`: what a bool option emits when false; without an entry it emits nothing.
     negations: &'static [(&'static str, &'static str)],
     /// Options whose one string value is two argv words (`START END`).

@@ -167,7 +167,21 @@ static SPECS: &[OptionSpec] = &[
 ];
 
 pub(super) static BACKEND: Backend = Backend {
+    label: "vLLM",
     specs: SPECS,
+    common: &[
+        "model",
+        "port",
+        "host",
+        "served_model_name",
+        "tensor_parallel_size",
+        "gpu_memory_utilization",
+        "max_model_len",
+        "dtype",
+        "quantization",
+        "api_key",
+        "trust_remote_code",
+    ],
     // vLLM's engine bools are argparse BooleanOptionalAction: `--no-X` turns a default-on one off.
     negations: &[
         ("enable_prefix_caching", "--no-enable-prefix-caching"),

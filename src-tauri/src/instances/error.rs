@@ -9,8 +9,12 @@ use crate::supervisor::SupervisorError;
 pub enum InstanceError {
     #[error("invalid instance name: {0}")]
     InvalidName(String),
-    #[error("invalid instance options: {0}")]
-    InvalidOptions(String),
+    #[error("invalid instance options: {message}")]
+    InvalidOptions {
+        message: String,
+        /// The option the message is about (`idle_timeout`, `backend_options.ctx_size`), if one.
+        field: Option<String>,
+    },
     #[error("unknown backend_type '{0}': use one of llama_cpp, mlx_lm, vllm")]
     UnknownBackendType(String),
     #[error("no instance named '{0}'")]
@@ -70,4 +74,37 @@ pub enum InstanceError {
     AliasTaken { alias: String, owner: String },
     #[error("Corral is shutting down: no instance can be started or changed now")]
     ShuttingDown,
+}
+
+impl InstanceError {
+    /// An invalid value of one option (`field` as the form names it: `aliases`,
+    /// `backend_options.ctx_size`).
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InstanceError::InvalidOptions {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// Invalid options, not about one option in particular.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        InstanceError::InvalidOptions {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// The one field of the request this error is about, so a form can show it there.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            InstanceError::InvalidName(_) => Some("name".to_owned()),
+            InstanceError::InvalidOptions { field, .. } => field.clone(),
+            InstanceError::UnknownBackendType(_) => Some("backend_type".to_owned()),
+            InstanceError::PortTaken { .. } | InstanceError::PortInUse(_) => {
+                Some("backend_options.port".to_owned())
+            }
+            InstanceError::AliasTaken { .. } => Some("aliases".to_owned()),
+            _ => None,
+        }
+    }
 }

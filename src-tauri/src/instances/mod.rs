@@ -1,6 +1,7 @@
 //! Instances: the definitions (options with defaults), the registry, persistence and ports.
 
 mod error;
+mod events;
 mod name;
 mod options;
 mod ports;
@@ -10,9 +11,11 @@ mod store;
 mod usage;
 
 pub use error::InstanceError;
+pub use events::InstanceEvent;
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use options::{
-    CreateInstanceOptions, InstanceOptions, InstanceOptionsView, InstanceView, BACKEND_SCHEMA_NAMES,
+    lifecycle_fields, CreateInstanceOptions, InstanceOptions, InstanceOptionsView, InstanceView,
+    BACKEND_SCHEMA_NAMES,
 };
 pub use registry::{Registry, Upstream};
 pub use routing::{Lease, ModelEntry};

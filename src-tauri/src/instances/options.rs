@@ -6,7 +6,7 @@ use utoipa::openapi::schema::{OneOfBuilder, Ref};
 use utoipa::ToSchema;
 
 use super::InstanceError;
-use crate::backends::{BackendOptions, BackendType};
+use crate::backends::{BackendOptions, BackendType, FieldType, OptionField};
 use crate::config::InstancesConfig;
 use crate::supervisor::{Health, RuntimeState, Status};
 
@@ -58,13 +58,21 @@ impl InstanceOptions {
         defaults: &InstancesConfig,
     ) -> Result<Self, InstanceError> {
         if !value.is_object() {
-            return Err(InstanceError::InvalidOptions(
-                "the body must be a JSON object such as {\"backend_type\": \"llama_cpp\", \"backend_options\": {\"model\": \"/path/model.gguf\"}}"
-                    .into(),
+            return Err(InstanceError::invalid(
+                "the body must be a JSON object such as {\"backend_type\": \"llama_cpp\", \"backend_options\": {\"model\": \"/path/model.gguf\"}}",
             ));
         }
-        let request: CreateInstanceOptions = serde_json::from_value(value.clone())
-            .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
+        let request: CreateInstanceOptions = serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| {
+                // `aliases[0]` -> `aliases`: the form has one field for the list.
+                let path = e.path().to_string();
+                let field = path.split(['[', '.']).next().unwrap_or_default().to_owned();
+                let message = format!("{field}: {}", e.inner());
+                InstanceError::InvalidOptions {
+                    message,
+                    field: Some(field).filter(|field| !field.is_empty() && field != "?"),
+                }
+            })?;
         Self::from_request(request, defaults)
     }
 
@@ -74,26 +82,33 @@ impl InstanceOptions {
     ) -> Result<Self, InstanceError> {
         let backend_type = match request.backend_type.as_deref() {
             None | Some("") => {
-                return Err(InstanceError::InvalidOptions(
-                    "backend_type is required: one of llama_cpp, mlx_lm, vllm".into(),
+                return Err(InstanceError::invalid_field(
+                    "backend_type",
+                    "backend_type is required: one of llama_cpp, mlx_lm, vllm",
                 ))
             }
             Some(name) => parse_backend_type(name)?,
         };
         let backend_options = match request.backend_options {
-            None | Some(serde_json::Value::Null) => return Err(InstanceError::InvalidOptions(
-                "backend_options is required: an object with the backend's options, at least {}"
-                    .into(),
+            None | Some(serde_json::Value::Null) => return Err(InstanceError::invalid_field(
+                "backend_options",
+                "backend_options is required: an object with the backend's options, at least {}",
             )),
             Some(value) if !value.is_object() => {
-                return Err(InstanceError::InvalidOptions(
-                    "backend_options must be a JSON object".into(),
+                return Err(InstanceError::invalid_field(
+                    "backend_options",
+                    "backend_options must be a JSON object",
                 ))
             }
             Some(value) => value,
         };
-        let backend = BackendOptions::from_json(backend_type, &backend_options)
-            .map_err(|e| InstanceError::InvalidOptions(e.to_string()))?;
+        let backend = BackendOptions::from_json(backend_type, &backend_options).map_err(|e| {
+            let field = match e.key(backend_type) {
+                Some(key) => format!("backend_options.{key}"),
+                None => "backend_options".to_owned(),
+            };
+            InstanceError::invalid_field(field, e.to_string())
+        })?;
         let aliases = validate_aliases(request.aliases.unwrap_or_default())?;
         Ok(Self {
             auto_restart: request
@@ -145,14 +160,16 @@ fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, InstanceError> 
     for alias in aliases {
         let alias = alias.trim();
         if alias.is_empty() || alias.len() > 256 || alias.chars().any(char::is_control) {
-            return Err(InstanceError::InvalidOptions(format!(
-                "alias {alias:?} must be 1 to 256 printable characters"
-            )));
+            return Err(InstanceError::invalid_field(
+                "aliases",
+                format!("alias {alias:?} must be 1 to 256 printable characters"),
+            ));
         }
         if valid.iter().any(|seen| seen == alias) {
-            return Err(InstanceError::InvalidOptions(format!(
-                "alias '{alias}' is listed twice"
-            )));
+            return Err(InstanceError::invalid_field(
+                "aliases",
+                format!("alias '{alias}' is listed twice"),
+            ));
         }
         valid.push(alias.to_owned());
     }
@@ -265,4 +282,57 @@ fn backend_options_schema() -> utoipa::openapi::schema::Schema {
         })
         .build();
     utoipa::openapi::schema::Schema::OneOf(one_of)
+}
+
+/// Corral's own settings of an instance as form fields, with the configured defaults; the help
+/// is that of [`CreateInstanceOptions`].
+pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
+    let field = |name, field_type, default: serde_json::Value, help| OptionField {
+        name,
+        flag: None,
+        aliases: Vec::new(),
+        field_type,
+        default,
+        help,
+        common: true,
+        choices: None,
+    };
+    vec![
+        field(
+            "auto_restart",
+            FieldType::Boolean,
+            defaults.default_auto_restart.into(),
+            "Restart the backend when it crashes.",
+        ),
+        field(
+            "max_restarts",
+            FieldType::Integer,
+            defaults.default_max_restarts.into(),
+            "Automatic restarts allowed before the instance is failed (0 = never).",
+        ),
+        field(
+            "restart_delay",
+            FieldType::Integer,
+            defaults.default_restart_delay.into(),
+            "Seconds to wait before an automatic restart.",
+        ),
+        field(
+            "on_demand_start",
+            FieldType::Boolean,
+            defaults.default_on_demand_start.into(),
+            "Let /v1 requests start the instance when it is stopped.",
+        ),
+        field(
+            "idle_timeout",
+            FieldType::Integer,
+            defaults.default_idle_timeout.into(),
+            "Minutes without requests before the instance is stopped; 0 = never.",
+        ),
+        field(
+            "aliases",
+            FieldType::StringList,
+            serde_json::json!([]),
+            "Other model names /v1 requests may use for this instance; unique across all instances and their names.",
+        ),
+    ]
 }

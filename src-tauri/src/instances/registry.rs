@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::events::{self, Feed, InstanceEvent};
 use super::options::{InstanceOptions, InstanceView};
 use super::store::{self, RecordOut};
 use super::usage::Usage;
@@ -49,12 +50,19 @@ pub struct Registry {
     pub(super) reaper_wake: Arc<tokio::sync::Notify>,
     /// The idle reaper, ended with the registry.
     pub(super) reaper: Mutex<Option<JoinHandle<()>>>,
+    /// What changed, for the UI's live events and the tray.
+    pub(super) feed: Arc<Feed>,
+    /// Sends counter changes to the feed while someone listens; ended with the registry.
+    sampler: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
+        }
+        if let Some(sampler) = lock(&self.sampler).take() {
+            sampler.abort();
         }
     }
 }
@@ -94,8 +102,11 @@ pub(super) struct Instance {
     pub(super) last_start_error: Mutex<Option<String>>,
     /// The reaper handed this instance to an idle stop that has not finished yet.
     pub(super) idle_stop_pending: AtomicBool,
-    /// Writes the definition when the supervisor changes the status (a crash that ends `failed`).
+    /// Writes the definition when the supervisor changes the status (a crash that ends `failed`)
+    /// and reports every change of the supervisor's state to the feed.
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// The registry's change feed.
+    feed: Arc<Feed>,
 }
 
 /// Poisoning only means another thread panicked mid-section; the data is still usable.
@@ -205,8 +216,14 @@ impl Instance {
         Ok(())
     }
 
-    /// Follows the supervisor's status and saves each change, so a crash that ends in `failed`
-    /// is on disk too. Holds only a weak reference: the task never keeps an instance alive.
+    /// Tells the change feed that something in this instance's JSON may have changed.
+    pub(super) fn publish(&self) {
+        self.feed.changed(self);
+    }
+
+    /// Follows the supervisor's state: reports each change to the feed, and saves each status
+    /// change, so a crash that ends in `failed` is on disk too. Holds only a weak reference: the
+    /// task never keeps an instance alive.
     fn watch_status(self: &Arc<Self>) {
         let mut changes = self.supervisor.subscribe();
         let mut last = persisted_status(&changes.borrow());
@@ -214,13 +231,14 @@ impl Instance {
         let task = tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 let status = persisted_status(&changes.borrow_and_update());
+                let Some(instance) = instance.upgrade() else {
+                    break;
+                };
+                instance.publish();
                 if status == last {
                     continue;
                 }
                 last = status;
-                let Some(instance) = instance.upgrade() else {
-                    break;
-                };
                 if let Err(e) = instance.persist().await {
                     tracing::warn!("{e}");
                 }
@@ -276,9 +294,12 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             reaper_wake: Arc::default(),
             reaper: Mutex::new(None),
+            feed: Arc::new(Feed::new()),
+            sampler: Mutex::new(None),
         });
         let to_start = registry.load();
         registry.spawn_reaper();
+        *lock(&registry.sampler) = Some(events::spawn_sampler(&registry));
         if !to_start.is_empty() {
             let registry = Arc::clone(&registry);
             tokio::spawn(async move {
@@ -378,9 +399,18 @@ impl Registry {
             last_start_error: Mutex::new(None),
             idle_stop_pending: AtomicBool::new(false),
             watcher: Mutex::new(None),
+            feed: Arc::clone(&self.feed),
         });
         instance.watch_status();
         instance
+    }
+
+    /// Follows every change of the instances: each event carries the whole new instance JSON
+    /// (or the name of a deleted one). Counter changes come at most once a second per instance.
+    /// A receiver that falls behind gets `RecvError::Lagged`; it should then take a fresh
+    /// [`Registry::list`] and go on (subscribe first, then list, so nothing falls in between).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<InstanceEvent> {
+        self.feed.subscribe()
     }
 
     /// Every instance, sorted by name.
@@ -499,6 +529,7 @@ impl Registry {
                 .insert(name.to_owned(), Arc::clone(&instance));
             instance
         };
+        instance.publish();
         let started = async {
             self.start_locked(&instance).await?;
             instance.persist().await
@@ -551,6 +582,7 @@ impl Registry {
             }
         }
         *lock(&instance.options) = options;
+        instance.publish();
         // The idle timeout may have changed.
         self.reaper_wake.notify_one();
         if let Some(old) = old_port.filter(|&old| old != port) {
@@ -756,6 +788,8 @@ impl Registry {
             table.instances.remove(&instance.name);
         }
         table.ports.retain(|_, owner| *owner != instance.name);
+        drop(table);
+        self.feed.deleted(&instance.name);
         Ok(())
     }
 
@@ -808,9 +842,10 @@ fn check_aliases(table: &Table, name: &str, aliases: &[String]) -> Result<(), In
         }
     }
     if aliases.iter().any(|alias| alias == name) {
-        return Err(InstanceError::InvalidOptions(format!(
-            "alias '{name}' is the instance's own name"
-        )));
+        return Err(InstanceError::invalid_field(
+            "aliases",
+            format!("alias '{name}' is the instance's own name"),
+        ));
     }
     Ok(())
 }

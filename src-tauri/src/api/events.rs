@@ -1,0 +1,69 @@
+//! `/api/v1/events`: the live state of every instance as server-sent events — a snapshot first,
+//! then each change — so the UI never polls.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+
+use super::Api;
+use crate::instances::{InstanceEvent, Registry};
+
+/// How often an idle stream sends a comment, so proxies and browsers keep it open.
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Live instance events: `snapshot` (array of instances) first, then `instance` (one instance,
+/// whenever anything in it changes; counters at most once a second) and `deleted`
+/// (`{"name": ...}`). A client that falls behind gets a new `snapshot` instead of the events it
+/// missed.
+#[utoipa::path(get, path = "/api/v1/events", tag = "instances",
+    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
+pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribed before the snapshot is taken, so no change falls between the two.
+    let changes = api.registry.subscribe();
+    let first = snapshot(&api.registry);
+    let stream = futures_util::stream::unfold(
+        (Arc::clone(&api.registry), changes, Some(first)),
+        |(registry, mut changes, pending)| async move {
+            if let Some(event) = pending {
+                return Some((Ok(event), (registry, changes, None)));
+            }
+            let event = next_event(&registry, &mut changes).await?;
+            Some((Ok(event), (registry, changes, None)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+/// The next event for the client; `None` once the registry is gone.
+async fn next_event(registry: &Registry, changes: &mut Receiver<InstanceEvent>) -> Option<Event> {
+    match changes.recv().await {
+        Ok(InstanceEvent::Changed(view)) => Some(json_event("instance", view.as_ref())),
+        Ok(InstanceEvent::Deleted { name }) => {
+            Some(json_event("deleted", &serde_json::json!({ "name": name })))
+        }
+        Err(RecvError::Lagged(_)) => {
+            // What is still queued is older than a fresh snapshot: start again from now.
+            *changes = changes.resubscribe();
+            Some(snapshot(registry))
+        }
+        Err(RecvError::Closed) => None,
+    }
+}
+
+fn snapshot(registry: &Registry) -> Event {
+    json_event("snapshot", &registry.list())
+}
+
+fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
+    // Serializing these types cannot fail (string keys, finite numbers); an empty event would
+    // only be skipped by the client.
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().event(name))
+}
