@@ -33,15 +33,25 @@ export async function act(action: Action, name: string): Promise<boolean> {
   }
 }
 
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
+
 /**
- * The backend's own web page (llama.cpp's chat UI) through the engine's proxy. A new tab cannot
- * send the Authorization header, so the key rides along as `?api_key=`, which the engine accepts.
+ * The backend's own web page (llama.cpp's chat UI). Seen from this machine, the backend's port is
+ * opened directly: the page then talks to its server with no key in the way. From elsewhere it
+ * goes through the engine's proxy; a new tab cannot send the Authorization header, so the key
+ * rides along as `?api_key=`, which the engine accepts.
  */
-export function webPageUrl(name: string): string {
-  const base = api.proxyPath(name);
+export function webPageUrl(instance: Instance): string {
+  const port = Number(instance.options.backend_options?.port);
+  const host = String(instance.options.backend_options?.host ?? '127.0.0.1');
+  const backendLocal = LOOPBACK.has(host) || host === '0.0.0.0' || host === '::';
+  if (LOOPBACK.has(location.hostname) && backendLocal && port > 0) {
+    return `${location.protocol}//${location.hostname}:${port}/`;
+  }
+  const base = api.proxyPath(instance.name);
   return auth.key ? `${base}?api_key=${encodeURIComponent(auth.key)}` : base;
 }
 
-export function openWebPage(name: string): void {
-  window.open(webPageUrl(name), '_blank', 'noopener');
+export function openWebPage(instance: Instance): void {
+  window.open(webPageUrl(instance), '_blank', 'noopener');
 }

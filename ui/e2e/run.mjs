@@ -1,0 +1,292 @@
+// End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
+// `corral serve` running the real llama-server. Logs in, creates an instance through the form and
+// through import-from-command, watches it run, reads its live logs, stops and deletes it, and
+// saves a screenshot of every main screen to docs/screenshots/.
+//
+//   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... node e2e/run.mjs
+//
+// E2E_UI_ORIGIN points the browser at another server of the same UI (e.g. `npm run dev`, which
+// proxies the API to this engine) instead of the engine's embedded copy; E2E_ENGINE_PORT then
+// fixes the engine's port so that server can proxy to it.
+
+import { spawn } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '..', '..');
+const shots = join(repo, 'docs', 'screenshots');
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (scripts/test-ui.sh sets it)`);
+  if (!existsSync(value)) throw new Error(`${name}=${value} does not exist`);
+  return value;
+}
+
+const corralBin = required('CORRAL_BIN');
+const llamaServer = required('CORRAL_LLAMA_SERVER');
+const model = required('CORRAL_TEST_MODEL');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const KEY = 'e2e-management-key';
+/** Generous: two cores shared with other builds make everything slow now and then. */
+const SLOW = 90_000;
+
+const started = Date.now();
+let failures = 0;
+async function step(name, fn) {
+  const t0 = Date.now();
+  process.stdout.write(`- ${name} … `);
+  try {
+    await fn();
+    console.log(`ok (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
+  } catch (error) {
+    failures++;
+    console.log('FAILED');
+    throw error;
+  }
+}
+
+/** `corral serve` on a free port over a fresh data folder; resolves to its base URL. */
+async function startEngine(dir) {
+  const config = join(dir, 'config.yaml');
+  await writeFile(
+    config,
+    [
+      'backends:',
+      '  llama-cpp:',
+      `    command: ${llamaServer}`,
+      'instances:',
+      '  port_range: [39100, 39199]',
+      '  stop_grace_seconds: 5',
+      'auth:',
+      '  require_management_auth: true',
+      `  management_keys: [${KEY}]`,
+      '  require_inference_auth: true',
+      '',
+    ].join('\n'),
+  );
+  const child = spawn(corralBin, ['serve', '--port', process.env.E2E_ENGINE_PORT ?? '0', '--config', config, '--data-dir', join(dir, 'data')], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const log = [];
+  child.stderr.on('data', (chunk) => log.push(String(chunk)));
+  const base = await new Promise((resolveBase, reject) => {
+    const timer = setTimeout(() => reject(new Error(`corral did not start within 60 s:\n${log.join('')}`)), 60_000);
+    child.on('exit', (code) => reject(new Error(`corral exited (${code}) before listening:\n${log.join('')}`)));
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const at = line.split(' on http://')[1];
+      if (at) {
+        clearTimeout(timer);
+        resolveBase(`http://${at.trim()}`);
+      }
+    });
+  });
+  return { child, base, log };
+}
+
+async function shot(page, name) {
+  await page.waitForTimeout(150); // let transitions settle
+  await page.screenshot({ path: join(shots, `${name}.png`) });
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'corral-ui-e2e-'));
+await mkdir(shots, { recursive: true });
+const engine = await startEngine(dir);
+const origin = process.env.E2E_UI_ORIGIN ?? engine.base;
+console.log(`corral at ${engine.base}; browser at ${origin}`);
+
+const context = await chromium.launchPersistentContext(join(dir, 'profile'), {
+  executablePath: chromiumPath,
+  headless: true,
+  args: ['--no-sandbox'],
+  viewport: { width: 1280, height: 800 },
+  colorScheme: 'light',
+});
+const page = context.pages()[0] ?? (await context.newPage());
+page.setDefaultTimeout(30_000);
+const consoleErrors = [];
+page.on('pageerror', (error) => consoleErrors.push(String(error)));
+
+const card = (name) => page.getByTestId(`instance-card-${name}`);
+const status = (name) => page.getByTestId(`instance-status-${name}`);
+async function waitStatus(name, value, timeout = SLOW) {
+  await page.waitForFunction(
+    ([n, v]) => document.querySelector(`[data-testid="instance-status-${n}"]`)?.textContent?.trim() === v,
+    [name, value],
+    { timeout },
+  );
+}
+
+/** An inference request through /v1, so the logs and counters have something to show. */
+async function chat(name) {
+  const response = await fetch(`${engine.base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: name, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8 }),
+  });
+  assert.equal(response.status, 200, `chat with ${name}: ${await response.text()}`);
+  await response.json();
+}
+
+try {
+  await step('the UI asks for the management key', async () => {
+    await page.goto(origin + '/');
+    await page.getByTestId('login-key').waitFor();
+    await shot(page, 'login');
+  });
+
+  await step('a wrong key is refused with a clear message', async () => {
+    await page.getByTestId('login-key').fill('not-the-key');
+    await page.getByTestId('login-submit').click();
+    await page.getByRole('alert').filter({ hasText: 'refused' }).waitFor();
+  });
+
+  await step('the right key opens the empty dashboard', async () => {
+    await page.getByTestId('login-key').fill(KEY);
+    await page.getByTestId('login-submit').click();
+    await page.getByText('Run your first model').waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.key')), KEY);
+  });
+
+  await step('the form shows the server\'s message at the field', async () => {
+    await page.getByTestId('new-instance').click();
+    await page.getByTestId('field-name').fill('tiny');
+    await page.getByTestId('field-model').fill(model);
+    await page.getByTestId('field-port').fill('99999');
+    await page.getByTestId('save-instance').click();
+    const error = page.locator('[data-field="port"] .error');
+    await error.waitFor();
+    assert.match(await error.textContent(), /out of range/);
+    assert.equal(await page.getByTestId('field-port').getAttribute('aria-invalid'), 'true');
+  });
+
+  await step('an instance created through the form becomes running', async () => {
+    await page.getByTestId('field-port').fill('');
+    await page.getByTestId('field-ctx_size').fill('512');
+    await shot(page, 'form');
+    await page.getByTestId('save-instance').click();
+    await card('tiny').waitFor();
+    await waitStatus('tiny', 'running');
+  });
+
+  await step('its live logs show new lines as they are written', async () => {
+    await page.getByTestId('logs-tiny').click();
+    const view = page.getByTestId('log-view');
+    await page.waitForFunction(() => (document.querySelector('[data-testid="log-view"]')?.textContent ?? '').length > 100, null, { timeout: SLOW });
+    const before = await view.textContent();
+    assert.ok(!before.includes('chat/completions'), 'no request logged yet');
+    await chat('tiny');
+    await page.waitForFunction(
+      () => (document.querySelector('[data-testid="log-view"]')?.textContent ?? '').includes('chat/completions'),
+      null,
+      { timeout: SLOW },
+    );
+  });
+
+  await step('the log filter keeps only matching lines', async () => {
+    await page.getByLabel('Filter log lines').fill('completions');
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('[data-testid="log-view"] .row')];
+      return rows.length > 0 && rows.every((r) => r.textContent.toLowerCase().includes('completions'));
+    });
+    await page.getByLabel('Filter log lines').fill('');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="log-view"] .row').length > 5);
+    await shot(page, 'logs');
+  });
+
+  await step('import-from-command fills the form and the instance runs', async () => {
+    await page.getByTestId('nav-dashboard').click();
+    await page.getByTestId('new-instance').click();
+    await page.getByTestId('import-command').click();
+    await page.getByTestId('import-command-text').fill(`llama-server -m ${model} -c 256 --parallel 1 --jinja`);
+    await page.getByTestId('import-command-apply').click();
+    await page.waitForFunction((m) => document.querySelector('[data-testid="field-model"]')?.value === m, model);
+    assert.equal(await page.getByTestId('field-ctx_size').inputValue(), '256');
+    assert.equal(await page.getByTestId('field-jinja').isChecked(), true);
+    assert.notEqual(await page.getByTestId('field-name').inputValue(), '', 'a name is suggested from the model');
+    await page.getByTestId('field-name').fill('imported');
+    await page.getByTestId('save-instance').click();
+    await card('imported').waitFor();
+    await waitStatus('imported', 'running');
+  });
+
+  await step('the dashboard counts requests (light and dark screenshots)', async () => {
+    await chat('imported');
+    await chat('imported');
+    await page.waitForFunction(() => /Requests\s*2/.test(document.querySelector('[data-testid="instance-card-imported"]')?.textContent ?? ''), null, { timeout: SLOW });
+    await page.locator('body').click({ position: { x: 5, y: 300 } });
+    await shot(page, 'dashboard-light');
+    await page.keyboard.press('t');
+    await page.waitForFunction(() => document.documentElement.dataset.theme === 'dark');
+    await shot(page, 'dashboard-dark');
+    await page.keyboard.press('t');
+  });
+
+  await step('the dashboard fits 1024x640 and a 390px phone', async () => {
+    for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
+      await page.setViewportSize(size);
+      await page.waitForTimeout(100);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 0, `${size.width}px wide: the page scrolls sideways by ${overflow}px`);
+      if (size.width === 390) await shot(page, 'dashboard-phone');
+    }
+    await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await step('system shows the engine and llama-server', async () => {
+    await page.getByTestId('nav-system').click();
+    await page.getByText('version:').first().waitFor({ timeout: SLOW });
+    await shot(page, 'system');
+  });
+
+  await step('connect shows the base URL and snippets', async () => {
+    await page.getByTestId('nav-connect').click();
+    assert.equal(await page.getByTestId('connect-base-url').textContent(), `${origin}/v1`);
+    await page.getByRole('tab', { name: 'Python' }).click();
+    await page.getByText('from openai import OpenAI').waitFor();
+    await shot(page, 'connect');
+  });
+
+  await step('stop, then delete with confirmation', async () => {
+    await page.getByTestId('nav-dashboard').click();
+    await page.getByTestId('stop-tiny').click();
+    await waitStatus('tiny', 'stopped');
+    await page.getByTestId('delete-tiny').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('tiny').waitFor({ state: 'detached' });
+    await page.getByTestId('delete-imported').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('imported').waitFor({ state: 'detached' });
+    await page.getByText('Run your first model').waitFor();
+    const left = await (await fetch(`${engine.base}/api/v1/instances`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    assert.deepEqual(left, []);
+  });
+
+  await step('a key that stops working brings the login back', async () => {
+    await page.evaluate(() => sessionStorage.setItem('corral.key', 'revoked'));
+    await page.reload();
+    await page.getByTestId('login-key').waitFor();
+    await page.getByText('refused this key').waitFor();
+  });
+
+  assert.deepEqual(consoleErrors, [], 'no uncaught errors in the page');
+  console.log(`\nall e2e steps passed in ${((Date.now() - started) / 1000).toFixed(1)}s; screenshots in docs/screenshots/`);
+} catch (error) {
+  console.error(error);
+  console.error('\n--- corral stderr (last lines) ---\n' + engine.log.join('').split('\n').slice(-30).join('\n'));
+  await page.screenshot({ path: join(dir, 'failure.png') }).catch(() => {});
+  console.error(`failure screenshot: ${join(dir, 'failure.png')}`);
+  process.exitCode = 1;
+} finally {
+  await context.close().catch(() => {});
+  engine.child.kill('SIGTERM');
+  await new Promise((r) => (engine.child.exitCode !== null ? r() : engine.child.on('exit', r)));
+  if (!process.exitCode) await rm(dir, { recursive: true, force: true });
+}
