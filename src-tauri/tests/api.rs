@@ -1524,3 +1524,87 @@ async fn errors_about_one_option_name_the_field() {
     assert!(missing.get("field").is_none(), "{missing}");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn log_stream_sends_the_last_lines_then_follows_new_ones_across_restarts() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("chatty", llama(json!({}))).await;
+    engine.wait_ready("chatty").await;
+    engine.get("/api/v1/instances/chatty/proxy/before").await;
+    let expected = engine
+        .get("/api/v1/instances/chatty/logs?lines=3")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let expected: Vec<&str> = expected.lines().collect();
+    assert_eq!(expected.len(), 3, "{expected:?}");
+
+    let mut stream = SseReader::new(
+        engine
+            .get("/api/v1/instances/chatty/logs/stream?lines=3")
+            .await,
+    );
+    for line in &expected {
+        let event = stream.next().await;
+        assert_eq!(event.event, "line");
+        assert_eq!(event.data, *line);
+    }
+
+    // A line the backend prints after the client connected arrives as it is written.
+    engine
+        .get("/api/v1/instances/chatty/proxy/after-connecting")
+        .await;
+    stream
+        .until("the request's log line", |event| {
+            event.event == "line" && event.data.contains("/after-connecting")
+        })
+        .await;
+
+    // The stream goes on across a restart of the instance.
+    assert_eq!(
+        engine
+            .post("/api/v1/instances/chatty/restart")
+            .await
+            .status(),
+        200
+    );
+    stream
+        .until("the start marker", |event| {
+            event.data.starts_with("=== Instance chatty started at")
+        })
+        .await;
+    engine.wait_ready("chatty").await;
+    engine
+        .get("/api/v1/instances/chatty/proxy/after-restart")
+        .await;
+    stream
+        .until("a line of the new process", |event| {
+            event.data.contains("/after-restart")
+        })
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn log_stream_refuses_bad_counts_and_unknown_instances() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    assert_error(
+        engine.get("/api/v1/instances/ghost/logs/stream").await,
+        404,
+        "instance_not_found",
+    )
+    .await;
+    engine.create("quiet", llama(json!({}))).await;
+    assert_error(
+        engine
+            .get("/api/v1/instances/quiet/logs/stream?lines=many")
+            .await,
+        400,
+        "invalid_lines",
+    )
+    .await;
+    engine.stop().await;
+}

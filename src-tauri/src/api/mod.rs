@@ -8,6 +8,7 @@ pub mod error;
 mod events;
 pub mod host;
 mod instances;
+mod logs_stream;
 pub mod ollama;
 pub mod openai;
 pub mod openapi;
@@ -82,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{name}/stop", post(instances::stop))
         .route("/instances/{name}/restart", post(instances::restart))
         .route("/instances/{name}/logs", get(instances::logs))
+        .route(
+            "/instances/{name}/logs/stream",
+            get(logs_stream::logs_stream),
+        )
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, error, events, instances, openai, schema, server};
+use super::{backends, error, events, instances, logs_stream, openai, schema, server};
 use crate::instances::BACKEND_SCHEMA_NAMES;
 
 #[derive(OpenApi)]
@@ -32,6 +32,7 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         openai::inference,
         openapi_json,
         events::events,
+        logs_stream::logs_stream,
         schema::schema,
     ),
     components(schemas(error::ErrorBody, openai::OpenAiErrorBody)),

@@ -483,6 +483,23 @@ impl Registry {
         }
     }
 
+    /// Follows the instance's log: its last `lines` lines, then each new line, across restarts,
+    /// until the instance is deleted.
+    pub async fn follow_logs(
+        &self,
+        name: &str,
+        lines: usize,
+    ) -> Result<crate::supervisor::LogFollower, InstanceError> {
+        let supervisor = self.lookup(name)?.supervisor.clone();
+        tokio::task::spawn_blocking(move || supervisor.follow_logs(lines))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| InstanceError::Logs {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
     /// Defines the instance and starts it. On any refusal or failure nothing remains of it: no
     /// definition, no reserved port.
     pub async fn create(

@@ -1,5 +1,6 @@
 //! The instance's log: the append-only, size-rotated file, the in-memory ring of recent output,
-//! the pumps that copy the child's stdout and stderr into it, and reading the file's tail.
+//! the live broadcast of new lines, the pumps that copy the child's stdout and stderr into it,
+//! and reading the file's tail.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::broadcast;
 
 use super::SupervisorSettings;
 
@@ -20,6 +22,8 @@ const RING_LINES: usize = 200;
 const RING_LINE_BYTES: usize = 4096;
 /// Read size of the pumps and of the backwards scan of [`tail`].
 const CHUNK: usize = 64 * 1024;
+/// Lines a follower may fall behind by before it misses some; sending never waits for one.
+const LIVE_LINES: usize = 4096;
 
 /// The log of one instance. Writers are the two pumps and the supervisor task (markers);
 /// a std mutex because no lock is held across an `.await`, only around short file writes.
@@ -31,6 +35,18 @@ pub(super) struct LogSink {
     /// How many rotated files (`.1` newest) are kept.
     keep_files: usize,
     state: Mutex<LogState>,
+    /// Every line written, as it is written, for followers of the log. Lives as long as the
+    /// instance, so a follower sees the lines of every start. Sent under `state`'s lock, so the
+    /// order is the file's.
+    live: broadcast::Sender<Arc<str>>,
+}
+
+/// A follower of the log: the file's last lines up to the moment it subscribed, and every line
+/// after that.
+pub struct LogFollower {
+    /// The file's last lines, oldest first; what `live` brings comes after these.
+    pub tail: Vec<String>,
+    pub live: broadcast::Receiver<Arc<str>>,
 }
 
 struct LogState {
@@ -56,7 +72,46 @@ impl LogSink {
                 ring: VecDeque::new(),
                 reported_error: false,
             }),
+            live: broadcast::channel(LIVE_LINES).0,
         }
+    }
+
+    /// Subscribes to new lines and reads the last `lines` lines written before that, with
+    /// nothing missed or repeated in between. Reads the file: call it off the async workers.
+    pub(super) fn follow(&self, lines: usize) -> io::Result<LogFollower> {
+        // Under the lock (only an open and a stat): every write is either in the file up to
+        // `end` or comes through `live`. The open handle keeps reading the right file even if
+        // a rotation renames it meanwhile.
+        let (live, opened) = {
+            let _state = self.lock();
+            let live = self.live.subscribe();
+            let opened = match File::open(&self.path) {
+                Ok(file) => {
+                    let end = file.metadata()?.len();
+                    Some((file, end))
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+                Err(err) => return Err(err),
+            };
+            (live, opened)
+        };
+        let tail = match opened {
+            Some((mut file, end)) if lines > 0 => {
+                let start = start_of_last_lines(&mut file, end, lines)?;
+                file.seek(SeekFrom::Start(start))?;
+                let mut bytes = Vec::new();
+                (&mut file).take(end - start).read_to_end(&mut bytes)?;
+                let text = String::from_utf8_lossy(&bytes);
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                if bytes.is_empty() {
+                    Vec::new()
+                } else {
+                    text.split('\n').map(str::to_owned).collect()
+                }
+            }
+            _ => Vec::new(),
+        };
+        Ok(LogFollower { tail, live })
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -119,6 +174,14 @@ impl LogSink {
     }
 
     fn write(&self, state: &mut LogState, bytes: &[u8]) {
+        // Nothing is built for followers when there are none.
+        if self.live.receiver_count() > 0 {
+            let text = String::from_utf8_lossy(bytes);
+            for line in text.strip_suffix('\n').unwrap_or(&text).split('\n') {
+                // An error only means the last follower just left.
+                let _ = self.live.send(Arc::from(line));
+            }
+        }
         if let Err(err) = self.try_write(state, bytes) {
             if !state.reported_error {
                 state.reported_error = true;
@@ -221,7 +284,10 @@ pub(super) fn tail(path: &Path, lines: Option<usize>) -> io::Result<String> {
     let start = match lines {
         None => 0,
         Some(0) => return Ok(String::new()),
-        Some(wanted) => start_of_last_lines(&mut file, wanted)?,
+        Some(wanted) => {
+            let end = file.metadata()?.len();
+            start_of_last_lines(&mut file, end, wanted)?
+        }
     };
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
@@ -230,9 +296,9 @@ pub(super) fn tail(path: &Path, lines: Option<usize>) -> io::Result<String> {
     Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
 }
 
-/// Offset where the last `wanted` lines begin; the file's final newline ends the last line.
-fn start_of_last_lines(file: &mut File, wanted: usize) -> io::Result<u64> {
-    let len = file.metadata()?.len();
+/// Offset where the last `wanted` lines before offset `len` begin; the final newline ends the
+/// last line.
+fn start_of_last_lines(file: &mut File, len: u64, wanted: usize) -> io::Result<u64> {
     if len == 0 {
         return Ok(0);
     }
@@ -258,4 +324,69 @@ fn start_of_last_lines(file: &mut File, wanted: usize) -> io::Result<u64> {
         end = begin;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    use super::*;
+
+    fn sink(dir: &Path, max_bytes: u64) -> LogSink {
+        LogSink::new(
+            "follow",
+            &SupervisorSettings {
+                logs_dir: dir.to_path_buf(),
+                run_dir: dir.to_path_buf(),
+                stop_grace: Duration::from_secs(1),
+                log_max_bytes: max_bytes,
+                log_keep_files: 2,
+                restart_reset_after: Duration::from_secs(600),
+            },
+        )
+    }
+
+    #[test]
+    fn a_follower_gets_the_last_lines_then_each_new_one_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), 0);
+        let nobody = sink.follow(10).unwrap();
+        assert!(nobody.tail.is_empty(), "no file yet");
+        drop(nobody);
+        for n in 1..=5 {
+            sink.line(format!("line {n}").as_bytes());
+        }
+        let mut follower = sink.follow(2).unwrap();
+        assert_eq!(follower.tail, ["line 4", "line 5"]);
+        assert!(matches!(follower.live.try_recv(), Err(TryRecvError::Empty)));
+        sink.line(b"line 6");
+        sink.note("a note");
+        assert_eq!(&*follower.live.try_recv().unwrap(), "line 6");
+        assert_eq!(&*follower.live.try_recv().unwrap(), "a note");
+    }
+
+    #[test]
+    fn a_follower_that_never_reads_does_not_hold_up_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small files: the writer also rotates while the follower sleeps.
+        let sink = sink(dir.path(), 64 * 1024);
+        let mut follower = sink.follow(0).unwrap();
+        for n in 0..LIVE_LINES * 3 {
+            sink.line(format!("line {n}").as_bytes());
+        }
+        assert!(matches!(
+            follower.live.try_recv(),
+            Err(TryRecvError::Lagged(_))
+        ));
+        let last = format!("line {}", LIVE_LINES * 3 - 1);
+        let mut seen = None;
+        while let Ok(line) = follower.live.try_recv() {
+            seen = Some(line);
+        }
+        assert_eq!(seen.as_deref(), Some(last.as_str()));
+        assert_eq!(sink.follow(1).unwrap().tail, [last]);
+    }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use logs::LogFollower;
 use logs::LogSink;
 use task::Request;
 
@@ -197,6 +198,13 @@ impl Supervisor {
     /// engine restart.
     pub fn logs(&self, lines: Option<usize>) -> std::io::Result<String> {
         logs::tail(self.inner.log.path(), lines)
+    }
+
+    /// The last `lines` log lines, then every line written after them, across restarts of the
+    /// instance; a follower that falls behind misses lines rather than slowing the log down.
+    /// Reads the file: call it off the async workers.
+    pub fn follow_logs(&self, lines: usize) -> std::io::Result<LogFollower> {
+        self.inner.log.follow(lines)
     }
 
     /// Sends one command to the task and waits for its answer.
