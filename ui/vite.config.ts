@@ -1,13 +1,14 @@
 /// <reference types="vitest/config" />
 import { defineConfig } from 'vite';
 import { svelte } from '@sveltejs/vite-plugin-svelte';
+import { svelteTesting } from '@testing-library/svelte/vite';
 
 // `npm run dev` proxies the API to a running `corral serve` (CORRAL_URL, default the engine's
 // default address), so the UI can be worked on with hot reload against real instances.
 const engine = process.env.CORRAL_URL ?? 'http://127.0.0.1:8080';
 
 export default defineConfig({
-  plugins: [svelte()],
+  plugins: [svelte(), svelteTesting()],
   build: { target: 'es2022', sourcemap: false, chunkSizeWarningLimit: 400 },
   server: {
     proxy: {
@@ -15,7 +16,6 @@ export default defineConfig({
       '/v1': { target: engine, changeOrigin: true },
     },
   },
-  resolve: process.env.VITEST ? { conditions: ['browser'] } : undefined,
   test: {
     environment: 'jsdom',
     include: ['src/**/*.test.ts'],

@@ -4,3 +4,14 @@ if (!window.matchMedia) {
     ({ matches: false, media: query, addEventListener() {}, removeEventListener() {} }) as unknown as MediaQueryList;
 }
 if (!Element.prototype.scrollIntoView) Element.prototype.scrollIntoView = () => {};
+if (!window.requestAnimationFrame) {
+  window.requestAnimationFrame = (cb: FrameRequestCallback) => setTimeout(() => cb(performance.now()), 0) as unknown as number;
+}
+if (!('ResizeObserver' in window)) {
+  // No layout in jsdom: nothing ever resizes.
+  (window as unknown as { ResizeObserver: unknown }).ResizeObserver = class {
+    observe() {}
+    unobserve() {}
+    disconnect() {}
+  };
+}
