@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The binary embeds ui/dist: rebuild it first when its sources changed.
+bash scripts/build-ui.sh
+
 if [[ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]] && pkg-config --exists webkit2gtk-4.1 2>/dev/null; then
   exec cargo run --release -p corral -- "$@"
 fi

@@ -40,6 +40,7 @@ export CORRAL_LLAMA_SERVER CORRAL_TEST_MODEL
 printf '%s\n' "$backend_env"
 printf '===== ok: backend (%ss)\n' "$((SECONDS - t0))"
 
+step "web UI build (embedded by the cargo steps)" bash scripts/build-ui.sh
 step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy -p corral --no-default-features --all-targets -- -D warnings
 step "cargo test" cargo test -p corral --no-default-features

@@ -129,6 +129,8 @@ impl Engine {
 
     /// Stops accepting requests, lets in-flight ones finish, then stops every backend.
     pub async fn shutdown(mut self) {
+        // Event streams and log tails never end by themselves.
+        self.registry.end_streams();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::Api;
@@ -36,20 +36,36 @@ pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Eve
             Some((Ok(event), (registry, changes, None)))
         },
     );
+    let stream = stream.take_until(api.registry.streams_ended());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }
 
 /// The next event for the client; `None` once the registry is gone.
 async fn next_event(registry: &Registry, changes: &mut Receiver<InstanceEvent>) -> Option<Event> {
-    match changes.recv().await {
-        Ok(InstanceEvent::Changed(view)) => Some(json_event("instance", view.as_ref())),
-        Ok(InstanceEvent::Deleted { name }) => {
-            Some(json_event("deleted", &serde_json::json!({ "name": name })))
+    Some(match next_change(changes).await? {
+        Next::Snapshot => snapshot(registry),
+        Next::Change(InstanceEvent::Changed(view)) => json_event("instance", view.as_ref()),
+        Next::Change(InstanceEvent::Deleted { name }) => {
+            json_event("deleted", &serde_json::json!({ "name": name }))
         }
+    })
+}
+
+/// What the client needs next.
+#[derive(Debug)]
+enum Next {
+    Change(InstanceEvent),
+    /// It fell behind: the whole state again, then the changes from now on.
+    Snapshot,
+}
+
+async fn next_change(changes: &mut Receiver<InstanceEvent>) -> Option<Next> {
+    match changes.recv().await {
+        Ok(change) => Some(Next::Change(change)),
         Err(RecvError::Lagged(_)) => {
             // What is still queued is older than a fresh snapshot: start again from now.
             *changes = changes.resubscribe();
-            Some(snapshot(registry))
+            Some(Next::Snapshot)
         }
         Err(RecvError::Closed) => None,
     }
@@ -66,4 +82,38 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
         .event(name)
         .json_data(data)
         .unwrap_or_else(|_| Event::default().event(name))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use tokio::sync::broadcast;
+
+    use super::*;
+
+    fn deleted(name: &str) -> InstanceEvent {
+        InstanceEvent::Deleted {
+            name: name.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_fell_behind_gets_a_snapshot_then_only_newer_changes() {
+        let (sender, mut changes) = broadcast::channel(2);
+        for name in ["a", "b", "c", "d"] {
+            sender.send(deleted(name)).unwrap();
+        }
+        assert!(matches!(
+            next_change(&mut changes).await,
+            Some(Next::Snapshot)
+        ));
+        // The changes queued before the snapshot are dropped: the snapshot already has them.
+        sender.send(deleted("e")).unwrap();
+        match next_change(&mut changes).await {
+            Some(Next::Change(InstanceEvent::Deleted { name })) => assert_eq!(name, "e"),
+            other => panic!("expected e, got {other:?}"),
+        }
+        drop(sender);
+        assert!(next_change(&mut changes).await.is_none());
+    }
 }

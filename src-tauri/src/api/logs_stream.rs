@@ -59,8 +59,8 @@ pub async fn logs_stream(
         };
         Some((Ok(event), live))
     });
-    Ok(Sse::new(history.chain(live))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+    let stream = history.chain(live).take_until(api.registry.streams_ended());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
 }
 
 /// One log line as an event. A carriage return (a progress bar redrawing itself) keeps what a

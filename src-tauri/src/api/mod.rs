@@ -14,6 +14,7 @@ pub mod openai;
 pub mod openapi;
 mod schema;
 mod server;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +52,8 @@ impl FromRef<Api> for Arc<Config> {
     }
 }
 
-/// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, CORS,
-/// and the Host check.
+/// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, the
+/// web UI without auth at every other path, CORS, and the Host check.
 pub fn router(state: AppState) -> Router {
     let config = Arc::clone(&state.config);
     let api = Api {
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", management)
         .nest("/v1", inference)
         .merge(ollama)
+        .fallback(ui::serve)
         .layer(cors(&config))
         .layer(from_fn_with_state(config, host::check_host))
 }

@@ -54,6 +54,9 @@ pub struct Registry {
     pub(super) feed: Arc<Feed>,
     /// Sends counter changes to the feed while someone listens; ended with the registry.
     sampler: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the engine stops: endless streams (events, log tails) end, so that the HTTP
+    /// server's graceful shutdown does not wait for them.
+    streams_closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Registry {
@@ -296,6 +299,7 @@ impl Registry {
             reaper: Mutex::new(None),
             feed: Arc::new(Feed::new()),
             sampler: Mutex::new(None),
+            streams_closed: tokio::sync::watch::Sender::new(false),
         });
         let to_start = registry.load();
         registry.spawn_reaper();
@@ -411,6 +415,20 @@ impl Registry {
     /// [`Registry::list`] and go on (subscribe first, then list, so nothing falls in between).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<InstanceEvent> {
         self.feed.subscribe()
+    }
+
+    /// Ends every open event stream and log tail (the engine is stopping).
+    pub fn end_streams(&self) {
+        self.streams_closed.send_replace(true);
+    }
+
+    /// Completes once [`Registry::end_streams`] was called; streams end with it.
+    pub fn streams_ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.streams_closed.subscribe();
+        async move {
+            // An error means the registry is gone: nothing left to stream either.
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
     }
 
     /// Every instance, sorted by name.
@@ -653,6 +671,7 @@ impl Registry {
     /// engine start restores the instances that were running.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.end_streams();
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
         }

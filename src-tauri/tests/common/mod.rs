@@ -353,6 +353,19 @@ impl SseReader {
         }
     }
 
+    /// Waits for the server to end the stream, skipping any events before that; panics if it
+    /// is still open after a minute.
+    pub async fn assert_ends(mut self) {
+        use futures_util::StreamExt;
+        let ended = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(chunk) = self.body.next().await {
+                chunk.unwrap();
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the event stream is still open");
+    }
+
     /// Reads events until one satisfies `wanted`; panics after a minute.
     pub async fn until(&mut self, what: &str, wanted: impl Fn(&SseEvent) -> bool) -> SseEvent {
         let deadline = Instant::now() + Duration::from_secs(60);
