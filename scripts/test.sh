@@ -56,6 +56,6 @@ elif [[ -n ${CI:-} ]]; then
     exit 1
 fi
 
-# Slot for the web UI (ui/: npm ci, type check, unit tests, build) once it exists.
+step "web UI (svelte-check, vitest, e2e in chromium)" bash scripts/test-ui.sh
 
 header "all steps passed in $((SECONDS - started))s"

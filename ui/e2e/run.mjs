@@ -92,6 +92,8 @@ async function startEngine(dir) {
 }
 
 async function shot(page, name) {
+  // Toasts about earlier steps would only clutter the picture.
+  for (const close of await page.getByRole('button', { name: 'Dismiss' }).all()) await close.click().catch(() => {});
   await page.waitForTimeout(150); // let transitions settle
   await page.screenshot({ path: join(shots, `${name}.png`) });
 }
