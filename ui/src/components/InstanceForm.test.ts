@@ -166,3 +166,37 @@ describe('InstanceForm', () => {
     expect(await screen.findByText('unknown flag --bogus')).toBeTruthy();
   });
 });
+
+describe('InstanceForm, editing', () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  it('starts from the instance\'s options and saves them back with PUT', async () => {
+    const existing = created('tiny', {
+      backend_type: 'llama_cpp',
+      backend_options: { model: '/m/tiny.gguf', port: 8001, rope_scale: 2, extra_args: { 'no-mmap': '' } },
+      idle_timeout: 15,
+      aliases: ['small'],
+    });
+    const { seen } = fakeEngine({
+      'GET /api/v1/instances/tiny': () => json(existing),
+      'PUT /api/v1/instances/tiny': (req) => json(created('tiny', req.body as Record<string, unknown>)),
+    });
+    render(InstanceForm, { schema: schemaFixture, editing: 'tiny' });
+    const model = (await screen.findByTestId('field-model')) as HTMLInputElement;
+    expect(model.value).toBe('/m/tiny.gguf');
+    expect((screen.getByTestId('field-name') as HTMLInputElement).disabled).toBe(true);
+    expect((screen.getByTestId('field-rope_scale') as HTMLInputElement).value).toBe('2');
+    expect((screen.getByTestId('field-idle_timeout') as HTMLInputElement).value).toBe('15');
+
+    await fireEvent.input(screen.getByTestId('field-ctx_size'), { target: { value: '1024' } });
+    await fireEvent.click(screen.getByTestId('save-instance'));
+    await waitFor(() => expect(seen.some((r) => r.method === 'PUT')).toBe(true));
+    expect(seen.find((r) => r.method === 'PUT')?.body).toEqual({
+      backend_type: 'llama_cpp',
+      backend_options: { model: '/m/tiny.gguf', port: 8001, ctx_size: 1024, rope_scale: 2, extra_args: { 'no-mmap': '' } },
+      auto_restart: true,
+      idle_timeout: 15,
+      aliases: ['small'],
+    });
+  });
+});
