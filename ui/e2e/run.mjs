@@ -232,15 +232,46 @@ try {
     await page.keyboard.press('t');
   });
 
-  await step('the dashboard fits 1024x640 and a 390px phone', async () => {
+  await step('every screen fits 1024x640 and a 390px phone without sideways scrolling', async () => {
+    const screens = ['#/', '#/new', '#/logs/tiny', '#/system', '#/connect'];
     for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
       await page.setViewportSize(size);
-      await page.waitForTimeout(100);
-      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-      assert.ok(overflow <= 0, `${size.width}px wide: the page scrolls sideways by ${overflow}px`);
-      if (size.width === 390) await shot(page, 'dashboard-phone');
+      for (const hash of screens) {
+        await page.evaluate((h) => (location.hash = h), hash);
+        await page.waitForTimeout(150);
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `${hash} at ${size.width}px scrolls sideways by ${overflow}px`);
+      }
     }
+    await page.evaluate(() => (location.hash = '#/'));
+    await card('tiny').waitFor();
+    await shot(page, 'dashboard-phone');
+    await page.setViewportSize({ width: 1024, height: 640 });
+    await shot(page, 'dashboard-1024x640');
     await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await step('restart brings the instance back; edit applies new options', async () => {
+    await page.getByTestId('restart-tiny').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="instance-card-tiny"] button[data-testid="restart-tiny"]')?.textContent?.includes('Restarting') === false);
+    await waitStatus('tiny', 'running');
+    await card('tiny').getByRole('link', { name: 'Edit' }).click();
+    const ctx = page.getByTestId('field-ctx_size');
+    await page.waitForFunction(() => document.querySelector('[data-testid="field-ctx_size"]')?.value === '512');
+    await ctx.fill('1024');
+    await page.getByTestId('save-instance').click();
+    await card('tiny').waitFor();
+    await waitStatus('tiny', 'running');
+    const saved = await (await fetch(`${engine.base}/api/v1/instances/tiny`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    assert.equal(saved.options.backend_options.ctx_size, 1024);
+  });
+
+  await step("the llama.cpp page opens in a new tab at the instance's port", async () => {
+    const port = (await (await fetch(`${engine.base}/api/v1/instances/tiny`, { headers: { Authorization: `Bearer ${KEY}` } })).json()).options.backend_options.port;
+    const [popup] = await Promise.all([context.waitForEvent('page'), card('tiny').getByRole('button', { name: /Open/ }).click()]);
+    await popup.waitForLoadState('domcontentloaded').catch(() => {});
+    assert.equal(new URL(popup.url()).port, String(port));
+    await popup.close();
   });
 
   await step('system shows the engine and llama-server', async () => {
