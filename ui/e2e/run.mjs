@@ -10,7 +10,7 @@
 // fixes the engine's port so that server can proxy to it.
 
 import { spawn } from 'node:child_process';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -202,6 +202,10 @@ try {
     await page.getByLabel('Filter log lines').fill('');
     await page.waitForFunction(() => document.querySelectorAll('[data-testid="log-view"] .row').length > 5);
     await shot(page, 'logs');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
+    assert.equal(download.suggestedFilename(), 'tiny.log');
+    const saved = await readFile(await download.path(), 'utf8');
+    assert.match(saved, /print_timing/, 'the downloaded log holds the lines on screen');
   });
 
   await step('import-from-command fills the form and the instance runs', async () => {
@@ -274,6 +278,38 @@ try {
     await popup.close();
   });
 
+  await step('100k log lines load, scroll and filter quickly', async () => {
+    // Lines appended to the instance's log file are what the tail sends first.
+    const filler = Array.from({ length: 100_000 }, (_, i) => `filler line ${i} ${'x'.repeat(40)}`).join('\n') + '\n';
+    await appendFile(join(dir, 'data', 'logs', 'tiny.log'), filler);
+    await page.evaluate(() => (location.hash = '#/logs/tiny'));
+    const t0 = Date.now();
+    await page.getByLabel('Lines to load').selectOption('100000');
+    // The tail is capped at 100,000; the restarted backend may add a few live lines after it.
+    // "100,003 lines" unfiltered ("1 of 100,003" while a filter is on).
+    const lineCount = () => {
+      const text = document.querySelector('[aria-live="polite"].count')?.textContent?.trim() ?? '';
+      return Number(/^([\d,]+) lines$/.exec(text)?.[1].replace(/,/g, '') ?? 0);
+    };
+    await page.waitForFunction(`(${lineCount})() >= 100000`, null, { timeout: SLOW });
+    const loadMs = Date.now() - t0;
+    const rows = await page.locator('[data-testid="log-view"] .row').count();
+    assert.ok(rows < 200, `only the visible lines are in the page, not ${rows}`);
+    const t1 = Date.now();
+    await page.getByLabel('Filter log lines').fill('filler line 12345 ');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="log-view"] .row').length === 1);
+    const filterMs = Date.now() - t1;
+    await page.getByLabel('Filter log lines').fill('');
+    await page.waitForFunction(`(${lineCount})() >= 100000`);
+    const t2 = Date.now();
+    await page.getByTestId('log-view').evaluate((el) => (el.scrollTop = el.scrollHeight / 2));
+    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="log-view"] .row')].some((r) => r.textContent.includes('filler line 499')));
+    const scrollMs = Date.now() - t2;
+    console.log(`(100k lines: loaded in ${loadMs} ms, filtered in ${filterMs} ms, jumped to the middle in ${scrollMs} ms, ${rows} rows in the DOM) `);
+    assert.ok(filterMs < 3000, `filtering 100k lines took ${filterMs} ms`);
+    await page.getByLabel('Lines to load').selectOption('1000');
+  });
+
   await step('system shows the engine and llama-server', async () => {
     await page.getByTestId('nav-system').click();
     await page.getByText('version:').first().waitFor({ timeout: SLOW });
@@ -308,6 +344,14 @@ try {
     await page.reload();
     await page.getByTestId('login-key').waitFor();
     await page.getByText('refused this key').waitFor();
+  });
+
+  await step('the desktop window signs in with the key in the address, which then disappears', async () => {
+    await page.evaluate(() => sessionStorage.clear());
+    await page.goto('about:blank'); // a fresh load, as when the window opens
+    await page.goto(`${origin}/#key=${encodeURIComponent(KEY)}`);
+    await page.getByText('Run your first model').waitFor();
+    assert.equal(new URL(page.url()).hash, '#/');
   });
 
   assert.deepEqual(consoleErrors, [], 'no uncaught errors in the page');

@@ -1,6 +1,8 @@
 // Hash routes (`#/`, `#/new`, `#/edit/<name>`, `#/logs/<name>`, `#/system`, `#/connect`): they
 // work the same from the embedded files, the dev server and the desktop window.
 
+import { takeKeyFromHash } from './auth.svelte';
+
 export type Route =
   | { page: 'dashboard' }
   | { page: 'new'; import?: boolean }
@@ -50,7 +52,11 @@ export function navigate(route: Route): void {
 }
 
 export function listen(): () => void {
-  const update = () => (router.route = parseRoute(location.hash));
+  const update = () => {
+    // A key handed over while the page is open (the desktop window re-opening it) signs in too.
+    if (location.hash.startsWith('#key=')) takeKeyFromHash();
+    router.route = parseRoute(location.hash);
+  };
   window.addEventListener('hashchange', update);
   return () => window.removeEventListener('hashchange', update);
 }
