@@ -1,5 +1,6 @@
-import { describe, expect, it } from 'vitest';
-import { render, screen } from '@testing-library/svelte';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { fireEvent, render, screen } from '@testing-library/svelte';
+import { fakeEngine, json } from '../test/engine';
 import InstanceCard from './InstanceCard.svelte';
 import type { Instance } from '../lib/types';
 
@@ -48,5 +49,21 @@ describe('InstanceCard', () => {
     expect(screen.getByTestId('instance-status-qwen').textContent).toBe('failed');
     expect(text()).toContain('model file not found');
     expect(screen.getByTestId('start-qwen')).toBeTruthy();
+  });
+});
+
+describe('InstanceCard keys', () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  it('acts on the focused card: s stops a running instance, Delete asks to delete', async () => {
+    const { seen } = fakeEngine({ 'POST /api/v1/instances/qwen/stop': () => json({ ...base, status: 'stopped' }) });
+    const asked: string[] = [];
+    render(InstanceCard, { instance: base, backendLabel: 'llama.cpp', onDelete: (n: string) => asked.push(n) });
+    const card = screen.getByTestId('instance-card-qwen');
+    card.focus();
+    await fireEvent.keyDown(card, { key: 's' });
+    await fireEvent.keyDown(card, { key: 'Delete' });
+    expect(seen.map((r) => `${r.method} ${r.path}`)).toEqual(['POST /api/v1/instances/qwen/stop']);
+    expect(asked).toEqual(['qwen']);
   });
 });
