@@ -5,6 +5,7 @@ pub mod backends;
 pub mod config;
 #[cfg(feature = "desktop")]
 pub mod desktop;
+pub mod devices;
 pub mod instances;
 pub mod proxy;
 pub mod supervisor;

@@ -10,8 +10,11 @@ use axum::{Json, RequestExt};
 
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
+use super::system::fit_warnings;
 use super::Api;
-use crate::instances::{CreateInstanceOptions, InstanceView};
+use crate::backends::BackendOptions;
+use crate::instances::{CreateInstanceOptions, InstanceOptions, InstanceView};
+use crate::supervisor::Status;
 
 type Answer<T> = Result<T, ApiError>;
 
@@ -48,10 +51,15 @@ pub async fn create(
     Path(name): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Answer<(StatusCode, Json<InstanceView>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(api.registry.create(&name, &body).await?),
-    ))
+    // Checked before the start, while the memory the model will take is still free.
+    let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
+        Ok(options) => fit_warnings(&api, &options.backend, None).await,
+        // The registry refuses these options with the reason.
+        Err(_) => Vec::new(),
+    };
+    let mut view = api.registry.create(&name, &body).await?;
+    view.warnings = warnings;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// Replace an instance's options; a running instance is restarted with them.
@@ -68,7 +76,14 @@ pub async fn update(
     Path(name): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Answer<Json<InstanceView>> {
-    Ok(Json(api.registry.update(&name, &body).await?))
+    let current = api.registry.get(&name)?;
+    let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
+        Ok(options) => fit_warnings(&api, &options.backend, current.resources).await,
+        Err(_) => Vec::new(),
+    };
+    let mut view = api.registry.update(&name, &body).await?;
+    view.warnings = warnings;
+    Ok(Json(view))
 }
 
 /// Stop the instance if it runs, then remove it (its log file stays).
@@ -92,7 +107,21 @@ pub async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Answer<
         (status = 409, description = "Running limit reached or port in use", body = ErrorBody),
         (status = 500, description = "The backend could not be started", body = ErrorBody)))]
 pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<InstanceView>> {
-    Ok(Json(api.registry.start(&name).await?))
+    let current = api.registry.get(&name)?;
+    let warnings = if current.status == Status::Running {
+        Vec::new()
+    } else {
+        match BackendOptions::from_json(
+            current.options.backend_type,
+            &current.options.backend_options,
+        ) {
+            Ok(backend) => fit_warnings(&api, &backend, None).await,
+            Err(_) => Vec::new(),
+        }
+    };
+    let mut view = api.registry.start(&name).await?;
+    view.warnings = warnings;
+    Ok(Json(view))
 }
 
 /// Stop an instance; a stopped one is returned as it is.
@@ -116,7 +145,17 @@ pub async fn restart(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Answer<Json<InstanceView>> {
-    Ok(Json(api.registry.restart(&name).await?))
+    let current = api.registry.get(&name)?;
+    let warnings = match BackendOptions::from_json(
+        current.options.backend_type,
+        &current.options.backend_options,
+    ) {
+        Ok(backend) => fit_warnings(&api, &backend, current.resources).await,
+        Err(_) => Vec::new(),
+    };
+    let mut view = api.registry.restart(&name).await?;
+    view.warnings = warnings;
+    Ok(Json(view))
 }
 
 /// The instance's log: the last `lines` lines, or all of it when `lines` is missing or ≤ 0.

@@ -14,6 +14,7 @@ pub mod openai;
 pub mod openapi;
 mod schema;
 mod server;
+mod system;
 pub mod ui;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
+use crate::devices::{Devices, ProbeEnv};
 use crate::instances::Registry;
 use crate::proxy::Proxy;
 use error::ApiError;
@@ -44,6 +46,8 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
     pub proxy: Proxy,
+    /// The system report and its caches.
+    pub devices: Arc<Devices>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -60,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         registry: state.registry,
         config: state.config,
         proxy: Proxy::new(),
+        devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
     };
     let ollama = ollama::router(api.clone());
     let management = Router::new()
@@ -67,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/server/help", get(server::help))
         .route("/server/version", get(server::server_version))
         .route("/server/devices", get(server::devices))
+        .route("/system", get(system::system))
         .route(
             "/backends/{backend}/parse-command",
             post(backends::parse_command),

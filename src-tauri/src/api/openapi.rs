@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, error, events, instances, logs_stream, openai, schema, server};
+use super::{backends, error, events, instances, logs_stream, openai, schema, server, system};
 use crate::instances::BACKEND_SCHEMA_NAMES;
 
 #[derive(OpenApi)]
@@ -16,6 +16,7 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         server::help,
         server::server_version,
         server::devices,
+        system::system,
         backends::parse_command,
         instances::list,
         instances::get,

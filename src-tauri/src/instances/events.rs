@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::devices::ResourceMonitor;
 use tokio::sync::{broadcast, Notify};
 
 use super::options::InstanceView;
@@ -35,11 +36,14 @@ pub(super) struct Feed {
     sent: Mutex<HashMap<String, InstanceView>>,
     /// Wakes the counter sampler when someone subscribes; it sleeps while nobody listens.
     subscribed: Notify,
+    /// Fills in CPU and memory, so that events carry what `GET /instances` shows.
+    resources: Arc<ResourceMonitor>,
 }
 
 impl Feed {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(resources: Arc<ResourceMonitor>) -> Self {
         Self {
+            resources,
             sender: broadcast::channel(CAPACITY).0,
             sent: Mutex::new(HashMap::new()),
             subscribed: Notify::new(),
@@ -70,7 +74,9 @@ impl Feed {
         if instance.removed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let view = instance.view();
+        let mut view = [instance.view()];
+        super::registry::fill_resources(&self.resources, &mut view);
+        let [view] = view;
         if sent.get(&view.name) == Some(&view) {
             return;
         }

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use super::InstanceError;
 use crate::backends::{BackendOptions, BackendType, FieldType, OptionField};
 use crate::config::InstancesConfig;
+use crate::devices::Resources;
 use crate::supervisor::{Health, RuntimeState, Status};
 
 /// The body of create and update (llamactl's `CreateInstanceOptions`). A missing top-level field
@@ -242,6 +243,13 @@ pub struct InstanceView {
     pub tokens_completion: u64,
     /// Generation speed of the last answer that reported usage.
     pub tokens_per_second: Option<f64>,
+    /// CPU, RAM and GPU memory of the backend's process tree; null when it does not run.
+    /// Sampled when read, at most once a second.
+    pub resources: Option<Resources>,
+    /// Only in the answers of create, update, start and restart: why the model may not fit in memory
+    /// (the GGUF fit check). The start goes ahead regardless.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl InstanceView {
@@ -262,6 +270,8 @@ impl InstanceView {
             tokens_prompt: 0,
             tokens_completion: 0,
             tokens_per_second: None,
+            resources: None,
+            warnings: Vec::new(),
         }
     }
 }

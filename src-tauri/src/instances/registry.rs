@@ -19,6 +19,7 @@ use super::store::{self, RecordOut};
 use super::usage::Usage;
 use super::{name::validate_name, ports, InstanceError};
 use crate::config::Config;
+use crate::devices::ResourceMonitor;
 use crate::supervisor::{
     Health, LaunchSpec, RestartPolicy, RuntimeState, Status, Supervisor, SupervisorSettings,
 };
@@ -57,6 +58,8 @@ pub struct Registry {
     /// Set when the engine stops: endless streams (events, log tails) end, so that the HTTP
     /// server's graceful shutdown does not wait for them.
     streams_closed: tokio::sync::watch::Sender<bool>,
+    /// Samples the running backends' CPU and memory when a view is asked for.
+    resources: Arc<ResourceMonitor>,
 }
 
 impl Drop for Registry {
@@ -290,6 +293,7 @@ impl Registry {
             log_keep_files: dirs.log_keep_files,
             restart_reset_after: RESTART_RESET_AFTER,
         });
+        let resources = Arc::new(ResourceMonitor::new());
         let registry = Arc::new(Registry {
             config,
             settings,
@@ -297,9 +301,10 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             reaper_wake: Arc::default(),
             reaper: Mutex::new(None),
-            feed: Arc::new(Feed::new()),
+            feed: Arc::new(Feed::new(Arc::clone(&resources))),
             sampler: Mutex::new(None),
             streams_closed: tokio::sync::watch::Sender::new(false),
+            resources,
         });
         let to_start = registry.load();
         registry.spawn_reaper();
@@ -434,11 +439,27 @@ impl Registry {
     /// Every instance, sorted by name.
     pub fn list(&self) -> Vec<InstanceView> {
         let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
-        instances.iter().map(|instance| instance.view()).collect()
+        let mut views: Vec<InstanceView> =
+            instances.iter().map(|instance| instance.view()).collect();
+        self.fill_resources(&mut views);
+        views
     }
 
     pub fn get(&self, name: &str) -> Result<InstanceView, InstanceError> {
-        Ok(self.lookup(name)?.view())
+        Ok(self.view(&*self.lookup(name)?))
+    }
+
+    /// The instance as the API shows it, its resources included.
+    fn view(&self, instance: &Instance) -> InstanceView {
+        let mut view = [instance.view()];
+        self.fill_resources(&mut view);
+        let [view] = view;
+        view
+    }
+
+    /// Fills in the resources of the running instances among `views`, from one sample.
+    pub fn fill_resources(&self, views: &mut [InstanceView]) {
+        fill_resources(&self.resources, views);
     }
 
     pub(super) fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
@@ -571,7 +592,7 @@ impl Registry {
         }
         .await;
         match started {
-            Ok(()) => Ok(instance.view()),
+            Ok(()) => Ok(self.view(&instance)),
             Err(e) => {
                 if let Err(cleanup) = self.remove_locked(&instance).await {
                     tracing::warn!("{cleanup}");
@@ -628,7 +649,7 @@ impl Registry {
             self.start_locked(&instance).await?;
             instance.persist().await?;
         }
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops the instance if it runs, then removes its definition and frees its port. The log
@@ -644,7 +665,7 @@ impl Registry {
         self.refuse_when_shutting_down()?;
         self.start_locked(&instance).await?;
         instance.persist().await?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops a running instance (and cancels a pending automatic restart); a stopped one is
@@ -653,7 +674,7 @@ impl Registry {
         let (instance, _op) = self.lock_instance(name).await?;
         self.stop_locked(&instance).await?;
         instance.persist().await?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops the instance if needed and starts it again, from any state.
@@ -664,7 +685,7 @@ impl Registry {
         let started = self.start_locked(&instance).await;
         instance.persist().await?;
         started?;
-        Ok(instance.view())
+        Ok(self.view(&instance))
     }
 
     /// Stops every backend in parallel, leaving the definitions as they are so that the next
@@ -894,6 +915,22 @@ pub(super) fn connect_host(host: Option<&str>) -> String {
         "" | "0.0.0.0" | "::" | "[::]" | "localhost" => "127.0.0.1".to_owned(),
         _ if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
         _ => host.to_owned(),
+    }
+}
+
+/// Fills in the resources of the running instances among `views`, from one sample.
+pub(super) fn fill_resources(monitor: &ResourceMonitor, views: &mut [InstanceView]) {
+    let pids: Vec<u32> = views
+        .iter()
+        .filter(|view| view.status == Status::Running)
+        .filter_map(|view| view.pid)
+        .collect();
+    let usage = monitor.usage(&pids);
+    for view in views {
+        view.resources = view
+            .pid
+            .filter(|_| view.status == Status::Running)
+            .and_then(|pid| usage.get(&pid).copied());
     }
 }
 
