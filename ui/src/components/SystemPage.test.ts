@@ -22,8 +22,12 @@ describe('SystemPage', () => {
               utilization_percent: 37, temperature_c: 61, unified: false,
             },
           ],
-          probes: [{ name: 'nvidia', ok: true, millis: 41 }, { name: 'rocm', ok: false, error: 'rocm-smi not found', millis: 2 }],
-          engine: { version: '0.1.0', addresses: ['http://127.0.0.1:8080', 'http://192.168.1.5:8080'] },
+          probes: [
+            { name: 'nvidia', ok: true, present: true, detail: 'NVML 12.4', millis: 41 },
+            { name: 'amd', ok: true, present: false, detail: 'no GPU bound to amdgpu', millis: 2 },
+            { name: 'llama-server', ok: false, present: false, error: 'timed out after 10 s', millis: 10000 },
+          ],
+          engine: { version: '0.1.0', pid: 4242, uptime_seconds: 3725, llama_server: '/usr/bin/llama-server', addresses: ['http://192.168.1.5:8080'] },
         }),
       'GET /api/v1/version': text('Version: 0.1.0\nCommit: abc\nBuild Time: now\n'),
       'GET /api/v1/server/version': text('version: 6000 (abcdef)\n'),
@@ -35,7 +39,11 @@ describe('SystemPage', () => {
     expect(screen.getByText(/37% busy/)).toBeTruthy();
     expect(screen.getByText('http://192.168.1.5:8080')).toBeTruthy();
     expect(screen.getByText(/16\.0 GiB of 64\.0 GiB used/)).toBeTruthy();
-    expect(screen.getByText(/rocm-smi not found/)).toBeTruthy();
+    expect(screen.getByText(/no GPU bound to amdgpu/)).toBeTruthy();
+    expect(screen.getByText(/timed out after 10 s/)).toBeTruthy();
+    expect(screen.getByText('1 failed')).toBeTruthy();
+    expect(screen.getByText('1h 2m')).toBeTruthy();
+    expect(screen.getByText('/usr/bin/llama-server')).toBeTruthy();
     expect(await screen.findByText(/CUDA0/)).toBeTruthy();
   });
 

@@ -65,8 +65,19 @@ export interface SystemReport {
   cpu?: { model?: string; cores?: number; threads?: number };
   memory?: { total_bytes?: number; used_bytes?: number; available_bytes?: number };
   accelerators?: Accelerator[];
-  probes?: { name: string; ok: boolean; error?: string; millis?: number }[];
-  engine?: { version?: string; addresses?: string[]; [key: string]: unknown };
+  probes?: Probe[];
+  suggested_backend?: string;
+  engine?: { version?: string; addresses?: string[]; pid?: number; uptime_seconds?: number; llama_server?: string };
+}
+
+export interface Probe {
+  name: string;
+  /** False only when the probe failed; a missing driver is `present: false`. */
+  ok: boolean;
+  present?: boolean;
+  error?: string;
+  detail?: string;
+  millis?: number;
 }
 
 export interface Accelerator {
@@ -80,4 +91,6 @@ export interface Accelerator {
   utilization_percent?: number | null;
   temperature_c?: number | null;
   unified?: boolean;
+  id?: string;
+  cores?: number | null;
 }
