@@ -80,3 +80,27 @@ describe('App', () => {
     expect(sessionStorage.getItem('corral.key')).toBe(GOOD);
   });
 });
+
+describe('App, failures', () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    setKey('');
+  });
+
+  it('announces an instance that fails and counts it in the title', async () => {
+    const events = liveSse();
+    fakeEngine({
+      'GET /api/v1/events': () => events.response,
+      'GET /api/v1/schema': () => json(schemaFixture),
+    });
+    render(App);
+    events.push(`event: snapshot\ndata: ${JSON.stringify([instance])}\n\n`);
+    await screen.findByTestId('instance-card-tiny');
+    expect(document.title).toBe('Corral — 1 running');
+    const failed = { ...instance, status: 'failed', health: null, error: 'exited with signal 9 (out of memory?)' };
+    events.push(`event: instance\ndata: ${JSON.stringify(failed)}\n\n`);
+    expect(await screen.findByRole('alert')).toBeTruthy();
+    expect(screen.getByRole('alert').textContent).toContain('tiny failed: exited with signal 9');
+    expect(document.title).toBe('(1 failed) Corral');
+  });
+});

@@ -4,6 +4,7 @@
 
 import { api, API } from './api';
 import { followStream, type StreamState } from './sse';
+import { toast } from './toasts.svelte';
 import type { Instance } from './types';
 
 export const instances = $state({
@@ -38,9 +39,16 @@ export function applyEvent(event: string, data: string): boolean {
     case 'snapshot':
       replaceAll(JSON.parse(data) as Instance[]);
       return true;
-    case 'instance':
-      upsert(JSON.parse(data) as Instance);
+    case 'instance': {
+      const next = JSON.parse(data) as Instance;
+      const before = instances.byName[next.name];
+      // A crash past its restarts is news wherever the user is looking.
+      if (before && before.status !== 'failed' && next.status === 'failed') {
+        toast(`${next.name} failed${next.error ? `: ${next.error}` : ''}`, 'error');
+      }
+      upsert(next);
       return true;
+    }
     case 'deleted':
       forget((JSON.parse(data) as { name: string }).name);
       return true;
