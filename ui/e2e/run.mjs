@@ -126,6 +126,20 @@ async function waitStatus(name, value, timeout = SLOW) {
   );
 }
 
+async function getInstance(name) {
+  const response = await fetch(`${engine.base}/api/v1/instances/${name}`, { headers: { Authorization: `Bearer ${KEY}` } });
+  return response.json();
+}
+
+/** Polls `check` until it holds (busy machines make fixed sleeps flaky). */
+async function until(check, what, timeout = SLOW) {
+  const deadline = Date.now() + timeout;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** An inference request through /v1, so the logs and counters have something to show. */
 async function chat(name) {
   const response = await fetch(`${engine.base}/v1/chat/completions`, {
@@ -256,8 +270,12 @@ try {
   });
 
   await step('restart brings the instance back; edit applies new options', async () => {
+    const pidBefore = (await getInstance('tiny')).pid;
     await page.getByTestId('restart-tiny').click();
-    await page.waitForFunction(() => document.querySelector('[data-testid="instance-card-tiny"] button[data-testid="restart-tiny"]')?.textContent?.includes('Restarting') === false);
+    await until(async () => {
+      const now = await getInstance('tiny');
+      return now.status === 'running' && now.pid !== pidBefore;
+    }, 'tiny runs again in a new process');
     await waitStatus('tiny', 'running');
     await card('tiny').getByRole('link', { name: 'Edit' }).click();
     const ctx = page.getByTestId('field-ctx_size');
@@ -266,12 +284,11 @@ try {
     await page.getByTestId('save-instance').click();
     await card('tiny').waitFor();
     await waitStatus('tiny', 'running');
-    const saved = await (await fetch(`${engine.base}/api/v1/instances/tiny`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
-    assert.equal(saved.options.backend_options.ctx_size, 1024);
+    assert.equal((await getInstance('tiny')).options.backend_options.ctx_size, 1024);
   });
 
   await step("the llama.cpp page opens in a new tab at the instance's port", async () => {
-    const port = (await (await fetch(`${engine.base}/api/v1/instances/tiny`, { headers: { Authorization: `Bearer ${KEY}` } })).json()).options.backend_options.port;
+    const port = (await getInstance('tiny')).options.backend_options.port;
     const [popup] = await Promise.all([context.waitForEvent('page'), card('tiny').getByRole('button', { name: /Open/ }).click()]);
     await popup.waitForLoadState('domcontentloaded').catch(() => {});
     assert.equal(new URL(popup.url()).port, String(port));
