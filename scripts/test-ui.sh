@@ -2,7 +2,7 @@
 # The web UI's tests: type check (svelte-check), component tests (Vitest), the production build,
 # and the end-to-end run in a real browser (Debian's chromium via playwright-core) against
 # `corral serve` and the real llama-server. scripts/test.sh runs it after the cargo steps; it also
-# runs on its own. Screenshots of every main screen land in docs/screenshots/.
+# runs on its own. CORRAL_UPDATE_SCREENSHOTS=1 refreshes the screenshots in docs/screenshots/.
 #
 #   CORRAL_BIN        the corral binary (default: <target dir>/debug/corral, built here, headless)
 #   CORRAL_LLAMA_SERVER, CORRAL_TEST_MODEL   the real backend (default: scripts/test-backend.sh)

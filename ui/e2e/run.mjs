@@ -1,7 +1,7 @@
 // End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
 // `corral serve` running the real llama-server. Logs in, creates an instance through the form and
 // through import-from-command, watches it run, reads its live logs, stops and deletes it, and
-// saves a screenshot of every main screen to docs/screenshots/.
+// saves a screenshot of every main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
 //   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... node e2e/run.mjs
 //
@@ -11,7 +11,7 @@
 
 import { spawn } from 'node:child_process';
 import { appendFile, mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -21,7 +21,11 @@ import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '..', '..');
-const shots = join(repo, 'docs', 'screenshots');
+// The README's screenshots are refreshed on request (CORRAL_UPDATE_SCREENSHOTS=1); a plain test
+// run takes them too, into a temp folder, so that it leaves the checkout as it found it.
+const shots = process.env.CORRAL_UPDATE_SCREENSHOTS
+  ? join(repo, 'docs', 'screenshots')
+  : mkdtempSync(join(tmpdir(), 'corral-shots-'));
 
 function required(name) {
   const value = process.env[name];
@@ -372,7 +376,7 @@ try {
   });
 
   assert.deepEqual(consoleErrors, [], 'no uncaught errors in the page');
-  console.log(`\nall e2e steps passed in ${((Date.now() - started) / 1000).toFixed(1)}s; screenshots in docs/screenshots/`);
+  console.log(`\nall e2e steps passed in ${((Date.now() - started) / 1000).toFixed(1)}s; screenshots in ${shots}`);
 } catch (error) {
   console.error(error);
   console.error('\n--- corral stderr (last lines) ---\n' + engine.log.join('').split('\n').slice(-30).join('\n'));
