@@ -13,8 +13,8 @@ use axum::extract::Request;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
-use hyper::body::{Body as _, Frame};
 use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -346,7 +346,9 @@ async fn reusable(conn: &mut Conn) -> bool {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The pool holds no invariant a panic could break halfway: keep using it.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The backend's answer body on its way to the client. Polling it drives the connection, so

@@ -46,7 +46,6 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(Mutex::new(devnull))
         .init();
-    if std::env::var_os("CORRAL_BENCH_CT").is_some() { return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run()); }
     tokio::runtime::Runtime::new()?.block_on(run())
 }
 

@@ -303,13 +303,7 @@ pub async fn dispatch(
 }
 
 /// `dispatch`, forwarding `raw` unchanged when the backend takes the model name as sent.
-async fn route(
-    api: &Api,
-    model: &str,
-    path: &str,
-    headers: HeaderMap,
-    body: Payload,
-) -> Response {
+async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Payload) -> Response {
     let started = Instant::now();
     let lease = match api.registry.acquire(model).await {
         Ok(lease) => lease,
