@@ -329,8 +329,13 @@ impl Pool {
     fn checkin(&self, mut conn: Conn) {
         conn.idle_since = Instant::now();
         let mut idle = lock(&self.idle);
+        // Expired connections of every backend go here, so that one that stopped (its
+        // instance stopped or moved) does not keep closed sockets around.
+        idle.retain(|_, conns| {
+            conns.retain(|conn| conn.idle_since.elapsed() < MAX_IDLE);
+            !conns.is_empty()
+        });
         let conns = idle.entry(conn.authority.clone()).or_default();
-        conns.retain(|conn| conn.idle_since.elapsed() < MAX_IDLE);
         if conns.len() < MAX_IDLE_PER_BACKEND {
             conns.push(conn);
         }
@@ -442,6 +447,110 @@ fn strip_cors(headers: &mut HeaderMap) {
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    use axum::Router;
+
+    /// A backend that answers with the client's address (so a reused connection shows as the
+    /// same port) and, on `/close`, asks for the connection to be closed after the answer.
+    async fn backend() -> String {
+        let app =
+            Router::new()
+                .route(
+                    "/peer",
+                    get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                        peer.port().to_string()
+                    }),
+                )
+                .route(
+                    "/close",
+                    get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                        ([(header::CONNECTION, "close")], peer.port().to_string())
+                    }),
+                )
+                .route("/empty", get(|| async { StatusCode::NO_CONTENT }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+        authority
+    }
+
+    async fn fetch(proxy: &Proxy, authority: &str, path: &str) -> (StatusCode, String) {
+        let response = proxy
+            .try_forward(Request::new(Body::empty()), authority, path, ())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_answer_was_read() {
+        let authority = backend().await;
+        let proxy = Proxy::new();
+        let (_, first) = fetch(&proxy, &authority, "/peer").await;
+        let (_, second) = fetch(&proxy, &authority, "/peer").await;
+        assert_eq!(
+            first, second,
+            "the second request went over the first connection"
+        );
+        // An empty answer is never polled to its end, and still gives its connection back.
+        assert_eq!(
+            fetch(&proxy, &authority, "/empty").await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(fetch(&proxy, &authority, "/peer").await.1, first);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_replaced() {
+        let authority = backend().await;
+        let proxy = Proxy::new();
+        let (_, closed) = fetch(&proxy, &authority, "/close").await;
+        let (status, next) = fetch(&proxy, &authority, "/peer").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(closed, next, "a new connection carried the next request");
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_halfway_closes_its_connection() {
+        let authority = backend().await;
+        let proxy = Proxy::new();
+        let (_, first) = fetch(&proxy, &authority, "/peer").await;
+        // The client went away before reading the answer: the connection may hold its rest.
+        drop(
+            proxy
+                .try_forward(Request::new(Body::empty()), &authority, "/peer", ())
+                .await
+                .unwrap(),
+        );
+        let (_, next) = fetch(&proxy, &authority, "/peer").await;
+        assert_ne!(first, next);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_backend_is_an_error_naming_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = Proxy::new()
+            .try_forward(Request::new(Body::empty()), &authority, "/", ())
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+        assert!(error.to_string().contains(&authority));
+    }
 
     #[test]
     fn hop_by_hop_and_cors_headers_are_removed() {
