@@ -10,7 +10,8 @@
 #   4. cargo test (e2e included: they fail, never skip, without the backend)
 #   5. the desktop build: clippy, then the app end to end over WebDriver under Xvfb
 #
-# Everything builds with --no-default-features: the headless engine, without Tauri.
+# The cargo steps build the headless engine (--no-default-features, without Tauri); step 5
+# builds the desktop app in its own target folder.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -71,6 +72,6 @@ else
     echo "skipping the desktop e2e test: needs xvfb, webkit2gtk-driver and dbus (apt-get install)"
 fi
 
-# Slot for the web UI (ui/: npm ci, type check, unit tests, build) once it exists.
+step "web UI (svelte-check, vitest, e2e in chromium)" bash scripts/test-ui.sh
 
 header "all steps passed in $((SECONDS - started))s"

@@ -757,6 +757,72 @@ async fn proxy_answers_502_when_the_backend_does_not_listen() {
 }
 
 #[tokio::test]
+async fn a_backend_page_opened_with_api_key_keeps_working_through_a_cookie() {
+    let dir = data_dir();
+    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+    let created = engine
+        .client
+        .post(engine.url("/api/v1/instances/page"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .json(&llama(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.registry.get("page").unwrap().health != Some(corral::supervisor::Health::Ready) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instance became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A browser tab opens the page's root (trailing slash) with the key in the query ...
+    let page = engine
+        .client
+        .get(engine.url(&format!(
+            "/api/v1/instances/page/proxy/?api_key={MANAGEMENT_KEY}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let echo: Value = page.json().await.unwrap();
+    assert!(echo["path"].as_str().unwrap().starts_with("/?"));
+    // ... and the page's own requests carry only the cookie.
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let follow = engine
+        .client
+        .get(engine.url("/api/v1/instances/page/proxy/props"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
+    // The cookie opens the proxied pages only, not the rest of the management API.
+    let elsewhere = engine
+        .client
+        .get(engine.url("/api/v1/instances"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 401);
+    let wrong = engine
+        .client
+        .get(engine.url("/api/v1/instances/page/proxy/props"))
+        .header("cookie", "corral_proxy_key=sk-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn management_routes_need_a_management_key_from_any_of_three_places() {
     let dir = data_dir();
     let engine = Engine::start(with_auth(test_config(dir.path()))).await;

@@ -104,9 +104,16 @@ async fn run() -> anyhow::Result<()> {
     if corral_url != per_instance {
         targets.push(("Corral /api/v1/instances/fast/proxy", per_instance));
     }
+    // Whose CPU each load run costs: nothing between wrk and the upstream for direct, nginx's
+    // master and workers, and this process (the engine runs in it) for Corral's paths.
+    let proxy_pids = |label: &str| match label {
+        "direct" => Vec::new(),
+        "nginx" => nginx.pids(),
+        _ => vec![std::process::id()],
+    };
 
     if wanted("load") {
-        proxy_overhead(&targets, tmp.path(), seconds).await?;
+        proxy_overhead(&targets, &proxy_pids, tmp.path(), seconds).await?;
     }
     if wanted("stream") {
         streaming_latency(&targets, corral_label).await?;
@@ -124,6 +131,7 @@ async fn run() -> anyhow::Result<()> {
 
 async fn proxy_overhead(
     targets: &[(&str, String)],
+    proxy_pids: &dyn Fn(&str) -> Vec<u32>,
     tmp: &Path,
     seconds: u64,
 ) -> anyhow::Result<()> {
@@ -131,23 +139,34 @@ async fn proxy_overhead(
     println!(
         "\nProxy overhead: fixed-answer upstream, wrk -t1, {seconds} s per run, POST {CHAT_BODY}"
     );
+    println!("(proxy CPU: user+system CPU time of the proxy's processes per answered request)");
     println!(
-        "{:<34} {:>5} {:>10} {:>10} {:>10} {:>7}",
-        "path", "conc", "req/s", "p50 ms", "p99 ms", "errors"
+        "{:<34} {:>5} {:>10} {:>10} {:>10} {:>14} {:>7}",
+        "path", "conc", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "errors"
     );
     let script = load::write_script(tmp, CHAT_BODY)?;
     for connections in [1u32, 32] {
         let mut results = Vec::new();
         for (label, url) in targets {
             load::run(url, &script, connections, Duration::from_secs(1)).await?;
+            let pids = proxy_pids(label);
+            let cpu_before = load::cpu_time(&pids);
             let r = load::run(url, &script, connections, run_for).await?;
+            let cpu = load::cpu_time(&pids).saturating_sub(cpu_before);
+            let requests = r.requests_per_s * run_for.as_secs_f64();
+            let cpu_per_request = if pids.is_empty() || requests < 1.0 {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", cpu.as_secs_f64() * 1e6 / requests)
+            };
             println!(
-                "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>7}",
+                "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>14} {:>7}",
                 label,
                 connections,
                 r.requests_per_s,
                 ms(r.p50),
                 ms(r.p99),
+                cpu_per_request,
                 r.errors
             );
             results.push(r);

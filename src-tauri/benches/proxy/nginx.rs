@@ -82,6 +82,35 @@ http {{
     }
 }
 
+impl Nginx {
+    /// The master and its workers (the children of the master).
+    pub fn pids(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let mut pids = vec![master];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let after = stat.rsplit_once(')')?.1.to_owned();
+                        after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    });
+                if parent == Some(master) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {

@@ -49,13 +49,21 @@ pub async fn require_inference(
     .await
 }
 
+/// The cookie that carries the management key for a backend's own web page opened through the
+/// per-instance proxy: a browser tab cannot add a header, and the page's own requests drop the
+/// `?api_key=` it was opened with.
+const PROXY_COOKIE: &str = "corral_proxy_key";
+
 async fn check(request: Request, next: Next, accepted: &[&Vec<String>]) -> Response {
     // Preflights carry no credentials by design; CORS answers them before this, other OPTIONS
     // requests pass as in llamactl.
     if request.method() == Method::OPTIONS {
         return next.run(request).await;
     }
-    let Some(key) = presented_key(&request) else {
+    let proxied = is_instance_proxy(request.uri().path());
+    let presented = presented_key(&request);
+    let from_cookie = presented.is_none() && proxied;
+    let Some(key) = presented.or_else(|| proxied.then(|| proxy_cookie(&request)).flatten()) else {
         return unauthorized(MISSING_KEY);
     };
     // Every key is compared, whatever matched, so timing tells nothing about which one is close.
@@ -65,11 +73,48 @@ async fn check(request: Request, next: Next, accepted: &[&Vec<String>]) -> Respo
         .fold(subtle::Choice::from(0), |found, candidate| {
             found | candidate.as_bytes().ct_eq(key.as_bytes())
         });
-    if bool::from(matched) {
-        next.run(request).await
-    } else {
-        unauthorized(INVALID_KEY)
+    if !bool::from(matched) {
+        return unauthorized(INVALID_KEY);
     }
+    // A page opened with `?api_key=` gets the key as a cookie for its own later requests.
+    let set_cookie = (proxied && !from_cookie && key_in_query(&request))
+        .then(|| {
+            HeaderValue::from_str(&format!(
+                "{PROXY_COOKIE}={key}; Path=/api/v1/instances/; HttpOnly; SameSite=Strict"
+            ))
+            .ok()
+        })
+        .flatten();
+    let mut response = next.run(request).await;
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// `/instances/<name>/proxy` and below (the path as the `/api/v1` router sees it).
+fn is_instance_proxy(path: &str) -> bool {
+    let mut segments = path.trim_start_matches('/').split('/');
+    segments.next() == Some("instances")
+        && segments.next().is_some_and(|name| !name.is_empty())
+        && segments.next() == Some("proxy")
+}
+
+fn key_in_query(request: &Request) -> bool {
+    Query::<HashMap<String, String>>::try_from_uri(request.uri())
+        .is_ok_and(|Query(query)| query.contains_key("api_key"))
+}
+
+fn proxy_cookie(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == PROXY_COOKIE)
+        .map(|(_, key)| key.to_owned())
 }
 
 /// The first key present: `Authorization: Bearer <key>`, `X-API-Key`, `?api_key=`.

@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             get(logs_stream::logs_stream),
         )
         .route("/instances/{name}/proxy", any(instances::proxy))
+        .route("/instances/{name}/proxy/", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/events", get(events::events))

@@ -214,23 +214,15 @@ pub async fn inference(
         Ok(raw) => raw,
         Err(e) => return e.into_response(),
     };
-    let value: Value = match serde_json::from_slice(&raw) {
-        Ok(value @ Value::Object(_)) => value,
-        Ok(_) | Err(_) => {
-            return OpenAiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_body",
-                "Invalid request body: expected a JSON object",
-            )
-            .into_response()
-        }
+    let Some(model) = requested_model(&raw) else {
+        return OpenAiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_body",
+            "Invalid request body: expected a JSON object",
+        )
+        .into_response();
     };
-    let Some(model) = value
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|model| !model.is_empty())
-        .map(str::to_owned)
-    else {
+    let Some(model) = model.filter(|model| !model.is_empty()) else {
         return OpenAiError::new(
             StatusCode::BAD_REQUEST,
             "model_required",
@@ -238,7 +230,34 @@ pub async fn inference(
         )
         .into_response();
     };
-    route(&api, &model, &path, parts.headers, value, Some(raw)).await
+    route(&api, &model, &path, parts.headers, Payload::Raw(raw)).await
+}
+
+/// The `model` a JSON object names (`Some(None)` when it names none or not as a string);
+/// `None` when `raw` is not a JSON object. Only `model` is kept: the rest of the body (long
+/// prompts, images) is checked and skipped, not built into a tree, since it goes on as it came.
+fn requested_model(raw: &[u8]) -> Option<Option<String>> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<Value>,
+    }
+    // serde also reads a struct from an array; only an object is a request.
+    if raw.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let named: Named = serde_json::from_slice(raw).ok()?;
+    Some(match named.model {
+        Some(Value::String(model)) => Some(model),
+        _ => None,
+    })
+}
+
+/// The body of an inference request on its way to a backend.
+enum Payload {
+    /// As the client sent it; parsed again only if the model name must be rewritten.
+    Raw(Bytes),
+    /// Built by a translating API (Ollama).
+    Json(Value),
 }
 
 /// Reads the whole body, refusing with 413 past `server.max_inference_body_bytes`.
@@ -280,18 +299,11 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: serde_json::Value,
 ) -> Response {
-    route(api, model, path, headers, body, None).await
+    route(api, model, path, headers, Payload::Json(body)).await
 }
 
 /// `dispatch`, forwarding `raw` unchanged when the backend takes the model name as sent.
-async fn route(
-    api: &Api,
-    model: &str,
-    path: &str,
-    headers: HeaderMap,
-    mut body: Value,
-    raw: Option<Bytes>,
-) -> Response {
+async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Payload) -> Response {
     let started = Instant::now();
     let lease = match api.registry.acquire(model).await {
         Ok(lease) => lease,
@@ -309,23 +321,31 @@ async fn route(
         }
     };
     lease.guard.count_request();
-    let bytes = match (&lease.backend_model, raw) {
-        (None, Some(raw)) => raw,
-        (backend_model, _) => {
-            if let (Some(backend_model), Some(object)) = (backend_model, body.as_object_mut()) {
-                object.insert("model".into(), Value::String(backend_model.clone()));
-            }
-            match serde_json::to_vec(&body) {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(e) => {
-                    return OpenAiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal_error",
-                        format!("cannot encode the request: {e}"),
-                    )
-                    .into_response()
+    let body = match (&lease.backend_model, body) {
+        (None, Payload::Raw(raw)) => Ok(raw),
+        (None, Payload::Json(value)) => serde_json::to_vec(&value).map(Bytes::from),
+        (Some(backend_model), body) => {
+            let value = match body {
+                Payload::Raw(raw) => serde_json::from_slice::<Value>(&raw),
+                Payload::Json(value) => Ok(value),
+            };
+            value.and_then(|mut value| {
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("model".into(), Value::String(backend_model.clone()));
                 }
-            }
+                serde_json::to_vec(&value).map(Bytes::from)
+            })
+        }
+    };
+    let bytes = match body {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return OpenAiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("cannot encode the request: {e}"),
+            )
+            .into_response()
         }
     };
     let mut request = Request::new(Body::from(bytes));
@@ -416,9 +436,7 @@ impl Tap for RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         if let TappedBody::Json(kept) = &self.body {
-            if let Ok(answer) = serde_json::from_slice::<Value>(kept) {
-                merge_usage(&mut self.tokens, &answer);
-            }
+            read_usage(&mut self.tokens, kept);
         }
         let elapsed = self.started.elapsed();
         if self.tokens.per_second.is_none() {
@@ -477,8 +495,74 @@ fn sse_usage(tokens: &mut TokenUsage, line: &[u8]) {
     if !mentions(b"usage") && !mentions(b"timings") {
         return;
     }
-    if let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) {
-        merge_usage(tokens, &event);
+    read_usage(tokens, data.trim_ascii());
+}
+
+/// The parts of an answer or stream event that carry token counts; the rest is skipped while
+/// parsing (an answer may hold a long text or an embedding), not built into a tree.
+#[derive(serde::Deserialize)]
+struct UsageEvent {
+    usage: Option<Usage>,
+    message: Option<UsageMessage>,
+    timings: Option<Timings>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageMessage {
+    usage: Option<Usage>,
+}
+
+#[derive(serde::Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Timings {
+    prompt_n: Option<u64>,
+    predicted_n: Option<u64>,
+    predicted_per_second: Option<f64>,
+}
+
+/// Takes the token counts from one JSON answer or event; see `merge_usage`.
+fn read_usage(tokens: &mut TokenUsage, json: &[u8]) {
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return;
+    }
+    match serde_json::from_slice::<UsageEvent>(json) {
+        Ok(event) => merge_usage_event(tokens, event),
+        // A backend with its own ideas of the fields' types: the slow, lenient way.
+        Err(_) => {
+            if let Ok(event) = serde_json::from_slice::<Value>(json) {
+                merge_usage(tokens, &event);
+            }
+        }
+    }
+}
+
+fn merge_usage_event(tokens: &mut TokenUsage, event: UsageEvent) {
+    let message_usage = event.message.and_then(|message| message.usage);
+    for usage in [event.usage, message_usage].into_iter().flatten() {
+        if let Some(prompt) = usage.prompt_tokens.or(usage.input_tokens) {
+            tokens.prompt = Some(prompt);
+        }
+        if let Some(completion) = usage.completion_tokens.or(usage.output_tokens) {
+            tokens.completion = Some(completion);
+        }
+    }
+    if let Some(timings) = event.timings {
+        if tokens.prompt.is_none() {
+            tokens.prompt = timings.prompt_n;
+        }
+        if tokens.completion.is_none() {
+            tokens.completion = timings.predicted_n;
+        }
+        if let Some(speed) = timings.predicted_per_second {
+            tokens.per_second = Some(speed);
+        }
     }
 }
 
@@ -519,6 +603,49 @@ fn merge_usage(tokens: &mut TokenUsage, event: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn usage_of(events: &[Value]) -> TokenUsage {
+        let mut tokens = TokenUsage::default();
+        for event in events {
+            read_usage(&mut tokens, &serde_json::to_vec(event).unwrap());
+        }
+        tokens
+    }
+
+    #[test]
+    fn usage_is_read_from_answer_bytes_in_every_shape() {
+        let tokens = usage_of(&[json!({"choices": [{"text": "long"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}})]);
+        assert_eq!((tokens.prompt, tokens.completion), (Some(7), Some(3)));
+        let tokens = usage_of(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+            json!({"usage": {"output_tokens": 9}}),
+        ]);
+        assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(9)));
+        let tokens = usage_of(&[json!({"usage": null,
+            "timings": {"prompt_n": 4, "predicted_n": 8, "predicted_per_second": 120.5}})]);
+        assert_eq!(
+            (tokens.prompt, tokens.completion, tokens.per_second),
+            (Some(4), Some(8), Some(120.5))
+        );
+        // A field of an unexpected type does not hide the others.
+        let tokens = usage_of(&[json!({"usage": {"prompt_tokens": 7, "completion_tokens": "3"}})]);
+        assert_eq!((tokens.prompt, tokens.completion), (Some(7), None));
+        assert_eq!(usage_of(&[json!([1, 2])]), TokenUsage::default());
+    }
+
+    #[test]
+    fn the_model_is_read_from_objects_only() {
+        let model = |raw: &str| requested_model(raw.as_bytes());
+        assert_eq!(
+            model(r#" {"messages": [{"content": "x"}], "model": "a\u00e9"}"#),
+            Some(Some("aé".to_owned()))
+        );
+        assert_eq!(model(r#"{"model": 3}"#), Some(None));
+        assert_eq!(model(r#"{"prompt": "x"}"#), Some(None));
+        assert_eq!(model(r#"["model"]"#), None);
+        assert_eq!(model(r#"{"model": "a""#), None);
+    }
 
     #[test]
     fn usage_is_read_from_openai_anthropic_and_llama_shapes() {

@@ -1,0 +1,391 @@
+// End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
+// `corral serve` running the real llama-server. Logs in, creates an instance through the form and
+// through import-from-command, watches it run, reads its live logs, stops and deletes it, and
+// saves a screenshot of every main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
+//
+//   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... node e2e/run.mjs
+//
+// E2E_UI_ORIGIN points the browser at another server of the same UI (e.g. `npm run dev`, which
+// proxies the API to this engine) instead of the engine's embedded copy; E2E_ENGINE_PORT then
+// fixes the engine's port so that server can proxy to it.
+
+import { spawn } from 'node:child_process';
+import { appendFile, mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '..', '..');
+// The README's screenshots are refreshed on request (CORRAL_UPDATE_SCREENSHOTS=1); a plain test
+// run takes them too, into a temp folder, so that it leaves the checkout as it found it.
+const shots = process.env.CORRAL_UPDATE_SCREENSHOTS
+  ? join(repo, 'docs', 'screenshots')
+  : mkdtempSync(join(tmpdir(), 'corral-shots-'));
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (scripts/test-ui.sh sets it)`);
+  if (!existsSync(value)) throw new Error(`${name}=${value} does not exist`);
+  return value;
+}
+
+const corralBin = required('CORRAL_BIN');
+const llamaServer = required('CORRAL_LLAMA_SERVER');
+const model = required('CORRAL_TEST_MODEL');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const KEY = 'e2e-management-key';
+/** Generous: two cores shared with other builds make everything slow now and then. */
+const SLOW = 90_000;
+
+const started = Date.now();
+let failures = 0;
+async function step(name, fn) {
+  const t0 = Date.now();
+  process.stdout.write(`- ${name} … `);
+  try {
+    await fn();
+    console.log(`ok (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
+  } catch (error) {
+    failures++;
+    console.log('FAILED');
+    throw error;
+  }
+}
+
+/** `corral serve` on a free port over a fresh data folder; resolves to its base URL. */
+async function startEngine(dir) {
+  const config = join(dir, 'config.yaml');
+  await writeFile(
+    config,
+    [
+      'backends:',
+      '  llama-cpp:',
+      `    command: ${llamaServer}`,
+      'instances:',
+      '  port_range: [39100, 39199]',
+      '  stop_grace_seconds: 5',
+      'auth:',
+      '  require_management_auth: true',
+      `  management_keys: [${KEY}]`,
+      '  require_inference_auth: true',
+      '',
+    ].join('\n'),
+  );
+  const child = spawn(corralBin, ['serve', '--port', process.env.E2E_ENGINE_PORT ?? '0', '--config', config, '--data-dir', join(dir, 'data')], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const log = [];
+  child.stderr.on('data', (chunk) => log.push(String(chunk)));
+  const base = await new Promise((resolveBase, reject) => {
+    const timer = setTimeout(() => reject(new Error(`corral did not start within 60 s:\n${log.join('')}`)), 60_000);
+    child.on('exit', (code) => reject(new Error(`corral exited (${code}) before listening:\n${log.join('')}`)));
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const at = line.split(' on http://')[1];
+      if (at) {
+        clearTimeout(timer);
+        resolveBase(`http://${at.trim()}`);
+      }
+    });
+  });
+  return { child, base, log };
+}
+
+async function shot(page, name) {
+  // Toasts about earlier steps would only clutter the picture.
+  for (const close of await page.getByRole('button', { name: 'Dismiss' }).all()) await close.click().catch(() => {});
+  await page.waitForTimeout(150); // let transitions settle
+  await page.screenshot({ path: join(shots, `${name}.png`) });
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'corral-ui-e2e-'));
+await mkdir(shots, { recursive: true });
+const engine = await startEngine(dir);
+const origin = process.env.E2E_UI_ORIGIN ?? engine.base;
+console.log(`corral at ${engine.base}; browser at ${origin}`);
+
+const context = await chromium.launchPersistentContext(join(dir, 'profile'), {
+  executablePath: chromiumPath,
+  headless: true,
+  args: ['--no-sandbox'],
+  viewport: { width: 1280, height: 800 },
+  colorScheme: 'light',
+});
+const page = context.pages()[0] ?? (await context.newPage());
+page.setDefaultTimeout(30_000);
+const consoleErrors = [];
+page.on('pageerror', (error) => consoleErrors.push(String(error)));
+
+const card = (name) => page.getByTestId(`instance-card-${name}`);
+const status = (name) => page.getByTestId(`instance-status-${name}`);
+async function waitStatus(name, value, timeout = SLOW) {
+  await page.waitForFunction(
+    ([n, v]) => document.querySelector(`[data-testid="instance-status-${n}"]`)?.textContent?.trim() === v,
+    [name, value],
+    { timeout },
+  );
+}
+
+async function getInstance(name) {
+  const response = await fetch(`${engine.base}/api/v1/instances/${name}`, { headers: { Authorization: `Bearer ${KEY}` } });
+  return response.json();
+}
+
+/** Polls `check` until it holds (busy machines make fixed sleeps flaky). */
+async function until(check, what, timeout = SLOW) {
+  const deadline = Date.now() + timeout;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** An inference request through /v1, so the logs and counters have something to show. */
+async function chat(name) {
+  const response = await fetch(`${engine.base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: name, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8 }),
+  });
+  const text = await response.text();
+  assert.equal(response.status, 200, `chat with ${name}: ${text}`);
+}
+
+try {
+  await step('the UI asks for the management key', async () => {
+    await page.goto(origin + '/');
+    await page.getByTestId('login-key').waitFor();
+    await shot(page, 'login');
+  });
+
+  await step('a wrong key is refused with a clear message', async () => {
+    await page.getByTestId('login-key').fill('not-the-key');
+    await page.getByTestId('login-submit').click();
+    await page.getByRole('alert').filter({ hasText: 'refused' }).waitFor();
+  });
+
+  await step('the right key opens the empty dashboard', async () => {
+    await page.getByTestId('login-key').fill(KEY);
+    await page.getByTestId('login-submit').click();
+    await page.getByText('Run your first model').waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.key')), KEY);
+  });
+
+  await step('the form shows the server\'s message at the field', async () => {
+    await page.getByTestId('new-instance').click();
+    await page.getByTestId('field-name').fill('tiny');
+    await page.getByTestId('field-model').fill(model);
+    await page.getByTestId('field-port').fill('99999');
+    await page.getByTestId('save-instance').click();
+    const error = page.locator('[data-field="port"] .error');
+    await error.waitFor();
+    assert.match(await error.textContent(), /out of range/);
+    assert.equal(await page.getByTestId('field-port').getAttribute('aria-invalid'), 'true');
+  });
+
+  await step('an instance created through the form becomes running', async () => {
+    await page.getByTestId('field-port').fill('');
+    await page.getByTestId('field-ctx_size').fill('512');
+    await shot(page, 'form');
+    await page.getByTestId('save-instance').click();
+    await card('tiny').waitFor();
+    await waitStatus('tiny', 'running');
+  });
+
+  await step('its live logs show new lines as they are written', async () => {
+    await page.getByTestId('logs-tiny').click();
+    const view = page.getByTestId('log-view');
+    await page.waitForFunction(() => (document.querySelector('[data-testid="log-view"]')?.textContent ?? '').length > 100, null, { timeout: SLOW });
+    const before = await view.textContent();
+    // llama-server logs each answered request's timings ("print_timing ... eval time").
+    assert.ok(!before.includes('print_timing'), 'no request logged yet');
+    await chat('tiny');
+    await page.waitForFunction(
+      () => (document.querySelector('[data-testid="log-view"]')?.textContent ?? '').includes('print_timing'),
+      null,
+      { timeout: SLOW },
+    );
+  });
+
+  await step('the log filter keeps only matching lines', async () => {
+    await page.getByLabel('Filter log lines').fill('eval time');
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('[data-testid="log-view"] .row')];
+      return rows.length > 0 && rows.length < 5 && rows.every((r) => r.textContent.includes('eval time'));
+    });
+    await page.getByLabel('Filter log lines').fill('');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="log-view"] .row').length > 5);
+    await shot(page, 'logs');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
+    assert.equal(download.suggestedFilename(), 'tiny.log');
+    const saved = await readFile(await download.path(), 'utf8');
+    assert.match(saved, /print_timing/, 'the downloaded log holds the lines on screen');
+  });
+
+  await step('import-from-command fills the form and the instance runs', async () => {
+    await page.getByTestId('nav-dashboard').click();
+    await page.getByTestId('new-instance').click();
+    await page.getByTestId('import-command').click();
+    await page.getByTestId('import-command-text').fill(`llama-server -m ${model} -c 256 --parallel 1 --jinja`);
+    await page.getByTestId('import-command-apply').click();
+    await page.waitForFunction((m) => document.querySelector('[data-testid="field-model"]')?.value === m, model);
+    assert.equal(await page.getByTestId('field-ctx_size').inputValue(), '256');
+    assert.equal(await page.getByTestId('field-jinja').isChecked(), true);
+    assert.notEqual(await page.getByTestId('field-name').inputValue(), '', 'a name is suggested from the model');
+    await page.getByTestId('field-name').fill('imported');
+    await page.getByTestId('save-instance').click();
+    await card('imported').waitFor();
+    await waitStatus('imported', 'running');
+  });
+
+  await step('the dashboard counts requests (light and dark screenshots)', async () => {
+    await chat('imported');
+    await chat('imported');
+    await page.waitForFunction(() => /Requests\s*2/.test(document.querySelector('[data-testid="instance-card-imported"]')?.textContent ?? ''), null, { timeout: SLOW });
+    await page.locator('body').click({ position: { x: 5, y: 300 } });
+    await shot(page, 'dashboard-light');
+    await page.keyboard.press('t');
+    await page.waitForFunction(() => document.documentElement.dataset.theme === 'dark');
+    await shot(page, 'dashboard-dark');
+    await page.keyboard.press('t');
+  });
+
+  await step('every screen fits 1024x640 and a 390px phone without sideways scrolling', async () => {
+    const screens = ['#/', '#/new', '#/logs/tiny', '#/system', '#/connect'];
+    for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
+      await page.setViewportSize(size);
+      for (const hash of screens) {
+        await page.evaluate((h) => (location.hash = h), hash);
+        await page.waitForTimeout(150);
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `${hash} at ${size.width}px scrolls sideways by ${overflow}px`);
+      }
+    }
+    await page.evaluate(() => (location.hash = '#/'));
+    await card('tiny').waitFor();
+    await shot(page, 'dashboard-phone');
+    await page.setViewportSize({ width: 1024, height: 640 });
+    await shot(page, 'dashboard-1024x640');
+    await page.setViewportSize({ width: 1280, height: 800 });
+  });
+
+  await step('restart brings the instance back; edit applies new options', async () => {
+    const pidBefore = (await getInstance('tiny')).pid;
+    await page.getByTestId('restart-tiny').click();
+    await until(async () => {
+      const now = await getInstance('tiny');
+      return now.status === 'running' && now.pid !== pidBefore;
+    }, 'tiny runs again in a new process');
+    await waitStatus('tiny', 'running');
+    await card('tiny').getByRole('link', { name: 'Edit' }).click();
+    const ctx = page.getByTestId('field-ctx_size');
+    await page.waitForFunction(() => document.querySelector('[data-testid="field-ctx_size"]')?.value === '512');
+    await ctx.fill('1024');
+    await page.getByTestId('save-instance').click();
+    await card('tiny').waitFor();
+    await waitStatus('tiny', 'running');
+    assert.equal((await getInstance('tiny')).options.backend_options.ctx_size, 1024);
+  });
+
+  await step("the llama.cpp page opens in a new tab at the instance's port", async () => {
+    const port = (await getInstance('tiny')).options.backend_options.port;
+    const [popup] = await Promise.all([context.waitForEvent('page'), card('tiny').getByRole('button', { name: /Open/ }).click()]);
+    await popup.waitForLoadState('domcontentloaded').catch(() => {});
+    assert.equal(new URL(popup.url()).port, String(port));
+    await popup.close();
+  });
+
+  await step('100k log lines load, scroll and filter quickly', async () => {
+    // Lines appended to the instance's log file are what the tail sends first.
+    const filler = Array.from({ length: 100_000 }, (_, i) => `filler line ${i} ${'x'.repeat(40)}`).join('\n') + '\n';
+    await appendFile(join(dir, 'data', 'logs', 'tiny.log'), filler);
+    await page.evaluate(() => (location.hash = '#/logs/tiny'));
+    const t0 = Date.now();
+    await page.getByLabel('Lines to load').selectOption('100000');
+    // The tail is capped at 100,000; the restarted backend may add a few live lines after it.
+    // "100,003 lines" unfiltered ("1 of 100,003" while a filter is on).
+    const lineCount = () => {
+      const text = document.querySelector('[aria-live="polite"].count')?.textContent?.trim() ?? '';
+      return Number(/^([\d,]+) lines$/.exec(text)?.[1].replace(/,/g, '') ?? 0);
+    };
+    await page.waitForFunction(`(${lineCount})() >= 100000`, null, { timeout: SLOW });
+    const loadMs = Date.now() - t0;
+    const rows = await page.locator('[data-testid="log-view"] .row').count();
+    assert.ok(rows < 200, `only the visible lines are in the page, not ${rows}`);
+    const t1 = Date.now();
+    await page.getByLabel('Filter log lines').fill('filler line 12345 ');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="log-view"] .row').length === 1);
+    const filterMs = Date.now() - t1;
+    await page.getByLabel('Filter log lines').fill('');
+    await page.waitForFunction(`(${lineCount})() >= 100000`);
+    const t2 = Date.now();
+    await page.getByTestId('log-view').evaluate((el) => (el.scrollTop = el.scrollHeight / 2));
+    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="log-view"] .row')].some((r) => r.textContent.includes('filler line 499')));
+    const scrollMs = Date.now() - t2;
+    console.log(`(100k lines: loaded in ${loadMs} ms, filtered in ${filterMs} ms, jumped to the middle in ${scrollMs} ms, ${rows} rows in the DOM) `);
+    assert.ok(filterMs < 3000, `filtering 100k lines took ${filterMs} ms`);
+    await page.getByLabel('Lines to load').selectOption('1000');
+  });
+
+  await step('system shows the engine and llama-server', async () => {
+    await page.getByTestId('nav-system').click();
+    await page.getByText('version:').first().waitFor({ timeout: SLOW });
+    await shot(page, 'system');
+  });
+
+  await step('connect shows the base URL and snippets', async () => {
+    await page.getByTestId('nav-connect').click();
+    assert.equal(await page.getByTestId('connect-base-url').textContent(), `${origin}/v1`);
+    await page.getByRole('tab', { name: 'Python' }).click();
+    await page.getByText('from openai import OpenAI').waitFor();
+    await shot(page, 'connect');
+  });
+
+  await step('stop, then delete with confirmation', async () => {
+    await page.getByTestId('nav-dashboard').click();
+    await page.getByTestId('stop-tiny').click();
+    await waitStatus('tiny', 'stopped');
+    await page.getByTestId('delete-tiny').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('tiny').waitFor({ state: 'detached' });
+    await page.getByTestId('delete-imported').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('imported').waitFor({ state: 'detached' });
+    await page.getByText('Run your first model').waitFor();
+    const left = await (await fetch(`${engine.base}/api/v1/instances`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    assert.deepEqual(left, []);
+  });
+
+  await step('a key that stops working brings the login back', async () => {
+    await page.evaluate(() => sessionStorage.setItem('corral.key', 'revoked'));
+    await page.reload();
+    await page.getByTestId('login-key').waitFor();
+    await page.getByText('refused this key').waitFor();
+  });
+
+  await step('the desktop window signs in with the key in the address, which then disappears', async () => {
+    await page.evaluate(() => sessionStorage.clear());
+    await page.goto('about:blank'); // a fresh load, as when the window opens
+    await page.goto(`${origin}/#key=${encodeURIComponent(KEY)}`);
+    await page.getByText('Run your first model').waitFor();
+    assert.equal(new URL(page.url()).hash, '#/');
+  });
+
+  assert.deepEqual(consoleErrors, [], 'no uncaught errors in the page');
+  console.log(`\nall e2e steps passed in ${((Date.now() - started) / 1000).toFixed(1)}s; screenshots in ${shots}`);
+} catch (error) {
+  console.error(error);
+  console.error('\n--- corral stderr (last lines) ---\n' + engine.log.join('').split('\n').slice(-30).join('\n'));
+  await page.screenshot({ path: join(dir, 'failure.png') }).catch(() => {});
+  console.error(`failure screenshot: ${join(dir, 'failure.png')}`);
+  process.exitCode = 1;
+} finally {
+  await context.close().catch(() => {});
+  engine.child.kill('SIGTERM');
+  await new Promise((r) => (engine.child.exitCode !== null ? r() : engine.child.on('exit', r)));
+  if (!process.exitCode) await rm(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,93 @@
+// The instances the UI shows, kept current by the engine's event stream (`/api/v1/events`):
+// a snapshot on every (re)connection, then one event per change. Engines without the stream get
+// a gentle poll instead.
+
+import { api, API } from './api';
+import { followStream, type StreamState } from './sse';
+import { toast } from './toasts.svelte';
+import type { Instance } from './types';
+
+export const instances = $state({
+  byName: {} as Record<string, Instance>,
+  /** True once the first snapshot (or list) arrived. */
+  loaded: false,
+  connection: 'connecting' as StreamState | 'polling',
+});
+
+export function sortedInstances(): Instance[] {
+  return Object.values(instances.byName).sort((a, b) => a.name.localeCompare(b.name));
+}
+
+export function upsert(instance: Instance): void {
+  instances.byName[instance.name] = instance;
+}
+
+export function forget(name: string): void {
+  delete instances.byName[name];
+}
+
+function replaceAll(list: Instance[]): void {
+  const next: Record<string, Instance> = {};
+  for (const instance of list) next[instance.name] = instance;
+  instances.byName = next;
+  instances.loaded = true;
+}
+
+/** Applies one event of the stream; returns false for events it does not know. */
+export function applyEvent(event: string, data: string): boolean {
+  switch (event) {
+    case 'snapshot':
+      replaceAll(JSON.parse(data) as Instance[]);
+      return true;
+    case 'instance': {
+      const next = JSON.parse(data) as Instance;
+      const before = instances.byName[next.name];
+      // A crash past its restarts is news wherever the user is looking.
+      if (before && before.status !== 'failed' && next.status === 'failed') {
+        toast(`${next.name} failed${next.error ? `: ${next.error}` : ''}`, 'error');
+      }
+      upsert(next);
+      return true;
+    }
+    case 'deleted':
+      forget((JSON.parse(data) as { name: string }).name);
+      return true;
+    default:
+      return false;
+  }
+}
+
+const POLL_MS = 2000;
+
+/** Follows the engine until the returned function is called. */
+export function followInstances(): () => void {
+  let pollTimer: ReturnType<typeof setInterval> | undefined;
+  const poll = async () => {
+    try {
+      replaceAll(await api.list());
+    } catch {
+      // The next tick tries again; a 401 has already brought up the login.
+    }
+  };
+  const stream = followStream(`${API}/events`, {
+    onEvent: (event) => {
+      try {
+        applyEvent(event.event, event.data);
+      } catch (error) {
+        console.warn('ignored a malformed event', event, error);
+      }
+    },
+    onState: (state) => {
+      instances.connection = state;
+      if (state === 'unsupported' && pollTimer === undefined) {
+        instances.connection = 'polling';
+        void poll();
+        pollTimer = setInterval(poll, POLL_MS);
+      }
+    },
+  });
+  return () => {
+    stream.close();
+    clearInterval(pollTimer);
+  };
+}
