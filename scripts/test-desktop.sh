@@ -37,6 +37,9 @@ if [[ -z ${CORRAL_LLAMA_SERVER:-} || -z ${CORRAL_TEST_MODEL:-} ]]; then
     export CORRAL_LLAMA_SERVER CORRAL_TEST_MODEL
 fi
 
+# The window shows the web UI embedded in the binary: build it first (a no-op when fresh).
+bash scripts/build-ui.sh
+
 # Built outside the display first, so that xvfb-run only wraps the run itself.
 cargo test -p corral --test desktop --no-run
 # A private D-Bus session: single instance (a second launch focuses the first) goes through it.

@@ -309,54 +309,37 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
         http: reqwest::Client::new(),
     };
     let index = api.http.get(format!("{}/", api.base)).send().await.unwrap();
-    let ui_served = index.status().is_success()
-        && index
-            .headers()
-            .get("content-type")
-            .is_some_and(|value| value.to_str().unwrap_or("").starts_with("text/html"));
+    assert!(
+        index.status().is_success(),
+        "the binary carries no web UI ({}): scripts/test-desktop.sh builds it first",
+        index.status()
+    );
 
+    // The dashboard shows without a login, with the key taken from the fragment.
     let name = format!("desk{}", std::process::id());
-    if ui_served {
-        // The dashboard shows without a login, with the key taken from the fragment.
-        desktop.element("nav-dashboard").await;
-        assert!(
-            !desktop.has("login-key").await,
-            "the window asked for a key"
-        );
-        let stored = desktop
-            .client
-            .execute("return sessionStorage.getItem('corral.key')", vec![])
-            .await
-            .unwrap();
-        assert_eq!(stored, json!(key));
-        let url = desktop.client.current_url().await.unwrap();
-        assert!(
-            !url.as_str().contains(&key),
-            "the key stays in the address: {url}"
-        );
-        create_from_the_ui(&desktop, &name, &model).await;
-        let status = desktop.element(&format!("instance-status-{name}")).await;
-        poll("the instance shows running", STARTUP, async || {
-            let text = status.text().await.ok()?;
-            text.to_lowercase().contains("running").then_some(())
-        })
-        .await;
-    } else {
-        // No web UI in this build yet: the key must still reach the page, in the fragment.
-        eprintln!("no web UI served at /: checking the key handoff in the URL only");
-        assert_eq!(opened.fragment(), Some(format!("key={key}").as_str()));
-        let (status, body) = api
-            .call(
-                reqwest::Method::POST,
-                &format!("/instances/{name}"),
-                Some(json!({
-                    "backend_type": "llama_cpp",
-                    "backend_options": {"model": model, "ctx_size": 256, "gpu_layers": 0},
-                })),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
+    desktop.element("nav-dashboard").await;
+    assert!(
+        !desktop.has("login-key").await,
+        "the window asked for a key"
+    );
+    let stored = desktop
+        .client
+        .execute("return sessionStorage.getItem('corral.key')", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, json!(key));
+    let url = desktop.client.current_url().await.unwrap();
+    assert!(
+        !url.as_str().contains(&key),
+        "the key stays in the address: {url}"
+    );
+    create_from_the_ui(&desktop, &name, &model).await;
+    let status = desktop.element(&format!("instance-status-{name}")).await;
+    poll("the instance shows running", STARTUP, async || {
+        let text = status.text().await.ok()?;
+        text.to_lowercase().contains("running").then_some(())
+    })
+    .await;
     let running = poll("the backend is ready", STARTUP, async || {
         let instance = api.get(&format!("/instances/{name}")).await;
         (instance["status"] == "running" && instance["health"] == "ready").then_some(instance)
@@ -364,15 +347,13 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
     .await;
     let backend = u32::try_from(running["pid"].as_u64().unwrap()).unwrap();
     assert!(alive(backend));
-    if ui_served {
-        // The card catches up with the ready backend (the window paints live updates).
-        let card = desktop.element(&format!("instance-card-{name}")).await;
-        poll("the card shows the ready instance", STARTUP, async || {
-            let text = card.text().await.ok()?;
-            (!text.contains("starting")).then_some(())
-        })
-        .await;
-    }
+    // The card catches up with the ready backend (the window paints live updates).
+    let card = desktop.element(&format!("instance-card-{name}")).await;
+    poll("the card shows the ready instance", STARTUP, async || {
+        let text = card.text().await.ok()?;
+        (!text.contains("starting")).then_some(())
+    })
+    .await;
     screenshot(&desktop).await;
 
     // A second launch hands over to the running app and exits; the running app's backend is
@@ -428,17 +409,15 @@ async fn the_app_opens_authorised_runs_an_instance_and_quits_without_leftovers()
         .await;
     assert_eq!(status, 204, "{body}");
 
-    if ui_served {
-        // The dashboard stays live while the app runs: still connected, still showing it.
-        let status = desktop.element(&format!("instance-status-{name}")).await;
-        assert_eq!(status.text().await.unwrap().trim(), "running");
-        let body = desktop.client.find(Locator::Css("body")).await.unwrap();
-        let text = body.text().await.unwrap();
-        assert!(
-            !text.contains("Connecting"),
-            "the dashboard lost its event stream:\n{text}"
-        );
-    }
+    // The dashboard stays live while the app runs: still connected, still showing it.
+    let status = desktop.element(&format!("instance-status-{name}")).await;
+    assert_eq!(status.text().await.unwrap().trim(), "running");
+    let body = desktop.client.find(Locator::Css("body")).await.unwrap();
+    let text = body.text().await.unwrap();
+    assert!(
+        !text.contains("Connecting"),
+        "the dashboard lost its event stream:\n{text}"
+    );
 
     // Quit the app as the system does at logout: SIGTERM. Every backend stops gracefully
     // (the log shows the supervisor's stop marker) and none is left behind.
