@@ -119,13 +119,17 @@ async fn a_running_instance_reports_its_cpu_and_memory_and_a_stopped_one_null() 
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(test_config(dir.path())).await;
     engine.create("busy", llama(json!({}))).await;
-    let ready = engine.wait_ready("busy").await;
+    engine.wait_ready("busy").await;
+    // The fake backend is a Python process: several MiB resident. Samples are up to a second
+    // old by design, and one taken while the process was still starting shows far less.
+    let ready = engine
+        .wait_for("busy", "measured at its running size", |instance| {
+            instance["resources"]["rss_bytes"]
+                .as_u64()
+                .is_some_and(|rss| rss > 1 << 20)
+        })
+        .await;
     let resources = &ready["resources"];
-    // The fake backend is a Python process: several MiB resident.
-    assert!(
-        resources["rss_bytes"].as_u64().unwrap() > 1 << 20,
-        "{ready}"
-    );
     assert!(resources["cpu_percent"].is_number(), "{ready}");
     assert!(resources.get("vram_bytes").is_some());
     let listed: Value = engine.get("/api/v1/instances").await.json().await.unwrap();
