@@ -2,7 +2,7 @@
 // (a 401 also brings up the login).
 
 import { auth, authHeaders, requireLogin } from './auth.svelte';
-import type { Instance, Schema, SystemReport } from './types';
+import type { DesktopFolder, DesktopSettings, Instance, Schema, SystemReport } from './types';
 
 export const API = '/api/v1';
 
@@ -109,6 +109,10 @@ export const api = {
   version: () => text('/version'),
   serverVersion: () => text('/server/version'),
   serverDevices: () => text('/server/devices'),
+  desktopSettings: () => json<DesktopSettings>('/desktop/settings'),
+  updateDesktopSettings: (change: Partial<DesktopSettings>) =>
+    json<DesktopSettings>('/desktop/settings', { method: 'PUT', ...body(change) }),
+  openFolder: (folder: DesktopFolder) => json<void>('/desktop/open', { method: 'POST', ...body({ folder }) }),
   logsStreamPath: (name: string, lines: number) =>
     `${API}${instancePath(name)}/logs/stream?lines=${lines}`,
   proxyPath: (name: string) => `${API}${instancePath(name)}/proxy/`,

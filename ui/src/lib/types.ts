@@ -94,3 +94,12 @@ export interface Accelerator {
   id?: string;
   cores?: number | null;
 }
+
+/** The desktop app's own settings (`/desktop/settings`; a headless engine has none). */
+export interface DesktopSettings {
+  close_to_tray: boolean;
+  start_at_login: boolean;
+}
+
+/** A folder the desktop app can show in the file manager. */
+export type DesktopFolder = 'data' | 'logs';
