@@ -1,6 +1,10 @@
 //! The `corral` command: `corral` opens the desktop app (when built with it and a display is
 //! there), `corral serve` runs the engine headless.
 
+// See Cargo.toml: cheaper per-request allocations for the proxy.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 

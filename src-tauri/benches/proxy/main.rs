@@ -13,6 +13,10 @@ mod on_demand;
 mod streaming;
 mod upstream;
 
+// The engine runs in this process: the same allocator as the `corral` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -112,8 +116,15 @@ async fn run() -> anyhow::Result<()> {
         _ => vec![std::process::id()],
     };
 
+    // The upstream's own cost per request: what serving one request with hyper and axum takes,
+    // the floor of a proxy built on them (a proxy serves the request and sends it on).
+    let upstream_pid = created["pid"]
+        .as_u64()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .context("the instance has no pid")?;
+
     if wanted("load") {
-        proxy_overhead(&targets, &proxy_pids, tmp.path(), seconds).await?;
+        proxy_overhead(&targets, &proxy_pids, upstream_pid, tmp.path(), seconds).await?;
     }
     if wanted("stream") {
         streaming_latency(&targets, corral_label).await?;
@@ -132,6 +143,7 @@ async fn run() -> anyhow::Result<()> {
 async fn proxy_overhead(
     targets: &[(&str, String)],
     proxy_pids: &dyn Fn(&str) -> Vec<u32>,
+    upstream_pid: u32,
     tmp: &Path,
     seconds: u64,
 ) -> anyhow::Result<()> {
@@ -139,10 +151,10 @@ async fn proxy_overhead(
     println!(
         "\nProxy overhead: fixed-answer upstream, wrk -t1, {seconds} s per run, POST {CHAT_BODY}"
     );
-    println!("(proxy CPU: user+system CPU time of the proxy's processes per answered request)");
+    println!("(CPU µs: user+system CPU time of the proxy's processes, and of the upstream, per answered request)");
     println!(
-        "{:<34} {:>5} {:>10} {:>10} {:>10} {:>14} {:>7}",
-        "path", "conc", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "errors"
+        "{:<34} {:>5} {:>10} {:>10} {:>10} {:>14} {:>14} {:>7}",
+        "path", "conc", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "upstream CPU µs", "errors"
     );
     let script = load::write_script(tmp, CHAT_BODY)?;
     for connections in [1u32, 32] {
@@ -151,22 +163,27 @@ async fn proxy_overhead(
             load::run(url, &script, connections, Duration::from_secs(1)).await?;
             let pids = proxy_pids(label);
             let cpu_before = load::cpu_time(&pids);
+            let upstream_before = load::cpu_time(&[upstream_pid]);
             let r = load::run(url, &script, connections, run_for).await?;
             let cpu = load::cpu_time(&pids).saturating_sub(cpu_before);
+            let upstream_cpu = load::cpu_time(&[upstream_pid]).saturating_sub(upstream_before);
             let requests = r.requests_per_s * run_for.as_secs_f64();
-            let cpu_per_request = if pids.is_empty() || requests < 1.0 {
-                "-".to_owned()
-            } else {
-                format!("{:.1}", cpu.as_secs_f64() * 1e6 / requests)
+            let per_request = |cpu: Duration, measured: bool| {
+                if !measured || requests < 1.0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.1}", cpu.as_secs_f64() * 1e6 / requests)
+                }
             };
             println!(
-                "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>14} {:>7}",
+                "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>14} {:>14} {:>7}",
                 label,
                 connections,
                 r.requests_per_s,
                 ms(r.p50),
                 ms(r.p99),
-                cpu_per_request,
+                per_request(cpu, !pids.is_empty()),
+                per_request(upstream_cpu, true),
                 r.errors
             );
             results.push(r);
