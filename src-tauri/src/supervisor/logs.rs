@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
@@ -38,7 +38,9 @@ pub(super) struct LogSink {
     /// Every line written, as it is written, for followers of the log. Lives as long as the
     /// instance, so a follower sees the lines of every start. Sent under `state`'s lock, so the
     /// order is the file's.
-    live: broadcast::Sender<Arc<str>>,
+    /// Made on the first follow: a channel preallocates its `LIVE_LINES` slots (~200 KiB),
+    /// which most instances, never followed, would carry for nothing.
+    live: OnceLock<broadcast::Sender<Arc<str>>>,
 }
 
 /// A follower of the log: the file's last lines up to the moment it subscribed, and every line
@@ -72,7 +74,7 @@ impl LogSink {
                 ring: VecDeque::new(),
                 reported_error: false,
             }),
-            live: broadcast::channel(LIVE_LINES).0,
+            live: OnceLock::new(),
         }
     }
 
@@ -84,7 +86,10 @@ impl LogSink {
         // a rotation renames it meanwhile.
         let (live, opened) = {
             let _state = self.lock();
-            let live = self.live.subscribe();
+            let live = self
+                .live
+                .get_or_init(|| broadcast::channel(LIVE_LINES).0)
+                .subscribe();
             let opened = match File::open(&self.path) {
                 Ok(file) => {
                     let end = file.metadata()?.len();
@@ -175,11 +180,11 @@ impl LogSink {
 
     fn write(&self, state: &mut LogState, bytes: &[u8]) {
         // Nothing is built for followers when there are none.
-        if self.live.receiver_count() > 0 {
+        if let Some(live) = self.live.get().filter(|live| live.receiver_count() > 0) {
             let text = String::from_utf8_lossy(bytes);
             for line in text.strip_suffix('\n').unwrap_or(&text).split('\n') {
                 // An error only means the last follower just left.
-                let _ = self.live.send(Arc::from(line));
+                let _ = live.send(Arc::from(line));
             }
         }
         if let Err(err) = self.try_write(state, bytes) {
