@@ -1,43 +1,105 @@
 //! The Host-header check against DNS rebinding: while Corral listens on loopback, a request must
 //! name it as `localhost`, `127.0.0.1`, `[::1]` or one of `server.allowed_hosts`.
 
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use tower::{Layer, Service};
+use tower_http::cors::{self, Cors, CorsLayer};
 
 use super::error::ApiError;
 use crate::config::Config;
 
-pub async fn check_host(
-    State(config): State<Arc<Config>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The Host check's verdict: `Err` is the 403 to answer instead of the request.
+pub fn check(config: &Config, request: &Request) -> Result<(), ApiError> {
     if !config.server.host.is_loopback() {
-        return next.run(request).await;
+        return Ok(());
     }
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().host().map(str::to_owned));
+        .or_else(|| request.uri().host());
     match host {
         // Browsers always send Host, so a request without one is no rebinding attack.
-        None => next.run(request).await,
-        Some(host) if is_allowed(&config, &host) => next.run(request).await,
-        Some(host) => ApiError::new(
+        None => Ok(()),
+        Some(host) if is_allowed(config, host) => Ok(()),
+        Some(host) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "host_not_allowed",
             format!(
                 "the Host header '{host}' is not accepted while Corral listens on {}: use localhost or add the name to server.allowed_hosts",
                 config.server.host
             ),
-        )
-        .into_response(),
+        )),
+    }
+}
+
+/// What every request passes first: the Host check, then CORS for requests that carry an
+/// `Origin` (only browsers making cross-origin calls do). One plain service rather than two
+/// middleware layers: each boxed layer cost about 1.5 µs of CPU per proxied request.
+#[derive(Clone)]
+pub struct EdgeLayer {
+    config: Arc<Config>,
+    cors: CorsLayer,
+}
+
+impl EdgeLayer {
+    pub fn new(config: Arc<Config>, cors: CorsLayer) -> Self {
+        Self { config, cors }
+    }
+}
+
+impl<S: Clone> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            config: Arc::clone(&self.config),
+            cors: self.cors.layer(inner.clone()),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge<S> {
+    config: Arc<Config>,
+    cors: Cors<S>,
+    inner: S,
+}
+
+type EdgeFuture<F> =
+    Either<Ready<Result<Response, Infallible>>, Either<cors::ResponseFuture<F>, F>>;
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // `cors` wraps a clone of `inner`: both are the same (always ready) axum route.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if let Err(refused) = check(&self.config, &request) {
+            return Either::Left(ready(Ok(refused.into_response())));
+        }
+        if request.headers().contains_key(header::ORIGIN) {
+            Either::Right(Either::Left(self.cors.call(request)))
+        } else {
+            Either::Right(Either::Right(self.inner.call(request)))
+        }
     }
 }
 

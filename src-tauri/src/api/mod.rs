@@ -133,8 +133,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", inference)
         .merge(ollama)
         .fallback(ui::serve)
-        .layer(cors(&config))
-        .layer(from_fn_with_state(config, host::check_host))
+        .layer(host::EdgeLayer::new(Arc::clone(&config), cors(&config)))
 }
 
 async fn unknown_route() -> ApiError {
