@@ -498,52 +498,76 @@ fn sse_usage(tokens: &mut TokenUsage, line: &[u8]) {
     read_usage(tokens, data.trim_ascii());
 }
 
-/// The parts of an answer or stream event that carry token counts; the rest is skipped while
-/// parsing (an answer may hold a long text or an embedding), not built into a tree.
+/// The parts of an answer or stream event that carry token counts: OpenAI's `usage`,
+/// Anthropic's `usage` (also inside `message`), llama-server's `timings`. The rest is skipped
+/// while parsing (an answer may hold a long text or an embedding), not built into a tree; a field
+/// of another type than expected reads as absent and hides nothing else.
 #[derive(serde::Deserialize)]
 struct UsageEvent {
+    #[serde(default, deserialize_with = "lenient")]
     usage: Option<Usage>,
+    #[serde(default, deserialize_with = "lenient")]
     message: Option<UsageMessage>,
+    #[serde(default, deserialize_with = "lenient")]
     timings: Option<Timings>,
 }
 
 #[derive(serde::Deserialize)]
 struct UsageMessage {
+    #[serde(default, deserialize_with = "lenient")]
     usage: Option<Usage>,
 }
 
 #[derive(serde::Deserialize)]
 struct Usage {
+    #[serde(default, deserialize_with = "lenient")]
     prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     output_tokens: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
 struct Timings {
+    #[serde(default, deserialize_with = "lenient")]
     prompt_n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     predicted_n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     predicted_per_second: Option<f64>,
 }
 
-/// Takes the token counts from one JSON answer or event; see `merge_usage`.
+/// `T` when the value is one, else `None` (null, or a backend's own idea of the field's type).
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Maybe<T> {
+        Is(T),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(
+        match <Maybe<T> as serde::Deserialize>::deserialize(deserializer)? {
+            Maybe::Is(value) => Some(value),
+            Maybe::Other(_) => None,
+        },
+    )
+}
+
+/// Takes the token counts from one JSON answer or stream event. Later events win.
 fn read_usage(tokens: &mut TokenUsage, json: &[u8]) {
     if json.trim_ascii_start().first() != Some(&b'{') {
         return;
     }
-    match serde_json::from_slice::<UsageEvent>(json) {
-        Ok(event) => merge_usage_event(tokens, event),
-        // A backend with its own ideas of the fields' types: the slow, lenient way.
-        Err(_) => {
-            if let Ok(event) = serde_json::from_slice::<Value>(json) {
-                merge_usage(tokens, &event);
-            }
-        }
-    }
-}
-
-fn merge_usage_event(tokens: &mut TokenUsage, event: UsageEvent) {
+    let Ok(event) = serde_json::from_slice::<UsageEvent>(json) else {
+        return;
+    };
     let message_usage = event.message.and_then(|message| message.usage);
     for usage in [event.usage, message_usage].into_iter().flatten() {
         if let Some(prompt) = usage.prompt_tokens.or(usage.input_tokens) {
@@ -561,38 +585,6 @@ fn merge_usage_event(tokens: &mut TokenUsage, event: UsageEvent) {
             tokens.completion = timings.predicted_n;
         }
         if let Some(speed) = timings.predicted_per_second {
-            tokens.per_second = Some(speed);
-        }
-    }
-}
-
-/// Takes the token counts an answer or a stream event reports: OpenAI's `usage`, Anthropic's
-/// `usage` (also inside `message`), llama-server's `timings`. Later events win.
-fn merge_usage(tokens: &mut TokenUsage, event: &Value) {
-    let number = |value: &Value, key: &str| value.get(key).and_then(Value::as_u64);
-    for usage in [event.get("usage"), event.pointer("/message/usage")]
-        .into_iter()
-        .flatten()
-    {
-        if let Some(prompt) =
-            number(usage, "prompt_tokens").or_else(|| number(usage, "input_tokens"))
-        {
-            tokens.prompt = Some(prompt);
-        }
-        if let Some(completion) =
-            number(usage, "completion_tokens").or_else(|| number(usage, "output_tokens"))
-        {
-            tokens.completion = Some(completion);
-        }
-    }
-    if let Some(timings) = event.get("timings") {
-        if tokens.prompt.is_none() {
-            tokens.prompt = number(timings, "prompt_n");
-        }
-        if tokens.completion.is_none() {
-            tokens.completion = number(timings, "predicted_n");
-        }
-        if let Some(speed) = timings.get("predicted_per_second").and_then(Value::as_f64) {
             tokens.per_second = Some(speed);
         }
     }
@@ -645,32 +637,6 @@ mod tests {
         assert_eq!(model(r#"{"prompt": "x"}"#), Some(None));
         assert_eq!(model(r#"["model"]"#), None);
         assert_eq!(model(r#"{"model": "a""#), None);
-    }
-
-    #[test]
-    fn usage_is_read_from_openai_anthropic_and_llama_shapes() {
-        let mut tokens = TokenUsage::default();
-        merge_usage(
-            &mut tokens,
-            &json!({"usage": {"prompt_tokens": 7, "completion_tokens": 3}}),
-        );
-        assert_eq!((tokens.prompt, tokens.completion), (Some(7), Some(3)));
-
-        let mut tokens = TokenUsage::default();
-        merge_usage(
-            &mut tokens,
-            &json!({"message": {"usage": {"input_tokens": 5}}}),
-        );
-        merge_usage(&mut tokens, &json!({"usage": {"output_tokens": 9}}));
-        assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(9)));
-
-        let mut tokens = TokenUsage::default();
-        merge_usage(
-            &mut tokens,
-            &json!({"timings": {"prompt_n": 4, "predicted_n": 8, "predicted_per_second": 120.5}}),
-        );
-        assert_eq!(tokens.per_second, Some(120.5));
-        assert_eq!(tokens.completion, Some(8));
     }
 }
 
