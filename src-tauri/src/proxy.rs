@@ -258,16 +258,14 @@ impl Conn {
         request: Request,
     ) -> Result<hyper::Response<Incoming>, (String, Option<Request>)> {
         let mut answer = std::pin::pin!(self.sender.try_send_request(request));
-        let io = &mut self.io;
-        let closed = &mut self.closed;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = answer.as_mut().poll(cx) {
                 return Poll::Ready(
                     result.map_err(|mut e| (e.error().to_string(), e.take_message())),
                 );
             }
-            if !*closed && io.as_mut().poll(cx).is_ready() {
-                *closed = true;
+            self.drive(cx);
+            if self.closed {
                 // The dispatcher is gone, so the answer resolves (with an error) right away.
                 return answer
                     .as_mut()
