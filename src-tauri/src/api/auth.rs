@@ -61,9 +61,7 @@ async fn check(request: Request, next: Next, accepted: &[&Vec<String>]) -> Respo
         return next.run(request).await;
     }
     let proxied = is_instance_proxy(request.uri().path());
-    let presented = presented_key(&request);
-    let from_cookie = presented.is_none() && proxied;
-    let Some(key) = presented.or_else(|| proxied.then(|| proxy_cookie(&request)).flatten()) else {
+    let Some((key, source)) = presented_key(&request, proxied) else {
         return unauthorized(MISSING_KEY);
     };
     // Every key is compared, whatever matched, so timing tells nothing about which one is close.
@@ -77,7 +75,7 @@ async fn check(request: Request, next: Next, accepted: &[&Vec<String>]) -> Respo
         return unauthorized(INVALID_KEY);
     }
     // A page opened with `?api_key=` gets the key as a cookie for its own later requests.
-    let set_cookie = (proxied && !from_cookie && key_in_query(&request))
+    let set_cookie = (proxied && source == KeySource::Query)
         .then(|| {
             HeaderValue::from_str(&format!(
                 "{PROXY_COOKIE}={key}; Path=/api/v1/instances/; HttpOnly; SameSite=Strict"
@@ -100,11 +98,6 @@ fn is_instance_proxy(path: &str) -> bool {
         && segments.next() == Some("proxy")
 }
 
-fn key_in_query(request: &Request) -> bool {
-    Query::<HashMap<String, String>>::try_from_uri(request.uri())
-        .is_ok_and(|Query(query)| query.contains_key("api_key"))
-}
-
 fn proxy_cookie(request: &Request) -> Option<String> {
     request
         .headers()
@@ -117,25 +110,41 @@ fn proxy_cookie(request: &Request) -> Option<String> {
         .map(|(_, key)| key.to_owned())
 }
 
-/// The first key present: `Authorization: Bearer <key>`, `X-API-Key`, `?api_key=`.
-fn presented_key(request: &Request) -> Option<String> {
+/// Where a request's key came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeySource {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// The first key present: `Authorization: Bearer <key>`, `X-API-Key`, `?api_key=`, and for a
+/// per-instance proxy path the proxy cookie.
+fn presented_key(request: &Request, proxied: bool) -> Option<(String, KeySource)> {
     let headers = request.headers();
     if let Some(key) = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
     {
-        return Some(key.to_owned());
+        return Some((key.to_owned(), KeySource::Header));
     }
     if let Some(key) = headers
         .get("x-api-key")
         .and_then(|value| value.to_str().ok())
     {
-        return Some(key.to_owned());
+        return Some((key.to_owned(), KeySource::Header));
     }
-    Query::<HashMap<String, String>>::try_from_uri(request.uri())
+    if let Some(key) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
         .ok()
         .and_then(|Query(mut query)| query.remove("api_key"))
+    {
+        return Some((key, KeySource::Query));
+    }
+    proxied
+        .then(|| proxy_cookie(request))
+        .flatten()
+        .map(|key| (key, KeySource::Cookie))
 }
 
 fn unauthorized(body: &'static str) -> Response {
