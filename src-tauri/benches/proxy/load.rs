@@ -118,16 +118,28 @@ pub fn cpu_time(pids: &[u32]) -> Duration {
     let ticks_per_second = 100.0;
     let ticks: u64 = pids
         .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) close with ')'.
-            let after = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            // utime and stime are the 14th and 15th fields; `after` starts at the 3rd.
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
+        .filter_map(|&pid| {
+            let fields = stat_fields(pid)?;
+            // utime and stime are the 14th and 15th fields.
+            let utime: u64 = fields.get(13)?.parse().ok()?;
+            let stime: u64 = fields.get(14)?.parse().ok()?;
             Some(utime + stime)
         })
         .sum();
     Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
+
+/// The fields of `/proc/<pid>/stat` from the 3rd on, numbered as in proc(5) (index 2 is the
+/// state); `None` when the process is gone.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (2nd field) may hold spaces and parentheses; the last ')' closes it.
+    let after = stat.rsplit_once(')')?.1;
+    Some(
+        ["", ""]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(after.split_whitespace().map(str::to_owned))
+            .collect(),
+    )
 }

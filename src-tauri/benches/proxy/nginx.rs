@@ -96,12 +96,9 @@ impl Nginx {
                 else {
                     continue;
                 };
-                let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|stat| {
-                        let after = stat.rsplit_once(')')?.1.to_owned();
-                        after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                    });
+                // The parent is the 4th field.
+                let parent = crate::load::stat_fields(pid)
+                    .and_then(|fields| fields.get(3)?.parse::<u32>().ok());
                 if parent == Some(master) {
                     pids.push(pid);
                 }
