@@ -24,13 +24,13 @@ use crate::api::error::ApiError;
 use crate::instances::InFlight;
 
 /// How long dialling a backend may take before the request fails with 502.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle connections older than this are not reused (backends close theirs after ~5 s).
-const MAX_IDLE: Duration = Duration::from_secs(4);
+pub(crate) const MAX_IDLE: Duration = Duration::from_secs(4);
 
 /// Idle connections kept per backend; more concurrent requests open more, then close them.
-const MAX_IDLE_PER_BACKEND: usize = 64;
+pub(crate) const MAX_IDLE_PER_BACKEND: usize = 64;
 
 /// How long a pooled connection may take to become ready before a new one is opened instead.
 const REUSE_CHECK: Duration = Duration::from_millis(100);

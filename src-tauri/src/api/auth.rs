@@ -64,14 +64,7 @@ async fn check(request: Request, next: Next, accepted: &[&Vec<String>]) -> Respo
     let Some((key, source)) = presented_key(&request, proxied) else {
         return unauthorized(MISSING_KEY);
     };
-    // Every key is compared, whatever matched, so timing tells nothing about which one is close.
-    let matched = accepted
-        .iter()
-        .flat_map(|keys| keys.iter())
-        .fold(subtle::Choice::from(0), |found, candidate| {
-            found | candidate.as_bytes().ct_eq(key.as_bytes())
-        });
-    if !bool::from(matched) {
+    if !is_accepted(key.as_bytes(), accepted) {
         return unauthorized(INVALID_KEY);
     }
     // A page opened with `?api_key=` gets the key as a cookie for its own later requests.
@@ -88,6 +81,18 @@ async fn check(request: Request, next: Next, accepted: &[&Vec<String>]) -> Respo
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// Whether `key` is one of `accepted`. Every key is compared, whatever matched, so timing tells
+/// nothing about which one is close.
+pub(crate) fn is_accepted(key: &[u8], accepted: &[&Vec<String>]) -> bool {
+    let matched = accepted
+        .iter()
+        .flat_map(|keys| keys.iter())
+        .fold(subtle::Choice::from(0), |found, candidate| {
+            found | candidate.as_bytes().ct_eq(key)
+        });
+    bool::from(matched)
 }
 
 /// `/instances/<name>/proxy` and below (the path as the `/api/v1` router sees it).

@@ -103,15 +103,24 @@ where
     }
 }
 
-fn is_allowed(config: &Config, host: &str) -> bool {
-    let name = host_name(host).to_ascii_lowercase();
-    let listen = config.server.host.to_string();
-    ["localhost", "127.0.0.1", "::1", listen.as_str()].contains(&name.as_str())
+/// Whether a request naming `host` passes the check (`check` for a parsed request). Runs for
+/// every routed request: compares in place, without building strings.
+pub(crate) fn is_allowed(config: &Config, host: &str) -> bool {
+    if !config.server.host.is_loopback() {
+        return true;
+    }
+    let name = host_name(host);
+    ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .any(|known| name.eq_ignore_ascii_case(known))
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == config.server.host)
         || config
             .server
             .allowed_hosts
             .iter()
-            .any(|allowed| allowed == "*" || host_name(allowed).eq_ignore_ascii_case(&name))
+            .any(|allowed| allowed == "*" || host_name(allowed).eq_ignore_ascii_case(name))
 }
 
 /// `host[:port]` or `[v6][:port]` without the port and brackets.

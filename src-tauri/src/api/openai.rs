@@ -54,21 +54,28 @@ impl OpenAiError {
     }
 }
 
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
+impl OpenAiError {
+    /// The JSON body clients get.
+    pub fn body(self) -> OpenAiErrorBody {
         let kind = if self.status.is_client_error() {
             "invalid_request_error"
         } else {
             "server_error"
         };
-        let body = OpenAiErrorBody {
+        OpenAiErrorBody {
             error: OpenAiErrorDetail {
                 message: self.message,
                 kind,
                 code: self.code,
             },
-        };
-        (self.status, Json(body)).into_response()
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        (status, Json(self.body())).into_response()
     }
 }
 
@@ -236,7 +243,7 @@ pub async fn inference(
 /// The `model` a JSON object names (`Some(None)` when it names none or not as a string);
 /// `None` when `raw` is not a JSON object. Only `model` is kept: the rest of the body (long
 /// prompts, images) is checked and skipped, not built into a tree, since it goes on as it came.
-fn requested_model(raw: &[u8]) -> Option<Option<String>> {
+pub(crate) fn requested_model(raw: &[u8]) -> Option<Option<String>> {
     #[derive(serde::Deserialize)]
     struct Named {
         model: Option<Value>,
@@ -323,30 +330,15 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
     lease.guard.count_request();
     let body = match (&lease.backend_model, body) {
         (None, Payload::Raw(raw)) => Ok(raw),
-        (None, Payload::Json(value)) => serde_json::to_vec(&value).map(Bytes::from),
-        (Some(backend_model), body) => {
-            let value = match body {
-                Payload::Raw(raw) => serde_json::from_slice::<Value>(&raw),
-                Payload::Json(value) => Ok(value),
-            };
-            value.and_then(|mut value| {
-                if let Some(object) = value.as_object_mut() {
-                    object.insert("model".into(), Value::String(backend_model.clone()));
-                }
-                serde_json::to_vec(&value).map(Bytes::from)
-            })
-        }
+        (None, Payload::Json(value)) => serde_json::to_vec(&value)
+            .map(Bytes::from)
+            .map_err(encode_error),
+        (Some(backend_model), Payload::Raw(raw)) => with_backend_model(&raw, backend_model),
+        (Some(backend_model), Payload::Json(value)) => renamed(value, backend_model),
     };
     let bytes = match body {
         Ok(bytes) => bytes,
-        Err(e) => {
-            return OpenAiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                format!("cannot encode the request: {e}"),
-            )
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     let mut request = Request::new(Body::from(bytes));
     *request.method_mut() = Method::POST;
@@ -368,6 +360,29 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
     }
 }
 
+/// `raw` with `model` set to what the backend expects.
+pub(crate) fn with_backend_model(raw: &[u8], backend_model: &str) -> Result<Bytes, OpenAiError> {
+    let value = serde_json::from_slice::<Value>(raw).map_err(encode_error)?;
+    renamed(value, backend_model)
+}
+
+fn renamed(mut value: Value, backend_model: &str) -> Result<Bytes, OpenAiError> {
+    if let Some(object) = value.as_object_mut() {
+        object.insert("model".into(), Value::String(backend_model.to_owned()));
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(encode_error)
+}
+
+fn encode_error(e: serde_json::Error) -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        format!("cannot encode the request: {e}"),
+    )
+}
+
 /// Largest JSON answer kept to read its `usage`; bigger ones (embeddings of long inputs) are
 /// passed on without counting tokens.
 const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
@@ -377,7 +392,7 @@ const MAX_SSE_LINE: usize = 1024 * 1024;
 
 /// The request's log line and the instance's counters, written when the exchange ends (body
 /// sent or client gone). Holds the in-flight guard, so the instance counts as busy until then.
-struct RequestLog {
+pub(crate) struct RequestLog {
     guard: InFlight,
     path: String,
     started: Instant,
@@ -396,7 +411,7 @@ enum TappedBody {
 }
 
 impl RequestLog {
-    fn new(guard: InFlight, path: &str, started: Instant) -> Self {
+    pub(crate) fn new(guard: InFlight, path: &str, started: Instant) -> Self {
         Self {
             guard,
             path: path.to_owned(),
@@ -408,13 +423,11 @@ impl RequestLog {
     }
 }
 
-impl Tap for RequestLog {
-    fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+impl RequestLog {
+    /// The backend answered with `status`; its body is kept for the token counts if
+    /// `content_type` says it has them.
+    pub(crate) fn answered(&mut self, status: StatusCode, content_type: &str) {
         self.status = Some(status);
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
         self.body = if content_type.starts_with("text/event-stream") {
             TappedBody::Sse(Vec::new())
         } else if content_type.starts_with("application/json") {
@@ -424,12 +437,32 @@ impl Tap for RequestLog {
         };
     }
 
-    fn data(&mut self, chunk: &Bytes) {
+    /// A piece of the answer's body on its way to the client.
+    pub(crate) fn body(&mut self, chunk: &[u8]) {
         tap_chunk(&mut self.body, &mut self.tokens, chunk);
     }
 
+    /// The request ended with Corral's own `status` instead of the backend's answer.
+    pub(crate) fn refused(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+}
+
+impl Tap for RequestLog {
+    fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        self.answered(status, content_type);
+    }
+
+    fn data(&mut self, chunk: &Bytes) {
+        self.body(chunk);
+    }
+
     fn failed(&mut self, error: &ProxyError) {
-        self.status = Some(error.status());
+        self.refused(error.status());
     }
 }
 
@@ -465,7 +498,7 @@ impl Drop for RequestLog {
 }
 
 /// Keeps what `body` needs of one response chunk; reads the usage of each complete SSE line.
-fn tap_chunk(body: &mut TappedBody, tokens: &mut TokenUsage, chunk: &Bytes) {
+fn tap_chunk(body: &mut TappedBody, tokens: &mut TokenUsage, chunk: &[u8]) {
     match body {
         TappedBody::Json(kept) if kept.len() + chunk.len() <= MAX_JSON_TAP => {
             kept.extend_from_slice(chunk)
@@ -541,23 +574,105 @@ struct Timings {
 }
 
 /// `T` when the value is one, else `None` (null, or a backend's own idea of the field's type).
+/// Read in one pass, without buffering the value to try it as `T` first: this runs on every
+/// answer that passes the router.
 fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
+    T: Lenient<'de>,
 {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Maybe<T> {
-        Is(T),
-        Other(serde::de::IgnoredAny),
+    deserializer.deserialize_any(LenientVisitor(std::marker::PhantomData::<T>))
+}
+
+/// What `lenient` can read: a number, or an object (whose own fields are lenient).
+trait Lenient<'de>: Sized {
+    fn from_u64(_value: u64) -> Option<Self> {
+        None
     }
-    Ok(
-        match <Maybe<T> as serde::Deserialize>::deserialize(deserializer)? {
-            Maybe::Is(value) => Some(value),
-            Maybe::Other(_) => None,
-        },
-    )
+    fn from_f64(_value: f64) -> Option<Self> {
+        None
+    }
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        drain_map(map).map(|()| None)
+    }
+}
+
+impl Lenient<'_> for u64 {
+    fn from_u64(value: u64) -> Option<Self> {
+        Some(value)
+    }
+}
+
+impl Lenient<'_> for f64 {
+    fn from_u64(value: u64) -> Option<Self> {
+        Some(value as f64)
+    }
+    fn from_f64(value: f64) -> Option<Self> {
+        Some(value)
+    }
+}
+
+/// Objects read with `Deserialize`; every field of theirs is lenient, so they cannot fail on a
+/// field's type.
+macro_rules! lenient_object {
+    ($($object:ty),*) => {$(
+        impl<'de> Lenient<'de> for $object {
+            fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+                serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Some)
+            }
+        }
+    )*};
+}
+lenient_object!(Usage, UsageMessage, Timings);
+
+fn drain_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Lenient<'de>> serde::de::Visitor<'de> for LenientVisitor<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(T::from_u64(value))
+    }
+    fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(value).ok().and_then(T::from_u64))
+    }
+    fn visit_f64<E>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(T::from_f64(value))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::from_map(map)
+    }
 }
 
 /// Takes the token counts from one JSON answer or stream event. Later events win.
@@ -624,6 +739,16 @@ mod tests {
         let tokens = usage_of(&[json!({"usage": {"prompt_tokens": 7, "completion_tokens": "3"}})]);
         assert_eq!((tokens.prompt, tokens.completion), (Some(7), None));
         assert_eq!(usage_of(&[json!([1, 2])]), TokenUsage::default());
+        // Whatever else a backend puts there reads as absent.
+        for odd in [
+            json!({"usage": [5], "timings": "fast"}),
+            json!({"usage": {"prompt_tokens": -1, "completion_tokens": 2.5}}),
+            json!({"message": 3, "usage": {"prompt_tokens": {"n": 1}, "completion_tokens": [1]}}),
+        ] {
+            assert_eq!(usage_of(&[odd]), TokenUsage::default());
+        }
+        let tokens = usage_of(&[json!({"timings": {"predicted_n": 3, "predicted_per_second": 7}})]);
+        assert_eq!((tokens.completion, tokens.per_second), (Some(3), Some(7.0)));
     }
 
     #[test]
@@ -653,7 +778,7 @@ mod tap_tests {
             &b"data: {\"choices\":[]}\n\ndata: {\"usage\": {\"prompt_"[..],
             &b"tokens\": 5, \"completion_tokens\": 7}}\n\ndata: [DONE]\n\n"[..],
         ] {
-            tap_chunk(&mut body, &mut tokens, &Bytes::copy_from_slice(chunk));
+            tap_chunk(&mut body, &mut tokens, chunk);
         }
         assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(7)));
     }

@@ -144,6 +144,11 @@ impl Instance {
         lock(&self.options).clone()
     }
 
+    /// `read` applied to the options without copying them (every routed request reads them).
+    pub(super) fn read_options<T>(&self, read: impl FnOnce(&InstanceOptions) -> T) -> T {
+        read(&lock(&self.options))
+    }
+
     /// Minutes (of `idle_timeout_unit`) without use before the reaper stops it; 0 = never.
     pub(super) fn idle_timeout(&self) -> u64 {
         lock(&self.options).idle_timeout

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::registry::{connect_host, is_active, lock, Instance, Registry, Table, Upstream};
 use super::usage::InFlight;
-use super::InstanceError;
+use super::{InstanceError, InstanceOptions};
 use crate::backends::{BackendType, OptionValue};
 use crate::supervisor::{Health, Status, SupervisorError};
 
@@ -149,6 +149,26 @@ impl Registry {
         }
     }
 
+    /// A lease on the instance `model` names when it can answer right now: running, ready (or
+    /// unhealthy, as `acquire` allows), not draining. `None` whenever `acquire` would wait,
+    /// start it or refuse; the caller then goes through `acquire`.
+    pub fn lease_ready(&self, model: &str) -> Option<Lease> {
+        let instance = self.resolve(model)?;
+        if instance.removed.load(Ordering::SeqCst) || instance.usage.is_draining() {
+            return None;
+        }
+        let state = instance.supervisor.state();
+        let ready = matches!(
+            (state.status, state.health),
+            (Status::Running, Some(Health::Ready | Health::Unhealthy))
+        );
+        if !ready {
+            return None;
+        }
+        let guard = InFlight::enter(&instance, &self.reaper_wake)?;
+        Some(self.lease(&instance, guard))
+    }
+
     /// Starts a stopped instance for a request, unless another request's attempt finished
     /// while this one waited for the lock: then that attempt's outcome is shared.
     async fn start_on_demand(
@@ -195,7 +215,10 @@ impl Registry {
     }
 
     fn lease(&self, instance: &Arc<Instance>, guard: InFlight) -> Lease {
-        let options = instance.options();
+        instance.read_options(|options| Self::lease_with(instance, options, guard))
+    }
+
+    fn lease_with(instance: &Instance, options: &InstanceOptions, guard: InFlight) -> Lease {
         let port = options.backend.port().unwrap_or_default();
         let string = |name: &str| match options.backend.get(name) {
             Some(OptionValue::String(value)) => value.split_whitespace().next().map(str::to_owned),
