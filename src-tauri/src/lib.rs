@@ -6,7 +6,9 @@ pub mod config;
 pub mod desktop;
 pub mod devices;
 pub mod instances;
+pub mod logging;
 pub mod proxy;
+pub mod server;
 pub mod supervisor;
 
 use std::net::SocketAddr;
@@ -42,7 +44,7 @@ pub struct Engine {
     pub config: Arc<Config>,
     registry: Arc<Registry>,
     shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
 }
 
 /// Keys generated because auth is required and none were configured, to be shown to the user.
@@ -102,26 +104,15 @@ impl Engine {
         let addr = listener
             .local_addr()
             .map_err(|source| EngineError::Bind { addr, source })?;
-        let app = api::router(api::AppState {
+        let state = api::AppState {
             registry: registry.clone(),
             config: config.clone(),
             desktop,
-        });
+        };
         let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            // Streamed tokens are small writes: without TCP_NODELAY, Nagle holds some of them
-            // back until the client's delayed ACK (~40 ms).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let server = tokio::spawn(server::serve(listener, state, async {
+            let _ = rx.await;
+        }));
         tracing::info!("Corral listening on http://{addr}");
         Ok(Engine {
             addr,

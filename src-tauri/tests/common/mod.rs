@@ -1,4 +1,4 @@
-//! A real engine for the API tests: the router served on 127.0.0.1:0, a registry in temporary
+//! A real engine for the API tests: the engine's server on 127.0.0.1:0, a registry in temporary
 //! folders, and `tests/fixtures/fake_backend.py` standing in for llama-server.
 #![allow(dead_code)]
 
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral::api::{router, AppState};
+use corral::api::AppState;
 use corral::config::{
     AuthConfig, BackendCommand, BackendsConfig, Config, DesktopConfig, InstancesConfig,
     ServerConfig,
@@ -117,22 +117,18 @@ impl Engine {
     pub async fn start(config: Config) -> Engine {
         let config = Arc::new(config);
         let registry = Registry::open(Arc::clone(&config)).expect("registry opens");
-        let app = router(AppState {
+        let state = AppState {
             registry: Arc::clone(&registry),
             config: Arc::clone(&config),
             desktop: None,
-        });
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        // The engine's own server: the fast path for `/v1` and hyper with the router for the rest.
+        tokio::spawn(corral::server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
         Engine {
             base: format!("http://{addr}"),
             addr,
