@@ -60,18 +60,16 @@ impl ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Colour codes only for a terminal, not in files and journals.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    corral::logging::init(std::io::stderr(), ansi);
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Some(Command::Serve(args)) => serve(&args),
         None => open(&cli.options),
-    }
+    };
+    corral::logging::finish();
+    result
 }
 
 /// `corral` without a subcommand: the desktop app where it can open a window, else headless.

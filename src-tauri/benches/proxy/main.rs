@@ -18,7 +18,6 @@ mod upstream;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -43,13 +42,8 @@ fn main() -> anyhow::Result<()> {
     // writing those lines belongs in the measurement, the terminal output does not.
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     // RUST_LOG overrides the filter, e.g. `off` to see what the request log costs.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,hyper=warn".into()),
-        )
-        .with_writer(Mutex::new(devnull))
-        .init();
+    // As `corral serve` writes to a file or a journal: no colour codes.
+    corral::logging::init(devnull, false);
     tokio::runtime::Runtime::new()?.block_on(run())
 }
 

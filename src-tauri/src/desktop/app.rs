@@ -135,6 +135,8 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
                 tracing::info!("quitting: stopping every instance");
                 runtime.block_on(engine.shutdown());
             }
+            // The event loop ends the process without returning to `main`.
+            crate::logging::finish();
         }
         // A click on the Dock icon brings back a window closed to the menu bar.
         #[cfg(target_os = "macos")]
