@@ -7,14 +7,19 @@ use std::sync::Mutex;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
+/// Lines the writer may fall behind by.
+const BACKLOG_LINES: usize = 8 * 1024;
+
 /// The writer thread's guard: dropping it writes out what is left.
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Sends the log to `out` (`RUST_LOG` filters it; by default `info`, with hyper's chatter
 /// left out). `ansi`: colour codes, for a terminal only.
 pub fn init(out: impl Write + Send + 'static, ansi: bool) {
-    // Never drop lines: when the writer falls 128k lines behind, loggers wait for it.
+    // Never drop lines: when the writer falls this far behind, loggers wait for it. The queue's
+    // slots are allocated up front (the default, 128k lines, took 4 MiB).
     let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BACKLOG_LINES)
         .lossy(false)
         .thread_name("corral-log")
         .finish(std::io::BufWriter::new(out));
