@@ -2,7 +2,8 @@
 //! connection and nginx, streaming latency, on-demand start overhead and engine memory. Prints a
 //! table; docs/benchmarks.md records the figures. Loopback only, every loop bounded.
 //!
-//! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run; `CORRAL_BENCH_ONLY`
+//! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run, `CORRAL_BENCH_ROUNDS`
+//! (default 3) how often every path is loaded in turn; `CORRAL_BENCH_ONLY`
 //! (`load,stream,on-demand,memory`, comma-separated) picks sections. With
 //! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server.
 
@@ -48,10 +49,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let seconds = std::env::var("CORRAL_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(5);
+    let seconds = env_number("CORRAL_BENCH_SECONDS", 5);
+    let rounds = env_number("CORRAL_BENCH_ROUNDS", 3).max(1);
     let nginx_bin = bench_deps().await?;
     let tmp = tempfile::tempdir()?;
     let fake = Backend {
@@ -118,7 +117,15 @@ async fn run() -> anyhow::Result<()> {
         .context("the instance has no pid")?;
 
     if wanted("load") {
-        proxy_overhead(&targets, &proxy_pids, upstream_pid, tmp.path(), seconds).await?;
+        proxy_overhead(
+            &targets,
+            &proxy_pids,
+            upstream_pid,
+            tmp.path(),
+            Duration::from_secs(seconds),
+            rounds,
+        )
+        .await?;
     }
     if wanted("stream") {
         streaming_latency(&targets, corral_label).await?;
@@ -134,16 +141,20 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every path loaded in turn, `rounds` times over: a neighbour's burst on a shared machine then
+/// lands in one round's figures rather than skewing one path's, and each round's Corral/nginx
+/// ratio compares runs seconds apart. The verdict is on the median round.
 async fn proxy_overhead(
     targets: &[(&str, String)],
     proxy_pids: &dyn Fn(&str) -> Vec<u32>,
     upstream_pid: u32,
     tmp: &Path,
-    seconds: u64,
+    run_for: Duration,
+    rounds: u64,
 ) -> anyhow::Result<()> {
-    let run_for = Duration::from_secs(seconds);
     println!(
-        "\nProxy overhead: fixed-answer upstream, wrk -t1, {seconds} s per run, POST {CHAT_BODY}"
+        "\nProxy overhead: fixed-answer upstream, wrk -t1, {} s per run, {rounds} rounds, POST {CHAT_BODY}",
+        run_for.as_secs()
     );
     println!("(CPU µs: user+system CPU time of the proxy's processes, and of the upstream, per answered request)");
     println!(
@@ -152,37 +163,46 @@ async fn proxy_overhead(
     );
     let script = load::write_script(tmp, CHAT_BODY)?;
     for connections in [1u32, 32] {
-        let mut results = Vec::new();
-        for (label, url) in targets {
-            load::run(url, &script, connections, Duration::from_secs(1)).await?;
-            let pids = proxy_pids(label);
-            let cpu_before = load::cpu_time(&pids);
-            let upstream_before = load::cpu_time(&[upstream_pid]);
-            let r = load::run(url, &script, connections, run_for).await?;
-            let cpu = load::cpu_time(&pids).saturating_sub(cpu_before);
-            let upstream_cpu = load::cpu_time(&[upstream_pid]).saturating_sub(upstream_before);
-            let requests = r.requests_per_s * run_for.as_secs_f64();
-            let per_request = |cpu: Duration, measured: bool| {
-                if !measured || requests < 1.0 {
-                    "-".to_owned()
-                } else {
-                    format!("{:.1}", cpu.as_secs_f64() * 1e6 / requests)
-                }
-            };
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let mut results = Vec::new();
+            for (label, url) in targets {
+                load::run(url, &script, connections, Duration::from_secs(1)).await?;
+                let pids = proxy_pids(label);
+                let cpu_before = load::cpu_time(&pids);
+                let upstream_before = load::cpu_time(&[upstream_pid]);
+                let r = load::run(url, &script, connections, run_for).await?;
+                let cpu = load::cpu_time(&pids).saturating_sub(cpu_before);
+                let upstream_cpu = load::cpu_time(&[upstream_pid]).saturating_sub(upstream_before);
+                let requests = r.requests_per_s * run_for.as_secs_f64();
+                let per_request = |cpu: Duration, measured: bool| {
+                    if !measured || requests < 1.0 {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.1}", cpu.as_secs_f64() * 1e6 / requests)
+                    }
+                };
+                println!(
+                    "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>14} {:>14} {:>7}",
+                    label,
+                    connections,
+                    r.requests_per_s,
+                    ms(r.p50),
+                    ms(r.p99),
+                    per_request(cpu, !pids.is_empty()),
+                    per_request(upstream_cpu, true),
+                    r.errors
+                );
+                results.push(r);
+            }
+            let ratio = Ratio::of(&results[1], &results[2]);
             println!(
-                "{:<34} {:>5} {:>10.0} {:>10.3} {:>10.3} {:>14} {:>14} {:>7}",
-                label,
-                connections,
-                r.requests_per_s,
-                ms(r.p50),
-                ms(r.p99),
-                per_request(cpu, !pids.is_empty()),
-                per_request(upstream_cpu, true),
-                r.errors
+                "  c={connections}: Corral/nginx throughput {:.2}x, p50 {:.2}x",
+                ratio.throughput, ratio.p50
             );
-            results.push(r);
+            ratios.push(ratio);
         }
-        print_ratio(connections, &results[1], &results[2]);
+        print_verdict(connections, &ratios);
     }
     Ok(())
 }
@@ -249,14 +269,40 @@ async fn corral_route(management: &Management) -> anyhow::Result<(&'static str, 
     ))
 }
 
-fn print_ratio(connections: u32, nginx: &LoadResult, corral: &LoadResult) {
-    let throughput = corral.requests_per_s / nginx.requests_per_s;
-    let p50 = corral.p50.as_secs_f64() / nginx.p50.as_secs_f64();
+/// Corral's figures relative to nginx's in one round.
+struct Ratio {
+    throughput: f64,
+    p50: f64,
+}
+
+impl Ratio {
+    fn of(nginx: &LoadResult, corral: &LoadResult) -> Self {
+        Self {
+            throughput: corral.requests_per_s / nginx.requests_per_s,
+            p50: corral.p50.as_secs_f64() / nginx.p50.as_secs_f64(),
+        }
+    }
+}
+
+fn print_verdict(connections: u32, ratios: &[Ratio]) {
+    let throughput = median(ratios.iter().map(|r| r.throughput));
+    let p50 = median(ratios.iter().map(|r| r.p50));
     println!(
-        "  c={connections}: Corral/nginx throughput {throughput:.2}x (target >= 0.9x: {}), p50 {p50:.2}x (target <= 1.2x: {})",
+        "c={connections}, median of {} rounds: Corral/nginx throughput {throughput:.2}x (target >= 0.9x: {}), p50 {p50:.2}x (target <= 1.2x: {})",
+        ratios.len(),
         verdict(throughput >= 0.9),
         verdict(p50 <= 1.2)
     );
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
@@ -390,6 +436,13 @@ async fn bench_deps() -> anyhow::Result<String> {
         .last()
         .map(|line| line.trim().to_owned())
         .context("bench-deps.sh printed no nginx path")
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn subdir(parent: &Path, name: &str) -> anyhow::Result<PathBuf> {
