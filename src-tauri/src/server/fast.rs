@@ -8,9 +8,10 @@
 //! moves bodies without building requests, header maps or body streams.
 //!
 //! It only takes what it can do exactly like the router: anything else (another route or
-//! method, a key in the query, CORS, `Expect`, chunked or large uploads, a refused Host or key, a
-//! model that is unknown, stopped, starting or draining, a body without a `model`) is handed to
-//! hyper with the bytes read so far, and the router answers it as before, errors included.
+//! method, a key in the query, CORS, an `Expect` other than `100-continue`, chunked or large
+//! uploads, a refused Host or key, a model that is unknown, stopped, starting or draining, a body
+//! without a `model`) is handed to hyper with the bytes read so far, and the router answers it
+//! as before, errors included.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
