@@ -7,10 +7,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// The first poll comes this soon after the spawn; a tiny model is ready in milliseconds.
-const FIRST_DELAY: Duration = Duration::from_millis(5);
-/// The backoff between polls while starting grows up to this.
-const MAX_DELAY: Duration = Duration::from_millis(250);
+/// Polls while starting come this often. Requests that started the instance on demand wait up
+/// to this long past the moment it is ready, while a probe that finds nothing listening yet costs
+/// microseconds: polling a two-minute model load at 100 Hz takes well under a second of CPU.
+const POLL_EVERY: Duration = Duration::from_millis(10);
 /// Period of the health check once the backend has been ready.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// One probe gives up after this; a backend busy generating may answer slowly.
@@ -34,10 +34,8 @@ pub(super) async fn watch_health(
         tracing::warn!(%url, "the health URL is not a plain http:// URL; the instance will never be ready");
         return;
     };
-    let mut delay = FIRST_DELAY;
     while !target.is_healthy().await {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_DELAY);
+        tokio::time::sleep(POLL_EVERY).await;
     }
     let mut healthy = true;
     loop {
