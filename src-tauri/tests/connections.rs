@@ -237,6 +237,25 @@ async fn a_client_that_asks_for_100_continue_gets_it_before_sending_the_body() {
 }
 
 #[tokio::test]
+async fn a_request_after_100_continue_that_the_router_answers_gets_one_100_continue() {
+    let (_dir, engine) = engine_with("m").await;
+    let mut client = Client::connect(&engine).await;
+    let request = post(
+        "/v1/completions",
+        &json!({"model": "unknown", "prompt": "x".repeat(4000)}),
+        "Expect: 100-continue\r\n",
+    );
+    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    client.send(&request[..head_end]).await;
+    assert_eq!(client.answer().await.status, 100);
+    client.send(&request[head_end..]).await;
+    let refused = client.answer().await;
+    assert_eq!(refused.status, 404, "{refused:?}");
+    assert_eq!(refused.json()["error"]["code"], "model_not_found");
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn streams_chunked_and_unframed_answers_arrive_whole_and_are_counted() {
     let (_dir, engine) = engine_with("m").await;
     let mut client = Client::connect(&engine).await;

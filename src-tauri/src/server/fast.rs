@@ -110,8 +110,8 @@ impl FastPath {
                 }
             };
             let total = request.head_len + request.body_len;
-            if request.expects_continue
-                && buf.len() < total
+            let sent_continue = request.expects_continue && buf.len() < total;
+            if sent_continue
                 && client
                     .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     .await
@@ -126,6 +126,10 @@ impl FastPath {
                 }
             }
             let Some(lease) = self.lease(&buf[request.head_len..total]) else {
+                if sent_continue {
+                    // Else hyper sends its own `100 Continue` before the final answer.
+                    return Outcome::HandOff(without_expect(buf, request.head_len));
+                }
                 return Outcome::HandOff(buf);
             };
             let message = buf.split_to(total).freeze();
@@ -407,6 +411,41 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
         headers: forwarded,
         expects_continue,
     })
+}
+
+/// `buf` with the `Expect` header lines taken out of the request head that ends at `head_len`.
+fn without_expect(buf: BytesMut, head_len: usize) -> BytesMut {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(
+        parsed.parse(&buf[..head_len]),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return buf;
+    }
+    let start = buf.as_ptr() as usize;
+    let lines: Vec<(usize, usize)> = parsed
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("expect"))
+        .filter_map(|header| {
+            let from = header.name.as_ptr() as usize - start;
+            let value_end = header.value.as_ptr() as usize - start + header.value.len();
+            let newline = buf[value_end..head_len].iter().position(|&b| b == b'\n')?;
+            Some((from, value_end + newline + 1))
+        })
+        .collect();
+    if lines.is_empty() {
+        return buf;
+    }
+    let mut kept = BytesMut::with_capacity(buf.len());
+    let mut at = 0;
+    for (from, to) in lines {
+        kept.extend_from_slice(&buf[at..from]);
+        at = to;
+    }
+    kept.extend_from_slice(&buf[at..]);
+    kept
 }
 
 /// How the answer's body is delimited.
@@ -807,6 +846,20 @@ mod tests {
             Head::Partial => panic!("partial: {head}"),
             Head::Other => panic!("handed off: {head}"),
         }
+    }
+
+    #[test]
+    fn a_handed_off_request_loses_only_its_expect_lines() {
+        let head = "POST /v1/x HTTP/1.1\r\nexpect:  100-continue \r\nHost: h\r\n\
+            EXPECT: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let buf = BytesMut::from(format!("{head}{{}}GET / HTTP/1.1\r\n").as_bytes());
+        let kept = without_expect(buf, head.len());
+        assert_eq!(
+            std::str::from_utf8(&kept).unwrap(),
+            "POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}GET / HTTP/1.1\r\n"
+        );
+        let unchanged = BytesMut::from(CHAT.as_bytes());
+        assert_eq!(without_expect(unchanged.clone(), CHAT.len() - 2), unchanged);
     }
 
     #[test]
