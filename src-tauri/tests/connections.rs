@@ -122,6 +122,16 @@ impl Client {
         }
     }
 
+    /// POSTs `body` to `path` with `Expect: 100-continue`: the head, then the body once the server
+    /// answered `100 Continue`; the final answer is left to read.
+    async fn send_after_continue(&mut self, path: &str, body: &Value) {
+        let request = post(path, body, "Expect: 100-continue\r\n");
+        let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        self.send(&request[..head_end]).await;
+        assert_eq!(self.answer().await.status, 100);
+        self.send(&request[head_end..]).await;
+    }
+
     /// Whether the server closed the connection (nothing more to read).
     async fn closed(&mut self) -> bool {
         self.read.is_empty() && !self.fill().await
@@ -223,15 +233,12 @@ async fn one_connection_carries_routed_requests_and_every_other_route_in_order()
 async fn a_client_that_asks_for_100_continue_gets_it_before_sending_the_body() {
     let (_dir, engine) = engine_with("m").await;
     let mut client = Client::connect(&engine).await;
-    let request = post(
-        "/v1/completions",
-        &json!({"model": "m", "prompt": "x".repeat(4000)}),
-        "Expect: 100-continue\r\n",
-    );
-    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    client.send(&request[..head_end]).await;
-    assert_eq!(client.answer().await.status, 100);
-    client.send(&request[head_end..]).await;
+    client
+        .send_after_continue(
+            "/v1/completions",
+            &json!({"model": "m", "prompt": "x".repeat(4000)}),
+        )
+        .await;
     assert_eq!(echoed(&client.answer().await).0, "/v1/completions");
     engine.stop().await;
 }
@@ -240,15 +247,12 @@ async fn a_client_that_asks_for_100_continue_gets_it_before_sending_the_body() {
 async fn a_request_after_100_continue_that_the_router_answers_gets_one_100_continue() {
     let (_dir, engine) = engine_with("m").await;
     let mut client = Client::connect(&engine).await;
-    let request = post(
-        "/v1/completions",
-        &json!({"model": "unknown", "prompt": "x".repeat(4000)}),
-        "Expect: 100-continue\r\n",
-    );
-    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    client.send(&request[..head_end]).await;
-    assert_eq!(client.answer().await.status, 100);
-    client.send(&request[head_end..]).await;
+    client
+        .send_after_continue(
+            "/v1/completions",
+            &json!({"model": "unknown", "prompt": "x".repeat(4000)}),
+        )
+        .await;
     let refused = client.answer().await;
     assert_eq!(refused.status, 404, "{refused:?}");
     assert_eq!(refused.json()["error"]["code"], "model_not_found");
