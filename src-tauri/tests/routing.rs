@@ -440,11 +440,26 @@ async fn real_llama_server_chats_streams_and_frees_its_slot_when_the_client_leav
     let dir = data_dir();
     let engine = llama_engine(dir.path()).await;
     engine
-        .create("tiny", real_model(json!({"slots": true})))
+        // Context shift: a generation may outlast the model's 512-token context, so the long
+        // one below runs for seconds instead of ending (in ~0.3 s) before the slot is looked at.
+        .create(
+            "tiny",
+            real_model(json!({"slots": true, "context_shift": true})),
+        )
         .await;
     engine.wait_ready("tiny").await;
 
-    let answer: Value = chat(&engine, "tiny").await.json().await.unwrap();
+    // With context shift a request without `max_tokens` generates until the server's own limit.
+    let answer: Value = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "tiny", "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(answer["choices"][0]["message"].is_object(), "{answer}");
 
     let stream = engine
@@ -474,7 +489,7 @@ async fn real_llama_server_chats_streams_and_frees_its_slot_when_the_client_leav
         "{counted}"
     );
 
-    // A generation that would run long; the client leaves after the first tokens.
+    // A generation that would run for a minute; the client leaves after the first tokens.
     let slots = || async {
         let slots: Value = engine
             .get("/api/v1/instances/tiny/proxy/slots")
@@ -492,7 +507,7 @@ async fn real_llama_server_chats_streams_and_frees_its_slot_when_the_client_leav
         .post_json(
             "/v1/completions",
             &json!({"model": "tiny", "prompt": "once upon a time", "stream": true,
-                    "max_tokens": 2000, "ignore_eos": true}),
+                    "max_tokens": 100000, "ignore_eos": true}),
         )
         .await;
     let mut body = long.bytes_stream();
