@@ -291,6 +291,52 @@ async fn ports_owned_by_an_instance_or_busy_at_the_os_are_not_handed_out() {
 }
 
 #[tokio::test]
+async fn a_chosen_port_taken_before_the_start_is_swapped_for_a_free_one() {
+    let dir = data_dir();
+    let mut config = test_config(dir.path());
+    config.instances.max_running_instances = Some(1);
+    let engine = Engine::start(config).await;
+    // Evicting it takes a second: the window between the port's choice and the start.
+    engine
+        .create(
+            "old",
+            llama(json!({"backend_options": {"model": "slow-stop"}})),
+        )
+        .await;
+    engine.wait_ready("old").await;
+
+    let body = llama(json!({}));
+    let create = engine.post_json("/api/v1/instances/new", &body);
+    let squat = async {
+        // "new" is listed, with its port, while "old" is being stopped for it.
+        let chosen = loop {
+            let response = engine.get("/api/v1/instances/new").await;
+            if response.status() == 200 {
+                let new: Value = response.json().await.unwrap();
+                break new["options"]["backend_options"]["port"].as_u64().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let port = u16::try_from(chosen).unwrap();
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", port));
+        let old = engine.instance("old").await;
+        assert_eq!(old["status"], "running", "still being evicted: {old}");
+        (chosen, squatter.expect("the chosen port is not in use yet"))
+    };
+    let (created, (chosen, _squatter)) = tokio::join!(create, squat);
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let port = &created["options"]["backend_options"]["port"];
+    assert_ne!(port, chosen, "moved off the taken port");
+    let ready = engine.wait_ready("new").await;
+    assert_eq!(&ready["options"]["backend_options"]["port"], port);
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(engine.definition_file("new")).unwrap()).unwrap();
+    assert_eq!(&saved["options"]["backend_options"]["port"], port);
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn start_of_running_and_stop_of_stopped_answer_200_with_the_state() {
     let dir = data_dir();
     let engine = Engine::start(test_config(dir.path())).await;

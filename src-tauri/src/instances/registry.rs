@@ -553,6 +553,7 @@ impl Registry {
     ) -> Result<InstanceView, InstanceError> {
         validate_name(name)?;
         let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
+        let port_chosen_here = options.requested_port().is_none();
         self.refuse_when_shutting_down()?;
         // A definition that failed to load is still the user's: never overwrite it.
         let file = store::definition_path(&self.config.instances.configs_dir, name);
@@ -592,7 +593,19 @@ impl Registry {
         };
         instance.publish();
         let started = async {
-            self.start_locked(&instance).await?;
+            let mut tries = 3;
+            loop {
+                match self.start_locked(&instance).await {
+                    // Another program took the port between our choice and the start (an
+                    // eviction or a client's outgoing connection can sit in between): the user
+                    // never asked for that port, so another one does as well.
+                    Err(InstanceError::PortInUse(busy)) if port_chosen_here && tries > 1 => {
+                        tries -= 1;
+                        self.move_port(&instance, busy)?;
+                    }
+                    started => break started,
+                }
+            }?;
             instance.persist().await
         }
         .await;
@@ -756,6 +769,28 @@ impl Registry {
                     .ok_or(InstanceError::NoFreePort(range.0, range.1))
             }
         }
+    }
+
+    /// Moves `instance` from `busy`, a port Corral chose for it that another program took, to
+    /// the lowest free port of the range.
+    fn move_port(&self, instance: &Instance, busy: u16) -> Result<(), InstanceError> {
+        let port = {
+            let mut table = lock(&self.table);
+            let range = self.config.instances.port_range;
+            let port = ports::lowest_free(range, |port| {
+                port == busy || table.ports.contains_key(&port)
+            })
+            .ok_or(InstanceError::NoFreePort(range.0, range.1))?;
+            table.ports.remove(&busy);
+            table.ports.insert(port, instance.name.clone());
+            port
+        };
+        lock(&instance.options).backend.set_port(port);
+        tracing::info!(
+            "instance '{}': port {busy} was taken by another program, using {port}",
+            instance.name
+        );
+        Ok(())
     }
 
     /// Starts the process, first stopping the least recently used idle instance if the running
