@@ -35,7 +35,7 @@ async fn start_corral(data_dir: &Path, llama_server: &Path) -> (Child, String) {
         ("CORRAL_INFERENCE_KEYS", INFERENCE_KEY),
         ("CORRAL_REQUIRE_INFERENCE_AUTH", "true"),
     ];
-    spawn_corral(data_dir, llama_server, (18200, 18299), &env).await
+    spawn_corral(data_dir, llama_server, (11200, 11299), &env).await
 }
 
 /// The venv's python, created or reused by the project's script.

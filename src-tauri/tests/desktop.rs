@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 /// Instance ports of this test; other e2e tests use other ranges.
-const INSTANCE_PORTS: (u16, u16) = (18400, 18449);
+const INSTANCE_PORTS: (u16, u16) = (11400, 11449);
 const STARTUP: Duration = Duration::from_secs(120);
 
 fn free_port() -> u16 {

@@ -31,7 +31,7 @@ impl Corral {
             ("CORRAL_MANAGEMENT_KEYS", KEY),
             ("CORRAL_REQUIRE_INFERENCE_AUTH", "false"),
         ];
-        let (child, base) = spawn_corral(data_dir, llama_server, (18100, 18199), &env).await;
+        let (child, base) = spawn_corral(data_dir, llama_server, (11100, 11199), &env).await;
         Corral {
             child,
             base,
@@ -158,7 +158,7 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
         .as_u64()
         .expect("auto-assigned port");
     assert!(
-        (18100..=18199).contains(&port),
+        (11100..=11199).contains(&port),
         "port {port} outside the range"
     );
     assert_eq!(created["options"]["backend_options"]["gpu_layers"], 0);

@@ -67,7 +67,7 @@ async function startEngine(dir) {
       '  llama-cpp:',
       `    command: ${llamaServer}`,
       'instances:',
-      '  port_range: [39100, 39199]',
+      '  port_range: [11500, 11599]',
       '  stop_grace_seconds: 5',
       'auth:',
       '  require_management_auth: true',
