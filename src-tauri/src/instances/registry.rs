@@ -364,13 +364,10 @@ impl Registry {
                     None => port,
                 },
                 // Only a hand-written file lacks a port: give it one like create would.
-                None => match ports::lowest_free(self.config.instances.port_range, |p| {
-                    table.ports.contains_key(&p)
-                }) {
-                    Some(port) => port,
-                    None => {
-                        let (first, last) = self.config.instances.port_range;
-                        skip(InstanceError::NoFreePort(first, last).to_string());
+                None => match self.free_port(&table) {
+                    Ok(port) => port,
+                    Err(e) => {
+                        skip(e.to_string());
                         continue;
                     }
                 },
@@ -763,12 +760,15 @@ impl Registry {
                 Ok(port)
             }
             (None, Some(port)) => Ok(port),
-            (None, None) => {
-                let range = self.config.instances.port_range;
-                ports::lowest_free(range, |port| table.ports.contains_key(&port))
-                    .ok_or(InstanceError::NoFreePort(range.0, range.1))
-            }
+            (None, None) => self.free_port(table),
         }
+    }
+
+    /// The lowest port of the range that no instance owns and nothing listens on.
+    fn free_port(&self, table: &Table) -> Result<u16, InstanceError> {
+        let range = self.config.instances.port_range;
+        ports::lowest_free(range, |port| table.ports.contains_key(&port))
+            .ok_or(InstanceError::NoFreePort(range.0, range.1))
     }
 
     /// Moves `instance` from `busy`, a port Corral chose for it that another program took, to
@@ -776,11 +776,8 @@ impl Registry {
     fn move_port(&self, instance: &Instance, busy: u16) -> Result<(), InstanceError> {
         let port = {
             let mut table = lock(&self.table);
-            let range = self.config.instances.port_range;
-            let port = ports::lowest_free(range, |port| {
-                port == busy || table.ports.contains_key(&port)
-            })
-            .ok_or(InstanceError::NoFreePort(range.0, range.1))?;
+            // `busy` is still this instance's in the table, so it is not picked again.
+            let port = self.free_port(&table)?;
             table.ports.remove(&busy);
             table.ports.insert(port, instance.name.clone());
             port
