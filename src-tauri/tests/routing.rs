@@ -332,7 +332,7 @@ async fn at_the_running_limit_the_least_recently_used_idle_instance_makes_room()
     let mut config = test_config(dir.path());
     config.instances.max_running_instances = Some(1);
     let engine = Engine::start(config).await;
-    // An idle timeout makes an instance evictable (as in llamactl); a long one never fires here.
+    // A long idle timeout that never fires here: eviction alone makes the room.
     engine
         .create("first", llama(json!({"idle_timeout": 60})))
         .await;
