@@ -24,7 +24,9 @@ pub struct ServerConfig {
     /// Address the engine listens on; loopback unless the user asks otherwise.
     pub host: IpAddr,
     pub port: u16,
-    /// Origins allowed by CORS; `*` allows any.
+    /// Other origins whose pages may call Corral from a browser (CORS). None by default: only
+    /// Corral's own pages (the web UI and the desktop window, both served from Corral's own
+    /// address) may; `*` lets every web page read every answer, and is warned about at start.
     pub allowed_origins: Vec<String>,
     /// Extra host names accepted in the `Host` header besides loopback names and the listen address.
     pub allowed_hosts: Vec<String>,
@@ -32,7 +34,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest accepted `/v1` request body, in bytes (prompts with images are large); past it 413.
     pub max_inference_body_bytes: usize,
-    /// Allow listening on a non-loopback address without inference keys.
+    /// Allow listening on a non-loopback address without inference keys or management auth.
     pub allow_insecure_remote: bool,
 }
 
@@ -394,7 +396,7 @@ impl Config {
             port: env_parse(env, "PORT")?.or(s.port).unwrap_or(8080),
             allowed_origins: env_list(env, "ALLOWED_ORIGINS")
                 .or(s.allowed_origins)
-                .unwrap_or_else(|| vec!["*".into()]),
+                .unwrap_or_default(),
             allowed_hosts: env_list(env, "ALLOWED_HOSTS")
                 .or(s.allowed_hosts)
                 .unwrap_or_default(),
@@ -571,7 +573,44 @@ impl Config {
                 self.server.host
             )));
         }
+        if !self.server.host.is_loopback()
+            && !self.auth.require_management_auth
+            && !self.server.allow_insecure_remote
+        {
+            return Err(ConfigError::Invalid(format!(
+                "listening on {} with auth.require_management_auth: false lets anyone on the \
+                 network run programs through Corral: turn management auth on, or set \
+                 server.allow_insecure_remote: true if that is really meant",
+                self.server.host
+            )));
+        }
         Ok(())
+    }
+
+    /// What the configuration allows that weakens Corral's defences, one sentence each, for the
+    /// log at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self
+            .server
+            .allowed_origins
+            .iter()
+            .any(|origin| origin.trim() == "*")
+        {
+            warnings.push(
+                "server.allowed_origins contains \"*\": any web page open in a browser on this \
+                 machine may call Corral and read its answers (list the origins that need it instead)"
+                    .to_owned(),
+            );
+        }
+        if !self.server.host.is_loopback() && self.server.allow_insecure_remote {
+            warnings.push(format!(
+                "server.allow_insecure_remote is on: Corral listens on {} and may answer the \
+                 network without keys",
+                self.server.host
+            ));
+        }
+        warnings
     }
 }
 
@@ -772,6 +811,44 @@ backends:
             &NO_ENV,
         )
         .expect("explicitly allowed");
+    }
+
+    #[test]
+    fn remote_listen_without_management_auth_is_refused() {
+        let yaml =
+            "server: {host: 0.0.0.0}\nauth: {inference_keys: [k], require_management_auth: false}";
+        let err = build(yaml, &NO_ENV).expect_err("insecure");
+        assert!(err.to_string().contains("require_management_auth"), "{err}");
+        build(
+            "server: {host: 0.0.0.0, allow_insecure_remote: true}\nauth: {inference_keys: [k], require_management_auth: false}",
+            &NO_ENV,
+        )
+        .expect("explicitly allowed");
+        build(
+            "server: {host: 127.0.0.1}\nauth: {require_management_auth: false}",
+            &NO_ENV,
+        )
+        .expect("loopback needs no auth");
+        let err = build(
+            "server: {host: \"::\"}\nauth: {inference_keys: [k]}",
+            &[("CORRAL_REQUIRE_MANAGEMENT_AUTH", "false")],
+        )
+        .expect_err("from the environment too");
+        assert!(err.to_string().contains("require_management_auth"), "{err}");
+    }
+
+    #[test]
+    fn no_other_origin_is_allowed_unless_listed_and_a_star_is_warned_about() {
+        let defaults = build("", &NO_ENV).expect("defaults");
+        assert!(defaults.server.allowed_origins.is_empty());
+        assert!(defaults.warnings().is_empty(), "{:?}", defaults.warnings());
+        let star = build("server: {allowed_origins: [\"*\"]}", &NO_ENV).expect("star");
+        assert_eq!(star.server.allowed_origins, vec!["*".to_owned()]);
+        let warnings = star.warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("allowed_origins"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

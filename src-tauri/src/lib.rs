@@ -88,6 +88,9 @@ impl Engine {
         desktop: Option<Arc<dyn api::desktop::DesktopControl>>,
     ) -> Result<Engine, EngineError> {
         let config = Arc::new(config);
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let run_dir = &config.instances.run_dir;
         std::fs::create_dir_all(run_dir).map_err(|source| EngineError::CreateDir {
             path: run_dir.clone(),

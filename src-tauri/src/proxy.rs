@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::api::error::ApiError;
-use crate::instances::InFlight;
+use crate::instances::{InFlight, Upstream};
 
 /// How long dialling a backend may take before the request fails with 502.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,27 +113,33 @@ impl Proxy {
     pub async fn forward<T: Tap>(
         &self,
         request: Request,
-        authority: &str,
+        upstream: &Upstream,
         path_and_query: &str,
         tap: T,
     ) -> Response {
-        self.try_forward(request, authority, path_and_query, tap)
+        self.try_forward(request, upstream, path_and_query, tap)
             .await
             .unwrap_or_else(|e| ApiError::from(e).into_response())
     }
 
-    /// Sends `request` to `http://<authority><path_and_query>` and streams the answer back.
+    /// Sends `request` to `http://<authority><path_and_query>` of `upstream` and streams the
+    /// answer back.
     /// `tap` sees the answer go by and is kept until the response body has been sent or the
     /// client went away (the in-flight count of the router hangs on it); dropping the body also
     /// drops the upstream connection, which cancels the backend's work. Upstream CORS headers
     /// are dropped so that Corral's own apply.
+    ///
+    /// The client's credentials are Corral's, not the backend's: its `Authorization` and
+    /// `X-API-Key` headers and Corral's page cookie never reach the backend (a backend's page
+    /// could read them), and the backend gets the key Corral holds for it instead.
     pub async fn try_forward<T: Tap>(
         &self,
         mut request: Request,
-        authority: &str,
+        upstream: &Upstream,
         path_and_query: &str,
         mut tap: T,
     ) -> Result<Response, ProxyError> {
+        let authority = upstream.authority.as_str();
         let path = match path_and_query.parse::<Uri>() {
             Ok(uri) if uri.scheme().is_none() && uri.authority().is_none() => uri,
             Ok(_) => {
@@ -156,6 +162,14 @@ impl Proxy {
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
         strip_hop_by_hop(headers);
+        strip_client_credentials(headers);
+        if let Some(credential) = &upstream.credential {
+            if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", credential.expose()))
+            {
+                value.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
         if let Ok(host) = HeaderValue::from_str(authority) {
             headers.insert(header::HOST, host);
         }
@@ -430,6 +444,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Takes out what authenticated the client to Corral: the key headers, and Corral's page cookie
+/// from `Cookie` (the backend's own cookies stay).
+fn strip_client_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(HeaderName::from_static("x-api-key"));
+    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    let kept: Vec<&str> = cookies
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !crate::api::auth::is_corral_cookie(pair))
+        .collect();
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 fn strip_cors(headers: &mut HeaderMap) {
     let cors: Vec<HeaderName> = headers
         .keys()
@@ -481,9 +520,17 @@ mod tests {
         authority
     }
 
+    fn upstream(authority: &str) -> Upstream {
+        Upstream {
+            name: "test".to_owned(),
+            authority: authority.to_owned(),
+            credential: None,
+        }
+    }
+
     async fn fetch(proxy: &Proxy, authority: &str, path: &str) -> (StatusCode, String) {
         let response = proxy
-            .try_forward(Request::new(Body::empty()), authority, path, ())
+            .try_forward(Request::new(Body::empty()), &upstream(authority), path, ())
             .await
             .unwrap();
         let status = response.status();
@@ -529,7 +576,12 @@ mod tests {
         // The client went away before reading the answer: the connection may hold its rest.
         drop(
             proxy
-                .try_forward(Request::new(Body::empty()), &authority, "/peer", ())
+                .try_forward(
+                    Request::new(Body::empty()),
+                    &upstream(&authority),
+                    "/peer",
+                    (),
+                )
                 .await
                 .unwrap(),
         );
@@ -543,11 +595,40 @@ mod tests {
         let authority = listener.local_addr().unwrap().to_string();
         drop(listener);
         let error = Proxy::new()
-            .try_forward(Request::new(Body::empty()), &authority, "/", ())
+            .try_forward(Request::new(Body::empty()), &upstream(&authority), "/", ())
             .await
             .unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
         assert!(error.to_string().contains(&authority));
+    }
+
+    #[test]
+    fn corral_credentials_are_removed_and_backend_cookies_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk-m"),
+        );
+        headers.insert("x-api-key", HeaderValue::from_static("sk-m"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; corral_proxy_session=abc"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("corral_proxy_session=def"),
+        );
+        strip_client_credentials(&mut headers);
+        assert!(!headers.contains_key(header::AUTHORIZATION));
+        assert!(!headers.contains_key("x-api-key"));
+        assert_eq!(headers[header::COOKIE], "theme=dark");
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(
+            header::COOKIE,
+            HeaderValue::from_static("corral_proxy_session=abc"),
+        );
+        strip_client_credentials(&mut only_ours);
+        assert!(!only_ours.contains_key(header::COOKIE));
     }
 
     #[test]

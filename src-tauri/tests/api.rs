@@ -154,6 +154,7 @@ async fn rejected_creates_are_400_and_leave_nothing_behind() {
     let not_json = engine
         .client
         .post(&url)
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await
@@ -802,13 +803,18 @@ async fn proxy_answers_502_when_the_backend_does_not_listen() {
     engine.stop().await;
 }
 
-#[tokio::test]
-async fn a_backend_page_opened_with_api_key_keeps_working_through_a_cookie() {
-    let dir = data_dir();
-    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+/// A client that shows redirects instead of following them, as the page tests need.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn create_ready_with_auth(engine: &Engine, name: &str) {
     let created = engine
         .client
-        .post(engine.url("/api/v1/instances/page"))
+        .post(engine.url(&format!("/api/v1/instances/{name}")))
         .bearer_auth(MANAGEMENT_KEY)
         .json(&llama(json!({})))
         .send()
@@ -816,62 +822,154 @@ async fn a_backend_page_opened_with_api_key_keeps_working_through_a_cookie() {
         .unwrap();
     assert_eq!(created.status(), 201);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while engine.registry.get("page").unwrap().health != Some(corral::supervisor::Health::Ready) {
+    while engine.registry.get(name).unwrap().health != Some(corral::supervisor::Health::Ready) {
         assert!(
             std::time::Instant::now() < deadline,
             "the instance became ready"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
 
-    // A browser tab opens the page's root (trailing slash) with the key in the query ...
-    let page = engine
+/// The `name=value` of the page cookie a response sets, checking its attributes.
+fn page_cookie(response: &reqwest::Response, instance: &str) -> String {
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains(&format!("Path=/api/v1/instances/{instance}/proxy/;")),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(MANAGEMENT_KEY),
+        "the key is never the cookie"
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_backend_page_opens_with_a_one_time_ticket_and_keeps_working_through_a_cookie() {
+    let dir = data_dir();
+    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+    create_ready_with_auth(&engine, "page").await;
+    create_ready_with_auth(&engine, "other").await;
+    let browser = no_redirects();
+
+    // The UI asks for a ticket with its key; no key, no ticket.
+    let refused = engine.post("/api/v1/instances/page/proxy-token").await;
+    assert_eq!(refused.status(), 401);
+    let ticket = |name: &'static str| {
+        let engine = &engine;
+        async move {
+            let answer: Value = engine
+                .client
+                .post(engine.url(&format!("/api/v1/instances/{name}/proxy-token")))
+                .bearer_auth(MANAGEMENT_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["expires_in"], 60);
+            answer["url"].as_str().unwrap().to_owned()
+        }
+    };
+    let missing = engine
         .client
+        .post(engine.url("/api/v1/instances/nobody/proxy-token"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The tab opens the ticket's address: it gets the cookie and the page without the ticket.
+    let url = ticket("page").await;
+    assert!(
+        url.starts_with("/api/v1/instances/page/proxy/?proxy_ticket="),
+        "{url}"
+    );
+    assert!(!url.contains(MANAGEMENT_KEY));
+    let opened = browser.get(engine.url(&url)).send().await.unwrap();
+    assert_eq!(opened.status(), 303);
+    assert_eq!(
+        opened.headers()["location"],
+        "/api/v1/instances/page/proxy/"
+    );
+    let pair = page_cookie(&opened, "page");
+    // A ticket works once.
+    let again = browser.get(engine.url(&url)).send().await.unwrap();
+    assert_eq!(again.status(), 401);
+
+    // The page's own requests carry only the cookie, which the backend never sees.
+    let follow = browser
+        .get(engine.url("/api/v1/instances/page/proxy/props"))
+        .header("cookie", format!("theme=dark; {pair}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
+    let echo: Value = follow.json().await.unwrap();
+    assert_eq!(echo["headers"]["cookie"], "theme=dark");
+    // The cookie opens this instance's page only, not another's, nor the management API.
+    for elsewhere in ["/api/v1/instances", "/api/v1/instances/other/proxy/props"] {
+        let refused = browser
+            .get(engine.url(elsewhere))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401, "{elsewhere}");
+    }
+    let wrong = browser
+        .get(engine.url("/api/v1/instances/page/proxy/props"))
+        .header("cookie", "corral_proxy_session=sk-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // A ticket for one instance does not open another's page.
+    let crossed = ticket("page")
+        .await
+        .replace("/instances/page/", "/instances/other/");
+    let crossed = browser.get(engine.url(&crossed)).send().await.unwrap();
+    assert_eq!(crossed.status(), 401);
+
+    // A tab opened with `?api_key=` (llamactl's way) still works, and its later requests too,
+    // through a pass rather than the key; the key never reaches the backend.
+    let page = browser
         .get(engine.url(&format!(
-            "/api/v1/instances/page/proxy/?api_key={MANAGEMENT_KEY}"
+            "/api/v1/instances/page/proxy/?api_key={MANAGEMENT_KEY}&x=1"
         )))
         .send()
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let pair = page_cookie(&page, "page");
     let echo: Value = page.json().await.unwrap();
-    assert!(echo["path"].as_str().unwrap().starts_with("/?"));
-    // ... and the page's own requests carry only the cookie.
-    let pair = cookie.split(';').next().unwrap().to_owned();
-    let follow = engine
-        .client
+    assert_eq!(echo["path"], "/?x=1");
+    let follow = browser
         .get(engine.url("/api/v1/instances/page/proxy/props"))
         .header("cookie", &pair)
         .send()
         .await
         .unwrap();
     assert_eq!(follow.status(), 200);
-    // The cookie opens the proxied pages only, not the rest of the management API.
-    let elsewhere = engine
-        .client
-        .get(engine.url("/api/v1/instances"))
-        .header("cookie", &pair)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(elsewhere.status(), 401);
-    let wrong = engine
-        .client
-        .get(engine.url("/api/v1/instances/page/proxy/props"))
-        .header("cookie", "corral_proxy_key=sk-wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
     engine.stop().await;
 }
 
 #[tokio::test]
 async fn management_routes_need_a_management_key_from_any_of_three_places() {
     let dir = data_dir();
-    let engine = Engine::start(with_auth(test_config(dir.path()))).await;
+    let mut config = with_auth(test_config(dir.path()));
+    config.server.allowed_origins = vec!["http://app.example".into()];
+    let engine = Engine::start(config).await;
     let url = engine.url("/api/v1/instances");
 
     let missing = engine.client.get(&url).send().await.unwrap();
@@ -953,7 +1051,10 @@ async fn management_routes_need_a_management_key_from_any_of_three_places() {
         .await
         .unwrap();
     assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
     engine.stop().await;
 }
 
@@ -1046,6 +1147,7 @@ async fn bodies_over_the_limit_are_413() {
     let streamed = engine
         .client
         .post(engine.url("/api/v1/backends/llama-cpp/parse-command"))
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
         )))
@@ -1106,6 +1208,7 @@ async fn parse_command_turns_a_command_line_into_options() {
     let not_json = engine
         .client
         .post(engine.url("/api/v1/backends/llama-cpp/parse-command"))
+        .header("content-type", "application/json")
         .body("command")
         .send()
         .await

@@ -386,6 +386,7 @@ async fn errors_come_back_in_ollamas_shape_with_their_status() {
     let not_json = engine
         .client
         .post(engine.url("/api/chat"))
+        .header("content-type", "application/json")
         .body("{")
         .send()
         .await

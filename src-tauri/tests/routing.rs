@@ -47,7 +47,9 @@ async fn echoed_body(response: reqwest::Response) -> Value {
 #[tokio::test]
 async fn models_lists_instances_and_aliases_and_each_backend_gets_the_model_name_it_expects() {
     let dir = data_dir();
-    let engine = Engine::start(test_config(dir.path())).await;
+    let mut config = test_config(dir.path());
+    config.server.allowed_origins = vec!["*".into()];
+    let engine = Engine::start(config).await;
     engine
         .create("b-llama", llama(json!({"aliases": ["gpt-x", "default"]})))
         .await;
@@ -142,6 +144,7 @@ async fn bad_requests_and_unknown_or_stopped_models_answer_openai_errors() {
     let not_json = engine
         .client
         .post(engine.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body("not json")
         .send()
         .await
@@ -150,6 +153,7 @@ async fn bad_requests_and_unknown_or_stopped_models_answer_openai_errors() {
     let too_large = engine
         .client
         .post(engine.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body(vec![b' '; 2 * 1024 * 1024])
         .send()
         .await

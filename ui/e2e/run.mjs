@@ -291,11 +291,19 @@ try {
     assert.equal((await getInstance('tiny')).options.backend_options.ctx_size, 1024);
   });
 
-  await step("the llama.cpp page opens in a new tab at the instance's port", async () => {
-    const port = (await getInstance('tiny')).options.backend_options.port;
+  await step('the llama.cpp page opens through the engine, with no key in its address', async () => {
     const [popup] = await Promise.all([context.waitForEvent('page'), card('tiny').getByRole('button', { name: /Open/ }).click()]);
     await popup.waitForLoadState('domcontentloaded').catch(() => {});
-    assert.equal(new URL(popup.url()).port, String(port));
+    await popup.waitForURL((url) => !url.search.includes('proxy_ticket'), { timeout: SLOW });
+    const url = new URL(popup.url());
+    assert.equal(url.pathname, '/api/v1/instances/tiny/proxy/');
+    assert.ok(!popup.url().includes(KEY), `the management key is not in ${popup.url()}`);
+    // The page's own API calls pass with its cookie; the backend itself refuses anyone else.
+    const status = await popup.evaluate(async () => (await fetch('props')).status);
+    assert.equal(status, 200);
+    const port = (await getInstance('tiny')).options.backend_options.port;
+    const direct = await fetch(`http://127.0.0.1:${port}/props`);
+    assert.equal(direct.status, 401, 'the backend answers only the engine');
     await popup.close();
   });
 

@@ -41,6 +41,7 @@ fn backend_of(segment: &str) -> Option<BackendType> {
     responses(
         (status = 200, body = ParsedCommand),
         (status = 400, description = "invalid_request, invalid_command or parse_error", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 404, description = "Unknown backend", body = ErrorBody)))]
 pub async fn parse_command(
     State(_api): State<Api>,

@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, RequestExt};
 
+use super::auth;
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::system::fit_warnings;
@@ -44,6 +45,7 @@ pub async fn get(State(api): State<Api>, Path(name): Path<String>) -> Answer<Jso
         (status = 201, description = "Created and started", body = InstanceView),
         (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
         (status = 409, description = "Name or port taken, or a limit reached", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 500, description = "The backend could not be started", body = ErrorBody)))]
 pub async fn create(
@@ -69,6 +71,7 @@ pub async fn create(
     responses(
         (status = 200, body = InstanceView),
         (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "Port taken", body = ErrorBody)))]
 pub async fn update(
@@ -188,7 +191,49 @@ pub async fn logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
-/// Forward any request to the instance's backend, the path after `/proxy` and the query kept.
+/// A one-time ticket that opens the instance's own web page (llama.cpp's chat) through the proxy.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProxyTicket {
+    /// Open this address (relative to the engine) in a browser tab within `expires_in` seconds:
+    /// the page then gets a session cookie for this instance's proxy path only (HttpOnly,
+    /// SameSite=Strict) and loads without the ticket. Without management auth it is the plain
+    /// proxy address.
+    pub url: String,
+    /// Seconds the ticket stays valid; it works once.
+    pub expires_in: u64,
+}
+
+/// A ticket for the instance's web page, so that a browser tab can open it without a key: no
+/// management key ever appears in the page's address or reaches the backend.
+#[utoipa::path(post, path = "/api/v1/instances/{name}/proxy-token", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses(
+        (status = 200, body = ProxyTicket),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody)))]
+pub async fn proxy_token(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Answer<Json<ProxyTicket>> {
+    let view = api.registry.get(&name)?;
+    let base = format!("/api/v1/instances/{}/proxy/", view.name);
+    if !api.config.auth.require_management_auth {
+        return Ok(Json(ProxyTicket {
+            url: base,
+            expires_in: 0,
+        }));
+    }
+    let ticket = api.passes.issue_ticket(&view.name);
+    Ok(Json(ProxyTicket {
+        url: format!("{base}?{}={ticket}", auth::PROXY_TICKET_PARAM),
+        expires_in: auth::TICKET_LIFETIME.as_secs(),
+    }))
+}
+
+/// Forward any request to the instance's backend, the path after `/proxy` and the query kept
+/// (Corral's `api_key` and ticket parameters taken out). Corral's own credentials never reach
+/// the backend: the key headers and Corral's cookie are dropped, and the backend gets the key
+/// Corral holds for it.
 #[utoipa::path(get, path = "/api/v1/instances/{name}/proxy/{rest}", tag = "instances",
     params(
         ("name" = String, Path, description = "Instance name"),
@@ -208,22 +253,20 @@ pub async fn proxy(State(api): State<Api>, mut request: Request) -> Answer<Respo
     let name = params.get("name").map(String::as_str).unwrap_or_default();
     let path = backend_path(request.uri().path()).to_owned();
     let mut target = path.clone();
-    if let Some(query) = request.uri().query() {
+    let corral_params = ["api_key", auth::PROXY_TICKET_PARAM];
+    if let Some(query) = auth::without_params(request.uri().query(), &corral_params) {
         target.push('?');
-        target.push_str(query);
+        target.push_str(&query);
     }
     // Health probes (the UI polls them) must not keep an instance from going idle.
     if is_health_probe(&path) {
         let upstream = api.registry.upstream(name)?;
-        return Ok(api
-            .proxy
-            .forward(request, &upstream.authority, &target, ())
-            .await);
+        return Ok(api.proxy.forward(request, &upstream, &target, ()).await);
     }
     let (upstream, in_flight) = api.registry.lease_running(name)?;
     Ok(api
         .proxy
-        .forward(request, &upstream.authority, &target, in_flight)
+        .forward(request, &upstream, &target, in_flight)
         .await)
 }
 

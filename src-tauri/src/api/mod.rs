@@ -52,6 +52,8 @@ pub struct Api {
     /// The system report and its caches.
     pub devices: Arc<Devices>,
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
+    /// Tickets and sessions of backend pages opened through the per-instance proxy.
+    pub passes: Arc<auth::ProxyPasses>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -70,6 +72,11 @@ pub fn router(state: AppState) -> Router {
         proxy: Proxy::new(),
         devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
         desktop: state.desktop,
+        passes: Arc::new(auth::ProxyPasses::default()),
+    };
+    let management_auth = auth::ManagementAuth {
+        config: Arc::clone(&config),
+        passes: Arc::clone(&api.passes),
     };
     let ollama = ollama::router(api.clone());
     let management = Router::new()
@@ -99,6 +106,10 @@ pub fn router(state: AppState) -> Router {
             "/instances/{name}/logs/stream",
             get(logs_stream::logs_stream),
         )
+        .route(
+            "/instances/{name}/proxy-token",
+            post(instances::proxy_token),
+        )
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
@@ -113,7 +124,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(
-            Arc::clone(&config),
+            management_auth,
             auth::require_management,
         ))
         .with_state(api.clone());

@@ -205,6 +205,7 @@ pub async fn model(
         (status = 400, description = "Not a JSON object, or no `model`", body = OpenAiErrorBody),
         (status = 404, description = "No instance or alias has that name", body = OpenAiErrorBody),
         (status = 413, description = "Body over server.max_inference_body_bytes", body = OpenAiErrorBody),
+        (status = 415, description = "The body is not declared as JSON (`Content-Type: application/json` or a `+json` type); Anthropic's error object on /v1/messages", body = OpenAiErrorBody),
         (status = 502, description = "The backend did not answer", body = OpenAiErrorBody),
         (status = 503, description = "Not running, failed, or could not be started in time", body = OpenAiErrorBody)))]
 pub async fn inference(
@@ -212,11 +213,16 @@ pub async fn inference(
     OriginalUri(uri): OriginalUri,
     request: Request,
 ) -> Response {
-    // The original URI: nesting under /v1 stripped the prefix from the request's own.
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    // The original URI: nesting under /v1 stripped the prefix from the request's own. A key in
+    // the query is Corral's, not the backend's.
+    let path = match super::auth::without_params(uri.query(), &["api_key"]) {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
+    };
     let (parts, body) = request.into_parts();
+    if !super::body::declares_json(&parts.headers) {
+        return not_json(&path, &parts.headers);
+    }
     let raw = match read_body(&api, &parts.headers, body).await {
         Ok(raw) => raw,
         Err(e) => return e.into_response(),
@@ -238,6 +244,24 @@ pub async fn inference(
         .into_response();
     };
     route(&api, &model, &path, parts.headers, Payload::Raw(raw)).await
+}
+
+/// The 415 for a body not declared as JSON, in the shape the route's clients read: Anthropic's
+/// error object on `/v1/messages`, OpenAI's elsewhere.
+fn not_json(path: &str, headers: &HeaderMap) -> Response {
+    let message = super::body::not_json_message(headers);
+    let status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    if path == "/v1/messages"
+        || path.starts_with("/v1/messages/")
+        || path.starts_with("/v1/messages?")
+    {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": message},
+        });
+        return (status, Json(body)).into_response();
+    }
+    OpenAiError::new(status, "unsupported_media_type", message).into_response()
 }
 
 /// The `model` a JSON object names (`Some(None)` when it names none or not as a string);
@@ -352,7 +376,7 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
     let log = RequestLog::new(lease.guard, path, started);
     match api
         .proxy
-        .try_forward(request, &lease.upstream.authority, path, log)
+        .try_forward(request, &lease.upstream, path, log)
         .await
     {
         Ok(response) => response,

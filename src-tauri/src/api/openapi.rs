@@ -29,6 +29,7 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         instances::stop,
         instances::restart,
         instances::logs,
+        instances::proxy_token,
         instances::proxy,
         openai::models,
         openai::model,

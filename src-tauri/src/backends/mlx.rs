@@ -2,6 +2,11 @@
 
 use super::{Backend, OptionKind as K, OptionSpec, PositionalModel};
 
+/// What the API and docs say about mlx_lm.server's missing key option.
+pub(super) const NO_KEY_NOTE: &str = " mlx_lm.server has no API key option: unlike llama.cpp and \
+     vLLM instances, it answers any process on this machine that reaches its port without going \
+     through Corral. Keep its `host` on loopback (the default).";
+
 const fn o(name: &'static str, flag: &'static str, kind: K, help: &'static str) -> OptionSpec {
     OptionSpec {
         name,

@@ -9,6 +9,7 @@ mod llama_table;
 mod mlx;
 mod parse;
 mod schema;
+mod secret;
 mod vllm;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use schema::{fields, label, FieldType, OptionField};
+pub use secret::{BackendSecret, SecretHandover};
 
 #[derive(
     Debug,
@@ -646,6 +648,11 @@ pub fn specs(backend: BackendType) -> &'static [OptionSpec] {
     Backend::of(backend).specs
 }
 
+/// What the options schema of a backend that checks keys says about Corral's own.
+const BACKEND_KEY_NOTE: &str = " Corral gives each start of the backend a secret key of its own, \
+     which only Corral's proxy sends: a request straight to the backend's port without it is \
+     refused. A key set with `api_key` keeps working beside it.";
+
 /// JSON Schema (OpenAPI 3.1 flavour) of `backend_options` for `backend`, built from `specs`.
 pub fn options_schema(
     backend: BackendType,
@@ -657,8 +664,12 @@ pub fn options_schema(
     let mut object = ObjectBuilder::new()
         .schema_type(Type::Object)
         .description(Some(format!(
-            "Options of {}; only set options appear.",
-            backend.as_str()
+            "Options of {}; only set options appear.{}",
+            backend.as_str(),
+            match backend {
+                BackendType::MlxLm => mlx::NO_KEY_NOTE,
+                BackendType::LlamaCpp | BackendType::Vllm => BACKEND_KEY_NOTE,
+            }
         )));
     for spec in table.specs {
         let description = Some(format!("{} ({})", spec.help, spec.flag));

@@ -3,6 +3,9 @@
 
 use super::{Backend, OptionKind as K, OptionSpec, PositionalModel};
 
+/// The environment variable vLLM reads its API key from when `--api-key` is not given.
+pub(super) const API_KEY_VAR: &str = "VLLM_API_KEY";
+
 const fn o(name: &'static str, flag: &'static str, kind: K, help: &'static str) -> OptionSpec {
     OptionSpec {
         name,

@@ -18,6 +18,7 @@ use super::options::{InstanceOptions, InstanceView};
 use super::store::{self, RecordOut};
 use super::usage::Usage;
 use super::{name::validate_name, ports, InstanceError};
+use crate::backends::BackendSecret;
 use crate::config::Config;
 use crate::devices::ResourceMonitor;
 use crate::supervisor::{
@@ -33,6 +34,9 @@ pub struct Upstream {
     pub name: String,
     /// `host:port` the proxy dials.
     pub authority: String,
+    /// What the proxy presents to the backend as `Authorization: Bearer`; `None` for a backend
+    /// that checks no key.
+    pub credential: Option<BackendSecret>,
 }
 
 /// All instances of the engine. Cheap lookups behind one lock; each instance's operations are
@@ -113,6 +117,9 @@ pub(super) struct Instance {
     watcher: Mutex<Option<JoinHandle<()>>>,
     /// The registry's change feed.
     feed: Arc<Feed>,
+    /// The key the running backend accepts from Corral, new at each start; kept here only,
+    /// never in the options, the view or a log.
+    credential: Mutex<Option<BackendSecret>>,
 }
 
 /// Poisoning only means another thread panicked mid-section; the data is still usable.
@@ -156,6 +163,11 @@ impl Instance {
 
     pub(super) fn aliases(&self) -> Vec<String> {
         lock(&self.options).aliases.clone()
+    }
+
+    /// The key the proxy presents to this instance's backend.
+    pub(super) fn credential(&self) -> Option<BackendSecret> {
+        lock(&self.credential).clone()
     }
 
     pub(super) fn view(&self) -> InstanceView {
@@ -411,6 +423,7 @@ impl Registry {
             idle_stop_pending: AtomicBool::new(false),
             watcher: Mutex::new(None),
             feed: Arc::clone(&self.feed),
+            credential: Mutex::new(None),
         });
         instance.watch_status();
         instance
@@ -505,6 +518,7 @@ impl Registry {
         Ok(Upstream {
             name: name.to_owned(),
             authority: format!("{}:{port}", connect_host(options.backend.host())),
+            credential: instance.credential(),
         })
     }
 
@@ -826,7 +840,8 @@ impl Registry {
                 return Err(InstanceError::PortInUse(port));
             }
         }
-        let spec = self.launch_spec(&options);
+        let spec = self.launch_spec(&instance.name, &options);
+        *lock(&instance.credential) = spec.secret.credential.clone();
         let policy = RestartPolicy {
             auto_restart: options.auto_restart,
             max_restarts: options.max_restarts,
@@ -889,10 +904,17 @@ impl Registry {
 
     /// Program, arguments and environment from the backend's configured command, plus the
     /// instance's own arguments.
-    fn launch_spec(&self, options: &InstanceOptions) -> LaunchSpec {
+    /// A fresh secret for the backend is part of each start's spec.
+    fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
         let command = self.config.backends.command(options.backend_type());
+        let secret = options.backend.secret_handover(
+            BackendSecret::generate(),
+            self.config.instances.run_dir.join(format!("{name}.key")),
+            &command.environment,
+        );
         let mut args = command.args.clone();
         args.extend(options.backend.to_args());
+        args.extend(secret.args.iter().cloned());
         let port = options.backend.port().unwrap_or_default();
         LaunchSpec {
             program: command.command.clone(),
@@ -907,6 +929,7 @@ impl Registry {
                 connect_host(options.backend.host()),
                 options.backend.health_path()
             ),
+            secret: Box::new(secret),
         }
     }
 }

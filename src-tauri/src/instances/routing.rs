@@ -234,6 +234,7 @@ impl Registry {
             upstream: Upstream {
                 name: instance.name.clone(),
                 authority: format!("{}:{port}", connect_host(options.backend.host())),
+                credential: instance.credential(),
             },
             backend_model,
             guard,

@@ -26,6 +26,7 @@ use tokio::time::timeout;
 
 use super::chunked::Chunked;
 use crate::api::auth::is_accepted;
+use crate::api::body::is_json_media_type;
 use crate::api::host::is_allowed;
 use crate::api::openai::{requested_model, with_backend_model, OpenAiError, RequestLog};
 use crate::config::Config;
@@ -183,6 +184,11 @@ impl FastPath {
         message.extend_from_slice(b"\r\ncontent-length: ");
         message.extend_from_slice(body.len().to_string().as_bytes());
         message.extend_from_slice(b"\r\n");
+        if let Some(credential) = &lease.upstream.credential {
+            message.extend_from_slice(b"authorization: Bearer ");
+            message.extend_from_slice(credential.expose().as_bytes());
+            message.extend_from_slice(b"\r\n");
+        }
         message.extend_from_slice(&request.headers);
         message.extend_from_slice(b"\r\n");
         message.extend_from_slice(&body);
@@ -311,6 +317,7 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
     let mut bearer = None;
     let mut api_key = None;
     let mut expects_continue = false;
+    let mut declares_json = false;
     let mut forwarded = Vec::with_capacity(512);
     for header in parsed.headers.iter() {
         let name = header.name;
@@ -346,6 +353,15 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
             expects_continue = true;
             continue;
         }
+        if is("content-type") {
+            // A body not declared as JSON is the router's to refuse (415), the one kind of
+            // request a web page may send anywhere without a CORS preflight.
+            if declares_json || !is_json_media_type(header.value) {
+                return Head::Other;
+            }
+            declares_json = true;
+            continue;
+        }
         if ["transfer-encoding", "upgrade", "origin"]
             .into_iter()
             .any(is)
@@ -358,7 +374,6 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
             "proxy-authorization",
             "te",
             "trailer",
-            "content-type",
             "x-forwarded-host",
             "x-forwarded-proto",
         ]
@@ -367,10 +382,14 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
         {
             continue;
         }
-        if is("authorization") && bearer.is_none() {
-            bearer = header.value.strip_prefix(b"Bearer ");
-        } else if is("x-api-key") && api_key.is_none() {
-            api_key = Some(header.value);
+        // The client's keys are Corral's: the backend gets the key Corral holds for it instead.
+        if is("authorization") {
+            bearer = bearer.or(header.value.strip_prefix(b"Bearer "));
+            continue;
+        }
+        if is("x-api-key") {
+            api_key = api_key.or(Some(header.value));
+            continue;
         }
         forwarded.extend_from_slice(name.as_bytes());
         forwarded.extend_from_slice(b": ");
@@ -380,6 +399,9 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
     let Some(body_len) = body_len else {
         return Head::Other;
     };
+    if !declares_json {
+        return Head::Other;
+    }
     if body_len > MAX_BODY.min(config.server.max_inference_body_bytes) {
         return Head::Other;
     }
@@ -870,7 +892,7 @@ mod tests {
         assert!(!request.expects_continue);
         assert_eq!(
             String::from_utf8(request.headers).unwrap(),
-            "Authorization: Bearer sk-1\r\nX-Request-Id: 7\r\n\
+            "X-Request-Id: 7\r\n\
              x-forwarded-host: localhost:8080\r\nx-forwarded-proto: http\r\n\
              content-type: application/json\r\n"
         );

@@ -35,6 +35,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Polled until it answers 200: `http://127.0.0.1:<port>/health`.
     pub health_url: String,
+    /// How the backend gets the key Corral presents to it: a key file written at each launch
+    /// (owner-only, never through a link), or an environment variable.
+    pub secret: Box<crate::backends::SecretHandover>,
 }
 
 /// When a crashed backend is started again.

@@ -55,10 +55,25 @@ pub(super) struct LaunchContext<'a> {
 /// Spawns the backend and starts its pumps, pid file and readiness watch.
 pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running, SupervisorError> {
     let token = format!("{}-{:016x}", cx.name, rand::random::<u64>());
+    if let Some((path, secret)) = &spec.secret.key_file {
+        write_key_file(path, secret.expose()).map_err(|source| SupervisorError::Spawn {
+            program: spec.program.clone(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!("cannot write the key file {}: {source}", path.display()),
+            ),
+        })?;
+    }
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
+        .envs(
+            spec.secret
+                .env
+                .iter()
+                .map(|(name, secret)| (name, secret.expose())),
+        )
         .env(TOKEN_VAR, &token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -106,6 +121,29 @@ pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running
         probe,
         pid_file,
     })
+}
+
+/// Writes a backend's key file afresh: any old one is removed first, and the new one is created
+/// only if nothing (not even a link planted there) took its place meanwhile, readable by the
+/// owner alone.
+fn write_key_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 fn spawn_error(program: &str, err: std::io::Error) -> SupervisorError {
@@ -188,5 +226,39 @@ fn die_with_parent(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::write_key_file;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_file_is_owner_only_and_replaces_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.key");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_key_file(&path, "s3cret").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "s3cret\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_link_at_the_key_path_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "keep me").unwrap();
+        let path = dir.path().join("b.key");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        write_key_file(&path, "s3cret").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

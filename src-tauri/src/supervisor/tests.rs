@@ -69,6 +69,7 @@ impl Fixture {
                 .map(|(key, value)| (key.to_string(), value.display().to_string()))
                 .collect(),
             health_url: format!("http://127.0.0.1:{port}/health"),
+            secret: Default::default(),
         }
     }
 
@@ -96,6 +97,7 @@ fn shell(script: &str) -> LaunchSpec {
         args: vec!["-c".to_string(), script.to_string()],
         env: Vec::new(),
         health_url: format!("http://127.0.0.1:{}/health", free_port()),
+        secret: Default::default(),
     }
 }
 
@@ -534,6 +536,7 @@ async fn a_three_megabyte_line_without_newline_is_logged_and_breaks_nothing() {
         ],
         env: Vec::new(),
         health_url: format!("http://127.0.0.1:{}/health", free_port()),
+        secret: Default::default(),
     };
     fx.supervisor.start(spec, no_restart()).await.unwrap();
     let seen = states_until(&fx.supervisor, |state| state.status != Status::Running).await;
@@ -728,6 +731,7 @@ async fn engine_process_that_gets_killed() {
         args: vec!["300".to_string()],
         env: Vec::new(),
         health_url: format!("http://127.0.0.1:{}/health", free_port()),
+        secret: Default::default(),
     };
     let pid = supervisor
         .start(spec, no_restart())

@@ -51,7 +51,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         server: ServerConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
-            allowed_origins: vec!["*".into()],
+            allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_body_bytes: 64 * 1024,
             max_inference_body_bytes: 1024 * 1024,

@@ -2,7 +2,6 @@
 // with the engine's answer at once (the event stream confirms it a moment later).
 
 import { api, ApiError } from './api';
-import { auth } from './auth.svelte';
 import { forget, upsert } from './instances.svelte';
 import { toast } from './toasts.svelte';
 import type { Instance } from './types';
@@ -33,25 +32,20 @@ export async function act(action: Action, name: string): Promise<boolean> {
   }
 }
 
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
-
 /**
- * The backend's own web page (llama.cpp's chat UI). Seen from this machine, the backend's port is
- * opened directly: the page then talks to its server with no key in the way. From elsewhere it
- * goes through the engine's proxy; a new tab cannot send the Authorization header, so the key
- * rides along as `?api_key=`, which the engine accepts.
+ * The backend's own web page (llama.cpp's chat), through the engine's proxy: the backend answers
+ * only the engine, which adds the key it holds for it. A new tab cannot send the management key,
+ * and must not get it (any script in the backend's page could read it), so the engine gives a
+ * one-time ticket for this instance's page, which the tab swaps for a cookie that opens only this
+ * instance's proxy path.
  */
-export function webPageUrl(instance: Instance): string {
-  const port = Number(instance.options.backend_options?.port);
-  const host = String(instance.options.backend_options?.host ?? '127.0.0.1');
-  const backendLocal = LOOPBACK.has(host) || host === '0.0.0.0' || host === '::';
-  if (LOOPBACK.has(location.hostname) && backendLocal && port > 0) {
-    return `${location.protocol}//${location.hostname}:${port}/`;
+export async function openWebPage(instance: Instance): Promise<void> {
+  try {
+    const { url } = await api.proxyTicket(instance.name);
+    window.open(url, '_blank', 'noopener');
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    const message = error instanceof Error ? error.message : String(error);
+    toast(`Could not open the page of ${instance.name}: ${message}`, 'error');
   }
-  const base = api.proxyPath(instance.name);
-  return auth.key ? `${base}?api_key=${encodeURIComponent(auth.key)}` : base;
-}
-
-export function openWebPage(instance: Instance): void {
-  window.open(webPageUrl(instance), '_blank', 'noopener');
 }

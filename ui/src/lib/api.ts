@@ -115,5 +115,7 @@ export const api = {
   openFolder: (folder: DesktopFolder) => json<void>('/desktop/open', { method: 'POST', ...body({ folder }) }),
   logsStreamPath: (name: string, lines: number) =>
     `${API}${instancePath(name)}/logs/stream?lines=${lines}`,
-  proxyPath: (name: string) => `${API}${instancePath(name)}/proxy/`,
+  /** A one-time address of the instance's own web page (see `openWebPage`). */
+  proxyTicket: (name: string) =>
+    json<{ url: string; expires_in: number }>(`${instancePath(name)}/proxy-token`, { method: 'POST' }),
 };
