@@ -370,6 +370,19 @@ async fn a_backend_gets_corrals_secret_and_never_the_clients_credentials() {
         .await
         .unwrap();
     assert_eq!(own.status(), 200);
+
+    // Deleted, the instance leaves no key behind.
+    let key_file = engine.config.instances.run_dir.join("sec.key");
+    assert!(key_file.exists());
+    let deleted = engine
+        .client
+        .delete(engine.url("/api/v1/instances/sec"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(!key_file.exists());
     engine.stop().await;
 }
 

@@ -888,6 +888,13 @@ impl Registry {
         instance.removed.store(true, Ordering::SeqCst);
         instance.stop_watching();
         instance.supervisor.shutdown().await;
+        // The backend's key died with it; no need to keep it on disk.
+        let key_file = self.key_file(&instance.name);
+        if let Err(e) = std::fs::remove_file(&key_file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(instance = %instance.name, "cannot remove {}: {e}", key_file.display());
+            }
+        }
         let mut table = lock(&self.table);
         if table
             .instances
@@ -904,12 +911,17 @@ impl Registry {
 
     /// Program, arguments and environment from the backend's configured command, plus the
     /// instance's own arguments.
+    /// Where llama-server reads the key Corral presents to it.
+    fn key_file(&self, name: &str) -> PathBuf {
+        self.config.instances.run_dir.join(format!("{name}.key"))
+    }
+
     /// A fresh secret for the backend is part of each start's spec.
     fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
         let command = self.config.backends.command(options.backend_type());
         let secret = options.backend.secret_handover(
             BackendSecret::generate(),
-            self.config.instances.run_dir.join(format!("{name}.key")),
+            self.key_file(name),
             &command.environment,
         );
         let mut args = command.args.clone();
