@@ -933,6 +933,13 @@ mod tests {
             ("TE: trailers", "Expect: something-else"),
             ("TE: trailers", "Origin: https://app.example"),
             ("TE: trailers", "Upgrade: websocket"),
+            // A body not declared as JSON is the router's to refuse with 415.
+            ("Content-Type: application/json", "Content-Type: text/plain"),
+            ("Content-Type: application/json", "X-Other: 1"),
+            (
+                "Content-Type: application/json",
+                "Content-Type: application/json\r\nContent-Type: text/plain",
+            ),
         ] {
             other(CHAT.replace(from, to), &open);
         }
@@ -945,6 +952,8 @@ mod tests {
         );
         let by_header = CHAT.replace("Authorization: Bearer", "X-Api-Key:");
         fast(&by_header, &config(&["sk-1"]));
+        let charset = CHAT.replace("application/json", "application/json; charset=utf-8");
+        fast(&charset, &open);
     }
 
     fn answer(head: &str) -> ResponseHead {
