@@ -26,7 +26,8 @@ pub const INFERENCE_KEY: &str = "sk-inference-test";
 /// Each engine gets its own slice of ports, so parallel tests never race for one. Every test
 /// port lies below 16000, out of the OS's range for outgoing connections' local ports (32768+
 /// by Linux's default, lower in some sandboxes): one landing on a backend's port makes it busy.
-/// The suites' other ranges: 11100 e2e_llama, 11200 clients, 11400 desktop, 11500 the UI's e2e.
+/// The suites' other ranges: 11100 e2e_llama, 11200 clients, 11300 backend_keys, 11400 desktop,
+/// 11500 the UI's e2e.
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(12000);
 const PORTS_PER_ENGINE: u16 = 20;
 
