@@ -392,3 +392,107 @@ async fn a_request_a_backend_read_on_a_reused_connection_is_sent_once_and_answer
     assert_eq!(drops["drops"], 1, "the request was sent again");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_body_reaches_a_vllm_backend_with_only_its_model_rewritten_and_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_inference_body_bytes = 8 * 1024 * 1024;
+    let engine = Engine::start(config).await;
+    engine
+        .create(
+            "v",
+            json!({"backend_type": "vllm",
+                   "backend_options": {"model": "org/model", "served_model_name": "served"}}),
+        )
+        .await;
+    engine.wait_ready("v").await;
+    // Past the fast path's 1 MiB: the router reads it, and sends it on in pieces.
+    let pad = "x".repeat(3 * 1024 * 1024);
+    let sent = format!(
+        r#"{{ "messages" : [{{"role":"user","content":"a \"model\": b"}}],"model":  "v" , "pad":"{pad}","n":1.50}}"#
+    );
+    let answer = engine
+        .client
+        .post(engine.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(sent.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let echo: Value = answer.json().await.unwrap();
+    let expected = sent.replace(r#""model":  "v""#, r#""model":  "served""#);
+    assert!(
+        echo["body"] == expected.as_str(),
+        "the body changed beyond its model"
+    );
+    assert_eq!(
+        echo["headers"]["content-length"],
+        expected.len().to_string()
+    );
+    assert!(echo["headers"].get("transfer-encoding").is_none());
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_nested_too_deeply_is_refused_with_400_on_v1_and_ollama() {
+    let (_dir, engine) = engine(4096).await;
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        let body = format!(r#"{{"model": "m", "input": {deep}}}"#);
+        let answer = engine
+            .client
+            .post(engine.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{path}");
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_request_body", "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("recursion limit"),
+            "{error}"
+        );
+    }
+    let body = format!(r#"{{"model": "m", "messages": {deep}}}"#);
+    let answer = engine
+        .client
+        .post(engine.url("/api/chat"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    // The engine is still there.
+    assert_eq!(
+        exchange(&mut TcpStream::connect(engine.addr).await.unwrap(), &chat()).await,
+        200
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn instance_numbers_past_their_range_are_refused_with_400_naming_the_field() {
+    let (_dir, engine) = engine(4096).await;
+    for (field, value) in [
+        ("idle_timeout", json!(1_000_000_000_000_i64)),
+        ("restart_delay", json!(i64::MAX)),
+        ("max_restarts", json!(1_000_000)),
+    ] {
+        let mut body = llama(json!({}));
+        body[field] = value;
+        let answer = engine.post_json("/api/v1/instances/big", &body).await;
+        assert_eq!(answer.status(), 400, "{field}");
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["field"], field, "{error}");
+    }
+    assert_eq!(engine.get("/api/v1/instances/big").await.status(), 404);
+    engine.stop().await;
+}
