@@ -53,20 +53,40 @@ fn chat() -> Vec<u8> {
 
 /// The status of the answer at the start of `read`, once its head is complete.
 fn status_of(read: &[u8]) -> Option<u16> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(read) {
-        Ok(httparse::Status::Complete(_)) => response.code,
-        _ => None,
-    }
+    head_of(read).map(|(status, _, _)| status)
 }
 
-/// Sends `request` and reads until a whole answer head came; the rest stays unread (the tests
-/// here only need statuses, and answers are small enough to arrive in one read).
+/// The status, head length and body length (`None`: chunked) of the answer at the start of
+/// `read`, once its head is complete.
+fn head_of(read: &[u8]) -> Option<(u16, usize, Option<usize>)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = response.parse(read) else {
+        return None;
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap());
+    Some((response.code.unwrap(), len, length))
+}
+
+/// Sends `request` and reads one whole answer (framed by its length, or chunked); returns its
+/// status.
 async fn exchange(stream: &mut TcpStream, request: &[u8]) -> u16 {
     stream.write_all(request).await.unwrap();
     let mut read = Vec::new();
     loop {
+        if let Some((status, head, length)) = head_of(&read) {
+            let complete = match length {
+                Some(length) => read.len() >= head + length,
+                None => read[head..].ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                return status;
+            }
+        }
         let mut buf = [0u8; 16 * 1024];
         let n = timeout(CLOSE_WITHIN, stream.read(&mut buf))
             .await
@@ -74,13 +94,6 @@ async fn exchange(stream: &mut TcpStream, request: &[u8]) -> u16 {
             .unwrap();
         assert!(n > 0, "closed before an answer");
         read.extend_from_slice(&buf[..n]);
-        if let Some(status) = status_of(&read) {
-            // Let the body arrive so that it is not taken for the next answer.
-            sleep(Duration::from_millis(50)).await;
-            let mut rest = [0u8; 64 * 1024];
-            let _ = timeout(Duration::from_millis(1), stream.read(&mut rest)).await;
-            return status;
-        }
     }
 }
 
