@@ -509,3 +509,30 @@ async fn instance_numbers_past_their_range_are_refused_with_400_naming_the_field
     assert_eq!(engine.get("/api/v1/instances/big").await.status(), 404);
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_json_body_of_millions_of_tiny_values_is_refused_before_it_is_built_into_a_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_body_bytes = 8 * 1024 * 1024;
+    let engine = Engine::start(config).await;
+    // 4 MB of text, a tree of ~2M values (60+ MB) if parsed.
+    let flat = format!(
+        r#"{{"model": "m", "messages": [{}0]}}"#,
+        "0,".repeat(2_000_000)
+    );
+    for path in ["/api/chat", "/api/v1/instances/m"] {
+        let answer = engine
+            .client
+            .post(engine.url(path))
+            .header("content-type", "application/json")
+            .body(flat.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 413, "{path}");
+        let text = answer.text().await.unwrap();
+        assert!(text.contains("JSON values"), "{path}: {text}");
+    }
+    engine.stop().await;
+}
