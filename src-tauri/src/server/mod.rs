@@ -60,6 +60,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         Arc::clone(&state.registry),
     ));
     let app = api::router(state);
+    allow_descriptors(limits.max_connections);
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -106,6 +107,40 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     close_tx.send_replace(true);
     // Every connection holds a receiver until it ends.
     close_tx.closed().await;
+}
+
+/// Raises the soft limit on open files (1024 on many Linux desktops) toward the hard one, so
+/// that `max_connections` sockets fit beside the backends' sockets and log files: past the soft
+/// limit, accepting fails and new clients wait in the listen queue instead of being served or
+/// refused. Go's runtime does the same at start.
+fn allow_descriptors(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        // Room for what is not a client: backends' sockets, pid and log files.
+        let wanted = u64::try_from(max_connections)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1024);
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return;
+        };
+        let raised = wanted.min(hard);
+        if raised <= soft {
+            return;
+        }
+        match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+            Ok(()) => tracing::debug!("open file limit raised from {soft} to {raised}"),
+            Err(e) => tracing::warn!("cannot raise the open file limit from {soft}: {e}"),
+        }
+        if raised < wanted {
+            tracing::warn!(
+                "the open file limit ({raised}) is below server.max_connections + 1024: \
+                 past it, connections wait instead of being served or refused"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 async fn connection(
@@ -491,5 +526,28 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+    #[test]
+    fn the_open_file_limit_is_raised_for_the_connection_cap_as_far_as_allowed() {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Start from the soft limit a desktop session gives (the other tests of this process
+        // fit in it).
+        let low = soft.min(hard).min(1024);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        super::allow_descriptors(2048);
+        let (raised, same_hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(same_hard, hard);
+        assert_eq!(raised, (2048 + 1024).min(hard));
+        // Never lowered.
+        super::allow_descriptors(1);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, raised);
+        setrlimit(Resource::RLIMIT_NOFILE, soft.max(raised), hard).unwrap();
     }
 }
