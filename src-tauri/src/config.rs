@@ -36,6 +36,41 @@ pub struct ServerConfig {
     pub max_inference_body_bytes: usize,
     /// Allow listening on a non-loopback address without inference keys or management auth.
     pub allow_insecure_remote: bool,
+    /// Deadlines and the connection cap that keep slow or idle clients from holding the server.
+    pub limits: ConnectionLimits,
+}
+
+/// How long a client may take, and how many connections it may hold. A deadline only ever
+/// waits on the client: a backend that thinks for minutes before its first token, or streams a
+/// long answer, is never cut by these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte (or the connection's opening) to the end of its head.
+    pub head_timeout: Duration,
+    /// The longest pause in a request body while the server waits for more of it.
+    pub body_idle_timeout: Duration,
+    /// How long a connection may sit idle between requests.
+    pub keep_alive_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            // nginx allows 60 s for a head; a local client sends one in microseconds, and 10 s
+            // still covers a phone on a poor network.
+            head_timeout: Duration::from_secs(10),
+            // A client uploading a large prompt pauses only when its network does.
+            body_idle_timeout: Duration::from_secs(30),
+            // Above the 5 s most HTTP clients keep an idle connection, so the server is not the
+            // one to close it first (which races the client's next request).
+            keep_alive_timeout: Duration::from_secs(60),
+            // Far above what local editors and apps open, below a default `ulimit -n` of a few
+            // thousand once backends' sockets and log files are counted.
+            max_connections: 4096,
+        }
+    }
 }
 
 /// How one backend is launched: the executable, arguments placed before the instance's own, and
@@ -175,6 +210,10 @@ struct FileServer {
     max_body_bytes: Option<usize>,
     max_inference_body_bytes: Option<usize>,
     allow_insecure_remote: Option<bool>,
+    request_head_timeout_seconds: Option<f64>,
+    request_body_idle_timeout_seconds: Option<f64>,
+    keep_alive_timeout_seconds: Option<f64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -403,12 +442,22 @@ impl Config {
             max_body_bytes: env_parse(env, "MAX_BODY_BYTES")?
                 .or(s.max_body_bytes)
                 .unwrap_or(64 * 1024 * 1024),
+            // A chat with a few full-size photos as base64 (a 12-megapixel JPEG is 4-8 MB,
+            // 5-11 MB as base64) stays far below 64 MiB; a bigger body is held in memory whole
+            // while it is routed, so the default does not invite one.
             max_inference_body_bytes: env_parse(env, "MAX_INFERENCE_BODY_BYTES")?
                 .or(s.max_inference_body_bytes)
-                .unwrap_or(256 * 1024 * 1024),
+                .unwrap_or(64 * 1024 * 1024),
             allow_insecure_remote: env_bool(env, "ALLOW_INSECURE_REMOTE")?
                 .or(s.allow_insecure_remote)
                 .unwrap_or(false),
+            limits: connection_limits(
+                env,
+                s.request_head_timeout_seconds,
+                s.request_body_idle_timeout_seconds,
+                s.keep_alive_timeout_seconds,
+                s.max_connections,
+            )?,
         };
 
         let b = file.backends;
@@ -614,6 +663,65 @@ impl Config {
     }
 }
 
+/// `server.*_timeout_seconds` and `server.max_connections`, each overridable by its variable
+/// (`CORRAL_REQUEST_HEAD_TIMEOUT_SECONDS`, ..., `CORRAL_MAX_CONNECTIONS`).
+fn connection_limits(
+    env: &dyn Env,
+    head: Option<f64>,
+    body_idle: Option<f64>,
+    keep_alive: Option<f64>,
+    max_connections: Option<usize>,
+) -> Result<ConnectionLimits, ConfigError> {
+    fn seconds(
+        env: &dyn Env,
+        key: &str,
+        file: Option<f64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = env_parse::<f64>(env, &key.to_ascii_uppercase())?.or(file) else {
+            return Ok(default);
+        };
+        Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "server.{key} must be a positive number of seconds, got {value}"
+                ))
+            })
+    }
+    let defaults = ConnectionLimits::default();
+    let max_connections = env_parse(env, "MAX_CONNECTIONS")?
+        .or(max_connections)
+        .unwrap_or(defaults.max_connections);
+    if max_connections == 0 {
+        return Err(ConfigError::Invalid(
+            "server.max_connections must be at least 1".to_owned(),
+        ));
+    }
+    Ok(ConnectionLimits {
+        head_timeout: seconds(
+            env,
+            "request_head_timeout_seconds",
+            head,
+            defaults.head_timeout,
+        )?,
+        body_idle_timeout: seconds(
+            env,
+            "request_body_idle_timeout_seconds",
+            body_idle,
+            defaults.body_idle_timeout,
+        )?,
+        keep_alive_timeout: seconds(
+            env,
+            "keep_alive_timeout_seconds",
+            keep_alive,
+            defaults.keep_alive_timeout,
+        )?,
+        max_connections,
+    })
+}
+
 fn read_file(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -681,8 +789,39 @@ mod tests {
         assert_eq!(c.instances.default_restart_delay, 5);
         assert_eq!(c.backends.llama_cpp.command, "llama-server");
         assert_eq!(c.backends.vllm.args, vec!["serve".to_string()]);
-        assert_eq!(c.server.max_inference_body_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.server.max_inference_body_bytes, 64 * 1024 * 1024);
         assert_eq!(c.instances.idle_timeout_unit, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn connection_deadlines_and_cap_have_defaults_a_file_and_variables_can_change() {
+        let c = build("", &NO_ENV).expect("valid");
+        assert_eq!(c.server.limits, ConnectionLimits::default());
+        assert_eq!(c.server.limits.head_timeout, Duration::from_secs(10));
+        let yaml =
+            "server: {request_head_timeout_seconds: 1.5, request_body_idle_timeout_seconds: 2, \
+                    keep_alive_timeout_seconds: 3, max_connections: 7}";
+        let env = [("CORRAL_KEEP_ALIVE_TIMEOUT_SECONDS", "0.25")];
+        let c = build(yaml, &env).expect("valid");
+        assert_eq!(
+            c.server.limits,
+            ConnectionLimits {
+                head_timeout: Duration::from_millis(1500),
+                body_idle_timeout: Duration::from_secs(2),
+                keep_alive_timeout: Duration::from_millis(250),
+                max_connections: 7,
+            }
+        );
+        for bad in [
+            "server: {request_head_timeout_seconds: 0}",
+            "server: {keep_alive_timeout_seconds: -1}",
+            "server: {max_connections: 0}",
+        ] {
+            let err = build(bad, &NO_ENV).expect_err(bad);
+            assert!(err.to_string().contains("server."), "{err}");
+        }
+        let err = build("", &[("CORRAL_MAX_CONNECTIONS", "many")]).expect_err("not a number");
+        assert!(err.to_string().contains("CORRAL_MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

@@ -143,43 +143,86 @@ pub fn is_ready(v: &Value) -> bool {
 
 /// Resident memory of a process in KiB, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A memory figure of `/proc/<pid>/status` in KiB: `VmRSS` (now) or `VmHWM` (the peak so far).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")
+        .with_context(|| format!("no {field} in /proc/<pid>/status"))
+}
+
+/// `corral serve` as a child, auth off, on a free loopback port.
+pub struct Serve {
+    child: tokio::process::Child,
+    pub pid: u32,
+    pub management: Management,
+}
+
+impl Serve {
+    /// Starts `corral serve` over `data_dir` with `args` and `env` added, once it printed its
+    /// address.
+    pub async fn start(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Serve> {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("CORRAL_REQUIRE_MANAGEMENT_AUTH", "false")
+            .env("CORRAL_REQUIRE_INFERENCE_AUTH", "false")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting corral serve")?;
+        let stdout = child.stdout.take().context("corral's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split(" on http://").nth(1) {
+                    return Ok(format!("http://{}", rest.trim()));
+                }
+            }
+            bail!("corral exited before printing its address")
+        })
+        .await
+        .context("corral did not start within 60 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let pid = child.id().context("corral's pid")?;
+        Ok(Serve {
+            child,
+            pid,
+            management: Management::new(base),
+        })
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub async fn stop(mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
 }
 
 /// RSS of `corral serve` over `data_dir` once it has loaded `expected` instances and settled.
 pub async fn serve_rss_kib(data_dir: &Path, expected: usize) -> anyhow::Result<u64> {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(data_dir)
-        .env("CORRAL_REQUIRE_MANAGEMENT_AUTH", "false")
-        .env("CORRAL_REQUIRE_INFERENCE_AUTH", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting corral serve")?;
-    let stdout = child.stdout.take().context("corral's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.split(" on http://").nth(1) {
-                return Ok(format!("http://{}", rest.trim()));
-            }
-        }
-        bail!("corral exited before printing its address")
-    })
-    .await
-    .context("corral did not start within 60 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let management = Management::new(base);
-    let (status, list) = management
+    let serve = Serve::start(data_dir, &[], &[]).await?;
+    let (status, list) = serve
+        .management
         .call(reqwest::Method::GET, "/api/v1/instances", None)
         .await?;
     let loaded = list.as_array().map_or(0, Vec::len);
@@ -187,15 +230,8 @@ pub async fn serve_rss_kib(data_dir: &Path, expected: usize) -> anyhow::Result<u
         bail!("corral serve loaded {loaded} instances, expected {expected} ({status})");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = child.id().context("corral's pid")?;
-    let rss = rss_kib(pid)?;
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let rss = rss_kib(serve.pid)?;
+    serve.stop().await;
     Ok(rss)
 }
 

@@ -4,11 +4,12 @@
 //!
 //! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run, `CORRAL_BENCH_ROUNDS`
 //! (default 3) how often every path is loaded in turn; `CORRAL_BENCH_ONLY`
-//! (`load,stream,on-demand,memory`, comma-separated) picks sections. With
+//! (`load,stream,on-demand,memory,memory-body`, comma-separated) picks sections. With
 //! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server.
 
 mod engine;
 mod load;
+mod memory_body;
 mod nginx;
 mod on_demand;
 mod streaming;
@@ -51,8 +52,8 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let seconds = env_number("CORRAL_BENCH_SECONDS", 5);
     let rounds = env_number("CORRAL_BENCH_ROUNDS", 3).max(1);
-    let nginx_bin = bench_deps().await?;
-    let tmp = tempfile::tempdir()?;
+    let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
+    let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     let fake = Backend {
         command: std::env::current_exe()?,
         args: vec![upstream::UPSTREAM_FLAG.to_owned()],
@@ -62,6 +63,19 @@ async fn run() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from),
         cpu_model()
     );
+    // Needs neither nginx nor the in-process engine.
+    if wanted("memory-body") {
+        let tmp = tempfile::tempdir()?;
+        memory_body(tmp.path(), &fake).await?;
+    }
+    if !["load", "stream", "on-demand", "memory"]
+        .into_iter()
+        .any(wanted)
+    {
+        return Ok(());
+    }
+    let nginx_bin = bench_deps().await?;
+    let tmp = tempfile::tempdir()?;
 
     // One engine whose `fast` instance is the fixed-answer upstream; direct and nginx reach the
     // same process on its port.
@@ -83,8 +97,6 @@ async fn run() -> anyhow::Result<()> {
         free_port()?,
     )?;
     let (corral_label, corral_url) = corral_route(&management).await?;
-    let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
-    let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     let per_instance = format!(
         "{}/api/v1/instances/fast/proxy/v1/chat/completions",
         management.base
@@ -414,6 +426,39 @@ async fn memory(tmp: &Path) -> anyhow::Result<()> {
         "{:<48} {:>10.1} MiB",
         format!("{DEFINED_INSTANCES} defined (stopped) instances"),
         full as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn memory_body(tmp: &Path, upstream: &Backend) -> anyhow::Result<()> {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let body_mib = memory_body::BODY_BYTES as f64 / (1024.0 * 1024.0);
+    println!(
+        "\nEngine memory while routing one {body_mib:.1} MiB `POST /v1/embeddings` to a vLLM instance \
+         (`model` rewritten; `input` a flat array of token ids); `corral serve`, VmHWM"
+    );
+    let m = memory_body::measure(tmp, upstream).await?;
+    let peak = mib(m.peak_kib);
+    println!(
+        "{:<48} {:>10.1} MiB",
+        "idle, instance ready (VmRSS)",
+        mib(m.idle_rss_kib)
+    );
+    println!(
+        "{:<48} {:>10.1} MiB",
+        "peak while routing the body (VmHWM)", peak
+    );
+    println!(
+        "{:<48} {:>10.1} MiB ({:.2}x the body)",
+        "peak above idle",
+        peak - mib(m.idle_rss_kib),
+        (peak - mib(m.idle_rss_kib)) / body_mib
+    );
+    println!(
+        "peak {:.2}x the body, sent in {:.2} s (target: peak < 2x the body: {})",
+        peak / (m.sent as f64 / (1024.0 * 1024.0)),
+        m.took.as_secs_f64(),
+        verdict(peak < 2.0 * body_mib)
     );
     Ok(())
 }

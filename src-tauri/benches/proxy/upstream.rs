@@ -1,5 +1,6 @@
 //! The fixed-answer upstream: this same bench executable, re-executed with `UPSTREAM_FLAG`, serves
-//! `/health`, a fixed chat completion, and (for `"stream": true`) SSE chunks every 10 ms.
+//! `/health`, a fixed chat completion, (for `"stream": true`) SSE chunks every 10 ms, and
+//! `/v1/embeddings`, which reads a body of any size as it streams in and says how long it was.
 //!
 //! Being a real process that takes llama-server's `--host`/`--port`, Corral can launch it as a
 //! `llama_cpp` instance, and the bench can reach the very same server directly and through nginx.
@@ -52,7 +53,8 @@ fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let app = Router::new()
             .route("/health", get(|| async { r#"{"status":"ok"}"# }))
-            .route("/v1/chat/completions", post(chat));
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(sink));
         // Without TCP_NODELAY, Nagle holds each small SSE chunk until the client's delayed ACK
         // (~40 ms): llama-server sets it, so the stand-in does too.
         let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
@@ -65,6 +67,35 @@ fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Reads the request body to its end without keeping it; answers its length (and its start, to
+/// show what reached the backend).
+async fn sink(body: Body) -> Response {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut length = 0usize;
+    let mut start = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        if start.len() < 64 {
+            start.extend_from_slice(&chunk[..chunk.len().min(64 - start.len())]);
+        }
+        length += chunk.len();
+    }
+    let answer = serde_json::json!({
+        "object": "list",
+        "data": [],
+        "received": length,
+        "start": String::from_utf8_lossy(&start),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
 }
 
 async fn chat(body: Bytes) -> Response {

@@ -117,6 +117,13 @@ where
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let BoundedBody(bytes) = BoundedBody::from_request(request, state).await?;
+        if values_in(&bytes) > MAX_JSON_VALUES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body holds more than {MAX_JSON_VALUES} JSON values"),
+            ));
+        }
         serde_json::from_slice(&bytes).map(Self).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
@@ -126,9 +133,40 @@ where
     }
 }
 
+/// The most values (array items, object entries) a JSON body may hold. A parsed value takes
+/// 30-80 bytes however short its text (`0,` is two), so a body of small numbers would grow ~30x
+/// in memory; real bodies (instance definitions, chats with long texts and base64 images) hold
+/// far fewer values than this, which bounds their tree to some tens of MiB.
+const MAX_JSON_VALUES: usize = 1_000_000;
+
+/// About how many values `json` holds: its commas, brackets and braces outside strings. A
+/// linear scan, done before anything is built.
+fn values_in(json: &[u8]) -> usize {
+    let mut count = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_json_media_type;
+    use super::*;
 
     #[test]
     fn json_and_plus_json_types_with_parameters_are_json() {
@@ -163,5 +201,14 @@ mod tests {
             assert!(!is_json_media_type(other.as_bytes()), "{other}");
         }
         assert!(!is_json_media_type(b"application/json\xff"));
+    }
+
+
+    #[test]
+    fn values_are_counted_outside_strings_only() {
+        assert_eq!(values_in(br#"{"a": [1, 2, 3], "b": "x,[{\"y,"}"#), 5);
+        assert_eq!(values_in(b"[]"), 1);
+        let flat = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
+        assert!(values_in(flat.as_bytes()) > MAX_JSON_VALUES);
     }
 }

@@ -124,54 +124,61 @@ async fn show(State(api): State<Api>, body: Result<JsonBody, ApiError>) -> Answe
 
 async fn chat(State(api): State<Api>, body: Result<JsonBody, ApiError>) -> Answer {
     let started = Instant::now();
-    let JsonBody(request) = body?;
-    let model = request::model(&request)?;
-    let instance = request::instance_name(model);
+    let JsonBody(mut request) = body?;
+    let model = request::model(&request)?.to_owned();
+    let instance = request::instance_name(&model);
     let empty = request
         .get("messages")
         .and_then(Value::as_array)
         .is_none_or(Vec::is_empty);
     if empty {
-        return load_or_unload(&api, &request, model, Shape::Chat).await;
+        return load_or_unload(&api, &request, &model, Shape::Chat).await;
     }
-    let body = request::chat(&request, instance)?;
+    let stream = request::wants_stream(&request);
+    // The messages move into the translated body: a large prompt is not held twice.
+    let body = request::chat(&mut request, instance)?;
+    drop(request);
     let answer = Exchange {
         shape: Shape::Chat,
-        model,
+        model: &model,
         started,
-        stream: request::wants_stream(&request),
+        stream,
     };
     answer.run(&api, instance, request::CHAT_PATH, body).await
 }
 
 async fn generate(State(api): State<Api>, body: Result<JsonBody, ApiError>) -> Answer {
     let started = Instant::now();
-    let JsonBody(request) = body?;
-    let model = request::model(&request)?;
-    let instance = request::instance_name(model);
+    let JsonBody(mut request) = body?;
+    let model = request::model(&request)?.to_owned();
+    let instance = request::instance_name(&model);
     let empty = request
         .get("prompt")
         .and_then(Value::as_str)
         .is_none_or(str::is_empty);
     if empty {
-        return load_or_unload(&api, &request, model, Shape::Generate).await;
+        return load_or_unload(&api, &request, &model, Shape::Generate).await;
     }
-    let (path, body) = request::generate(&request, instance)?;
+    let stream = request::wants_stream(&request);
+    let (path, body) = request::generate(&mut request, instance)?;
+    drop(request);
     let answer = Exchange {
         shape: Shape::Generate,
-        model,
+        model: &model,
         started,
-        stream: request::wants_stream(&request),
+        stream,
     };
     answer.run(&api, instance, path, body).await
 }
 
 async fn embed(State(api): State<Api>, body: Result<JsonBody, ApiError>) -> Answer {
     let started = Instant::now();
-    let JsonBody(request) = body?;
-    let model = request::model(&request)?;
+    let JsonBody(mut request) = body?;
+    let model = request::model(&request)?.to_owned();
+    let model = model.as_str();
     let instance = request::instance_name(model);
-    let body = request::embed(&request, instance)?;
+    let body = request::embed(&mut request, instance)?;
+    drop(request);
     let answer = embeddings_of(&api, instance, body).await?;
     let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     Ok(Json(json!({

@@ -11,6 +11,7 @@ use axum::extract::{OriginalUri, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::BytesMut;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::Value;
@@ -227,15 +228,18 @@ pub async fn inference(
         Ok(raw) => raw,
         Err(e) => return e.into_response(),
     };
-    let Some(model) = requested_model(&raw) else {
-        return OpenAiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_body",
-            "Invalid request body: expected a JSON object",
-        )
-        .into_response();
+    let named = match model_in(&raw) {
+        Ok(named) => named,
+        Err(reason) => {
+            return OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_body",
+                format!("Invalid request body: {reason}"),
+            )
+            .into_response()
+        }
     };
-    let Some(model) = model.filter(|model| !model.is_empty()) else {
+    let Some(named) = named.filter(|named| !named.model.is_empty()) else {
         return OpenAiError::new(
             StatusCode::BAD_REQUEST,
             "model_required",
@@ -243,7 +247,11 @@ pub async fn inference(
         )
         .into_response();
     };
-    route(&api, &model, &path, parts.headers, Payload::Raw(raw)).await
+    let payload = Payload::Raw {
+        raw,
+        model_at: named.at,
+    };
+    route(&api, &named.model, &path, parts.headers, payload).await
 }
 
 /// The 415 for a body not declared as JSON, in the shape the route's clients read: Anthropic's
@@ -265,33 +273,145 @@ fn not_json(path: &str, headers: &HeaderMap) -> Response {
 }
 
 /// The `model` a JSON object names (`Some(None)` when it names none or not as a string);
-/// `None` when `raw` is not a JSON object. Only `model` is kept: the rest of the body (long
-/// prompts, images) is checked and skipped, not built into a tree, since it goes on as it came.
+/// `None` when `raw` is not a JSON object, or nests too deeply.
 pub(crate) fn requested_model(raw: &[u8]) -> Option<Option<String>> {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        model: Option<Value>,
-    }
+    model_in(raw)
+        .ok()
+        .map(|named| named.map(|named| named.model))
+}
+
+/// The `model` string of a request body, and where its JSON value lies in the body's bytes.
+#[derive(Debug, PartialEq)]
+pub(crate) struct NamedModel {
+    pub model: String,
+    pub at: std::ops::Range<usize>,
+}
+
+/// Reads the `model` of a JSON object without building the rest into a tree: the body (long
+/// prompts, base64 images) is checked and skipped, since it goes on as it came. `Ok(None)` when
+/// there is no `model` or it is not a string; an error (why) when `raw` is not a JSON object.
+///
+/// Nesting is bounded by serde_json's recursion limit (128 arrays or objects deep), which it
+/// keeps for the values it builds but not for those it skips: every value is skipped here
+/// through `deserialize_any`, where the limit holds. Real requests nest a few levels
+/// (messages, content parts, tool schemas); a deeper body is refused before a backend's own
+/// recursive parser meets it.
+pub(crate) fn model_in(raw: &[u8]) -> Result<Option<NamedModel>, String> {
     // serde also reads a struct from an array; only an object is a request.
     if raw.trim_ascii_start().first() != Some(&b'{') {
-        return None;
+        return Err("expected a JSON object".to_owned());
     }
-    let named: Named = serde_json::from_slice(raw).ok()?;
-    Some(match named.model {
-        Some(Value::String(model)) => Some(model),
-        _ => None,
-    })
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    let found = serde::Deserializer::deserialize_map(&mut deserializer, ModelVisitor)
+        .and_then(|found| deserializer.end().map(|()| found))
+        .map_err(|e| format!("expected a JSON object ({e})"))?;
+    let Some(value) = found else {
+        return Ok(None);
+    };
+    let text = value.get();
+    let start = text.as_ptr() as usize - raw.as_ptr() as usize;
+    Ok(serde_json::from_str::<String>(text)
+        .ok()
+        .map(|model| NamedModel {
+            model,
+            at: start..start + text.len(),
+        }))
+}
+
+/// The top-level object: its `model` as written, every other value skipped with its depth
+/// counted.
+struct ModelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ModelVisitor {
+    type Value = Option<&'de serde_json::value::RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut model = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "model" {
+                map.next_value::<Skipped>()?;
+                continue;
+            }
+            if model.is_some() {
+                return Err(serde::de::Error::duplicate_field("model"));
+            }
+            let value: &'de serde_json::value::RawValue = map.next_value()?;
+            // A raw value is skipped without a depth count: count it now.
+            serde_json::from_str::<Skipped>(value.get()).map_err(serde::de::Error::custom)?;
+            model = Some(value);
+        }
+        Ok(model)
+    }
+}
+
+/// Any JSON value, read and dropped. Unlike `IgnoredAny` (which serde_json skips without
+/// counting depth) it goes through `deserialize_any`, where the parser's recursion limit holds.
+struct Skipped;
+
+impl<'de> serde::Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SkipVisitor {
+    type Value = Skipped;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_unit<E>(self) -> Result<Skipped, E> {
+        Ok(Skipped)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+        while seq.next_element::<Skipped>()?.is_some() {}
+        Ok(Skipped)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, Skipped>()?
+            .is_some()
+        {}
+        Ok(Skipped)
+    }
 }
 
 /// The body of an inference request on its way to a backend.
 enum Payload {
-    /// As the client sent it; parsed again only if the model name must be rewritten.
-    Raw(Bytes),
+    /// As the client sent it, with where its `model` value lies (rewritten in place when the
+    /// backend wants another name).
+    Raw {
+        raw: Bytes,
+        model_at: std::ops::Range<usize>,
+    },
     /// Built by a translating API (Ollama).
     Json(Value),
 }
 
-/// Reads the whole body, refusing with 413 past `server.max_inference_body_bytes`.
+/// Reads the whole body, refusing with 413 past `server.max_inference_body_bytes`. The bytes go
+/// into one buffer sized from `Content-Length`, so a large body is held once, not also as the
+/// chunks it arrived in.
 async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<Bytes, OpenAiError> {
     let limit = api.config.server.max_inference_body_bytes;
     let too_large = || {
@@ -310,15 +430,27 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<Bytes, 
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(OpenAiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_body",
-            format!("Failed to read request body: {e}"),
-        )),
+    let declared = declared.and_then(|length| usize::try_from(length).ok());
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = Limited::new(body, limit);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    buf.extend_from_slice(data);
+                }
+            }
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+            Err(e) => {
+                return Err(OpenAiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_body",
+                    format!("Failed to read request body: {e}"),
+                ))
+            }
+        }
     }
+    Ok(buf.freeze())
 }
 
 /// Sends one inference request with JSON `body` to `path` (`/v1/chat/completions`) of the
@@ -353,18 +485,16 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
     };
     lease.guard.count_request();
     let body = match (&lease.backend_model, body) {
-        (None, Payload::Raw(raw)) => Ok(raw),
-        (None, Payload::Json(value)) => serde_json::to_vec(&value)
-            .map(Bytes::from)
-            .map_err(encode_error),
-        (Some(backend_model), Payload::Raw(raw)) => with_backend_model(&raw, backend_model),
-        (Some(backend_model), Payload::Json(value)) => renamed(value, backend_model),
+        (None, Payload::Raw { raw, .. }) => Body::from(raw),
+        (Some(backend_model), Payload::Raw { raw, model_at }) => {
+            Body::new(Spliced::new(spliced(&raw, model_at, backend_model)))
+        }
+        (backend_model, Payload::Json(value)) => match encoded(value, backend_model.as_deref()) {
+            Ok(bytes) => Body::from(bytes),
+            Err(e) => return e.into_response(),
+        },
     };
-    let bytes = match body {
-        Ok(bytes) => bytes,
-        Err(e) => return e.into_response(),
-    };
-    let mut request = Request::new(Body::from(bytes));
+    let mut request = Request::new(body);
     *request.method_mut() = Method::POST;
     *request.headers_mut() = headers;
     request.headers_mut().insert(
@@ -384,14 +514,78 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
     }
 }
 
-/// `raw` with `model` set to what the backend expects.
+/// `raw` with `model` set to what the backend expects (the fast path's small bodies).
 pub(crate) fn with_backend_model(raw: &[u8], backend_model: &str) -> Result<Bytes, OpenAiError> {
-    let value = serde_json::from_slice::<Value>(raw).map_err(encode_error)?;
-    renamed(value, backend_model)
+    let Some(named) = model_in(raw).map_err(|reason| {
+        OpenAiError::new(StatusCode::BAD_REQUEST, "invalid_request_body", reason)
+    })?
+    else {
+        return Ok(Bytes::copy_from_slice(raw));
+    };
+    let raw = Bytes::copy_from_slice(raw);
+    Ok(spliced(&raw, named.at, backend_model).concat().into())
 }
 
-fn renamed(mut value: Value, backend_model: &str) -> Result<Bytes, OpenAiError> {
-    if let Some(object) = value.as_object_mut() {
+/// The body in three pieces, the `model` value at `at` replaced by `backend_model`: the client's
+/// bytes are shared, not copied, however large the body.
+fn spliced(raw: &Bytes, at: std::ops::Range<usize>, backend_model: &str) -> [Bytes; 3] {
+    // A string serializes to JSON whatever it holds.
+    let model = serde_json::to_vec(backend_model).unwrap_or_default();
+    [
+        raw.slice(..at.start),
+        Bytes::from(model),
+        raw.slice(at.end..),
+    ]
+}
+
+/// A request body sent as pieces, with its exact length (so that backends which read only a
+/// `Content-Length` body, like mlx_lm.server, get one).
+struct Spliced {
+    pieces: std::collections::VecDeque<Bytes>,
+    left: u64,
+}
+
+impl Spliced {
+    fn new(pieces: [Bytes; 3]) -> Self {
+        let left = pieces.iter().map(|piece| piece.len() as u64).sum();
+        Self {
+            pieces: pieces
+                .into_iter()
+                .filter(|piece| !piece.is_empty())
+                .collect(),
+            left,
+        }
+    }
+}
+
+impl hyper::body::Body for Spliced {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let piece = this.pieces.pop_front();
+        if let Some(piece) = &piece {
+            this.left -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|piece| Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A translated request's JSON, with `model` set to `backend_model` when there is one.
+fn encoded(mut value: Value, backend_model: Option<&str>) -> Result<Bytes, OpenAiError> {
+    if let (Some(object), Some(backend_model)) = (value.as_object_mut(), backend_model) {
         object.insert("model".into(), Value::String(backend_model.to_owned()));
     }
     serde_json::to_vec(&value)
@@ -786,6 +980,53 @@ mod tests {
         assert_eq!(model(r#"{"prompt": "x"}"#), Some(None));
         assert_eq!(model(r#"["model"]"#), None);
         assert_eq!(model(r#"{"model": "a""#), None);
+    }
+
+    #[test]
+    fn the_model_is_rewritten_in_place_and_the_rest_is_left_byte_for_byte() {
+        let raw = br#" {"messages": [{"content": "x\u00e9 \"model\": no"}],  "model" :"a\u00e9" , "n": 1.50}"#;
+        let named = model_in(raw).unwrap().unwrap();
+        assert_eq!(named.model, "a\u{e9}");
+        assert_eq!(&raw[named.at.clone()], br#""a\u00e9""#);
+        let rewritten = with_backend_model(raw, "org/Model \"7B\"").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&rewritten).unwrap(),
+            r#" {"messages": [{"content": "x\u00e9 \"model\": no"}],  "model" :"org/Model \"7B\"" , "n": 1.50}"#
+        );
+        // The pieces the router sends have the length of the rewritten body.
+        let pieces = spliced(&Bytes::from_static(raw), named.at, "org/Model \"7B\"");
+        let body = Spliced::new(pieces.clone());
+        assert_eq!(
+            hyper::body::Body::size_hint(&body).exact(),
+            Some(rewritten.len() as u64)
+        );
+        assert_eq!(pieces.concat(), rewritten.to_vec());
+    }
+
+    #[test]
+    fn a_body_nested_past_the_limit_or_naming_two_models_is_refused() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"model": "m", "x": {}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(model_in(nested(100).as_bytes()).unwrap().is_some());
+        for deep in [nested(200), nested(100_000)] {
+            let reason = model_in(deep.as_bytes()).unwrap_err();
+            assert!(reason.contains("recursion limit"), "{reason}");
+        }
+        let deep_model = format!(r#"{{"model": {}{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(model_in(deep_model.as_bytes()).is_err());
+        let deep_object = format!(
+            r#"{{"model": "m", "x": {}{}}}"#,
+            "{\"a\":".repeat(200),
+            "}".repeat(200)
+        );
+        assert!(model_in(deep_object.as_bytes()).is_err());
+        assert!(model_in(br#"{"model": "a", "model": "b"}"#).is_err());
+        assert!(model_in(br#"{"model": "a"} x"#).is_err());
     }
 }
 

@@ -56,6 +56,9 @@ fn read_card(root: &std::path::Path, card: &Card) -> Accelerator {
     gpu
 }
 
+/// GPU indices past this are not taken from `rocm-smi`'s output.
+const MAX_GPUS: usize = 256;
+
 /// GPU index -> its marketing name, from `rocm-smi --showproductname`'s `Card series` (or
 /// `Card model` when the series is missing) lines: `GPU[0]  : Card series:  Radeon RX 7900 XTX`.
 pub(super) fn parse_rocm_product_names(text: &str) -> Vec<Option<String>> {
@@ -68,9 +71,13 @@ pub(super) fn parse_rocm_product_names(text: &str) -> Vec<Option<String>> {
         let Some((index, rest)) = rest.split_once(']') else {
             continue;
         };
+        // The index sizes the list below: a machine has a few GPUs, not millions.
         let Ok(index) = index.parse::<usize>() else {
             continue;
         };
+        if index >= MAX_GPUS {
+            continue;
+        }
         let mut parts = rest.splitn(3, ':').map(str::trim);
         let (Some(_), Some(key), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
             continue;

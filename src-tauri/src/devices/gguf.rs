@@ -19,6 +19,9 @@ const MAX_KEPT_STRING: u64 = 64 * 1024;
 const MAX_KEPT_ARRAY: u64 = 4096;
 /// `GGML_MAX_DIMS`.
 const MAX_DIMS: u32 = 4;
+/// Arrays of arrays: real files nest one level; the bound keeps a crafted file from recursing
+/// the reader off its stack.
+const MAX_ARRAY_NESTING: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -112,6 +115,7 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
         inner: BufReader::with_capacity(256 * 1024, file),
         path,
         file_size,
+        nesting: 0,
     };
     reader.header()
 }
@@ -120,6 +124,8 @@ struct Reader<'a, R> {
     inner: R,
     path: &'a Path,
     file_size: u64,
+    /// Arrays being read, one inside the other.
+    nesting: u32,
 }
 
 impl<R: Read + Seek> Reader<'_, R> {
@@ -218,6 +224,16 @@ impl<R: Read + Seek> Reader<'_, R> {
     }
 
     fn array(&mut self) -> Result<Value, GgufError> {
+        if self.nesting >= MAX_ARRAY_NESTING {
+            return Err(self.malformed(format!("arrays nested more than {MAX_ARRAY_NESTING} deep")));
+        }
+        self.nesting += 1;
+        let array = self.array_items();
+        self.nesting -= 1;
+        array
+    }
+
+    fn array_items(&mut self) -> Result<Value, GgufError> {
         let item_type = self.u32()?;
         let count = self.u64()?;
         if count > self.file_size {
@@ -482,6 +498,20 @@ mod tests {
             read_header(&path),
             Err(GgufError::Malformed { .. })
         ));
+
+        // Arrays of arrays of arrays...: refused, not recursed into until the stack runs out.
+        let mut nested = gguf(&[], &[], 0)[..24].to_vec();
+        nested[16..24].copy_from_slice(&1u64.to_le_bytes());
+        nested.extend_from_slice(&4u64.to_le_bytes());
+        nested.extend_from_slice(b"deep");
+        nested.extend_from_slice(&9u32.to_le_bytes());
+        for _ in 0..200_000 {
+            nested.extend_from_slice(&9u32.to_le_bytes());
+            nested.extend_from_slice(&1u64.to_le_bytes());
+        }
+        let path = write(&dir, &nested);
+        let error = read_header(&path).unwrap_err();
+        assert!(error.to_string().contains("nested"), "{error}");
 
         let missing = dir.path().join("absent.gguf");
         assert!(matches!(read_header(&missing), Err(GgufError::Io { .. })));

@@ -305,6 +305,12 @@ fn rocm_smi_names_fall_back_to_the_model_and_skip_bare_ids() {
             None
         ]
     );
+    // An index is not a size: a huge one is skipped, not allocated for.
+    let names = amd::parse_rocm_product_names(&format!(
+        "GPU[{}]\t\t: Card series: \t\tHuge\nGPU[0]\t\t: Card series: \t\tRadeon\n",
+        usize::MAX
+    ));
+    assert_eq!(names, [Some("Radeon".to_owned())]);
 }
 
 #[tokio::test]

@@ -18,12 +18,16 @@ pub struct CreateInstanceOptions {
     /// Restart the backend when it crashes.
     pub auto_restart: Option<bool>,
     /// Automatic restarts allowed before the instance is `failed` (0 = never; negative = 0).
+    #[schema(maximum = 10_000)]
     pub max_restarts: Option<i64>,
-    /// Seconds to wait before an automatic restart (negative = 0).
+    /// Seconds to wait before an automatic restart (negative = 0; at most a day).
+    #[schema(maximum = 86_400)]
     pub restart_delay: Option<i64>,
     /// Let `/v1` requests start the instance when it is stopped.
     pub on_demand_start: Option<bool>,
-    /// Minutes without requests before the instance is stopped; 0 = never (negative = 0).
+    /// Minutes without requests before the instance is stopped; 0 = never (negative = 0; at
+    /// most a year).
+    #[schema(maximum = 525_600)]
     pub idle_timeout: Option<i64>,
     /// Other model names `/v1` requests may use for this instance; unique across all instances
     /// and their names.
@@ -111,22 +115,19 @@ impl InstanceOptions {
             InstanceError::invalid_field(field, e.to_string())
         })?;
         let aliases = validate_aliases(request.aliases.unwrap_or_default())?;
+        let max_restarts = at_most("max_restarts", request.max_restarts, MAX_RESTARTS)?;
+        let restart_delay = at_most("restart_delay", request.restart_delay, MAX_RESTART_DELAY)?;
+        let idle_timeout = at_most("idle_timeout", request.idle_timeout, MAX_IDLE_TIMEOUT)?;
         Ok(Self {
             auto_restart: request
                 .auto_restart
                 .unwrap_or(defaults.default_auto_restart),
-            max_restarts: request
-                .max_restarts
-                .map_or(defaults.default_max_restarts, clamp_u32),
-            restart_delay: request
-                .restart_delay
-                .map_or(defaults.default_restart_delay, clamp_u64),
+            max_restarts: max_restarts.map_or(defaults.default_max_restarts, clamp_u32),
+            restart_delay: restart_delay.map_or(defaults.default_restart_delay, clamp_u64),
             on_demand_start: request
                 .on_demand_start
                 .unwrap_or(defaults.default_on_demand_start),
-            idle_timeout: request
-                .idle_timeout
-                .map_or(defaults.default_idle_timeout, clamp_u64),
+            idle_timeout: idle_timeout.map_or(defaults.default_idle_timeout, clamp_u64),
             aliases,
             backend,
         })
@@ -180,6 +181,32 @@ fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, InstanceError> 
 fn parse_backend_type(name: &str) -> Result<BackendType, InstanceError> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|_| InstanceError::UnknownBackendType(name.to_owned()))
+}
+
+/// More automatic restarts than this is a crash loop, not resilience; the instance had better
+/// fail and say why.
+const MAX_RESTARTS: (i64, &str) = (10_000, "restarts");
+
+/// A day, in seconds: a longer wait before a restart is a stop.
+const MAX_RESTART_DELAY: (i64, &str) = (86_400, "seconds (a day)");
+
+/// A year, in minutes: a longer idle timeout is "never", which is 0.
+const MAX_IDLE_TIMEOUT: (i64, &str) = (525_600, "minutes (a year); 0 means never");
+
+/// `value` if it is not above the maximum, else a 400 naming `field`. These numbers become
+/// deadlines and counters, so one too large for them must not get in.
+fn at_most(
+    field: &'static str,
+    value: Option<i64>,
+    (max, unit): (i64, &str),
+) -> Result<Option<i64>, InstanceError> {
+    match value {
+        Some(value) if value > max => Err(InstanceError::invalid_field(
+            field,
+            format!("{field} is {value}; it may be at most {max} {unit}"),
+        )),
+        _ => Ok(value),
+    }
 }
 
 /// llamactl clamps negative counts to 0 rather than rejecting them.
@@ -345,4 +372,54 @@ pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
             "Other model names /v1 requests may use for this instance; unique across all instances and their names.",
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn options(extra: serde_json::Value) -> Result<InstanceOptions, InstanceError> {
+        let mut body = json!({"backend_type": "llama_cpp", "backend_options": {}});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let config = crate::config::Config::with_data_dir("/data".into());
+        InstanceOptions::from_json(&body, &config.instances)
+    }
+
+    #[test]
+    fn numbers_past_their_range_are_refused_naming_the_field() {
+        for (field, too_large) in [
+            ("max_restarts", json!(10_001)),
+            ("restart_delay", json!(86_401)),
+            ("idle_timeout", json!(525_601)),
+            ("restart_delay", json!(i64::MAX)),
+            ("idle_timeout", json!(i64::MAX)),
+        ] {
+            match options(json!({ field: too_large })) {
+                Err(InstanceError::InvalidOptions {
+                    field: Some(named), ..
+                }) => assert_eq!(named, field),
+                other => panic!("{field}: {too_large} was not refused: {other:?}"),
+            }
+        }
+        // A number past i64 is not an integer of the field's type: refused by name too.
+        match options(json!({"idle_timeout": u64::MAX})) {
+            Err(InstanceError::InvalidOptions {
+                field: Some(named), ..
+            }) => assert_eq!(named, "idle_timeout"),
+            other => panic!("not refused: {other:?}"),
+        }
+        let edge = options(json!({"max_restarts": 10_000, "restart_delay": 86_400,
+            "idle_timeout": 525_600}))
+        .unwrap();
+        assert_eq!(
+            (edge.max_restarts, edge.restart_delay, edge.idle_timeout),
+            (10_000, 86_400, 525_600)
+        );
+        // Negative still means 0, as in llamactl.
+        let negative = options(json!({"restart_delay": -5, "idle_timeout": -1})).unwrap();
+        assert_eq!((negative.restart_delay, negative.idle_timeout), (0, 0));
+    }
 }

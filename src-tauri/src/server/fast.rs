@@ -22,9 +22,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 
 use super::chunked::Chunked;
+use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::api::auth::is_accepted;
 use crate::api::body::is_json_media_type;
 use crate::api::host::is_allowed;
@@ -33,8 +34,8 @@ use crate::config::Config;
 use crate::instances::{Lease, Registry};
 use crate::proxy::{CONNECT_TIMEOUT, MAX_IDLE, MAX_IDLE_PER_BACKEND};
 
-/// Request heads larger than this go to hyper, whose limits and errors then apply.
-const MAX_HEAD: usize = 16 * 1024;
+/// The largest answer head taken from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Request bodies larger than this go to hyper, which streams them.
 const MAX_BODY: usize = 1024 * 1024;
@@ -82,34 +83,57 @@ impl FastPath {
         client: &mut TcpStream,
         close: &mut watch::Receiver<bool>,
     ) -> Outcome {
+        let limits = &self.config.server.limits;
         let mut buf = BytesMut::with_capacity(8 * 1024);
         // The backend's answers pass through here; kept for the connection's next requests.
         let mut answer = BytesMut::new();
+        // A new connection has the head timeout from its opening to send its first head: one
+        // that opens and sends nothing (or trickles) is not idle, it is slow.
+        let mut head_deadline = Some(tokio::time::Instant::now() + limits.head_timeout);
         loop {
+            // How much of `buf` was searched for the head's end: each read is searched once,
+            // and the head parsed once it is whole, so a head trickled byte by byte costs
+            // linear time, not a parse per byte.
+            let mut searched: usize = 0;
             let request = loop {
                 if !buf.is_empty() {
-                    match parse_request(&buf, &self.config) {
-                        Head::Fast(request) => break request,
-                        Head::Other => return Outcome::HandOff(buf),
-                        Head::Partial if buf.len() >= MAX_HEAD => return Outcome::HandOff(buf),
-                        Head::Partial => {}
+                    let ended = has_head_end(&buf[searched.saturating_sub(2)..]);
+                    searched = buf.len();
+                    if ended {
+                        match parse_request(&buf, &self.config) {
+                            Head::Fast(request) => break request,
+                            Head::Other => return Outcome::HandOff(buf),
+                            Head::TooLarge => return head_too_large(client).await,
+                            // Blank lines before a request line: wait for the head's end.
+                            Head::Partial => {}
+                        }
+                    } else if buf.len() >= MAX_REQUEST_HEAD {
+                        return head_too_large(client).await;
                     }
                 }
                 let read = if buf.is_empty() {
                     if *close.borrow() {
                         return Outcome::Closed;
                     }
+                    let deadline = head_deadline
+                        .unwrap_or_else(|| tokio::time::Instant::now() + limits.keep_alive_timeout);
                     tokio::select! {
-                        read = client.read_buf(&mut buf) => read,
+                        read = timeout_at(deadline, client.read_buf(&mut buf)) => read,
                         _ = close.changed() => return Outcome::Closed,
                     }
                 } else {
-                    client.read_buf(&mut buf).await
+                    // The head began: it has the head timeout from its first bytes.
+                    let deadline = *head_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + limits.head_timeout);
+                    timeout_at(deadline, client.read_buf(&mut buf)).await
                 };
-                if !matches!(read, Ok(n) if n > 0) {
+                // A timeout closes without an answer, as nginx does: the client is too slow
+                // or gone, and a reply would only wait on it.
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
                     return Outcome::Closed;
                 }
             };
+            head_deadline = None;
             let total = request.head_len + request.body_len;
             let sent_continue = request.expects_continue && buf.len() < total;
             if sent_continue
@@ -122,7 +146,8 @@ impl FastPath {
             }
             while buf.len() < total {
                 buf.reserve(total - buf.len());
-                if !matches!(client.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                let read = timeout(limits.body_idle_timeout, client.read_buf(&mut buf)).await;
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
                     return Outcome::Closed;
                 }
             }
@@ -194,9 +219,11 @@ impl FastPath {
         message.extend_from_slice(&body);
 
         let mut watch_client = true;
-        // A pooled connection the backend has closed meanwhile fails before any answer: the
-        // request then goes once more on a new connection. Inference requests change nothing
-        // on the backend, so sending one twice is safe even in the rare case it was read.
+        // A pooled connection the backend closed meanwhile may fail before a byte of the
+        // request left: the request then goes once more, on a new connection. One that failed
+        // after some of it was written is not sent again, as the router does: the backend may
+        // have read it and begun the work, and a second generation (or a second side effect of
+        // a route Corral does not know) is not the client's to pay for.
         let mut fresh_only = false;
         let (mut upstream, head) = loop {
             let (mut upstream, reused) = match self.pool.checkout(&authority, fresh_only) {
@@ -209,7 +236,8 @@ impl FastPath {
                 },
             };
             answer.clear();
-            let head = match upstream.write_all(&message).await {
+            let (written, sent) = write_counted(&mut upstream, &message).await;
+            let head = match sent {
                 Ok(()) => read_head(&mut upstream, answer, client, &mut watch_client).await,
                 Err(e) => Err(Failure::Backend(e.to_string())),
             };
@@ -217,7 +245,7 @@ impl FastPath {
                 Ok(head) => break (upstream, head),
                 // Dropping the connection is what cancels the backend's work.
                 Err(Failure::ClientGone) => return Next::Close,
-                Err(Failure::Backend(_)) if reused && answer.is_empty() => fresh_only = true,
+                Err(Failure::Backend(_)) if reused && written == 0 => fresh_only = true,
                 Err(Failure::Backend(message)) => {
                     return unreachable(client, &mut log, &authority, message).await
                 }
@@ -290,6 +318,8 @@ enum Head {
     Partial,
     /// Not this path's: hyper takes it.
     Other,
+    /// Longer than `MAX_REQUEST_HEAD`, or more than `MAX_REQUEST_HEADERS` headers: 431.
+    TooLarge,
     Fast(Request),
 }
 
@@ -297,8 +327,17 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_HEAD => return Head::TooLarge,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+            return match httparse::Request::new(&mut headers).parse(buf) {
+                Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
+                Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_HEAD => Head::TooLarge,
+                _ => Head::Other,
+            };
+        }
         Err(_) => return Head::Other,
     };
     let (Some("POST"), Some(path), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
@@ -433,6 +472,34 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
         headers: forwarded,
         expects_continue,
     })
+}
+
+/// Whether `bytes` hold the blank line that ends a head (CRLF or bare LF line ends, as httparse
+/// takes them).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == b'\n')
+        .any(|(at, _)| match bytes.get(at + 1) {
+            Some(b'\n') => true,
+            Some(b'\r') => bytes.get(at + 2) == Some(&b'\n'),
+            _ => false,
+        })
+}
+
+/// Answers a head over the limits with 431 and closes the connection.
+async fn head_too_large(client: &mut TcpStream) -> Outcome {
+    let body = super::too_large_details();
+    let answer = format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if client.write_all(answer.as_bytes()).await.is_ok() {
+        super::lingering_close(client).await;
+    }
+    Outcome::Closed
 }
 
 /// `buf` with the `Expect` header lines taken out of the request head that ends at `head_len`.
@@ -693,7 +760,7 @@ async fn read_head(
                     answer.advance(len);
                     continue;
                 }
-                Parsed::Partial if answer.len() >= MAX_HEAD * 4 => {
+                Parsed::Partial if answer.len() >= MAX_RESPONSE_HEAD => {
                     return Err(Failure::Backend(
                         "the answer's head is too large".to_owned(),
                     ))
@@ -738,6 +805,19 @@ async fn read_more(
             }
         },
     }
+}
+
+/// Writes all of `message`; says how many bytes went out, also when the write failed.
+async fn write_counted(upstream: &mut TcpStream, message: &[u8]) -> (usize, std::io::Result<()>) {
+    let mut written = 0;
+    while written < message.len() {
+        match upstream.write(&message[written..]).await {
+            Ok(0) => return (written, Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
 }
 
 async fn connect(authority: &str) -> Result<TcpStream, String> {
@@ -867,6 +947,7 @@ mod tests {
             Head::Fast(request) => request,
             Head::Partial => panic!("partial: {head}"),
             Head::Other => panic!("handed off: {head}"),
+            Head::TooLarge => panic!("too large: {head}"),
         }
     }
 

@@ -3,7 +3,7 @@
 //! the restart-counter reset are the other events it waits on.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -239,7 +239,7 @@ impl Task {
                     policy.max_restarts,
                     delay.as_secs_f32()
                 ));
-                self.restart_at = Some(Instant::now() + delay);
+                self.restart_at = Some(deadline_after(delay));
                 self.state.send_modify(|state| {
                     state.status = Status::Running;
                     state.health = Some(Health::Restarting);
@@ -309,6 +309,14 @@ async fn wait_for_exit(child: &mut Option<Running>) -> std::io::Result<std::proc
         Some(running) => running.child.wait().await,
         None => std::future::pending().await,
     }
+}
+
+/// The instant `delay` from now; a delay past what the clock can hold (a user's
+/// `restart_delay` is any number) waits about 30 years instead of overflowing.
+fn deadline_after(delay: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(delay.min(FAR)).unwrap_or(now)
 }
 
 /// Sleeps until `deadline`; never resolves without one.

@@ -376,6 +376,21 @@ async fn stop_during_a_pending_restart_cancels_it() {
 }
 
 #[tokio::test]
+async fn a_restart_delay_too_long_for_the_clock_waits_and_can_still_be_stopped() {
+    let fx = Fixture::new("forever");
+    fx.supervisor
+        .start(shell("exit 7"), policy(true, 3, Duration::MAX))
+        .await
+        .unwrap();
+    states_until(&fx.supervisor, |state| {
+        state.health == Some(Health::Restarting)
+    })
+    .await;
+    let stopped = fx.supervisor.stop().await.unwrap();
+    assert_eq!((stopped.status, stopped.health), (Status::Stopped, None));
+}
+
+#[tokio::test]
 async fn shutdown_during_a_pending_restart_never_resurrects_the_instance() {
     let fx = Fixture::new("deleted");
     fx.supervisor

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use corral::api::AppState;
 use corral::config::{
-    AuthConfig, BackendCommand, BackendsConfig, Config, DesktopConfig, InstancesConfig,
-    ServerConfig,
+    AuthConfig, BackendCommand, BackendsConfig, Config, ConnectionLimits, DesktopConfig,
+    InstancesConfig, ServerConfig,
 };
 use corral::instances::Registry;
 use serde_json::Value;
@@ -57,6 +57,7 @@ pub fn test_config(data_dir: &Path) -> Config {
             max_body_bytes: 64 * 1024,
             max_inference_body_bytes: 1024 * 1024,
             allow_insecure_remote: false,
+            limits: ConnectionLimits::default(),
         },
         backends: BackendsConfig {
             llama_cpp: fake.clone(),

@@ -41,18 +41,28 @@ pub fn tag(view: &InstanceView) -> Value {
 /// `size_vram` is 0.
 pub fn running(view: &InstanceView) -> Value {
     let mut entry = tag(view);
-    let idle = view.options.idle_timeout;
-    let expires = if idle == 0 {
-        Utc::now() + Duration::days(365 * NEVER_EXPIRES_YEARS)
-    } else {
-        Utc::now() + Duration::minutes(i64::try_from(idle).unwrap_or(i64::MAX / 60_000))
-    };
+    let expires = expires_at(Utc::now(), view.options.idle_timeout);
     entry["expires_at"] = json!(expires.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
     entry["size_vram"] = json!(0);
     if let Some(context) = context_length(view) {
         entry["context_length"] = json!(context);
     }
     entry
+}
+
+/// When an instance idle from `now` on is stopped, for an `idle_timeout` of `minutes` (0 =
+/// never). A timeout past what a date can hold reads as never, rather than overflowing.
+fn expires_at(now: DateTime<Utc>, minutes: u64) -> DateTime<Utc> {
+    let never = || now + Duration::days(365 * NEVER_EXPIRES_YEARS);
+    if minutes == 0 {
+        return never();
+    }
+    i64::try_from(minutes)
+        .ok()
+        .and_then(Duration::try_minutes)
+        .filter(|idle| *idle < Duration::days(365 * NEVER_EXPIRES_YEARS))
+        .and_then(|idle| now.checked_add_signed(idle))
+        .unwrap_or_else(never)
 }
 
 /// The `/api/show` answer.
@@ -213,6 +223,22 @@ fn digest(view: &InstanceView, model: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expires_at_is_a_date_for_every_idle_timeout_however_large() {
+        let now = Utc::now();
+        assert_eq!(expires_at(now, 5), now + Duration::minutes(5));
+        let never = now + Duration::days(365 * NEVER_EXPIRES_YEARS);
+        for minutes in [
+            0,
+            1 << 40,
+            i64::MAX as u64 / 60_000,
+            i64::MAX as u64,
+            u64::MAX,
+        ] {
+            assert_eq!(expires_at(now, minutes), never, "{minutes}");
+        }
+    }
 
     #[test]
     fn size_and_quantization_are_read_from_conventional_file_names() {

@@ -64,10 +64,12 @@ pub fn wants_unload(request: &Value) -> bool {
 
 /// `/api/chat` -> `/v1/chat/completions`. The upstream request always streams (with usage), so
 /// one code path serves both Ollama modes and the final counts are known.
-pub fn chat(request: &Value, instance: &str) -> Result<Value, RequestError> {
-    let messages = match request.get("messages") {
+///
+/// `messages` and `tools` are moved out of `request`, not copied: a prompt with images is large.
+pub fn chat(request: &mut Value, instance: &str) -> Result<Value, RequestError> {
+    let messages = match request.get_mut("messages").map(Value::take) {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(messages)) => messages.clone(),
+        Some(Value::Array(messages)) => messages,
         Some(_) => {
             return Err(RequestError::InvalidField {
                 field: "messages",
@@ -78,10 +80,14 @@ pub fn chat(request: &Value, instance: &str) -> Result<Value, RequestError> {
     let mut body = base(instance);
     body.insert(
         "messages".into(),
-        Value::Array(messages_to_openai(&messages)?),
+        Value::Array(messages_to_openai(messages)?),
     );
-    if let Some(tools) = request.get("tools").filter(|tools| !tools.is_null()) {
-        body.insert("tools".into(), tools.clone());
+    if let Some(tools) = request
+        .get_mut("tools")
+        .map(Value::take)
+        .filter(|tools| !tools.is_null())
+    {
+        body.insert("tools".into(), tools);
     }
     apply_common(request, &mut body, true)?;
     Ok(Value::Object(body))
@@ -94,7 +100,10 @@ pub fn chat(request: &Value, instance: &str) -> Result<Value, RequestError> {
 /// (`system` + `prompt`, with the images). `raw` prompts (and fill-in-the-middle with a `suffix`)
 /// must reach the model untouched: they go to `/v1/completions`. Ollama's Go `template` cannot
 /// be honoured by any backend and is ignored; so is the deprecated `context`.
-pub fn generate(request: &Value, instance: &str) -> Result<(&'static str, Value), RequestError> {
+pub fn generate(
+    request: &mut Value,
+    instance: &str,
+) -> Result<(&'static str, Value), RequestError> {
     let prompt = optional_str(request, "prompt")?.unwrap_or_default();
     let raw = request.get("raw").and_then(Value::as_bool).unwrap_or(false);
     let suffix = optional_str(request, "suffix")?.filter(|suffix| !suffix.is_empty());
@@ -112,22 +121,26 @@ pub fn generate(request: &Value, instance: &str) -> Result<(&'static str, Value)
         messages.push(json!({"role": "system", "content": system}));
     }
     let mut user = json!({"role": "user", "content": prompt});
-    if let Some(images) = request.get("images").filter(|images| !images.is_null()) {
-        user["images"] = images.clone();
+    if let Some(images) = request
+        .get_mut("images")
+        .map(Value::take)
+        .filter(|images| !images.is_null())
+    {
+        user["images"] = images;
     }
     messages.push(user);
     body.insert(
         "messages".into(),
-        Value::Array(messages_to_openai(&messages)?),
+        Value::Array(messages_to_openai(messages)?),
     );
     apply_common(request, &mut body, true)?;
     Ok((CHAT_PATH, Value::Object(body)))
 }
 
 /// `/api/embed` -> `/v1/embeddings`: `input` is a string or a list of strings in both.
-pub fn embed(request: &Value, instance: &str) -> Result<Value, RequestError> {
-    let input = match request.get("input") {
-        Some(input @ (Value::String(_) | Value::Array(_))) => input.clone(),
+pub fn embed(request: &mut Value, instance: &str) -> Result<Value, RequestError> {
+    let input = match request.get_mut("input").map(Value::take) {
+        Some(input @ (Value::String(_) | Value::Array(_))) => input,
         _ => {
             return Err(RequestError::InvalidField {
                 field: "input",
@@ -276,37 +289,38 @@ fn apply_think(think: Option<&Value>, body: &mut Map<String, Value>) {
 }
 
 /// Ollama messages -> OpenAI messages. Tool calls get ids (Ollama has none) and a `tool` reply
-/// is linked to the latest call of the function it names.
-fn messages_to_openai(messages: &[Value]) -> Result<Vec<Value>, RequestError> {
+/// is linked to the latest call of the function it names. Texts and images move from `messages`
+/// into the result rather than being copied.
+fn messages_to_openai(messages: Vec<Value>) -> Result<Vec<Value>, RequestError> {
     let mut call_ids: Vec<(String, String)> = Vec::new();
     let mut out = Vec::with_capacity(messages.len());
-    for (index, message) in messages.iter().enumerate() {
+    for (index, mut message) in messages.into_iter().enumerate() {
         let invalid = |reason| RequestError::InvalidMessage { index, reason };
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("role is required"))?;
-        let content = match message.get("content") {
-            None | Some(Value::Null) => "",
+        let role = match message.get_mut("role").map(Value::take) {
+            Some(Value::String(role)) => role,
+            _ => return Err(invalid("role is required")),
+        };
+        let content = match message.get_mut("content").map(Value::take) {
+            None | Some(Value::Null) => String::new(),
             Some(Value::String(content)) => content,
             Some(_) => return Err(invalid("content must be a string")),
         };
-        let images: Vec<&str> = match message.get("images") {
+        let images: Vec<String> = match message.get_mut("images").map(Value::take) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(images)) => images
-                .iter()
-                .map(|image| {
-                    image
-                        .as_str()
-                        .ok_or_else(|| invalid("images must be strings"))
+                .into_iter()
+                .map(|image| match image {
+                    Value::String(image) => Ok(image),
+                    _ => Err(invalid("images must be strings")),
                 })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(invalid("images must be an array")),
         };
+        let is_tool = role == "tool";
         let mut converted = Map::new();
-        converted.insert("role".into(), Value::String(role.to_owned()));
+        converted.insert("role".into(), Value::String(role));
         if images.is_empty() {
-            converted.insert("content".into(), Value::String(content.to_owned()));
+            converted.insert("content".into(), Value::String(content));
         } else {
             let mut parts = Vec::with_capacity(images.len() + 1);
             if !content.is_empty() {
@@ -317,15 +331,10 @@ fn messages_to_openai(messages: &[Value]) -> Result<Vec<Value>, RequestError> {
             }
             converted.insert("content".into(), Value::Array(parts));
         }
-        if let Some(thinking) = message
-            .get("thinking")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            converted.insert(
-                "reasoning_content".into(),
-                Value::String(thinking.to_owned()),
-            );
+        if let Some(Value::String(thinking)) = message.get_mut("thinking").map(Value::take) {
+            if !thinking.is_empty() {
+                converted.insert("reasoning_content".into(), Value::String(thinking));
+            }
         }
         if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
             let calls = calls
@@ -351,7 +360,7 @@ fn messages_to_openai(messages: &[Value]) -> Result<Vec<Value>, RequestError> {
                 .collect();
             converted.insert("tool_calls".into(), Value::Array(calls));
         }
-        if role == "tool" {
+        if is_tool {
             let id = message
                 .get("tool_call_id")
                 .and_then(Value::as_str)
@@ -375,9 +384,9 @@ fn messages_to_openai(messages: &[Value]) -> Result<Vec<Value>, RequestError> {
 
 /// Ollama sends bare base64; OpenAI wants a data URL with the image's type, read from the
 /// first bytes' base64 signature.
-fn image_url(image: &str) -> String {
+fn image_url(image: String) -> String {
     if image.starts_with("data:") {
-        return image.to_owned();
+        return image;
     }
     let mime = if image.starts_with("iVBOR") {
         "image/png"
@@ -429,7 +438,7 @@ mod tests {
                 "presence_penalty": 0.5, "frequency_penalty": 0.25, "num_ctx": 4096
             }
         });
-        let body = chat(&request, "tiny").unwrap();
+        let body = chat(&mut request.clone(), "tiny").unwrap();
         assert_eq!(body["model"], "tiny");
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"]["include_usage"], true);
@@ -454,11 +463,11 @@ mod tests {
     #[test]
     fn schema_format_becomes_structured_output_and_bad_format_is_refused() {
         let schema = json!({"type": "object", "properties": {"age": {"type": "integer"}}});
-        let body = chat(&json!({"messages": [], "format": schema}), "m").unwrap();
+        let body = chat(&mut json!({"messages": [], "format": schema}), "m").unwrap();
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
         assert_eq!(
-            chat(&json!({"messages": [], "format": "yaml"}), "m"),
+            chat(&mut json!({"messages": [], "format": "yaml"}), "m"),
             Err(RequestError::InvalidFormat)
         );
     }
@@ -466,7 +475,7 @@ mod tests {
     #[test]
     fn unlimited_num_predict_leaves_max_tokens_to_the_backend() {
         let body = chat(
-            &json!({"messages": [], "options": {"num_predict": -1}}),
+            &mut json!({"messages": [], "options": {"num_predict": -1}}),
             "m",
         )
         .unwrap();
@@ -478,7 +487,7 @@ mod tests {
         let request = json!({"messages": [
             {"role": "user", "content": "what is this?", "images": ["iVBORw0KGgo=", "/9j/4AAQ"]}
         ]});
-        let body = chat(&request, "m").unwrap();
+        let body = chat(&mut request.clone(), "m").unwrap();
         assert_eq!(
             body["messages"][0]["content"],
             json!([
@@ -498,7 +507,7 @@ mod tests {
             ]},
             {"role": "tool", "content": "sunny", "tool_name": "get_weather"}
         ], "tools": [{"type": "function", "function": {"name": "get_weather"}}]});
-        let body = chat(&request, "m").unwrap();
+        let body = chat(&mut request.clone(), "m").unwrap();
         let call = &body["messages"][1]["tool_calls"][0];
         assert_eq!(call["type"], "function");
         assert_eq!(call["function"]["name"], "get_weather");
@@ -512,7 +521,7 @@ mod tests {
     #[test]
     fn message_without_role_is_refused_with_its_index() {
         let error = chat(
-            &json!({"messages": [{"role": "user"}, {"content": "x"}]}),
+            &mut json!({"messages": [{"role": "user"}, {"content": "x"}]}),
             "m",
         );
         assert_eq!(
@@ -528,7 +537,7 @@ mod tests {
     fn templated_generate_is_a_one_turn_chat_with_the_system_prompt() {
         let request = json!({"prompt": "why?", "system": "be brief", "images": ["R0lGODlh"],
                              "options": {"temperature": 0}});
-        let (path, body) = generate(&request, "m").unwrap();
+        let (path, body) = generate(&mut request.clone(), "m").unwrap();
         assert_eq!(path, CHAT_PATH);
         assert_eq!(
             body["messages"][0],
@@ -545,25 +554,28 @@ mod tests {
 
     #[test]
     fn raw_and_suffix_generate_go_to_completions_untouched() {
-        let (path, body) =
-            generate(&json!({"prompt": "[INST] hi [/INST]", "raw": true}), "m").unwrap();
+        let (path, body) = generate(
+            &mut json!({"prompt": "[INST] hi [/INST]", "raw": true}),
+            "m",
+        )
+        .unwrap();
         assert_eq!(path, COMPLETIONS_PATH);
         assert_eq!(body["prompt"], "[INST] hi [/INST]");
         assert!(body.get("messages").is_none());
         let (path, body) =
-            generate(&json!({"prompt": "def f(", "suffix": "return x"}), "m").unwrap();
+            generate(&mut json!({"prompt": "def f(", "suffix": "return x"}), "m").unwrap();
         assert_eq!(path, COMPLETIONS_PATH);
         assert_eq!(body["suffix"], "return x");
     }
 
     #[test]
     fn embed_keeps_input_lists_and_legacy_embeddings_uses_the_prompt() {
-        let body = embed(&json!({"input": ["a", "b"], "dimensions": 8}), "e").unwrap();
+        let body = embed(&mut json!({"input": ["a", "b"], "dimensions": 8}), "e").unwrap();
         assert_eq!(
             body,
             json!({"model": "e", "input": ["a", "b"], "dimensions": 8})
         );
-        assert!(embed(&json!({"input": 3}), "e").is_err());
+        assert!(embed(&mut json!({"input": 3}), "e").is_err());
         let body = embeddings(&json!({"prompt": "a"}), "e").unwrap();
         assert_eq!(body, json!({"model": "e", "input": "a"}));
     }

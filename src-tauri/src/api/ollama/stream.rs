@@ -14,6 +14,17 @@ pub enum Shape {
     Generate,
 }
 
+/// The largest stream event (all its `data:` lines) kept while it arrives. A chat chunk is a
+/// few hundred bytes and a tool call's arguments a few KiB; this leaves room for a backend that
+/// sends a whole long answer as one event, and stops one that never ends a line from growing
+/// Corral's memory without bound.
+pub const MAX_SSE_EVENT: usize = 16 * 1024 * 1024;
+
+/// A stream event grew past `MAX_SSE_EVENT`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the backend sent a stream event larger than {MAX_SSE_EVENT} bytes")]
+pub struct EventTooLarge;
+
 /// Server-sent events, reassembled from reads that may cut a line or a UTF-8 character anywhere.
 #[derive(Debug, Default)]
 pub struct SseParser {
@@ -24,8 +35,9 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    /// The `data` of every event completed by `bytes`, in order.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+    /// The `data` of every event completed by `bytes`, in order; an error once an event (or a
+    /// line) is larger than `MAX_SSE_EVENT`, after which the stream is to be abandoned.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, EventTooLarge> {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
@@ -36,7 +48,13 @@ impl SseParser {
             start = end + 1;
         }
         self.pending.drain(..start);
-        events
+        let kept = self.pending.len() + self.data.as_ref().map_or(0, String::len);
+        if kept > MAX_SSE_EVENT {
+            self.pending = Vec::new();
+            self.data = None;
+            return Err(EventTooLarge);
+        }
+        Ok(events)
     }
 
     /// The last event, when the stream ended without the blank line that closes it.
@@ -81,6 +99,9 @@ pub enum Event {
     /// The end, with the final statistics.
     Done(Value),
 }
+
+/// Tool calls one answer may make; models make a handful at most.
+const MAX_TOOL_CALLS: usize = 128;
 
 /// A tool call whose pieces are still arriving.
 #[derive(Debug, Default)]
@@ -136,8 +157,19 @@ impl Translator {
     /// Events for the next bytes of an SSE stream.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
         let mut events = Vec::new();
-        for data in self.sse.push(bytes) {
-            self.data(&data, &mut events);
+        if self.finished {
+            return events;
+        }
+        match self.sse.push(bytes) {
+            Ok(data) => {
+                for data in data {
+                    self.data(&data, &mut events);
+                }
+            }
+            Err(too_large) => {
+                events.push(Event::Error(too_large.to_string()));
+                self.finished = true;
+            }
         }
         events
     }
@@ -262,7 +294,9 @@ impl Translator {
         }
     }
 
-    /// Streamed tool calls arrive as fragments keyed by `index`; whole answers list them.
+    /// Streamed tool calls arrive as fragments keyed by `index`; whole answers list them. The
+    /// index is the backend's word, so it only ever picks one of `MAX_TOOL_CALLS` slots: a
+    /// fragment for another is dropped rather than sizing a list from it.
     fn absorb_calls(&mut self, calls: &[Value]) {
         for (position, call) in calls.iter().enumerate() {
             let index = call
@@ -270,6 +304,10 @@ impl Translator {
                 .and_then(Value::as_u64)
                 .and_then(|i| usize::try_from(i).ok())
                 .unwrap_or(position);
+            if index >= MAX_TOOL_CALLS {
+                tracing::debug!("dropping a tool call fragment with index {index}");
+                continue;
+            }
             if self.calls.len() <= index {
                 self.calls.resize_with(index + 1, PartialCall::default);
             }
@@ -598,6 +636,50 @@ mod tests {
         );
         assert_eq!(out[1]["done"], true);
         assert_eq!(out[1]["done_reason"], "stop");
+    }
+
+    #[test]
+    fn a_tool_call_index_from_the_backend_never_sizes_a_list() {
+        let stream = format!(
+            concat!(
+                "data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":{},\"function\":{{\"name\":\"huge\"}}}}]}}}}]}}\n\n",
+                "data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"index\":1,\"function\":{{\"name\":\"f\",\"arguments\":\"{{}}\"}}}}]}}}}]}}\n\n",
+                "data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"tool_calls\"}}]}}\n\n",
+            ),
+            u64::MAX
+        );
+        let (_, out) = feed_in_pieces(stream.as_bytes(), stream.len());
+        assert_eq!(
+            out[0]["message"]["tool_calls"],
+            json!([{"function": {"name": "f", "arguments": {}}}])
+        );
+        assert_eq!(out.last().unwrap()["done"], true);
+    }
+
+    #[test]
+    fn a_stream_line_that_never_ends_is_refused_before_it_grows_past_the_cap() {
+        let mut translator = Translator::new(Shape::Chat, "m", Instant::now());
+        let piece = vec![b'x'; 1024 * 1024];
+        let mut errors = Vec::new();
+        for _ in 0..MAX_SSE_EVENT / piece.len() + 2 {
+            errors.extend(
+                translator
+                    .feed(&piece)
+                    .into_iter()
+                    .filter(|e| matches!(e, Event::Error(_))),
+            );
+            assert!(translator.sse.pending.len() <= MAX_SSE_EVENT + piece.len());
+        }
+        assert_eq!(errors, vec![Event::Error(EventTooLarge.to_string())]);
+        assert!(translator.finished());
+        // One long event of many `data:` lines counts whole.
+        let mut parser = SseParser::default();
+        let line = format!("data: {}\n", "y".repeat(1024 * 1024));
+        let mut refused = false;
+        for _ in 0..MAX_SSE_EVENT / line.len() + 2 {
+            refused |= parser.push(line.as_bytes()).is_err();
+        }
+        assert!(refused);
     }
 
     #[test]
