@@ -606,6 +606,19 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        // An empty key would let a request with an empty credential in.
+        for (setting, keys) in [
+            ("auth.management_keys", &self.auth.management_keys),
+            ("auth.inference_keys", &self.auth.inference_keys),
+        ] {
+            if let Some(position) = keys.iter().position(|key| key.trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{setting} has an empty key (entry {} of {}): remove it or set a real key",
+                    position + 1,
+                    keys.len()
+                )));
+            }
+        }
         let (start, end) = self.instances.port_range;
         if start == 0 || start > end {
             return Err(ConfigError::Invalid(format!(
@@ -988,6 +1001,23 @@ backends:
             warnings.len() == 1 && warnings[0].contains("allowed_origins"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn empty_or_blank_keys_are_refused_naming_the_setting() {
+        for (yaml, setting) in [
+            (r#"auth: {management_keys: [""]}"#, "auth.management_keys"),
+            (
+                r#"auth: {management_keys: [ok, "   "]}"#,
+                "auth.management_keys",
+            ),
+            (r#"auth: {inference_keys: ["\t"]}"#, "auth.inference_keys"),
+        ] {
+            let err = build(yaml, &NO_ENV).expect_err(yaml);
+            assert!(err.to_string().contains(setting), "{yaml}: {err}");
+            assert!(err.to_string().contains("empty key"), "{yaml}: {err}");
+        }
+        build("auth: {management_keys: [sk-real]}", &NO_ENV).expect("a real key");
     }
 
     #[test]

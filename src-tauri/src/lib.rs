@@ -6,7 +6,9 @@ pub mod config;
 pub mod desktop;
 pub mod devices;
 pub mod instances;
+pub mod keys;
 pub mod logging;
+pub mod private_files;
 pub mod proxy;
 pub mod server;
 pub mod supervisor;
@@ -47,37 +49,9 @@ pub struct Engine {
     server: JoinHandle<()>,
 }
 
-/// Keys generated because auth is required and none were configured, to be shown to the user.
-#[derive(Debug, Clone, Default)]
-pub struct GeneratedKeys {
-    pub management: Option<String>,
-    pub inference: Option<String>,
-}
-
-/// Fills in a key for every auth class that is required but has none (llamactl's behaviour:
-/// `sk-management-` / `sk-inference-` + 64 hex, in memory only).
-pub fn generate_missing_keys(config: &mut Config) -> GeneratedKeys {
-    fn key(prefix: &str) -> String {
-        let bytes: [u8; 32] = rand::random();
-        format!("{prefix}-{}", hex::encode(bytes))
-    }
-    let mut generated = GeneratedKeys::default();
-    if config.auth.require_management_auth && config.auth.management_keys.is_empty() {
-        let k = key("sk-management");
-        config.auth.management_keys.push(k.clone());
-        generated.management = Some(k);
-    }
-    if config.auth.require_inference_auth && config.auth.inference_keys.is_empty() {
-        let k = key("sk-inference");
-        config.auth.inference_keys.push(k.clone());
-        generated.inference = Some(k);
-    }
-    generated
-}
-
 impl Engine {
     /// Cleans up after a crashed engine, loads the instances, and starts serving.
-    /// Keys must already be final (see `generate_missing_keys`).
+    /// Keys must already be final (see [`keys::load_or_create`]).
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
         Self::start_with(config, None).await
     }
@@ -91,11 +65,14 @@ impl Engine {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
+        // Owner-only: the data folder holds the keys file, the run folder the pid files.
+        for dir in [&config.instances.data_dir, &config.instances.run_dir] {
+            private_files::ensure_dir(dir).map_err(|source| EngineError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let run_dir = &config.instances.run_dir;
-        std::fs::create_dir_all(run_dir).map_err(|source| EngineError::CreateDir {
-            path: run_dir.clone(),
-            source,
-        })?;
         for line in supervisor::clean_up_leftovers(run_dir) {
             tracing::warn!("{line}");
         }

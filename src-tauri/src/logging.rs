@@ -2,6 +2,7 @@
 //! in batches. Every routed request logs a line, and a write per line to a terminal or a pipe
 //! cost the request path a system call each (and could stall it behind a slow reader).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -44,4 +45,59 @@ pub fn finish() {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     drop(guard);
+}
+
+/// Parts of a query parameter's name that mark its value as a credential.
+const SECRET_NAMES: [&str; 6] = ["key", "token", "secret", "password", "auth", "session"];
+
+/// `path_and_query` fit for a log line: the values of credential-like query parameters
+/// (`api_key`, `key`, `token`, `access_token`, ...) replaced by `[redacted]`. Clients may send
+/// their key in the query (`?api_key=`), and a log file outlives the request and has other
+/// readers than the engine's owner.
+pub fn redact_query(path_and_query: &str) -> Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Cow::Borrowed(path_and_query);
+    };
+    let secret = |name: &str| {
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        SECRET_NAMES.iter().any(|part| name.contains(part))
+    };
+    if !query
+        .split('&')
+        .any(|pair| secret(pair.split_once('=').map_or(pair, |(name, _)| name)))
+    {
+        return Cow::Borrowed(path_and_query);
+    }
+    let pairs: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret(name) => Cow::Owned(format!("{name}=[redacted]")),
+            _ => Cow::Borrowed(pair),
+        })
+        .collect();
+    Cow::Owned(format!("{path}?{}", pairs.join("&")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query;
+
+    #[test]
+    fn credentials_in_the_query_are_redacted_and_the_rest_is_kept() {
+        for (uri, logged) in [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/x?stream=true", "/v1/x?stream=true"),
+            ("/v1/x?api_key=sk-secret", "/v1/x?api_key=[redacted]"),
+            (
+                "/v1/x?a=1&key=sk-secret&token=t0k&b=2",
+                "/v1/x?a=1&key=[redacted]&token=[redacted]&b=2",
+            ),
+            ("/v1/x?API%5FKEY=sk-secret", "/v1/x?API%5FKEY=[redacted]"),
+            ("/v1/x?access_token=abc", "/v1/x?access_token=[redacted]"),
+        ] {
+            assert_eq!(redact_query(uri), logged, "{uri}");
+        }
+    }
 }

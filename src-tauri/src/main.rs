@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use corral::config::{Config, Overrides};
-use corral::{generate_missing_keys, Engine, GeneratedKeys};
+use corral::keys::{self, Filled, KeptKey};
+use corral::Engine;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,20 @@ struct Cli {
 enum Command {
     /// Run the engine headless: the API, the proxy and the web UI, without a window.
     Serve(ServeArgs),
+    /// The API keys Corral generated (used when the config sets none), kept owner-only in
+    /// <data_dir>/desktop-keys.json.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Print the generated keys and where they are kept.
+    Show,
+    /// Replace both generated keys with new ones (restart a running Corral to use them).
+    Rotate,
 }
 
 #[derive(Args, Clone, Default)]
@@ -66,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Keys { action }) => manage_keys(&cli.options, &action),
         None => open(&cli.options),
     };
     corral::logging::finish();
@@ -87,11 +103,11 @@ fn open(args: &ServeArgs) -> anyhow::Result<()> {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(&args.overrides()).context("loading the configuration")?;
-    let generated = generate_missing_keys(&mut config);
+    let kept = keys::load_or_create(&mut config).context("loading the generated API keys")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let engine = Engine::start(config).await?;
-        print_banner(&engine, &generated);
+        print_banner(&engine, &kept);
         shutdown_signal().await;
         tracing::info!("shutting down: stopping every instance");
         engine.shutdown().await;
@@ -99,22 +115,73 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn print_banner(engine: &Engine, generated: &GeneratedKeys) {
+/// The address, and for each generated key where it is kept. A key is printed when it is made
+/// (the owner needs it once); later starts print only where it is, since the output of a
+/// service often ends up in a journal or log file other users can read.
+fn print_banner(engine: &Engine, kept: &Filled) {
     println!(
         "Corral {} on http://{}",
         env!("CARGO_PKG_VERSION"),
         engine.addr
     );
     println!("  data: {}", engine.config.instances.data_dir.display());
-    if let Some(key) = &generated.management {
-        println!("  management key (generated, changes on restart): {key}");
+    let path = kept.path.display();
+    for (what, key) in [
+        ("management key", &kept.management),
+        ("inference key", &kept.inference),
+    ] {
+        match key {
+            Some(KeptKey { key, new: true }) => {
+                println!("  {what} (generated, kept in {path}): {key}")
+            }
+            Some(KeptKey { new: false, .. }) => {
+                println!("  {what}: kept in {path} (`corral keys show` prints it)")
+            }
+            None => {}
+        }
     }
-    if let Some(key) = &generated.inference {
-        println!("  inference key (generated, changes on restart):  {key}");
+    if kept.management.is_some() || kept.inference.is_some() {
+        println!(
+            "  `corral keys rotate` replaces generated keys; auth.management_keys / \
+             auth.inference_keys in the config take their place"
+        );
     }
-    if generated.management.is_some() || generated.inference.is_some() {
-        println!("  set auth.management_keys / auth.inference_keys to keep keys across restarts");
+}
+
+/// `corral keys show` and `corral keys rotate`.
+fn manage_keys(args: &ServeArgs, action: &KeysAction) -> anyhow::Result<()> {
+    let config = Config::load(&args.overrides()).context("loading the configuration")?;
+    let data_dir = &config.instances.data_dir;
+    let path = keys::path(data_dir);
+    let stored = match action {
+        KeysAction::Show => keys::read_stored(data_dir)?,
+        KeysAction::Rotate => keys::rotate(data_dir)?,
+    };
+    println!("keys file: {}", path.display());
+    for (what, key, configured) in [
+        (
+            "management key",
+            &stored.management_key,
+            !config.auth.management_keys.is_empty(),
+        ),
+        (
+            "inference key",
+            &stored.inference_key,
+            !config.auth.inference_keys.is_empty(),
+        ),
+    ] {
+        match key {
+            Some(key) => println!("  {what}: {key}"),
+            None => println!("  {what}: none yet (made at the next start that needs it)"),
+        }
+        if configured {
+            println!("    (the configuration sets its own {what}s, which Corral uses instead)");
+        }
     }
+    if matches!(action, KeysAction::Rotate) {
+        println!("Restart a running Corral (`corral serve` or the app) to use the new keys.");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

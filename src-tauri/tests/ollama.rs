@@ -434,6 +434,77 @@ async fn empty_chat_loads_the_instance_and_keep_alive_zero_unloads_it() {
 }
 
 #[tokio::test]
+async fn an_empty_prompt_does_not_start_an_instance_that_does_not_start_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_fake(fake_openai_config(dir.path())).await;
+    engine
+        .create("off", llama(json!({"on_demand_start": false})))
+        .await;
+    assert_eq!(
+        engine.post("/api/v1/instances/off/stop").await.status(),
+        200
+    );
+    for (path, body) in [
+        ("/api/generate", json!({"model": "off"})),
+        ("/api/chat", json!({"model": "off", "messages": []})),
+    ] {
+        let refused = engine.post_json(path, &body).await;
+        let message = assert_ollama_error(refused, 503).await;
+        assert!(message.contains("on_demand_start"), "{path}: {message}");
+    }
+    assert_eq!(engine.instance("off").await["status"], "stopped");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_zero_unloads_without_changing_what_the_definition_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_fake(fake_openai_config(dir.path())).await;
+    let unload = json!({"model": "fake", "messages": [], "keep_alive": 0});
+    let answer = engine.post_json("/api/chat", &unload).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(engine.instance("fake").await["status"], "stopped");
+    let definition: Value =
+        serde_json::from_slice(&std::fs::read(engine.definition_file("fake")).unwrap()).unwrap();
+    assert_eq!(
+        definition["status"], "running",
+        "an unload is no stop by the owner"
+    );
+
+    // The next engine on the same data brings the instance back as its definition says.
+    let config = (*engine.config).clone();
+    engine.stop().await;
+    let engine = Engine::start(config).await;
+    wait_ready_without_key(&engine, "fake").await;
+
+    // A stop through the API is the owner's: the definition says stopped from then on.
+    assert_eq!(
+        engine.post("/api/v1/instances/fake/stop").await.status(),
+        200
+    );
+    let definition: Value =
+        serde_json::from_slice(&std::fs::read(engine.definition_file("fake")).unwrap()).unwrap();
+    assert_eq!(definition["status"], "stopped");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_cannot_unload_an_instance_that_does_not_start_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_fake(fake_openai_config(dir.path())).await;
+    engine
+        .create("pinned", llama(json!({"on_demand_start": false})))
+        .await;
+    wait_ready_without_key(&engine, "pinned").await;
+    let unload = json!({"model": "pinned", "prompt": "", "keep_alive": 0});
+    let refused = engine.post_json("/api/generate", &unload).await;
+    let message = assert_ollama_error(refused, 403).await;
+    assert!(message.contains("on_demand_start"), "{message}");
+    assert_eq!(engine.instance("pinned").await["status"], "running");
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn ollama_routes_take_inference_or_management_keys_and_api_v1_keeps_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine_with_fake(with_auth(fake_openai_config(dir.path()))).await;

@@ -219,21 +219,44 @@ fn lookup(api: &Api, model: &str) -> Result<crate::instances::InstanceView, Olla
         })
 }
 
-/// An empty chat or prompt is Ollama's way to load a model (start the instance) or, with
-/// `keep_alive: 0`, to unload it (stop the instance).
+/// An empty chat or prompt is Ollama's way to load a model (start the instance and wait until it
+/// is ready) or, with `keep_alive: 0`, to unload it (stop it as the idle reaper would). Both
+/// only for an instance that starts on demand: what the owner keeps stopped or running by hand
+/// is not a client's to change.
 async fn load_or_unload(api: &Api, request: &Value, model: &str, shape: Shape) -> Answer {
     let view = lookup(api, model)?;
     let unload = request::wants_unload(request);
+    let on_demand = view.options.on_demand_start;
     if unload {
+        if !on_demand && view.status == Status::Running {
+            return Err(OllamaError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "model \"{model}\" cannot be unloaded by a client: instance '{}' does not start \
+                     on demand (on_demand_start is off); stop it in Corral instead",
+                    view.name
+                ),
+            ));
+        }
         api.registry
-            .stop(&view.name)
+            .unload(&view.name)
             .await
             .map_err(ApiError::from)?;
-    } else if view.status != Status::Running {
-        api.registry
-            .start(&view.name)
-            .await
-            .map_err(ApiError::from)?;
+    } else {
+        match api.registry.acquire(&view.name).await {
+            // Loaded: nothing to send it, so the lease ends here.
+            Ok(lease) => drop(lease),
+            Err(crate::instances::InstanceError::NotRunning(name)) => {
+                return Err(OllamaError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "model \"{model}\" is not loaded and instance '{name}' does not start on \
+                         demand (on_demand_start is off): start it in Corral first"
+                    ),
+                ))
+            }
+            Err(e) => return Err(ApiError::from(e).into()),
+        }
     }
     let mut answer = json!({
         "model": model,

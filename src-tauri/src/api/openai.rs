@@ -474,7 +474,7 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
             let error = OpenAiError::from(e);
             tracing::info!(
                 model,
-                path,
+                path = %crate::logging::redact_query(path),
                 status = error.status.as_u16(),
                 duration_ms = started.elapsed().as_millis() as u64,
                 "inference request refused: {}",
@@ -632,7 +632,7 @@ impl RequestLog {
     pub(crate) fn new(guard: InFlight, path: &str, started: Instant) -> Self {
         Self {
             guard,
-            path: path.to_owned(),
+            path: crate::logging::redact_query(path).into_owned(),
             started,
             status: None,
             body: TappedBody::Ignored,

@@ -8,10 +8,10 @@ use tauri_plugin_opener::OpenerExt as _;
 use tauri_plugin_window_state::StateFlags;
 
 use super::control::Control;
-use super::keys::{self, KeysError};
 use super::settings::SettingsError;
 use super::{dashboard_url, local_base};
 use crate::config::Config;
+use crate::keys::{self, KeysError};
 use crate::Engine;
 
 /// The main window's label, as capabilities/default.json names it.
@@ -110,7 +110,7 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
         .build(tauri::generate_context!("../tauri.conf.json"))?;
 
     // Past `build`, this is the only Corral app of this user.
-    let window_key = keys::load_or_create(&mut config)?;
+    let window_key = keys::load_or_create(&mut config)?.window_key;
     let wanted = config.server.port;
     config.server.port = super::first_free_port(config.server.host, wanted)
         .ok_or(DesktopError::NoFreePort(wanted))?;

@@ -1,9 +1,8 @@
 //! The desktop app: a Tauri window, tray menu and OS integrations over the engine running in this
 //! process (feature `desktop`). The parts that need no window system (the tray's menu model, the
-//! app's settings and keys files, the login shell's PATH, the port choice) build and are tested
+//! app's settings file, the login shell's PATH, the port choice) build and are tested
 //! in the headless engine too.
 
-pub mod keys;
 pub mod login_path;
 pub mod menu;
 pub mod settings;

@@ -53,7 +53,7 @@ impl SavedSettings {
             source,
         };
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| error(std::io::Error::other(e)))?;
-        super::keys::write_private(path, &bytes).map_err(error)
+        crate::private_files::write(path, &bytes).map_err(error)
     }
 }
 

@@ -112,6 +112,10 @@ pub(super) struct Instance {
     pub(super) last_start_error: Mutex<Option<String>>,
     /// The reaper handed this instance to an idle stop that has not finished yet.
     pub(super) idle_stop_pending: AtomicBool,
+    /// Stopped because a client unloaded its model, not by the owner: until its next start or a
+    /// stop through the API, the definition keeps saying it runs, so an engine restart brings
+    /// it back as the owner left it.
+    pub(super) unloaded: AtomicBool,
     /// Writes the definition when the supervisor changes the status (a crash that ends `failed`)
     /// and reports every change of the supervisor's state to the feed.
     watcher: Mutex<Option<JoinHandle<()>>>,
@@ -201,7 +205,11 @@ impl Instance {
         let options = lock(&self.options).view();
         let record = RecordOut {
             name: &self.name,
-            status: persisted_status(&self.supervisor.state()),
+            status: if self.unloaded.load(Ordering::SeqCst) {
+                Status::Running
+            } else {
+                persisted_status(&self.supervisor.state())
+            },
             created: self.created,
             options: &options,
         };
@@ -421,6 +429,7 @@ impl Registry {
             start_attempts: AtomicU64::new(0),
             last_start_error: Mutex::new(None),
             idle_stop_pending: AtomicBool::new(false),
+            unloaded: AtomicBool::new(false),
             watcher: Mutex::new(None),
             feed: Arc::clone(&self.feed),
             credential: Mutex::new(None),
@@ -701,6 +710,7 @@ impl Registry {
     /// returned as it is.
     pub async fn stop(&self, name: &str) -> Result<InstanceView, InstanceError> {
         let (instance, _op) = self.lock_instance(name).await?;
+        instance.unloaded.store(false, Ordering::SeqCst);
         self.stop_locked(&instance).await?;
         instance.persist().await?;
         Ok(self.view(&instance))
@@ -807,6 +817,7 @@ impl Registry {
     /// Starts the process, first stopping the least recently used idle instance if the running
     /// limit is reached; the caller holds the instance's `op` lock.
     pub(super) async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
+        instance.unloaded.store(false, Ordering::SeqCst);
         if instance.supervisor.state().status == Status::Running {
             return Ok(());
         }

@@ -393,6 +393,27 @@ impl Registry {
         next
     }
 
+    /// Stops an instance for a client that unloaded its model (Ollama's `keep_alive: 0`) the way
+    /// the idle reaper does: its requests drain first, and it is not the owner's stop, so the
+    /// definition keeps the state the owner gave it and an engine restart brings it back.
+    pub async fn unload(&self, name: &str) -> Result<(), InstanceError> {
+        let instance = self.lookup(name)?;
+        let _op = Arc::clone(&instance.op).lock_owned().await;
+        if instance.removed.load(Ordering::SeqCst) {
+            return Err(InstanceError::NotFound(name.to_owned()));
+        }
+        if !is_active(&instance.supervisor.state()) {
+            return Ok(());
+        }
+        tracing::info!(
+            "stopping instance '{}': a client unloaded it",
+            instance.name
+        );
+        instance.unloaded.store(true, Ordering::SeqCst);
+        self.drain_and_stop(&instance).await;
+        Ok(())
+    }
+
     /// Stops an instance the reaper found idle, if it still is once its lock is held.
     async fn stop_idle(&self, instance: Arc<Instance>) {
         let op = Arc::clone(&instance.op).lock_owned().await;

@@ -274,7 +274,7 @@ impl Supervisor {
 /// Finds pid files left by a crashed engine, stops those processes that are really backends we
 /// started, removes the files; returns one line per process handled.
 pub fn clean_up_leftovers(run_dir: &std::path::Path) -> Vec<String> {
-    pidfile::clean_up_leftovers(run_dir)
+    pidfile::clean_up_leftovers(run_dir, &mut pidfile::send)
 }
 
 #[cfg(all(test, unix))]

@@ -51,10 +51,16 @@ pub(super) enum GroupSignal {
 }
 
 /// Sends `signal` to the process group led by `pid`. A group already gone is not an error.
+/// Never to pid 0 or 1 or the engine's own group, whatever the caller passes: `killpg(1)` is
+/// `kill(-1)`, every process the engine may signal.
 #[cfg(unix)]
 pub(super) fn signal_group(pid: u32, signal: GroupSignal) {
     use nix::sys::signal::{killpg, Signal};
     use nix::unistd::Pid;
+    if let Err(refusal) = super::pidfile::check_pid(pid) {
+        tracing::warn!(pid, "not signalling the process group: {refusal}");
+        return;
+    }
     let Ok(raw) = i32::try_from(pid) else { return };
     let signal = match signal {
         GroupSignal::Interrupt => Signal::SIGINT,

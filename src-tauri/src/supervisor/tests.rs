@@ -660,7 +660,8 @@ async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path();
     let grandchild_file = dir.path().join("worker-pid.txt");
-    // A "backend" left by a crashed engine: its own group, with a worker beside it.
+    // A "backend" left by a crashed engine: its own group, with a worker beside it, both with
+    // the launch's token in their environment as the supervisor spawns them.
     let mut leftover = std::process::Command::new("sh")
         .args([
             "-c",
@@ -669,6 +670,7 @@ async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
                 grandchild_file.display()
             ),
         ])
+        .env(spawn::TOKEN_VAR, "leftover-token")
         .process_group(0)
         .spawn()
         .unwrap();
@@ -689,8 +691,18 @@ async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
     stale.identity = Some("another-boot/12345".to_string());
     pidfile::write(run_dir, "reused", &stale).unwrap();
 
+    // A pid file forged for an unrelated process of the same user: its real start identity and
+    // executable, leading its own group, but without the launch's token.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let forged = pidfile::PidRecord::describe(stranger.id(), "sleep", "forged-token");
+    pidfile::write(run_dir, "forged", &forged).unwrap();
+
     let handled = clean_up_leftovers(run_dir);
-    assert_eq!(handled.len(), 2, "{handled:?}");
+    assert_eq!(handled.len(), 3, "{handled:?}");
     assert!(handled
         .iter()
         .any(|line| line.contains("killed") && line.contains(&leftover.id().to_string())));
@@ -714,6 +726,16 @@ async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
         is_alive(unrelated.id()),
         "an unrelated process was signalled"
     );
+    assert!(
+        is_alive(stranger.id()),
+        "a process without the launch's token was signalled"
+    );
+    assert!(
+        handled
+            .iter()
+            .any(|line| line.contains(&stranger.id().to_string()) && line.contains("token")),
+        "{handled:?}"
+    );
     assert_eq!(
         std::fs::read_dir(run_dir)
             .unwrap()
@@ -731,6 +753,81 @@ async fn clean_up_leftovers_kills_our_leftover_group_and_spares_others() {
 
     unrelated.kill().unwrap();
     unrelated.wait().unwrap();
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+/// What the clean-up of `run_dir` would signal, recorded instead of sent: a regression here
+/// must fail the test, not SIGKILL every process of the user.
+fn kills_planned(run_dir: &Path) -> (Vec<pidfile::Kill>, Vec<String>) {
+    let mut kills = Vec::new();
+    let lines = pidfile::clean_up_leftovers(run_dir, &mut |kill| kills.push(kill));
+    (kills, lines)
+}
+
+#[test]
+fn forged_pid_files_naming_pid_1_or_the_engine_itself_signal_nothing() {
+    use pidfile::Refusal;
+
+    let dir = tempfile::tempdir().unwrap();
+    let own_group = u32::try_from(nix::unistd::getpgrp().as_raw()).unwrap();
+    // Everything a forger can read about these processes: pid, start identity, executable.
+    let forge = |pid: u32| pidfile::PidRecord::describe(pid, "llama-server", "forged-token");
+    for (name, pid) in [
+        ("init", 1),
+        ("engine", std::process::id()),
+        ("group", own_group),
+    ] {
+        pidfile::write(dir.path(), name, &forge(pid)).unwrap();
+    }
+    let (kills, lines) = kills_planned(dir.path());
+    assert_eq!(kills, Vec::new(), "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+
+    assert_eq!(pidfile::check_leader(&forge(1)), Err(Refusal::Reserved));
+    assert_eq!(pidfile::check_pid(0), Err(Refusal::Reserved));
+    assert_eq!(
+        pidfile::check_leader(&forge(std::process::id())),
+        Err(Refusal::OurOwn)
+    );
+    if own_group > 1 {
+        assert_eq!(
+            pidfile::check_leader(&forge(own_group)),
+            Err(Refusal::OurOwn)
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pid_file_is_trusted_only_with_the_token_and_the_executable_it_recorded() {
+    use pidfile::Refusal;
+    use std::os::unix::process::CommandExt;
+
+    let mut backend = std::process::Command::new("sleep")
+        .arg("60")
+        .env(spawn::TOKEN_VAR, "the-token")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let record = pidfile::PidRecord::describe(backend.id(), "sleep", "the-token");
+    assert!(record.exe.is_some(), "the executable is recorded");
+    assert_eq!(pidfile::check_leader(&record), Ok(()));
+
+    let mut other_token = pidfile::PidRecord::describe(backend.id(), "sleep", "another-token");
+    assert_eq!(pidfile::check_leader(&other_token), Err(Refusal::NoToken));
+    other_token.token = String::new();
+    assert_eq!(pidfile::check_leader(&other_token), Err(Refusal::NoToken));
+
+    let mut other_exe = pidfile::PidRecord::describe(backend.id(), "sleep", "the-token");
+    other_exe.exe = Some(PathBuf::from("/usr/bin/llama-server"));
+    assert_eq!(
+        pidfile::check_leader(&other_exe),
+        Err(Refusal::OtherExecutable)
+    );
+
+    backend.kill().unwrap();
+    backend.wait().unwrap();
 }
 
 /// Where the engine process of `backend_dies_when_the_engine_is_killed` works.

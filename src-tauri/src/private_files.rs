@@ -1,0 +1,140 @@
+//! Files only the owner may read (keys, settings, pid files), in folders only the owner may
+//! enter. A secret is written to a fresh temp file opened with `O_EXCL | O_NOFOLLOW` and mode
+//! 0600, then renamed over the real name: whatever sits at the temp path (a leftover, or a link
+//! someone planted to make Corral overwrite another file) is removed, never followed or reused
+//! with its old mode.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Mode of the folders that hold secrets.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
+/// Mode of a secret file.
+#[cfg(unix)]
+const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) owner-only; an existing `dir` owned by this user is
+/// tightened to owner-only. One owned by someone else is left as it is (not ours to change).
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        let meta = std::fs::metadata(dir)?;
+        if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// Writes `bytes` to `path`, owner-only, in an owner-only folder; never half a file.
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    ensure_dir(dir)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path has no file name"))?;
+    let temp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
+    // Removing does not follow a link: a planted one goes, its target stays untouched.
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    // `create_new` is O_CREAT | O_EXCL: if something appears at the path again, this fails.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+    }
+    let written = options.open(&temp).and_then(|mut out| {
+        // The umask can only take bits away from 0600; this makes it exactly 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            out.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        }
+        out.write_all(bytes)?;
+        out.sync_all()
+    });
+    // Closed before the rename (Windows renames no open file).
+    let result = written.and_then(|()| std::fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn a_link_planted_at_the_temp_path_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "precious").expect("write victim");
+        let secrets = dir.path().join("data");
+        std::fs::create_dir(&secrets).expect("mkdir");
+        std::os::unix::fs::symlink(&victim, secrets.join(".keys.json.tmp")).expect("symlink");
+
+        write(&secrets.join("keys.json"), b"secret").expect("write");
+
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        assert_eq!(
+            std::fs::read_to_string(secrets.join("keys.json")).expect("read"),
+            "secret"
+        );
+        assert_eq!(mode(&secrets.join("keys.json")), 0o600);
+        assert!(!secrets.join(".keys.json.tmp").exists());
+    }
+
+    #[test]
+    fn the_file_is_owner_only_even_when_a_readable_temp_file_was_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let temp = dir.path().join(".keys.json.tmp");
+        std::fs::write(&temp, "old").expect("write");
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        write(&dir.path().join("keys.json"), b"secret").expect("write");
+
+        assert_eq!(mode(&dir.path().join("keys.json")), 0o600);
+    }
+
+    #[test]
+    fn folders_for_secrets_are_created_and_tightened_to_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("new/data");
+        write(&fresh.join("keys.json"), b"secret").expect("write");
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_dir(&open).expect("ensure");
+        assert_eq!(mode(&open), 0o700);
+    }
+}
