@@ -783,3 +783,7 @@ mod tap_tests {
         assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(7)));
     }
 }
+
+#[cfg(test)]
+#[path = "openai_proptests.rs"]
+mod proptests;

@@ -91,3 +91,31 @@ pub fn document() -> utoipa::openapi::OpenApi {
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(document())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    /// The OpenAPI 3.1 schema of OpenAPI documents, as the OpenAPI Initiative publishes it
+    /// (https://spec.openapis.org/oas/3.1/schema/2022-10-07, Apache-2.0), copied from the
+    /// `openapi-spec-validator` package on PyPI (resources/schemas/v3.1/schema.json).
+    const OAS_3_1_SCHEMA: &str = include_str!("../../tests/fixtures/openapi-3.1-schema.json");
+
+    #[tokio::test]
+    async fn the_served_document_is_valid_openapi_3_1() {
+        let Json(document) = openapi_json().await;
+        let document = serde_json::to_value(&document).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(OAS_3_1_SCHEMA).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&document)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+        // The check does refuse a document that is not OpenAPI.
+        let mut broken = document;
+        broken["paths"] = serde_json::json!([]);
+        assert!(!validator.is_valid(&broken));
+    }
+}

@@ -704,4 +704,6 @@ pub fn options_schema(
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

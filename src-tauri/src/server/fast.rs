@@ -982,3 +982,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "fast_proptests.rs"]
+mod proptests;
