@@ -87,6 +87,12 @@ backends:
   llama-cpp:
     command: python3
     args: ["$REPO_ROOT/src-tauri/tests/fixtures/fake_backend.py"]
+  mlx:
+    command: python3
+    args: ["$REPO_ROOT/src-tauri/tests/fixtures/fake_backend.py"]
+  vllm:
+    command: python3
+    args: ["$REPO_ROOT/src-tauri/tests/fixtures/fake_backend.py"]
 instances:
   port_range: [18960, 18999]
   max_instances: 8
@@ -121,7 +127,8 @@ fi
 log "schemathesis $SCHEMATHESIS_VERSION: $EXAMPLES cases per operation, seed $SEED"
 started=$SECONDS
 status=0
-(cd "$work" && "$VENV/bin/st" run "$base/api/v1/openapi.json" \
+(cd "$work" && "$VENV/bin/st" --config-file "$REPO_ROOT/scripts/schemathesis.toml" \
+    run "$base/api/v1/openapi.json" \
     --checks all \
     --header "Authorization: Bearer $key" \
     --max-examples "$EXAMPLES" \

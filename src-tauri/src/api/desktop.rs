@@ -123,6 +123,7 @@ pub async fn settings(State(api): State<Api>) -> Result<Json<DesktopSettings>, A
     request_body = DesktopSettingsChange,
     responses(
         (status = 200, description = "Settings after the change", body = DesktopSettings),
+        (status = 400, description = "Not JSON, or not the shape of a change", body = ErrorBody),
         (status = 404, description = "Not running as the desktop app", body = ErrorBody),
         (status = 500, description = "The change could not be applied", body = ErrorBody)))]
 pub async fn update_settings(
@@ -140,6 +141,7 @@ pub async fn update_settings(
     request_body = OpenRequest,
     responses(
         (status = 204, description = "The folder was handed to the file manager"),
+        (status = 400, description = "Not JSON, or no known folder", body = ErrorBody),
         (status = 404, description = "Not running as the desktop app", body = ErrorBody),
         (status = 500, description = "The folder could not be opened", body = ErrorBody)))]
 pub async fn open(
