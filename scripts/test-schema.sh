@@ -14,8 +14,11 @@
 #   ${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}/schemathesis-venv/
 #
 # Knobs:
-#   CORRAL_SCHEMA_EXAMPLES  generated cases per operation (default 25: about a minute on
-#                           2 cores, what CI runs); e.g. 1000 for a long run
+#   CORRAL_SCHEMA_EXAMPLES  generated cases per operation (default 10, what CI runs); e.g. 100
+#                           for a long run
+#   CORRAL_SCHEMA_PHASES    schemathesis phases (default examples,fuzzing,stateful: one to two
+#                           minutes on 2 cores; add `coverage`, schemathesis' deterministic
+#                           walk of every constraint, for a full run: about 5 more minutes)
 #   CORRAL_SCHEMA_SEED      schemathesis' seed (default: a fixed one, so CI runs are the same)
 #   CORRAL_SCHEMA_REPORT    folder for schemathesis' reports (default: none kept)
 #   CORRAL_BIN              a corral binary to test instead of building one
@@ -26,7 +29,8 @@ SCHEMATHESIS_VERSION=4.32.5
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
 VENV=$CACHE/schemathesis-venv
-EXAMPLES=${CORRAL_SCHEMA_EXAMPLES:-25}
+EXAMPLES=${CORRAL_SCHEMA_EXAMPLES:-10}
+PHASES=${CORRAL_SCHEMA_PHASES:-examples,fuzzing,stateful}
 SEED=${CORRAL_SCHEMA_SEED:-20261201}
 PORT=18950
 
@@ -124,7 +128,7 @@ report=()
 if [[ -n ${CORRAL_SCHEMA_REPORT:-} ]]; then
     report=(--report junit,ndjson --report-dir "$CORRAL_SCHEMA_REPORT")
 fi
-log "schemathesis $SCHEMATHESIS_VERSION: $EXAMPLES cases per operation, seed $SEED"
+log "schemathesis $SCHEMATHESIS_VERSION: phases $PHASES, $EXAMPLES cases per operation, seed $SEED"
 started=$SECONDS
 status=0
 (cd "$work" && "$VENV/bin/st" --config-file "$REPO_ROOT/scripts/schemathesis.toml" \
@@ -133,7 +137,8 @@ status=0
     --header "Authorization: Bearer $key" \
     --max-examples "$EXAMPLES" \
     --seed "$SEED" \
-    --workers 2 \
+    --phases "$PHASES" \
+    --workers 1 \
     --request-timeout 10 \
     --suppress-health-check too_slow \
     --output-truncate false \

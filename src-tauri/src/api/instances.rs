@@ -195,7 +195,8 @@ pub async fn logs(
 }
 
 /// Forward a request to the instance's backend, the path after `/proxy` and the query kept.
-/// `TRACE` and `CONNECT` are refused (405): a proxy has no business echoing or tunnelling.
+/// Other methods (`TRACE`, `CONNECT`, extensions) are refused with 405: a proxy has no business
+/// echoing or tunnelling, and a method the document does not list is not forwarded.
 #[utoipa::path(method(get, head, post, put, delete, patch, options), path = "/api/v1/instances/{name}/proxy/{rest}", tag = "instances",
     params(
         ("name" = String, Path, description = "Instance name"),
@@ -207,13 +208,25 @@ pub async fn logs(
         (status = 502, description = "The backend did not answer", body = ErrorBody),
         (status = 503, description = "Instance is not running", body = ErrorBody)))]
 pub async fn proxy(State(api): State<Api>, mut request: Request) -> Answer<Response> {
-    if matches!(*request.method(), Method::TRACE | Method::CONNECT) {
+    let forwarded = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+    ];
+    if !forwarded.contains(request.method()) {
         let refused = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "the proxy forwards GET, HEAD, POST, PUT, DELETE, PATCH and OPTIONS",
         );
-        let allow = [(header::ALLOW, "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")];
+        let allow = [(
+            header::ALLOW,
+            "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+        )];
         return Ok((allow, refused).into_response());
     }
     // Extracted here rather than in the signature: the two proxy routes differ in their

@@ -109,18 +109,27 @@ fn conform(document: &mut Value) {
         }},
     });
     schemas["InstancesEvent"] = sse_event(&[
-        ("snapshot", "Every instance, as `GET /instances` lists them (JSON)."),
-        ("instance", "One instance that changed, as `GET /instances/{name}` shows it (JSON)."),
-        ("deleted", "`{\"name\": ...}` of an instance that was deleted (JSON)."),
+        (
+            "snapshot",
+            "Every instance, as `GET /instances` lists them (JSON).",
+        ),
+        (
+            "instance",
+            "One instance that changed, as `GET /instances/{name}` shows it (JSON).",
+        ),
+        (
+            "deleted",
+            "`{\"name\": ...}` of an instance that was deleted (JSON).",
+        ),
     ]);
     schemas["LogEvent"] = sse_event(&[
         ("line", "One line of the log, as text."),
-        ("marker", "How many lines this stream skipped because the client fell behind."),
+        (
+            "marker",
+            "How many lines this stream skipped because the client fell behind.",
+        ),
     ]);
-    for (name, options) in [
-        ("CreateInstanceOptions", false),
-        ("InstanceOptions", true),
-    ] {
+    for (name, options) in [("CreateInstanceOptions", false), ("InstanceOptions", true)] {
         tie_backend_options(&mut schemas[name], options);
     }
 
@@ -138,13 +147,31 @@ fn conform(document: &mut Value) {
             continue;
         };
         for operation in item.values_mut() {
-            add_response(operation, "401", "Missing or invalid key", "#/components/schemas/AuthErrorBody");
+            add_response(
+                operation,
+                "401",
+                "Missing or invalid key",
+                "#/components/schemas/AuthErrorBody",
+            );
             if operation.get("requestBody").is_some() {
-                add_response(operation, "413", "The body is larger than the configured limit", error);
-                add_response(operation, "415", "The body is not JSON (`Content-Type: application/json` or `+json`)", error);
+                add_response(
+                    operation,
+                    "413",
+                    "The body is larger than the configured limit",
+                    error,
+                );
+                add_response(
+                    operation,
+                    "415",
+                    "The body is not JSON (`Content-Type: application/json` or `+json`)",
+                    error,
+                );
             }
             let mut names_instance = false;
-            if let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) {
+            if let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+            {
                 for parameter in parameters {
                     if parameter["in"] == "path" && parameter["name"] == "name" {
                         parameter["schema"] = json!({
@@ -162,10 +189,14 @@ fn conform(document: &mut Value) {
             }
         }
     }
-    let stream = |path: &str| format!("/{path}/get/responses/200/content/text~1event-stream/schema");
+    let stream =
+        |path: &str| format!("/{path}/get/responses/200/content/text~1event-stream/schema");
     for (path, schema) in [
         ("paths/~1api~1v1~1events", "InstancesEvent"),
-        ("paths/~1api~1v1~1instances~1{name}~1logs~1stream", "LogEvent"),
+        (
+            "paths/~1api~1v1~1instances~1{name}~1logs~1stream",
+            "LogEvent",
+        ),
     ] {
         if let Some(target) = document.pointer_mut(&stream(path)) {
             *target = json!({"$ref": format!("#/components/schemas/{schema}")});

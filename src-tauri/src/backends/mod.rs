@@ -549,11 +549,11 @@ fn no_nul(key: &str) -> OptionsError {
     }
 }
 
-/// `value` as an i64 when it is a whole number in range.
-fn whole(value: f64) -> Option<i64> {
-    // i64::MAX is not a float; 2^63 is the first float past it.
-    let in_range = (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&value);
-    (value.fract() == 0.0 && in_range).then_some(value as i64)
+/// `value` as an i64 when it is a whole number that a float spells exactly (up to 2^53): past
+/// that, a float may be an integer literal out of range that JSON parsing rounded.
+pub(crate) fn whole(value: f64) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (value.fract() == 0.0 && (-EXACT..=EXACT).contains(&value)).then_some(value as i64)
 }
 
 /// Range rules for ints: a port is 1..=65535, and 0 means "assign one" (so: not set).
@@ -718,27 +718,14 @@ pub fn options_schema(backend: BackendType) -> serde_json::Value {
         property["description"] = json!(description);
         properties.insert(spec.name.to_owned(), property);
     }
-    // Keys are flag names, never one of the options above in either spelling.
-    let taken: Vec<String> = table
-        .specs
-        .iter()
-        .flat_map(|spec| {
-            std::iter::once(spec.name.to_owned())
-                .chain(std::iter::once(flag_key(spec.flag)))
-                .chain(spec.aliases.iter().map(|alias| flag_key(alias)))
-        })
-        .map(|key| regex_literal(&key).replace('_', "[-_]"))
-        .collect();
     properties.insert(
         "extra_args".to_owned(),
         json!({
             "type": ["object", "null"],
             "description": "Flags Corral does not model: key = flag without dashes (snake_case or kebab-case), \
-                value = its argument, or \"\" / \"true\" / true for a bare switch. Emitted as --kebab-key value.",
-            "propertyNames": {
-                "pattern": "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$",
-                "not": {"pattern": format!("^({})$", taken.join("|"))},
-            },
+                never one of the options above, value = its argument, or \"\" / \"true\" / true for a bare \
+                switch. Emitted as --kebab-key value.",
+            "propertyNames": {"pattern": "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$"},
             "additionalProperties": {"anyOf": [
                 {"type": "string", "pattern": NO_NUL},
                 {"type": "number"},
@@ -756,16 +743,6 @@ pub fn options_schema(backend: BackendType) -> serde_json::Value {
 
 /// Text that can reach argv: without NUL characters.
 const NO_NUL: &str = "^[^\\x00]*$";
-
-/// `text` as a regular expression that matches only it.
-fn regex_literal(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escape = ".^$|?*+()[]{}\\".contains(c);
-            escape.then_some('\\').into_iter().chain(std::iter::once(c))
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests;

@@ -397,3 +397,31 @@ fn llama_table_covers_the_server_flags_people_use() {
         );
     }
 }
+
+/// Found by schema fuzzing: `5.0` is the integer 5 in JSON Schema (and to JavaScript clients),
+/// but was refused as "not an integer".
+#[test]
+fn an_integer_option_written_as_a_whole_float_is_that_integer() {
+    assert_eq!(
+        llama(json!({"ctx_size": 4096.0})).get("ctx_size"),
+        Some(&OptionValue::Int(4096))
+    );
+    assert!(error(BackendType::LlamaCpp, json!({"ctx_size": 4096.5})).contains("an integer"));
+    assert!(error(BackendType::LlamaCpp, json!({"ctx_size": 1e19})).contains("an integer"));
+}
+
+/// Found by schema fuzzing: a NUL character passed validation and then failed the start with a
+/// 500, since no program's argv can hold one.
+#[test]
+fn text_with_a_nul_character_is_refused_before_any_start() {
+    for options in [
+        json!({"model": "a\u{0}b"}),
+        json!({"lora": ["x", "a\u{0}"]}),
+        json!({"extra_args": {"beta": "a\u{0}"}}),
+    ] {
+        assert!(
+            error(BackendType::LlamaCpp, options.clone()).contains("NUL"),
+            "{options}"
+        );
+    }
+}

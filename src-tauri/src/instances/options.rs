@@ -40,21 +40,20 @@ pub struct CreateInstanceOptions {
 }
 
 /// An integer, also when written as a whole float (`5.0` is 5 in JSON and JSON Schema).
-fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    // 2^63 is the first float past i64::MAX.
-    let whole = |f: f64| {
-        (f.fract() == 0.0 && (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&f))
-            .then_some(f as i64)
-    };
     number
         .as_i64()
-        .or_else(|| number.as_f64().and_then(whole))
+        .or_else(|| number.as_f64().and_then(crate::backends::whole))
         .map(Some)
         .ok_or_else(|| {
-            serde::de::Error::custom(format!("invalid value: {number}, expected an integer (i64)"))
+            serde::de::Error::custom(format!(
+                "invalid value: {number}, expected an integer (i64)"
+            ))
         })
 }
 
@@ -382,5 +381,24 @@ mod tests {
         assert_eq!(validate_aliases(vec![wide.clone()]).unwrap(), [wide]);
         assert!(validate_aliases(vec!["é".repeat(257)]).is_err());
         assert!(validate_aliases(vec!["a".repeat(257)]).is_err());
+    }
+
+    /// Found by schema fuzzing: `5.0` is the integer 5 in JSON Schema, but was refused.
+    #[test]
+    fn whole_floats_are_integers_and_other_floats_are_refused() {
+        let request: CreateInstanceOptions =
+            serde_json::from_value(serde_json::json!({"restart_delay": 5.0, "max_restarts": -2.0}))
+                .unwrap();
+        assert_eq!(
+            (request.restart_delay, request.max_restarts),
+            (Some(5), Some(-2))
+        );
+        // past 2^53 a float may be an out-of-range integer literal that parsing rounded
+        for bad in [5.5, 1e19, -9.3e18] {
+            let refused = serde_json::from_value::<CreateInstanceOptions>(
+                serde_json::json!({"idle_timeout": bad}),
+            );
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 }
