@@ -7,7 +7,10 @@
 #      its paths reach the tests as CORRAL_LLAMA_SERVER and CORRAL_TEST_MODEL
 #   2. cargo fmt --check
 #   3. cargo clippy, warnings as errors
-#   4. cargo test (e2e included: they fail, never skip, without the backend)
+#   4. cargo test (e2e included: they fail, never skip, without the backend), property tests
+#      included at their CI case counts (docs/fuzzing.md)
+#   4b. schema fuzzing: schemathesis checks every answer of `corral serve` against its OpenAPI
+#      document (scripts/test-schema.sh, a bounded pass)
 #   5. the desktop build: clippy, then the app end to end over WebDriver under Xvfb
 #
 # The cargo steps build the headless engine (--no-default-features, without Tauri); step 5
@@ -46,6 +49,8 @@ step "web UI build (embedded by the cargo steps)" bash scripts/build-ui.sh
 step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy -p corral --no-default-features --all-targets -- -D warnings
 step "cargo test" cargo test -p corral --no-default-features
+# A bounded pass (CORRAL_SCHEMA_EXAMPLES cases per operation; docs/fuzzing.md has the long run).
+step "schema fuzzing (schemathesis against corral serve)" bash scripts/test-schema.sh
 
 # The desktop build (default features: Tauri, WebKitGTK) in its own target folder, since a
 # different feature set recompiles every shared crate. Checked wherever WebKitGTK's headers are

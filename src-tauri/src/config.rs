@@ -1031,3 +1031,7 @@ backends:
         assert!(matches!(err, ConfigError::Read { .. }));
     }
 }
+
+#[cfg(test)]
+#[path = "config_proptests.rs"]
+mod proptests;

@@ -5,6 +5,8 @@ pub mod backends;
 pub mod config;
 pub mod desktop;
 pub mod devices;
+#[cfg(test)]
+mod fuzz;
 pub mod instances;
 pub mod keys;
 pub mod logging;

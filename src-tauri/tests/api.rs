@@ -760,6 +760,35 @@ async fn proxy_forwards_to_the_backend_with_path_query_and_body() {
     engine.stop().await;
 }
 
+/// Found by schema fuzzing: the proxy forwarded TRACE (an echo of the request, credentials
+/// included, is what cross-site tracing abuses) and any other method, where the document lists
+/// the methods it takes.
+#[tokio::test]
+async fn proxy_refuses_methods_it_does_not_list_with_405_and_the_ones_it_takes() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine.create("tr", llama(json!({}))).await;
+    engine.wait_ready("tr").await;
+    for method in ["TRACE", "QUERY"] {
+        let response = engine
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                engine.url("/api/v1/instances/tr/proxy/health"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["allow"],
+            "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+            "{method}"
+        );
+        assert_error(response, 405, "method_not_allowed").await;
+    }
+    engine.stop().await;
+}
+
 #[tokio::test]
 async fn proxy_streams_the_response_as_the_backend_writes_it() {
     let dir = data_dir();

@@ -124,6 +124,7 @@ pub async fn settings(State(api): State<Api>) -> Result<Json<DesktopSettings>, A
     responses(
         (status = 200, description = "Settings after the change", body = DesktopSettings),
         (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
+        (status = 400, description = "Not JSON, or not the shape of a change", body = ErrorBody),
         (status = 404, description = "Not running as the desktop app", body = ErrorBody),
         (status = 500, description = "The change could not be applied", body = ErrorBody)))]
 pub async fn update_settings(
@@ -142,6 +143,7 @@ pub async fn update_settings(
     responses(
         (status = 204, description = "The folder was handed to the file manager"),
         (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
+        (status = 400, description = "Not JSON, or no known folder", body = ErrorBody),
         (status = 404, description = "Not running as the desktop app", body = ErrorBody),
         (status = 500, description = "The folder could not be opened", body = ErrorBody)))]
 pub async fn open(

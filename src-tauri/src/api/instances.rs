@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, RequestExt};
 
@@ -73,7 +73,8 @@ pub async fn create(
         (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
-        (status = 409, description = "Port taken", body = ErrorBody)))]
+        (status = 409, description = "Port or alias taken", body = ErrorBody),
+        (status = 500, description = "A running instance could not be restarted with them", body = ErrorBody)))]
 pub async fn update(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -106,6 +107,7 @@ pub async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Answer<
     params(("name" = String, Path, description = "Instance name")),
     responses(
         (status = 200, body = InstanceView),
+        (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "Running limit reached or port in use", body = ErrorBody),
         (status = 500, description = "The backend could not be started", body = ErrorBody)))]
@@ -132,7 +134,9 @@ pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<J
     params(("name" = String, Path, description = "Instance name")),
     responses(
         (status = 200, body = InstanceView),
-        (status = 404, description = "No such instance", body = ErrorBody)))]
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 500, description = "The backend could not be stopped", body = ErrorBody)))]
 pub async fn stop(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<InstanceView>> {
     Ok(Json(api.registry.stop(&name).await?))
 }
@@ -142,8 +146,10 @@ pub async fn stop(State(api): State<Api>, Path(name): Path<String>) -> Answer<Js
     params(("name" = String, Path, description = "Instance name")),
     responses(
         (status = 200, body = InstanceView),
+        (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
-        (status = 409, description = "Running limit reached or port in use", body = ErrorBody)))]
+        (status = 409, description = "Running limit reached or port in use", body = ErrorBody),
+        (status = 500, description = "The backend could not be started", body = ErrorBody)))]
 pub async fn restart(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -230,20 +236,44 @@ pub async fn proxy_token(
     }))
 }
 
-/// Forward any request to the instance's backend, the path after `/proxy` and the query kept
+/// Forward a request to the instance's backend, the path after `/proxy` and the query kept
 /// (Corral's `api_key` and ticket parameters taken out). Corral's own credentials never reach
 /// the backend: the key headers and Corral's cookie are dropped, and the backend gets the key
-/// Corral holds for it.
-#[utoipa::path(get, path = "/api/v1/instances/{name}/proxy/{rest}", tag = "instances",
+/// Corral holds for it. Other methods (`TRACE`, `CONNECT`, extensions) are refused with 405: a
+/// proxy has no business echoing or tunnelling, and a method the document does not list is not
+/// forwarded.
+#[utoipa::path(method(get, head, post, put, delete, patch, options), path = "/api/v1/instances/{name}/proxy/{rest}", tag = "instances",
     params(
         ("name" = String, Path, description = "Instance name"),
         ("rest" = String, Path, description = "Path on the backend, e.g. health")),
     responses(
-        (status = 200, description = "Whatever the backend answers (any method is forwarded)"),
+        (status = "default", description = "Whatever the backend answers (any method is forwarded)"),
+        (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 502, description = "The backend did not answer", body = ErrorBody),
         (status = 503, description = "Instance is not running", body = ErrorBody)))]
 pub async fn proxy(State(api): State<Api>, mut request: Request) -> Answer<Response> {
+    let forwarded = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+    ];
+    if !forwarded.contains(request.method()) {
+        let refused = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the proxy forwards GET, HEAD, POST, PUT, DELETE, PATCH and OPTIONS",
+        );
+        let allow = [(
+            header::ALLOW,
+            "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+        )];
+        return Ok((allow, refused).into_response());
+    }
     // Extracted here rather than in the signature: the two proxy routes differ in their
     // parameters, and a map extractor would confuse the OpenAPI generator.
     let Path(params) = request

@@ -7,6 +7,9 @@ mod models;
 mod request;
 mod stream;
 
+#[cfg(test)]
+mod proptests;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;

@@ -202,7 +202,7 @@ pub async fn model(
     params(("path" = String, Path, description = "The backend's route, e.g. chat/completions")),
     request_body(content = Object, description = "The backend's request; `model` names the instance or an alias"),
     responses(
-        (status = 200, description = "Whatever the backend answers (JSON or an SSE stream)"),
+        (status = "default", description = "Whatever the backend answers (JSON or an SSE stream), its status included"),
         (status = 400, description = "Not a JSON object, or no `model`", body = OpenAiErrorBody),
         (status = 404, description = "No instance or alias has that name", body = OpenAiErrorBody),
         (status = 413, description = "Body over server.max_inference_body_bytes", body = OpenAiErrorBody),
@@ -1048,3 +1048,7 @@ mod tap_tests {
         assert_eq!((tokens.prompt, tokens.completion), (Some(5), Some(7)));
     }
 }
+
+#[cfg(test)]
+#[path = "openai_proptests.rs"]
+mod proptests;

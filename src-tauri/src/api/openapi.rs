@@ -2,13 +2,14 @@
 //! annotations; the three `backend_options` schemas come from the backends' option tables.
 
 use axum::Json;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
     backends, desktop, error, events, instances, logs_stream, openai, schema, server, system,
 };
-use crate::instances::BACKEND_SCHEMA_NAMES;
+use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,24 +44,10 @@ use crate::instances::BACKEND_SCHEMA_NAMES;
         desktop::open,
     ),
     components(schemas(error::ErrorBody, openai::OpenAiErrorBody)),
-    modifiers(&BackendSchemas, &Security),
+    modifiers(&Security),
     security(("bearer" = []), ("api_key" = [])),
 )]
 struct ApiDoc;
-
-/// Adds `LlamaCppOptions`, `MlxLmOptions` and `VllmOptions`, which `backend_options` refers to.
-struct BackendSchemas;
-
-impl Modify for BackendSchemas {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        for (backend, name) in BACKEND_SCHEMA_NAMES {
-            components
-                .schemas
-                .insert(name.to_owned(), crate::backends::options_schema(backend));
-        }
-    }
-}
 
 /// Management and inference keys: `Authorization: Bearer`, or `X-API-Key`.
 struct Security;
@@ -79,16 +66,234 @@ impl Modify for Security {
     }
 }
 
-/// The document itself.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The document itself, with the rules every route shares (see `conform`).
+pub fn document() -> Value {
     let mut document = ApiDoc::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    // Built from plain data: serializing it cannot fail.
+    let mut document = serde_json::to_value(&document).unwrap_or_default();
+    conform(&mut document);
     document
 }
 
 /// This OpenAPI document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi_json() -> Json<Value> {
     Json(document())
+}
+
+/// What the server does on every route of a kind, written into the document once here rather
+/// than on each handler, so that no route can miss it:
+/// - every route answers 401 without a valid key (the auth middleware's own body);
+/// - every route with a body answers 413 past the body limit and 415 for a body that is not JSON;
+/// - every `{name}` follows the instance-name rules and answers 400 for a name that does not;
+/// - the two event streams describe their events, and instance options tie `backend_options`
+///   to `backend_type`; inference bodies must name a `model`.
+fn conform(document: &mut Value) {
+    let schemas = &mut document["components"]["schemas"];
+    // `LlamaCppOptions`, `MlxLmOptions` and `VllmOptions`, from the backends' option tables.
+    for (backend, name) in BACKEND_SCHEMA_NAMES {
+        schemas[name] = crate::backends::options_schema(backend);
+    }
+    schemas["AuthErrorBody"] = json!({
+        "type": "object",
+        "description": "Missing or invalid key (llamactl's body).",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "enum": ["authentication_error"]},
+            },
+        }},
+    });
+    schemas["InstancesEvent"] = sse_event(&[
+        (
+            "snapshot",
+            "Every instance, as `GET /instances` lists them (JSON).",
+        ),
+        (
+            "instance",
+            "One instance that changed, as `GET /instances/{name}` shows it (JSON).",
+        ),
+        (
+            "deleted",
+            "`{\"name\": ...}` of an instance that was deleted (JSON).",
+        ),
+    ]);
+    schemas["LogEvent"] = sse_event(&[
+        ("line", "One line of the log, as text."),
+        (
+            "marker",
+            "How many lines this stream skipped because the client fell behind.",
+        ),
+    ]);
+    for (name, options) in [("CreateInstanceOptions", false), ("InstanceOptions", true)] {
+        tie_backend_options(&mut schemas[name], options);
+    }
+
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let management = path.starts_with("/api/v1/");
+        let error = if management {
+            "#/components/schemas/ErrorBody"
+        } else {
+            "#/components/schemas/OpenAiErrorBody"
+        };
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            add_response(
+                operation,
+                "401",
+                "Missing or invalid key",
+                "#/components/schemas/AuthErrorBody",
+            );
+            if operation.get("requestBody").is_some() {
+                add_response(
+                    operation,
+                    "413",
+                    "The body is larger than the configured limit",
+                    error,
+                );
+                add_response(
+                    operation,
+                    "415",
+                    "The body is not JSON (`Content-Type: application/json` or `+json`)",
+                    error,
+                );
+            }
+            let mut names_instance = false;
+            if let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+            {
+                for parameter in parameters {
+                    if parameter["in"] == "path" && parameter["name"] == "name" {
+                        parameter["schema"] = json!({
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_NAME_LEN,
+                            "pattern": "^[A-Za-z0-9_-]+$",
+                        });
+                        names_instance = true;
+                    }
+                }
+            }
+            if names_instance {
+                add_response(operation, "400", "Invalid instance name", error);
+            }
+        }
+    }
+    let stream =
+        |path: &str| format!("/{path}/get/responses/200/content/text~1event-stream/schema");
+    for (path, schema) in [
+        ("paths/~1api~1v1~1events", "InstancesEvent"),
+        (
+            "paths/~1api~1v1~1instances~1{name}~1logs~1stream",
+            "LogEvent",
+        ),
+    ] {
+        if let Some(target) = document.pointer_mut(&stream(path)) {
+            *target = json!({"$ref": format!("#/components/schemas/{schema}")});
+        }
+    }
+    let inference = "/paths/~1v1~1{path}/post/requestBody/content/application~1json/schema";
+    if let Some(target) = document.pointer_mut(inference) {
+        *target = json!({
+            "type": "object",
+            "description": "The backend's request; `model` names the instance or an alias",
+            "required": ["model"],
+            "properties": {"model": {"type": "string", "minLength": 1}},
+        });
+    }
+}
+
+/// Adds a response for `status` unless the handler documents one.
+fn add_response(operation: &mut Value, status: &str, description: &str, schema: &str) {
+    let responses = &mut operation["responses"];
+    if responses.get(status).is_none() {
+        responses[status] = json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": schema}}},
+        });
+    }
+}
+
+/// One server-sent event as a client parses it: its `event` name and its `data`.
+fn sse_event(events: &[(&str, &str)]) -> Value {
+    let names: Vec<&str> = events.iter().map(|(name, _)| *name).collect();
+    let description = events
+        .iter()
+        .map(|(name, data)| format!("`{name}`: {data}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    json!({
+        "type": "object",
+        "description": format!("One server-sent event. {description} Keep-alive comments carry no event."),
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": names},
+            "data": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    })
+}
+
+/// `backend_options` follows the schema of the backend `backend_type` names, and both are
+/// required (the server refuses a definition without them).
+fn tie_backend_options(schema: &mut Value, response: bool) {
+    let branches: Vec<Value> = BACKEND_SCHEMA_NAMES
+        .iter()
+        .map(|(backend, name)| {
+            json!({"properties": {
+                "backend_type": {"const": backend.as_str()},
+                "backend_options": {"$ref": format!("#/components/schemas/{name}")},
+            }})
+        })
+        .collect();
+    schema["oneOf"] = Value::Array(branches);
+    if !response {
+        schema["required"] = json!(["backend_type", "backend_options"]);
+        // 1 to 256 characters without control characters once trimmed (the server trims), each
+        // alias once.
+        schema["properties"]["aliases"]["items"] = json!({
+            "type": "string",
+            "pattern": "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]{0,254}[^\\s\\x00-\\x1f\\x7f-\\x9f])?\\s*$",
+        });
+        schema["properties"]["aliases"]["uniqueItems"] = json!(true);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    /// The OpenAPI 3.1 schema of OpenAPI documents, as the OpenAPI Initiative publishes it
+    /// (https://spec.openapis.org/oas/3.1/schema/2022-10-07, Apache-2.0), copied from the
+    /// `openapi-spec-validator` package on PyPI (resources/schemas/v3.1/schema.json).
+    const OAS_3_1_SCHEMA: &str = include_str!("../../tests/fixtures/openapi-3.1-schema.json");
+
+    #[tokio::test]
+    async fn the_served_document_is_valid_openapi_3_1() {
+        let Json(document) = openapi_json().await;
+        let schema: serde_json::Value = serde_json::from_str(OAS_3_1_SCHEMA).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&document)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+        // The check does refuse a document that is not OpenAPI.
+        let mut broken = document;
+        broken["paths"] = serde_json::json!([]);
+        assert!(!validator.is_valid(&broken));
+    }
 }

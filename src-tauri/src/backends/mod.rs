@@ -508,6 +508,8 @@ fn value_from_json(
                         allowed: format!("up to {}", i64::MAX),
                     });
                 }
+                // `5.0` is the integer 5 in JSON (and in JSON Schema), as clients may write it
+                serde_json::Value::Number(n) => n.as_f64().and_then(whole).ok_or_else(wrong)?,
                 _ => return Err(wrong()),
             };
             return check_int(spec, key, int);
@@ -531,10 +533,29 @@ fn value_from_json(
                 .map(|item| item.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(wrong)?;
+            if list.iter().any(|item| item.contains('\0')) {
+                return Err(no_nul(key));
+            }
             OptionValue::StringList(list)
         }
     };
     Ok(Some(value))
+}
+
+/// A NUL byte can never reach a program's argv: refused here rather than failing the start.
+fn no_nul(key: &str) -> OptionsError {
+    OptionsError::WrongType {
+        key: key.to_string(),
+        expected: "text without NUL characters",
+        found: "a NUL character".into(),
+    }
+}
+
+/// `value` as an i64 when it is a whole number that a float spells exactly (up to 2^53): past
+/// that, a float may be an integer literal out of range that JSON parsing rounded.
+pub(crate) fn whole(value: f64) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (value.fract() == 0.0 && (-EXACT..=EXACT).contains(&value)).then_some(value as i64)
 }
 
 /// Range rules for ints: a port is 1..=65535, and 0 means "assign one" (so: not set).
@@ -564,6 +585,9 @@ fn check_string(
     key: &str,
     value: String,
 ) -> Result<OptionValue, OptionsError> {
+    if value.contains('\0') {
+        return Err(no_nul(key));
+    }
     if let Some(choices) = table.choices(spec.name) {
         if !choices.contains(&value.as_str()) {
             return Err(OptionsError::NotAChoice {
@@ -601,6 +625,11 @@ fn extra_args_from_json(
     for (key, value) in object {
         let normalized = validate_extra_key(table, key).map_err(OptionsError::ExtraArgs)?;
         let text = match value {
+            serde_json::Value::String(s) if s.contains('\0') => {
+                return Err(OptionsError::ExtraArgs(format!(
+                    "`{key}` must be text without NUL characters"
+                )));
+            }
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Bool(true) => "true".to_string(),
             serde_json::Value::Number(n) => n.to_string(),
@@ -653,66 +682,81 @@ const BACKEND_KEY_NOTE: &str = " Corral gives each start of the backend a secret
      which only Corral's proxy sends: a request straight to the backend's port without it is \
      refused. A key set with `api_key` keeps working beside it.";
 
-/// JSON Schema (OpenAPI 3.1 flavour) of `backend_options` for `backend`, built from `specs`.
-pub fn options_schema(
-    backend: BackendType,
-) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{
-        AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type,
-    };
+/// JSON Schema (OpenAPI 3.1 flavour) of `backend_options` for `backend`, built from `specs`:
+/// exactly what `BackendOptions::from_json` accepts (null for any option means "not set").
+pub fn options_schema(backend: BackendType) -> serde_json::Value {
+    use serde_json::json;
     let table = Backend::of(backend);
-    let mut object = ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .description(Some(format!(
+    let mut properties = serde_json::Map::new();
+    for spec in table.specs {
+        let description = format!("{} ({})", spec.help, spec.flag);
+        let mut property = match spec.kind {
+            OptionKind::Bool => json!({"type": ["boolean", "null"]}),
+            OptionKind::Int if spec.name == "port" => {
+                json!({"type": ["integer", "null"], "minimum": 0, "maximum": 65535})
+            }
+            OptionKind::Int => json!({
+                "type": ["integer", "null"],
+                "format": "int64",
+                "minimum": i64::MIN,
+                "maximum": i64::MAX,
+            }),
+            OptionKind::Float => json!({"type": ["number", "null"], "format": "double"}),
+            OptionKind::String if table.is_two_values(spec.name) => json!({
+                "type": ["string", "null"],
+                "pattern": "^\\s*[^\\s\\x00]+\\s+[^\\s\\x00]+\\s*$",
+            }),
+            OptionKind::String => json!({"type": ["string", "null"], "pattern": NO_NUL}),
+            OptionKind::StringList => json!({
+                "type": ["array", "null"],
+                "items": {"type": "string", "pattern": NO_NUL},
+            }),
+        };
+        if let Some(choices) = table.choices(spec.name) {
+            let mut allowed: Vec<serde_json::Value> = choices.iter().map(|c| json!(c)).collect();
+            allowed.push(serde_json::Value::Null);
+            if spec.name == "flash_attn" {
+                // llamactl stored it as a bool before llama.cpp made it on|off|auto
+                allowed.extend([json!(true), json!(false)]);
+                property["type"] = json!(["string", "boolean", "null"]);
+            }
+            property["enum"] = serde_json::Value::Array(allowed);
+        }
+        property["description"] = json!(description);
+        properties.insert(spec.name.to_owned(), property);
+    }
+    properties.insert(
+        "extra_args".to_owned(),
+        json!({
+            "type": ["object", "null"],
+            "description": "Flags Corral does not model: key = flag without dashes (snake_case or kebab-case), \
+                never one of the options above, value = its argument, or \"\" / \"true\" / true for a bare \
+                switch. Emitted as --kebab-key value.",
+            "propertyNames": {"pattern": "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$"},
+            "additionalProperties": {"anyOf": [
+                {"type": "string", "pattern": NO_NUL},
+                {"type": "number"},
+                {"const": true},
+            ]},
+        }),
+    );
+    json!({
+        "type": "object",
+        "description": format!(
             "Options of {}; only set options appear.{}",
             backend.as_str(),
             match backend {
                 BackendType::MlxLm => mlx::NO_KEY_NOTE,
                 BackendType::LlamaCpp | BackendType::Vllm => BACKEND_KEY_NOTE,
             }
-        )));
-    for spec in table.specs {
-        let description = Some(format!("{} ({})", spec.help, spec.flag));
-        let property: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> = match spec.kind {
-            OptionKind::StringList => ArrayBuilder::new()
-                .items(ObjectBuilder::new().schema_type(Type::String))
-                .description(description)
-                .into(),
-            kind => {
-                let mut builder = ObjectBuilder::new().description(description);
-                builder = match kind {
-                    OptionKind::Bool => builder.schema_type(Type::Boolean),
-                    OptionKind::Int => builder
-                        .schema_type(Type::Integer)
-                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
-                    OptionKind::Float => builder
-                        .schema_type(Type::Number)
-                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
-                    _ => builder.schema_type(Type::String),
-                };
-                if spec.name == "port" {
-                    builder = builder.minimum(Some(0)).maximum(Some(65535));
-                }
-                if let Some(choices) = table.choices(spec.name) {
-                    builder = builder.enum_values(Some(choices.iter().copied()));
-                }
-                builder.into()
-            }
-        };
-        object = object.property(spec.name, property);
-    }
-    let extra = ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .description(Some(
-            "Flags Corral does not model: key = flag without dashes (snake_case or kebab-case), \
-             value = its argument, or \"\" / \"true\" for a bare switch. Emitted as --kebab-key value.",
-        ))
-        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)));
-    object = object
-        .property("extra_args", extra)
-        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-    object.into()
+        ),
+        "properties": properties,
+        "additionalProperties": false,
+    })
 }
+
+/// Text that can reach argv: without NUL characters.
+const NO_NUL: &str = "^[^\\x00]*$";
 
 #[cfg(test)]
 mod tests;

@@ -57,6 +57,11 @@ pub(super) fn parse_command(
                 i += consumed;
             }
             None => {
+                // `--no-X`, as argv building writes a false bool: the option X set to false
+                if let (None, Some(spec)) = (&inline, negated(table, &key)) {
+                    options.values.insert(spec.name, OptionValue::Bool(false));
+                    continue;
+                }
                 // the key must survive the JSON the API stores (same rule as extra_args there)
                 if super::validate_extra_key(table, &key).is_err() {
                     return Err(ParseError::MalformedFlag(word.clone()));
@@ -83,6 +88,15 @@ pub(super) fn parse_command(
             .or_insert(OptionValue::String(model));
     }
     Ok(options)
+}
+
+/// The bool option whose false spelling is the flag `key` names (`no_warmup` -> `warmup`).
+fn negated(table: &Backend, key: &str) -> Option<&'static OptionSpec> {
+    table
+        .negations
+        .iter()
+        .find(|(_, flag)| flag_key(flag) == key)
+        .and_then(|(name, _)| table.specs.iter().find(|spec| spec.name == *name))
 }
 
 /// Backslash-newline continuations (with any spaces around) become one space, as in a shell

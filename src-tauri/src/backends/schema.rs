@@ -41,7 +41,8 @@ pub struct OptionField {
     #[serde(rename = "type")]
     pub field_type: FieldType,
     /// The value used when the field is left out; null when unknown or decided at run time.
-    #[schema(value_type = Object, nullable)]
+    /// Any JSON value: a boolean, a number, a string or null, by the field's type.
+    #[schema(value_type = Value)]
     pub default: serde_json::Value,
     pub help: &'static str,
     /// Shown first in the form.

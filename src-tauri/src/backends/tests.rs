@@ -281,7 +281,7 @@ fn every_backend_answers_health_on_slash_health() {
 #[test]
 fn options_schema_lists_every_spec_and_extra_args_and_nothing_else() {
     for backend in ALL {
-        let schema = serde_json::to_value(options_schema(backend)).unwrap();
+        let schema = options_schema(backend);
         let properties = schema["properties"].as_object().unwrap();
         for spec in specs(backend) {
             let property = &properties[spec.name];
@@ -292,22 +292,23 @@ fn options_schema_lists_every_spec_and_extra_args_and_nothing_else() {
                 OptionKind::String => "string",
                 OptionKind::StringList => "array",
             };
-            assert_eq!(
-                property["type"],
-                want,
+            // null: not set
+            let types = property["type"].as_array().unwrap();
+            assert!(
+                types.contains(&json!(want)) && types.contains(&json!("null")),
                 "{} of {}",
                 spec.name,
                 backend.as_str()
             );
         }
         assert_eq!(properties.len(), specs(backend).len() + 1);
-        assert_eq!(properties["extra_args"]["type"], "object");
+        assert_eq!(properties["extra_args"]["type"], json!(["object", "null"]));
         assert_eq!(schema["additionalProperties"], false);
     }
-    let llama = serde_json::to_value(options_schema(BackendType::LlamaCpp)).unwrap();
+    let llama = options_schema(BackendType::LlamaCpp);
     assert_eq!(
         llama["properties"]["flash_attn"]["enum"],
-        json!(["on", "off", "auto"])
+        json!(["on", "off", "auto", null, true, false])
     );
 }
 
@@ -393,6 +394,34 @@ fn llama_table_covers_the_server_flags_people_use() {
         assert!(
             table.lookup(removed_by_llama_cpp).is_none(),
             "{removed_by_llama_cpp}"
+        );
+    }
+}
+
+/// Found by schema fuzzing: `5.0` is the integer 5 in JSON Schema (and to JavaScript clients),
+/// but was refused as "not an integer".
+#[test]
+fn an_integer_option_written_as_a_whole_float_is_that_integer() {
+    assert_eq!(
+        llama(json!({"ctx_size": 4096.0})).get("ctx_size"),
+        Some(&OptionValue::Int(4096))
+    );
+    assert!(error(BackendType::LlamaCpp, json!({"ctx_size": 4096.5})).contains("an integer"));
+    assert!(error(BackendType::LlamaCpp, json!({"ctx_size": 1e19})).contains("an integer"));
+}
+
+/// Found by schema fuzzing: a NUL character passed validation and then failed the start with a
+/// 500, since no program's argv can hold one.
+#[test]
+fn text_with_a_nul_character_is_refused_before_any_start() {
+    for options in [
+        json!({"model": "a\u{0}b"}),
+        json!({"lora": ["x", "a\u{0}"]}),
+        json!({"extra_args": {"beta": "a\u{0}"}}),
+    ] {
+        assert!(
+            error(BackendType::LlamaCpp, options.clone()).contains("NUL"),
+            "{options}"
         );
     }
 }

@@ -2,7 +2,7 @@
 //! and the wire shape of an instance (llamactl's `{name, status, created, options}` plus health).
 
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{OneOfBuilder, Ref};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::InstanceError;
@@ -19,15 +19,18 @@ pub struct CreateInstanceOptions {
     pub auto_restart: Option<bool>,
     /// Automatic restarts allowed before the instance is `failed` (0 = never; negative = 0).
     #[schema(maximum = 10_000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_restarts: Option<i64>,
     /// Seconds to wait before an automatic restart (negative = 0; at most a day).
     #[schema(maximum = 86_400)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub restart_delay: Option<i64>,
     /// Let `/v1` requests start the instance when it is stopped.
     pub on_demand_start: Option<bool>,
     /// Minutes without requests before the instance is stopped; 0 = never (negative = 0; at
     /// most a year).
     #[schema(maximum = 525_600)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub idle_timeout: Option<i64>,
     /// Other model names `/v1` requests may use for this instance; unique across all instances
     /// and their names.
@@ -38,6 +41,24 @@ pub struct CreateInstanceOptions {
     /// Required (at least `{}`): the options of the backend named by `backend_type`.
     #[schema(schema_with = backend_options_schema)]
     pub backend_options: Option<serde_json::Value>,
+}
+
+/// An integer, also when written as a whole float (`5.0` is 5 in JSON and JSON Schema).
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_i64()
+        .or_else(|| number.as_f64().and_then(crate::backends::whole))
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid value: {number}, expected an integer (i64)"
+            ))
+        })
 }
 
 /// Validated options with every default filled in.
@@ -161,7 +182,7 @@ fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, InstanceError> 
     let mut valid: Vec<String> = Vec::with_capacity(aliases.len());
     for alias in aliases {
         let alias = alias.trim();
-        if alias.is_empty() || alias.len() > 256 || alias.chars().any(char::is_control) {
+        if alias.is_empty() || alias.chars().count() > 256 || alias.chars().any(char::is_control) {
             return Err(InstanceError::invalid_field(
                 "aliases",
                 format!("alias {alias:?} must be 1 to 256 printable characters"),
@@ -310,15 +331,15 @@ pub const BACKEND_SCHEMA_NAMES: [(BackendType, &str); 3] = [
     (BackendType::Vllm, "VllmOptions"),
 ];
 
-/// `backend_options` is one of the three backend schemas, chosen by `backend_type`.
+/// `backend_options` is an object; which of the three backend schemas it follows depends on
+/// `backend_type`, which the document states on the enclosing object (`api::openapi`).
 fn backend_options_schema() -> utoipa::openapi::schema::Schema {
-    let one_of = BACKEND_SCHEMA_NAMES
-        .iter()
-        .fold(OneOfBuilder::new(), |one_of, (_, name)| {
-            one_of.item(Ref::from_schema_name(*name))
-        })
-        .build();
-    utoipa::openapi::schema::Schema::OneOf(one_of)
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "The options of the backend `backend_type` names: LlamaCppOptions, MlxLmOptions or VllmOptions",
+        ))
+        .into()
 }
 
 /// Corral's own settings of an instance as form fields, with the configured defaults; the help
@@ -375,6 +396,7 @@ pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use serde_json::json;
@@ -421,5 +443,35 @@ mod tests {
         // Negative still means 0, as in llamactl.
         let negative = options(json!({"restart_delay": -5, "idle_timeout": -1})).unwrap();
         assert_eq!((negative.restart_delay, negative.idle_timeout), (0, 0));
+    }
+#[allow(clippy::unwrap_used)] // tests may unwrap
+
+    /// Found while writing the schema of aliases: the limit counted bytes while the error says
+    /// characters, so 200 `é` (400 bytes) were refused.
+    #[test]
+    fn an_alias_may_have_256_characters_however_many_bytes_they_take() {
+        let wide = "é".repeat(256);
+        assert_eq!(validate_aliases(vec![wide.clone()]).unwrap(), [wide]);
+        assert!(validate_aliases(vec!["é".repeat(257)]).is_err());
+        assert!(validate_aliases(vec!["a".repeat(257)]).is_err());
+    }
+
+    /// Found by schema fuzzing: `5.0` is the integer 5 in JSON Schema, but was refused.
+    #[test]
+    fn whole_floats_are_integers_and_other_floats_are_refused() {
+        let request: CreateInstanceOptions =
+            serde_json::from_value(serde_json::json!({"restart_delay": 5.0, "max_restarts": -2.0}))
+                .unwrap();
+        assert_eq!(
+            (request.restart_delay, request.max_restarts),
+            (Some(5), Some(-2))
+        );
+        // past 2^53 a float may be an out-of-range integer literal that parsing rounded
+        for bad in [5.5, 1e19, -9.3e18] {
+            let refused = serde_json::from_value::<CreateInstanceOptions>(
+                serde_json::json!({"idle_timeout": bad}),
+            );
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 }

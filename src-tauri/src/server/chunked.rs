@@ -16,6 +16,10 @@ enum State {
         size: u64,
         digits: u32,
     },
+    /// Whitespace after the size, which only a `;` (an extension) or the line's end may follow.
+    SizeWs {
+        size: u64,
+    },
     /// After the size: chunk extensions, skipped to the end of the line.
     Extension {
         size: u64,
@@ -87,12 +91,21 @@ impl Chunked {
                     }
                 }
                 (State::Size { digits: 0, .. }, _) => return Err(Malformed),
-                (State::Size { size, .. }, b';' | b' ' | b'\t') => State::Extension { size },
-                (State::Size { size, .. } | State::Extension { size }, b'\r') => {
-                    State::SizeLf { size }
+                (State::Size { size, .. } | State::SizeWs { size }, b' ' | b'\t') => {
+                    State::SizeWs { size }
+                }
+                (State::Size { size, .. } | State::SizeWs { size }, b';') => {
+                    State::Extension { size }
                 }
                 (
-                    State::Size { size, .. } | State::Extension { size } | State::SizeLf { size },
+                    State::Size { size, .. } | State::SizeWs { size } | State::Extension { size },
+                    b'\r',
+                ) => State::SizeLf { size },
+                (
+                    State::Size { size, .. }
+                    | State::SizeWs { size }
+                    | State::Extension { size }
+                    | State::SizeLf { size },
                     b'\n',
                 ) => {
                     if size == 0 {
@@ -101,7 +114,9 @@ impl Chunked {
                         State::Data { left: size }
                     }
                 }
-                (State::Size { .. } | State::SizeLf { .. }, _) => return Err(Malformed),
+                (State::Size { .. } | State::SizeWs { .. } | State::SizeLf { .. }, _) => {
+                    return Err(Malformed)
+                }
                 (State::Extension { size }, _) => State::Extension { size },
                 (State::DataCr, b'\r') => State::DataLf,
                 (State::DataCr | State::DataLf, b'\n') => State::Size { size: 0, digits: 0 },
@@ -181,6 +196,10 @@ mod tests {
             b"3\rX",
             b"1234567890abcdef0\r\n",
             b"0\r\n\rX",
+            // found by the comparison with hyper: only an extension may follow the size's
+            // whitespace
+            b"2c\t\xff;a=b\r\n",
+            b"5 garbage\r\n",
         ] {
             assert_eq!(
                 Chunked::default().feed(wire, |_| {}),
@@ -190,3 +209,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "chunked_proptests.rs"]
+mod proptests;

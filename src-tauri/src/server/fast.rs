@@ -1094,3 +1094,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "fast_proptests.rs"]
+mod proptests;
