@@ -9,7 +9,7 @@
 // A failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use corral::backends::{parse_command, BackendOptions, BackendType};
 use serde_json::{json, Value};
