@@ -2,11 +2,12 @@
 # Builds the web UI (ui/ -> ui/dist, which the Rust build embeds) when it is stale; does nothing
 # when ui/dist is newer than every source of it. `npm ci` runs first when node_modules is missing
 # or older than package-lock.json. CORRAL_SKIP_UI_BUILD=1 skips it all (the engine then serves a
-# page saying the UI is not built).
+# page saying the UI is not built). src-tauri/build.rs does the same during `cargo build`, but
+# only warns where this script fails: the scripts call it first to stop at a broken UI build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [[ -n ${CORRAL_SKIP_UI_BUILD:-} ]]; then
+if [[ -n ${CORRAL_SKIP_UI_BUILD:-} && ${CORRAL_SKIP_UI_BUILD} != 0 ]]; then
     echo "web UI: build skipped (CORRAL_SKIP_UI_BUILD is set)"
     exit 0
 fi
@@ -15,6 +16,12 @@ if [[ ! -f ui/package.json ]]; then
     exit 0
 fi
 cd ui
+
+# One UI build at a time in this folder (build.rs takes the same lock).
+if command -v flock >/dev/null; then
+    exec 9>.build.lock
+    flock 9
+fi
 
 # The sources of ui/dist; index.html is the last file Vite writes, so its time stamps the build.
 sources=(src index.html package.json package-lock.json public)

@@ -1,6 +1,6 @@
 //! Corral's configuration: defaults < one YAML file < `CORRAL_*` (or `LLAMACTL_*`) environment.
 //!
-//! The YAML keys are llamactl's (behaviour §6), so an existing llamactl config works unchanged.
+//! The YAML keys are llamactl's, so an existing llamactl config works unchanged.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,5 +1,10 @@
-//! Parse-command against llamactl's recorded cases (`shared/spec/llamactl-parse-cases.json`) and
+//! Parse-command against llamactl's recorded cases (`fixtures/llamactl-parse-cases.json`) and
 //! against command lines written from each tool's real `--help`.
+//!
+//! The cases come from llamactl's own parse-command test tables (github.com/lordmathis/llamactl,
+//! MIT licence: the Go test tables of commit 3a63308, of the later df790a1 and of the parser
+//! before them, with the answers 3a63308's handler gave), gathered into JSON and kept here so the
+//! repository needs nothing beside it (see `fixtures/README.md`).
 
 // A failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used)]
@@ -14,21 +19,13 @@ use serde_json::{json, Value};
 /// positional model, and so does Corral.
 const DISAGREE: &[&str] = &["TestParseLlamaCommand/invalid command without llama-server"];
 
-/// Finds `shared/spec/llamactl-parse-cases.json` beside the repository (or a worktree's parent).
-/// Missing is a failure: these cases are the compatibility contract.
+/// The vendored cases. Missing or unreadable is a failure: these cases are the compatibility
+/// contract.
 fn load_cases() -> Vec<Value> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = manifest
-        .ancestors()
-        .map(|dir| dir.join("shared/spec/llamactl-parse-cases.json"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "shared/spec/llamactl-parse-cases.json not found above {}",
-                manifest.display()
-            )
-        });
-    let text = std::fs::read_to_string(&path).unwrap();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamactl-parse-cases.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let doc: Value = serde_json::from_str(&text).unwrap();
     doc["cases"].as_array().unwrap().clone()
 }

@@ -1,5 +1,5 @@
-//! Parse-command: a shell command line of a backend -> options (llamactl's algorithm, behaviour
-//! §5, with a quote-aware tokenizer and negative numbers).
+//! Parse-command: a shell command line of a backend -> options (llamactl's algorithm, with a
+//! quote-aware tokenizer and negative numbers).
 
 use super::{
     flag_key, Backend, BackendOptions, BackendType, OptionKind, OptionSpec, OptionValue, ParseError,

@@ -1,4 +1,4 @@
-// The engine's JSON shapes, as /work/contract-ui.md and the OpenAPI document describe them.
+// The engine's JSON shapes, as the OpenAPI document (/api/v1/openapi.json) describes them.
 
 export type Status = 'stopped' | 'running' | 'failed';
 export type Health = 'starting' | 'ready' | 'unhealthy' | 'restarting' | 'stopping';
