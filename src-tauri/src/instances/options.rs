@@ -444,7 +444,6 @@ mod tests {
         let negative = options(json!({"restart_delay": -5, "idle_timeout": -1})).unwrap();
         assert_eq!((negative.restart_delay, negative.idle_timeout), (0, 0));
     }
-#[allow(clippy::unwrap_used)] // tests may unwrap
 
     /// Found while writing the schema of aliases: the limit counted bytes while the error says
     /// characters, so 200 `é` (400 bytes) were refused.

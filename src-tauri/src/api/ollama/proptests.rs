@@ -198,9 +198,9 @@ proptest! {
         let _ = request::wants_stream(&body);
         let _ = request::wants_unload(&body);
         for translated in [
-            request::chat(&body, &model),
-            request::generate(&body, &model).map(|(_, body)| body),
-            request::embed(&body, &model),
+            request::chat(&mut body.clone(), &model),
+            request::generate(&mut body.clone(), &model).map(|(_, body)| body),
+            request::embed(&mut body.clone(), &model),
             request::embeddings(&body, &model),
         ]
         .into_iter()
