@@ -83,6 +83,24 @@ impl InstanceOptions {
         value: &serde_json::Value,
         defaults: &InstancesConfig,
     ) -> Result<Self, InstanceError> {
+        Self::parse(value, defaults, OutOfRange::Refuse)
+    }
+
+    /// A definition saved on disk: numbers past today's maxima (saved by a version that had
+    /// none) are brought down to them instead of refused, so no user's instance is dropped at
+    /// load for a limit it predates.
+    pub fn from_stored_json(
+        value: &serde_json::Value,
+        defaults: &InstancesConfig,
+    ) -> Result<Self, InstanceError> {
+        Self::parse(value, defaults, OutOfRange::Clamp)
+    }
+
+    fn parse(
+        value: &serde_json::Value,
+        defaults: &InstancesConfig,
+        out_of_range: OutOfRange,
+    ) -> Result<Self, InstanceError> {
         if !value.is_object() {
             return Err(InstanceError::invalid(
                 "the body must be a JSON object such as {\"backend_type\": \"llama_cpp\", \"backend_options\": {\"model\": \"/path/model.gguf\"}}",
@@ -136,6 +154,7 @@ impl InstanceOptions {
             InstanceError::invalid_field(field, e.to_string())
         })?;
         let aliases = validate_aliases(request.aliases.unwrap_or_default())?;
+        let at_most = |field, value, max| at_most(field, value, max, out_of_range);
         let max_restarts = at_most("max_restarts", request.max_restarts, MAX_RESTARTS)?;
         let restart_delay = at_most("restart_delay", request.restart_delay, MAX_RESTART_DELAY)?;
         let idle_timeout = at_most("idle_timeout", request.idle_timeout, MAX_IDLE_TIMEOUT)?;
@@ -214,14 +233,24 @@ const MAX_RESTART_DELAY: (i64, &str) = (86_400, "seconds (a day)");
 /// A year, in minutes: a longer idle timeout is "never", which is 0.
 const MAX_IDLE_TIMEOUT: (i64, &str) = (525_600, "minutes (a year); 0 means never");
 
-/// `value` if it is not above the maximum, else a 400 naming `field`. These numbers become
-/// deadlines and counters, so one too large for them must not get in.
+/// What a number above its maximum gets: a 400 from the API, the maximum when read from disk.
+#[derive(Debug, Clone, Copy)]
+enum OutOfRange {
+    Refuse,
+    Clamp,
+}
+
+/// `value` if it is not above the maximum, else a 400 naming `field` (or the maximum, for a
+/// stored definition). These numbers become deadlines and counters, so one too large for them
+/// must not get in.
 fn at_most(
     field: &'static str,
     value: Option<i64>,
     (max, unit): (i64, &str),
+    out_of_range: OutOfRange,
 ) -> Result<Option<i64>, InstanceError> {
     match value {
+        Some(value) if value > max && matches!(out_of_range, OutOfRange::Clamp) => Ok(Some(max)),
         Some(value) if value > max => Err(InstanceError::invalid_field(
             field,
             format!("{field} is {value}; it may be at most {max} {unit}"),
@@ -443,6 +472,19 @@ mod tests {
         // Negative still means 0, as in llamactl.
         let negative = options(json!({"restart_delay": -5, "idle_timeout": -1})).unwrap();
         assert_eq!((negative.restart_delay, negative.idle_timeout), (0, 0));
+    }
+
+    #[test]
+    fn a_stored_definition_past_the_maxima_is_kept_with_its_numbers_brought_down() {
+        let body = json!({"backend_type": "llama_cpp", "backend_options": {},
+            "max_restarts": 99_999, "restart_delay": i64::MAX, "idle_timeout": 10_000_000});
+        let config = crate::config::Config::with_data_dir("/data".into());
+        assert!(InstanceOptions::from_json(&body, &config.instances).is_err());
+        let stored = InstanceOptions::from_stored_json(&body, &config.instances).unwrap();
+        assert_eq!(
+            (stored.max_restarts, stored.restart_delay, stored.idle_timeout),
+            (10_000, 86_400, 525_600)
+        );
     }
 
     /// Found while writing the schema of aliases: the limit counted bytes while the error says

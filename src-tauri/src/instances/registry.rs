@@ -367,7 +367,7 @@ impl Registry {
                 continue;
             }
             let mut options =
-                match InstanceOptions::from_json(&record.options, &self.config.instances) {
+                match InstanceOptions::from_stored_json(&record.options, &self.config.instances) {
                     Ok(options) => options,
                     Err(e) => {
                         skip(e.to_string());
