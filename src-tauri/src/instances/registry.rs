@@ -21,7 +21,8 @@ use super::{name::validate_name, ports, InstanceError};
 use crate::config::Config;
 use crate::devices::ResourceMonitor;
 use crate::supervisor::{
-    Health, LaunchSpec, RestartPolicy, RuntimeState, Status, Supervisor, SupervisorSettings,
+    Health, LaunchSpec, ReadyRequest, RestartPolicy, RuntimeState, Status, Supervisor,
+    SupervisorSettings,
 };
 
 /// Healthy uptime after which a backend's restart counter starts again from zero.
@@ -894,6 +895,19 @@ impl Registry {
         let mut args = command.args.clone();
         args.extend(options.backend.to_args());
         let port = options.backend.port().unwrap_or_default();
+        let lookup = |name: &str| {
+            command
+                .environment
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())
+        };
+        if let Some(folder) = options.backend_type().folder_to_create(lookup) {
+            // Best effort: without it the backend still serves, only a listing fails.
+            if let Err(e) = std::fs::create_dir_all(&folder) {
+                tracing::warn!("cannot create {}: {e}", folder.display());
+            }
+        }
         LaunchSpec {
             program: command.command.clone(),
             args,
@@ -907,6 +921,14 @@ impl Registry {
                 connect_host(options.backend.host()),
                 options.backend.health_path()
             ),
+            ready_request: options
+                .backend
+                .ready_request()
+                .map(|(path, body)| ReadyRequest {
+                    path: path.to_owned(),
+                    body,
+                }),
+            stop_signal: options.backend.stop_signal(),
         }
     }
 }
