@@ -225,3 +225,25 @@ pub fn processes_of(instance: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Every live process in process group `group` (Corral starts each backend as the leader of its
+/// own group). Found by the group, not the environment: vLLM's engine processes rename
+/// themselves with setproctitle, which overwrites what /proc shows of their environment.
+pub fn processes_in_group(group: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After the `(comm)` field: state, ppid, pgrp.
+                stat.rsplit(") ")
+                    .next()
+                    .and_then(|rest| rest.split(' ').nth(2))
+                    .is_some_and(|pgrp| pgrp == group.to_string())
+            })
+        })
+        .collect()
+}

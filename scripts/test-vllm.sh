@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The vLLM end-to-end test: installs vLLM's CPU build and the tiny Hugging Face model (cached by
+# scripts/test-backends-py.sh: ~3-8 minutes and 6 GB the first time, a second after), then runs
+# src-tauri/tests/e2e_vllm.rs against the real `vllm serve`. Prints how long each part took.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+t0=$SECONDS
+env_py=$(bash scripts/test-backends-py.sh vllm)
+eval "$env_py"
+export CORRAL_VLLM CORRAL_TEST_HF_MODEL
+printf '%s\n===== ok: vLLM install (%ss)\n' "$env_py" "$((SECONDS - t0))"
+
+t1=$SECONDS
+cargo test -p corral --no-default-features --test e2e_vllm -- --ignored --nocapture
+printf '===== ok: vLLM e2e test (%ss, build included)\n' "$((SECONDS - t1))"
