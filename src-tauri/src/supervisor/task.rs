@@ -235,20 +235,16 @@ impl Task {
             let state = self.state.borrow();
             (state.restarts, state.health)
         };
-        let mut after = restart::after_exit(&exit, policy, restarts);
-        // A backend that exits before it was ever ready usually says why (a wrong model path).
-        if health == Some(Health::Starting) {
-            if let Some(line) = last_error_line(&self.log.recent(ERROR_SCAN_LINES)) {
-                let said = format!("; its log says: {}", line.trim());
-                match &mut after {
-                    AfterExit::Failed { reason } | AfterExit::Restart { reason, .. } => {
-                        reason.push_str(&said);
-                    }
-                    AfterExit::Stopped => {}
-                }
-            }
-        }
-        match after {
+        // A backend that exits before it was ever ready usually says why (a wrong model path):
+        // the state's error quotes it. The log has the line already, so its note does not.
+        let said = if health == Some(Health::Starting) {
+            last_error_line(&self.log.recent(ERROR_SCAN_LINES))
+                .map(|line| format!("; its log says: {}", line.trim()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        match restart::after_exit(&exit, policy, restarts) {
             AfterExit::Stopped => self
                 .state
                 .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts)),
@@ -257,7 +253,7 @@ impl Task {
                     .note(&format!("Instance {} failed: {reason}", self.name));
                 self.state.send_modify(|state| {
                     *state = stopped_state(Status::Failed, state.restarts);
-                    state.error = Some(reason);
+                    state.error = Some(reason + &said);
                 });
             }
             AfterExit::Restart {
@@ -278,7 +274,7 @@ impl Task {
                     state.pid = None;
                     state.started_at = None;
                     state.restarts = attempt;
-                    state.error = Some(reason);
+                    state.error = Some(reason + &said);
                 });
             }
         }
@@ -330,12 +326,14 @@ impl Task {
     /// end the same way, so the start fails, with the backend's own words from its log.
     async fn unable(&mut self, answer: String) {
         let mut reason = format!("the backend is running but cannot answer ({answer})");
-        if let Some(line) = last_error_line(&self.log.recent(ERROR_SCAN_LINES)) {
-            reason.push_str("; its log says: ");
-            reason.push_str(line.trim());
-        }
+        let said = last_error_line(&self.log.recent(ERROR_SCAN_LINES))
+            .map(|line| format!("; its log says: {}", line.trim()));
         self.log
             .note(&format!("Instance {} failed: {reason}", self.name));
+        // The log has the line already; the state's error quotes it.
+        if let Some(said) = said {
+            reason.push_str(&said);
+        }
         let Some(running) = self.child.take() else {
             return;
         };
