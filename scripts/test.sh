@@ -5,6 +5,9 @@
 #   1. the real backend for the e2e tests: llama-server and a tiny model, built once and cached
 #      outside the repo by scripts/test-backend.sh (~5 minutes the first time, ~1 s after);
 #      its paths reach the tests as CORRAL_LLAMA_SERVER and CORRAL_TEST_MODEL
+#   1b. the MLX backend for its e2e test: mlx_lm.server in a cached venv and a tiny Hugging Face
+#      model, by scripts/test-backends-py.sh (~1-2 minutes the first time, well under a second
+#      after); they reach the tests as CORRAL_MLX_SERVER and CORRAL_TEST_HF_MODEL
 #   2. cargo fmt --check
 #   3. cargo clippy, warnings as errors
 #   4. cargo test (e2e included: they fail, never skip, without the backend), property tests
@@ -44,6 +47,17 @@ eval "$backend_env"
 export CORRAL_LLAMA_SERVER CORRAL_TEST_MODEL
 printf '%s\n' "$backend_env"
 printf '===== ok: backend (%ss)\n' "$((SECONDS - t0))"
+
+header "backend for the MLX e2e tests (mlx_lm.server + tiny Hugging Face model)"
+t0=$SECONDS
+if ! backends_py_env=$(bash scripts/test-backends-py.sh mlx); then
+    printf '\n===== FAILED: MLX backend for the e2e tests (after %ss)\n' "$((SECONDS - t0))" >&2
+    exit 1
+fi
+eval "$backends_py_env"
+export CORRAL_MLX_SERVER CORRAL_TEST_HF_MODEL
+printf '%s\n' "$backends_py_env"
+printf '===== ok: MLX backend (%ss)\n' "$((SECONDS - t0))"
 
 step "web UI build (embedded by the cargo steps)" bash scripts/build-ui.sh
 step "cargo fmt" cargo fmt --all -- --check

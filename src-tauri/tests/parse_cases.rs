@@ -317,3 +317,154 @@ fn malformed_commands_are_parse_errors_with_a_reason() {
         );
     }
 }
+
+/// One option as argparse prints it in `--help`: its spellings, and what its value looks like
+/// (`None`: a switch; `{a,b}` choices are kept as the list).
+struct HelpOption {
+    spellings: Vec<String>,
+    takes_value: bool,
+    choices: Vec<String>,
+}
+
+/// The options of an argparse `--help` page: each line that starts with two spaces and a dash.
+fn help_options(help: &str) -> Vec<HelpOption> {
+    help.lines()
+        .filter(|line| line.starts_with("  -"))
+        .map(|line| {
+            // Spellings end where the help text starts: two spaces, or the end of the line.
+            let head = line.trim_start().split("  ").next().unwrap_or_default();
+            let mut spellings = Vec::new();
+            let mut takes_value = false;
+            let mut choices = Vec::new();
+            for part in head.split(", ") {
+                let mut words = part.split(' ');
+                spellings.push(words.next().unwrap().to_owned());
+                if let Some(meta) = words.next() {
+                    takes_value = true;
+                    if let Some(list) = meta.strip_prefix('{').and_then(|m| m.strip_suffix('}')) {
+                        choices = list.split(',').map(str::to_owned).collect();
+                    }
+                }
+            }
+            HelpOption {
+                spellings,
+                takes_value,
+                choices,
+            }
+        })
+        .collect()
+}
+
+fn fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/help")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every long flag of a real `--help`, alone on a command line, parses, and its argv parses
+/// back to the same options: nothing a user copies from the backend's help is lost or changed,
+/// whether the table models the flag or it travels in `extra_args`. Returns the flags the table
+/// models but this help no longer lists.
+fn round_trip_every_flag(
+    backend: BackendType,
+    help: &str,
+    executable: &str,
+    model: &str,
+) -> Vec<String> {
+    let options = help_options(help);
+    assert!(options.len() > 20, "not a --help page");
+    let mut failures = Vec::new();
+    for option in &options {
+        let Some(flag) = option.spellings.iter().find(|s| s.starts_with("--")) else {
+            continue;
+        };
+        if flag == "--help" {
+            continue;
+        }
+        let value = option.choices.first().map_or("7", String::as_str);
+        let command = if option.takes_value {
+            format!("{executable} {model} {flag} {value}")
+        } else {
+            format!("{executable} {model} {flag}")
+        };
+        let first = match parse_command(backend, &command) {
+            Ok(options) => options,
+            Err(e) => {
+                failures.push(format!("{command}: {e}"));
+                continue;
+            }
+        };
+        let argv = first.to_args();
+        let again = parse_command(
+            backend,
+            &format!("{executable} {}", shell_words::join(&argv)),
+        )
+        .unwrap_or_else(|e| panic!("{command} -> {argv:?}: {e}"));
+        if again != first {
+            failures.push(format!("{command} -> {argv:?} -> {:?}", again.to_json()));
+        }
+        if option.takes_value && !argv.iter().any(|word| word == value) {
+            failures.push(format!("{command} lost its value: {argv:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let listed: Vec<&str> = options
+        .iter()
+        .flat_map(|o| o.spellings.iter().map(String::as_str))
+        .collect();
+    corral::backends::specs(backend)
+        .iter()
+        .filter(|spec| spec.name != "model" || backend == BackendType::MlxLm)
+        .filter(|spec| !listed.contains(&spec.flag))
+        .map(|spec| spec.flag.to_owned())
+        .collect()
+}
+
+#[test]
+fn every_flag_of_the_real_mlx_lm_server_help_round_trips_through_parse_command() {
+    let help = fixture("mlx_lm.server.txt");
+    let gone = round_trip_every_flag(BackendType::MlxLm, &help, "mlx_lm.server", "--model m");
+    assert!(
+        gone.is_empty(),
+        "the table has flags mlx_lm.server no longer takes: {gone:?}"
+    );
+    // The table types agree with the help: switches are bools, flags with a value are not.
+    for option in help_options(&help) {
+        let Some(spec) = corral::backends::specs(BackendType::MlxLm)
+            .iter()
+            .find(|spec| option.spellings.iter().any(|s| s == spec.flag))
+        else {
+            continue;
+        };
+        let is_bool = spec.kind == corral::backends::OptionKind::Bool;
+        assert_eq!(is_bool, !option.takes_value, "{}", spec.flag);
+    }
+}
+
+#[test]
+fn every_flag_of_the_real_vllm_serve_help_round_trips_through_parse_command() {
+    let help = fixture("vllm-serve.txt");
+    let mut gone = round_trip_every_flag(BackendType::Vllm, &help, "vllm serve", "m");
+    gone.sort();
+    // Flags of older vLLM releases that the table keeps, so definitions written for them load.
+    let legacy = [
+        "--calculate-kv-scales",
+        "--device",
+        "--disable-frontend-multiprocessing",
+        "--enable-lora-bias",
+        "--guided-decoding-backend",
+        "--lora-extra-vocab-size",
+        "--max-long-partial-prefills",
+        "--max-num-partial-prefills",
+        "--num-lookahead-slots",
+        "--rope-scaling",
+        "--rope-theta",
+        "--swap-space",
+        "--task",
+    ];
+    assert_eq!(
+        gone, legacy,
+        "flags vLLM dropped since the table was written"
+    );
+}

@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub struct Backend {
     pub command: PathBuf,
     pub args: Vec<String>,
+    /// Added to the backend's environment, by Corral and by the direct runs alike.
+    pub env: Vec<(String, String)>,
 }
 
 /// Starts an engine over `data_dir` whose llama.cpp backend is `backend`, with auth off so every
@@ -25,11 +27,27 @@ pub async fn start_engine(
     backend: &Backend,
     ports: (u16, u16),
 ) -> anyhow::Result<Engine> {
+    start_engine_as(data_dir, "llama-cpp", backend, ports).await
+}
+
+/// [`start_engine`] with `backend` as the engine's `key` backend (`llama-cpp`, `mlx`, `vllm`).
+pub async fn start_engine_as(
+    data_dir: &Path,
+    key: &str,
+    backend: &Backend,
+    ports: (u16, u16),
+) -> anyhow::Result<Engine> {
     let config_file = data_dir.join("config.yaml");
+    let env: serde_json::Map<String, Value> = backend
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     let yaml = format!(
-        "backends:\n  llama-cpp:\n    command: {}\n    args: {}\ninstances:\n  port_range: [{}, {}]\n  stop_grace_seconds: 2\nauth:\n  require_management_auth: false\n  require_inference_auth: false\n",
+        "backends:\n  {key}:\n    command: {}\n    args: {}\n    environment: {}\ninstances:\n  port_range: [{}, {}]\n  stop_grace_seconds: 10\n  on_demand_start_timeout: 600\nauth:\n  require_management_auth: false\n  require_inference_auth: false\n",
         serde_json::to_string(&backend.command.display().to_string())?,
         serde_json::to_string(&backend.args)?,
+        Value::Object(env),
         ports.0,
         ports.1
     );
@@ -78,8 +96,18 @@ impl Management {
     }
 
     pub async fn create(&self, name: &str, backend_options: Value) -> anyhow::Result<Value> {
+        self.create_as(name, "llama_cpp", backend_options).await
+    }
+
+    /// Creates an on-demand instance of `backend_type` (`llama_cpp`, `mlx_lm`, `vllm`).
+    pub async fn create_as(
+        &self,
+        name: &str,
+        backend_type: &str,
+        backend_options: Value,
+    ) -> anyhow::Result<Value> {
         let body = json!({
-            "backend_type": "llama_cpp",
+            "backend_type": backend_type,
             "on_demand_start": true,
             "backend_options": backend_options,
         });
@@ -117,7 +145,7 @@ impl Management {
         name: &str,
         check: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let (_, value) = self
                 .call(

@@ -5,7 +5,9 @@
 //! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run, `CORRAL_BENCH_ROUNDS`
 //! (default 3) how often every path is loaded in turn; `CORRAL_BENCH_ONLY`
 //! (`load,stream,on-demand,memory,memory-body`, comma-separated) picks sections. With
-//! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server.
+//! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server;
+//! with `CORRAL_MLX_SERVER` / `CORRAL_VLLM` and `CORRAL_TEST_HF_MODEL`, the real mlx_lm.server and
+//! vllm serve too (`CORRAL_BENCH_ON_DEMAND_RUNS`, default 5, runs of each).
 
 mod engine;
 mod load;
@@ -23,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::engine::{is_ready, Backend, Management};
 use crate::load::LoadResult;
@@ -55,6 +57,7 @@ async fn run() -> anyhow::Result<()> {
     let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
     let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     let fake = Backend {
+        env: Vec::new(),
         command: std::env::current_exe()?,
         args: vec![upstream::UPSTREAM_FLAG.to_owned()],
     };
@@ -317,62 +320,183 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
-    let real = match (
-        std::env::var_os("CORRAL_LLAMA_SERVER").map(PathBuf::from),
-        std::env::var_os("CORRAL_TEST_MODEL").map(PathBuf::from),
+/// One backend the on-demand section measures.
+struct OnDemandCase {
+    label: &'static str,
+    /// The engine's config key and the instance's backend_type.
+    config_key: &'static str,
+    backend_type: &'static str,
+    backend: Backend,
+    options: Value,
+    /// The direct run's argv after the command and its args, for `port`.
+    direct_args: Box<dyn Fn(u16) -> Vec<String>>,
+    /// The `model` the direct run asks for (what the backend itself answers to).
+    direct_model: String,
+}
+
+fn env_file(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The real backends whose variables are set (`CORRAL_LLAMA_SERVER` + `CORRAL_TEST_MODEL`,
+/// `CORRAL_MLX_SERVER` / `CORRAL_VLLM` + `CORRAL_TEST_HF_MODEL`); the fixed-answer upstream
+/// when none is.
+fn on_demand_cases(fake: &Backend) -> Vec<OnDemandCase> {
+    let mut cases = Vec::new();
+    if let (Some(server), Some(model)) = (
+        env_file("CORRAL_LLAMA_SERVER"),
+        env_file("CORRAL_TEST_MODEL"),
     ) {
-        (Some(server), Some(model)) if server.is_file() && model.is_file() => Some((server, model)),
-        _ => None,
-    };
-    let (label, backend, options) = match &real {
-        Some((server, model)) => (
-            "llama-server + tiny model",
-            Backend {
-                command: server.clone(),
+        let path = model.display().to_string();
+        cases.push(OnDemandCase {
+            label: "llama-server + tiny GGUF",
+            config_key: "llama-cpp",
+            backend_type: "llama_cpp",
+            backend: Backend {
+                command: server,
                 args: Vec::new(),
+                env: Vec::new(),
             },
-            json!({"model": model, "ctx_size": 512, "gpu_layers": 0}),
-        ),
-        None => (
-            "fixed-answer upstream (CORRAL_LLAMA_SERVER unset)",
-            Backend {
+            options: json!({"model": model, "ctx_size": 512, "gpu_layers": 0}),
+            direct_args: Box::new(move |port| {
+                let port = port.to_string();
+                words(&[
+                    "--model",
+                    &path,
+                    "--port",
+                    &port,
+                    "--host",
+                    "127.0.0.1",
+                    "--ctx-size",
+                    "512",
+                    "--n-gpu-layers",
+                    "0",
+                ])
+            }),
+            direct_model: "direct".into(),
+        });
+    }
+    let hf_model = env_file("CORRAL_TEST_HF_MODEL");
+    if let (Some(server), Some(model)) = (env_file("CORRAL_MLX_SERVER"), hf_model.clone()) {
+        let path = model.display().to_string();
+        cases.push(OnDemandCase {
+            label: "mlx_lm.server + tiny HF model",
+            config_key: "mlx",
+            backend_type: "mlx_lm",
+            backend: Backend {
+                command: server,
+                args: Vec::new(),
+                env: vec![("HF_HUB_OFFLINE".into(), "1".into())],
+            },
+            options: json!({"model": model}),
+            direct_args: Box::new({
+                let path = path.clone();
+                move |port| words(&["--model", &path, "--port", &port.to_string()])
+            }),
+            direct_model: path,
+        });
+    }
+    if let (Some(vllm), Some(model)) = (env_file("CORRAL_VLLM"), hf_model) {
+        let path = model.display().to_string();
+        cases.push(OnDemandCase {
+            label: "vllm serve + tiny HF model",
+            config_key: "vllm",
+            backend_type: "vllm",
+            backend: Backend {
+                command: vllm,
+                args: vec!["serve".into()],
+                env: vec![
+                    ("HF_HUB_OFFLINE".into(), "1".into()),
+                    ("VLLM_CPU_KVCACHE_SPACE".into(), "1".into()),
+                    ("VLLM_CPU_OMP_THREADS_BIND".into(), "nobind".into()),
+                ],
+            },
+            options: json!({"model": model, "dtype": "float32", "max_model_len": 512,
+                            "enforce_eager": true}),
+            direct_args: Box::new({
+                let path = path.clone();
+                move |port| {
+                    words(&[
+                        &path,
+                        "--port",
+                        &port.to_string(),
+                        "--dtype",
+                        "float32",
+                        "--max-model-len",
+                        "512",
+                        "--enforce-eager",
+                    ])
+                }
+            }),
+            direct_model: path,
+        });
+    }
+    if cases.is_empty() {
+        cases.push(OnDemandCase {
+            label: "fixed-answer upstream (no real backend set)",
+            config_key: "llama-cpp",
+            backend_type: "llama_cpp",
+            backend: Backend {
                 command: fake.command.clone(),
                 args: fake.args.clone(),
+                env: Vec::new(),
             },
-            json!({"model": "/dev/null"}),
-        ),
-    };
-    println!("\nOn-demand start: {label}, {ON_DEMAND_RUNS} runs each, medians");
-    let engine = engine::start_engine(&subdir(tmp, "on-demand")?, &backend, (28050, 28099)).await?;
+            options: json!({"model": "/dev/null"}),
+            direct_args: Box::new(|port| vec!["--port".into(), port.to_string()]),
+            direct_model: "direct".into(),
+        });
+    }
+    cases
+}
+
+async fn on_demand_overhead(tmp: &Path, fake: &Backend) -> anyhow::Result<()> {
+    let runs = std::env::var("CORRAL_BENCH_ON_DEMAND_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ON_DEMAND_RUNS);
+    for (i, case) in on_demand_cases(fake).into_iter().enumerate() {
+        on_demand_case(tmp, &case, runs, i).await?;
+    }
+    Ok(())
+}
+
+async fn on_demand_case(
+    tmp: &Path,
+    case: &OnDemandCase,
+    runs: usize,
+    index: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "\nOn-demand start: {}, {runs} runs each, medians",
+        case.label
+    );
+    let base = 28050 + 50 * u16::try_from(index)?;
+    let engine = engine::start_engine_as(
+        &subdir(tmp, &format!("on-demand-{}", case.config_key))?,
+        case.config_key,
+        &case.backend,
+        (base, base + 49),
+    )
+    .await?;
     let management = Management::new(format!("http://{}", engine.addr));
-    management.create("od", options).await?;
+    management
+        .create_as("od", case.backend_type, case.options.clone())
+        .await?;
     management.wait_for("od", is_ready).await?;
     management.stop("od").await?;
     let mut direct = Vec::new();
     let mut corral = Vec::new();
     let mut failure = None;
-    for _ in 0..ON_DEMAND_RUNS {
+    for _ in 0..runs {
         let port = free_port()?;
-        let args: Vec<String> = match &real {
-            Some((_, model)) => [
-                "--model",
-                &model.display().to_string(),
-                "--port",
-                &port.to_string(),
-                "--host",
-                "127.0.0.1",
-                "--ctx-size",
-                "512",
-                "--n-gpu-layers",
-                "0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            None => vec!["--port".into(), port.to_string()],
-        };
-        direct.push(on_demand::direct_once(&backend, &args, port).await?);
+        let args = (case.direct_args)(port);
+        direct.push(on_demand::direct_once(&case.backend, &args, port, &case.direct_model).await?);
         match on_demand::corral_once(&management, "od").await {
             Ok(t) => corral.push(t),
             Err((status, body)) => {

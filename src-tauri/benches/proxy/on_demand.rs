@@ -14,11 +14,14 @@ const CHAT: &str =
     r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"max_tokens":1}"#;
 
 /// Spawns the backend directly on `port` with `args`, polls `/health` every millisecond until it
-/// answers 200, then sends one chat request: spawn to answer.
+/// answers 200, then sends one chat request for `model`: spawn to answer. (mlx_lm.server's
+/// health is 200 while it loads, but the chat waits for the load, so the answer still comes
+/// the moment the backend can give it.)
 pub async fn direct_once(
     backend: &Backend,
     args: &[String],
     port: u16,
+    model: &str,
 ) -> anyhow::Result<Duration> {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -26,12 +29,13 @@ pub async fn direct_once(
     let mut child = tokio::process::Command::new(&backend.command)
         .args(&backend.args)
         .args(args)
+        .envs(backend.env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", backend.command.display()))?;
-    let deadline = started + Duration::from_secs(120);
+    let deadline = started + Duration::from_secs(600);
     loop {
         let healthy = http
             .get(format!("{base}/health"))
@@ -42,14 +46,14 @@ pub async fn direct_once(
             break;
         }
         if Instant::now() > deadline {
-            bail!("the backend was not healthy within 120 s");
+            bail!("the backend was not healthy within 600 s");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let answer = http
         .post(format!("{base}/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body(CHAT.replace("MODEL", "direct"))
+        .body(CHAT.replace("MODEL", model))
         .send()
         .await?;
     let status = answer.status();
@@ -59,9 +63,15 @@ pub async fn direct_once(
         bail!("the backend answered {status}");
     }
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+        // SIGTERM ends all three: mlx_lm.server aborts on SIGINT.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
     Ok(elapsed)
 }
 

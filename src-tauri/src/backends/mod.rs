@@ -13,6 +13,7 @@ mod secret;
 mod vllm;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -477,6 +478,71 @@ impl BackendOptions {
         // llama-server, mlx_lm.server (server.py's do_GET) and vLLM all answer GET /health
         "/health"
     }
+
+    /// A request that must answer 200 before the backend counts as ready, when its health path
+    /// alone proves nothing: `(path, JSON body)` to POST.
+    ///
+    /// mlx_lm.server answers `/health` 200 as soon as its socket binds, while the model is still
+    /// loading, and keeps running with `/health` 503 when the load fails. A one-token completion
+    /// waits for the load and then either answers or fails with "generation thread died". Without
+    /// a `--model` it loads nothing at start, so there is nothing to wait for.
+    pub fn ready_request(&self) -> Option<(&'static str, String)> {
+        match self.backend {
+            BackendType::MlxLm if self.model().is_some() => Some((
+                "/v1/completions",
+                r#"{"prompt":"hi","max_tokens":1}"#.to_owned(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The signal an orderly stop sends first (SIGKILL follows after the grace).
+    pub fn stop_signal(&self) -> StopSignal {
+        match self.backend {
+            // mlx_lm.server turns SIGINT into a KeyboardInterrupt that aborts the process
+            // (SIGABRT, exit 134) once a model is loaded; SIGTERM ends it at once.
+            BackendType::MlxLm => StopSignal::Terminate,
+            // llama-server and vLLM shut down cleanly on SIGINT, as on Ctrl-C in a terminal.
+            BackendType::LlamaCpp | BackendType::Vllm => StopSignal::Interrupt,
+        }
+    }
+}
+
+impl BackendType {
+    /// A folder the backend needs to exist before it starts, given how its environment
+    /// (`lookup`: the configured environment over the engine's) names it.
+    ///
+    /// mlx_lm.server's `/v1/models` lists the Hugging Face cache and, when that folder is
+    /// missing, answers 200 with an empty body (the listing fails after the headers went out).
+    /// Hugging Face creates the folder on its first download; a machine that only serves local
+    /// folders never has one. The path follows huggingface_hub's own rules.
+    pub fn folder_to_create(self, lookup: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        if self != BackendType::MlxLm {
+            return None;
+        }
+        let set = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        if let Some(cache) = set("HF_HUB_CACHE").or_else(|| set("HUGGINGFACE_HUB_CACHE")) {
+            return Some(PathBuf::from(cache));
+        }
+        let home = match set("HF_HOME") {
+            Some(home) => PathBuf::from(home),
+            None => set("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| set("HOME").map(|home| Path::new(&home).join(".cache")))?
+                .join("huggingface"),
+        };
+        Some(home.join("hub"))
+    }
+}
+
+/// The first signal of an orderly stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopSignal {
+    /// SIGINT, what Ctrl-C sends.
+    #[default]
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
 }
 
 /// An extra_args value that means "the flag alone": `""` or `"true"` (what parse-command stores

@@ -425,3 +425,37 @@ fn text_with_a_nul_character_is_refused_before_any_start() {
         );
     }
 }
+
+#[test]
+fn mlx_needs_the_hugging_face_cache_folder_that_huggingface_hub_would_use() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    };
+    let mlx = BackendType::MlxLm;
+    let folder = |pairs| mlx.folder_to_create(env(pairs));
+    assert_eq!(
+        folder(&[("HF_HUB_CACHE", "/c"), ("HF_HOME", "/h"), ("HOME", "/u")]),
+        Some(std::path::PathBuf::from("/c"))
+    );
+    assert_eq!(
+        folder(&[("HF_HOME", "/h"), ("HOME", "/u")]),
+        Some(std::path::PathBuf::from("/h/hub"))
+    );
+    assert_eq!(
+        folder(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/u")]),
+        Some(std::path::PathBuf::from("/x/huggingface/hub"))
+    );
+    assert_eq!(
+        folder(&[("HF_HOME", ""), ("HOME", "/u")]),
+        Some(std::path::PathBuf::from("/u/.cache/huggingface/hub"))
+    );
+    assert_eq!(folder(&[]), None, "no home, no guess");
+    for other in [BackendType::LlamaCpp, BackendType::Vllm] {
+        assert_eq!(other.folder_to_create(env(&[("HOME", "/u")])), None);
+    }
+}

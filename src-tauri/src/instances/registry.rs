@@ -22,7 +22,8 @@ use crate::backends::BackendSecret;
 use crate::config::Config;
 use crate::devices::ResourceMonitor;
 use crate::supervisor::{
-    Health, LaunchSpec, RestartPolicy, RuntimeState, Status, Supervisor, SupervisorSettings,
+    Health, LaunchSpec, ReadyRequest, RestartPolicy, RuntimeState, Status, Supervisor,
+    SupervisorSettings,
 };
 
 /// Healthy uptime after which a backend's restart counter starts again from zero.
@@ -939,6 +940,19 @@ impl Registry {
         args.extend(options.backend.to_args());
         args.extend(secret.args.iter().cloned());
         let port = options.backend.port().unwrap_or_default();
+        let lookup = |name: &str| {
+            command
+                .environment
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())
+        };
+        if let Some(folder) = options.backend_type().folder_to_create(lookup) {
+            // Best effort: without it the backend still serves, only a listing fails.
+            if let Err(e) = std::fs::create_dir_all(&folder) {
+                tracing::warn!("cannot create {}: {e}", folder.display());
+            }
+        }
         LaunchSpec {
             program: command.command.clone(),
             args,
@@ -953,6 +967,14 @@ impl Registry {
                 options.backend.health_path()
             ),
             secret: Box::new(secret),
+            ready_request: options
+                .backend
+                .ready_request()
+                .map(|(path, body)| ReadyRequest {
+                    path: path.to_owned(),
+                    body,
+                }),
+            stop_signal: options.backend.stop_signal(),
         }
     }
 }

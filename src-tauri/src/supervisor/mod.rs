@@ -23,6 +23,8 @@ pub use logs::LogFollower;
 use logs::LogSink;
 use task::Request;
 
+pub use crate::backends::StopSignal;
+
 /// How many of the latest output lines an error about a failed start carries.
 const ERROR_OUTPUT_LINES: usize = 20;
 
@@ -38,6 +40,20 @@ pub struct LaunchSpec {
     /// How the backend gets the key Corral presents to it: a key file written at each launch
     /// (owner-only, never through a link), or an environment variable.
     pub secret: Box<crate::backends::SecretHandover>,
+    /// When set, readiness is this request answering 200 instead of `health_url` (which is
+    /// still what the periodic check polls afterwards); any other answer fails the start.
+    pub ready_request: Option<ReadyRequest>,
+    /// What an orderly stop sends to the process group first.
+    pub stop_signal: StopSignal,
+}
+
+/// A POST that proves the backend can answer (see [`LaunchSpec::ready_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyRequest {
+    /// Path and query, on the health URL's host and port.
+    pub path: String,
+    /// A JSON body.
+    pub body: String,
 }
 
 /// When a crashed backend is started again.

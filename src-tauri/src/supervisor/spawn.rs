@@ -81,6 +81,8 @@ pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running
         .kill_on_drop(true);
     #[cfg(unix)]
     command.process_group(0);
+    #[cfg(unix)]
+    reset_signals(&mut command);
     #[cfg(target_os = "linux")]
     die_with_parent(&mut command);
 
@@ -110,6 +112,7 @@ pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running
     };
     let probe = tokio::spawn(readiness::watch_health(
         spec.health_url.clone(),
+        spec.ready_request.clone(),
         cx.generation,
         cx.probes.clone(),
     ));
@@ -203,6 +206,38 @@ fn spawn_command(mut command: Command) -> std::io::Result<Child> {
 #[cfg(not(target_os = "linux"))]
 fn spawn_command(mut command: Command) -> std::io::Result<Child> {
     command.spawn()
+}
+
+/// Gives the child default signal dispositions and an empty signal mask. An exec keeps ignored
+/// signals ignored, and std only resets SIGPIPE and the mask: an engine started from a shell
+/// that ignores SIGINT (`nohup`, a script's `cmd &`) would pass that on, and a backend ignoring
+/// its stop signal only ends by SIGKILL after the grace. Python servers (mlx_lm.server, vLLM)
+/// also install their Ctrl-C handling only when SIGINT is not ignored at start.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn reset_signals(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: sigaction, sigemptyset and sigprocmask are, and it allocates nothing
+    // and takes no lock. `sigaction` is plain data, so an all-zero value is valid before its
+    // fields are set.
+    unsafe {
+        command.pre_exec(|| {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut default.sa_mask);
+            // Every signal number the kernel may know; SIGKILL and SIGSTOP (and numbers that do
+            // not exist) refuse the call, which is fine: they cannot be ignored anyway.
+            for signal in 1..65 {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Asks Linux to SIGKILL the child when the engine dies, so even a SIGKILLed engine leaves no

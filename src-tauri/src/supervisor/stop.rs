@@ -1,4 +1,4 @@
-//! Stopping a backend: SIGINT to its process group, SIGKILL after the grace, always reap; and
+//! Stopping a backend: SIGINT (or the backend's own stop signal) to its process group, SIGKILL after the grace, always reap; and
 //! the orderly end of everything that lived with the process.
 
 use std::process::ExitStatus;
@@ -6,13 +6,22 @@ use std::time::Duration;
 
 use super::logs::LogSink;
 use super::spawn::Running;
+use super::StopSignal;
 
 /// How long the pumps may take to drain the pipes after the process is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Stops the process: SIGINT to the group, SIGKILL to the group after `grace`, then reaps it.
-pub(super) async fn stop(running: &mut Running, grace: Duration) -> std::io::Result<ExitStatus> {
-    signal_group(running.pid, GroupSignal::Interrupt);
+/// Stops the process: `first` to the group, SIGKILL to the group after `grace`, then reaps it.
+pub(super) async fn stop(
+    running: &mut Running,
+    grace: Duration,
+    first: StopSignal,
+) -> std::io::Result<ExitStatus> {
+    let first = match first {
+        StopSignal::Interrupt => GroupSignal::Interrupt,
+        StopSignal::Terminate => GroupSignal::Terminate,
+    };
+    signal_group(running.pid, first);
     if let Ok(exit) = tokio::time::timeout(grace, running.child.wait()).await {
         return exit;
     }
@@ -47,6 +56,7 @@ pub(super) async fn finish(mut running: Running, log: &LogSink, name: &str) {
 #[derive(Clone, Copy)]
 pub(super) enum GroupSignal {
     Interrupt,
+    Terminate,
     Kill,
 }
 
@@ -64,6 +74,7 @@ pub(super) fn signal_group(pid: u32, signal: GroupSignal) {
     let Ok(raw) = i32::try_from(pid) else { return };
     let signal = match signal {
         GroupSignal::Interrupt => Signal::SIGINT,
+        GroupSignal::Terminate => Signal::SIGTERM,
         GroupSignal::Kill => Signal::SIGKILL,
     };
     match killpg(Pid::from_raw(raw), signal) {

@@ -9,11 +9,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::logs::LogSink;
-use super::readiness::Probe;
+use super::readiness::{Answer, Probe};
 use super::restart::{self, AfterExit};
 use super::spawn::{self, LaunchContext, Running};
 use super::{
-    stop, Health, LaunchSpec, RestartPolicy, RuntimeState, Status, SupervisorError,
+    stop, Health, LaunchSpec, RestartPolicy, RuntimeState, Status, StopSignal, SupervisorError,
     SupervisorSettings,
 };
 
@@ -113,7 +113,7 @@ impl Task {
                     }
                 },
                 exit = wait_for_exit(&mut self.child) => self.exited(exit).await,
-                Some(probe) = self.probes.recv() => self.probed(probe),
+                Some(probe) = self.probes.recv() => self.probed(probe).await,
                 () = sleep_until(self.restart_at) => self.restart(),
                 () = sleep_until(self.reset_counter_at) => {
                     self.reset_counter_at = None;
@@ -191,18 +191,33 @@ impl Task {
             self.state
                 .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts));
         }
-        let Some(mut running) = self.child.take() else {
+        let Some(running) = self.child.take() else {
             return;
         };
         // Published first, so nobody takes the coming exit for a crash or waits for readiness.
         self.state
             .send_modify(|state| state.health = Some(Health::Stopping));
-        if let Err(err) = stop::stop(&mut running, self.settings.stop_grace).await {
-            tracing::warn!(instance = %self.name, "cannot reap the backend: {err}");
-        }
-        stop::finish(running, &self.log, &self.name).await;
+        self.end(running).await;
         self.state
             .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts));
+    }
+
+    /// Stops `running` with the backend's stop signal and tears down what lived with it.
+    async fn end(&mut self, mut running: Running) {
+        let first = self
+            .launch
+            .as_ref()
+            .map_or(StopSignal::default(), |(spec, _)| spec.stop_signal);
+        match stop::stop(&mut running, self.settings.stop_grace, first).await {
+            // How it ended tells a clean stop from one that needed SIGKILL or crashed on the way.
+            Ok(exit) => self.log.note(&format!(
+                "Stopping instance {}: {}",
+                self.name,
+                restart::describe(&exit)
+            )),
+            Err(err) => tracing::warn!(instance = %self.name, "cannot reap the backend: {err}"),
+        }
+        stop::finish(running, &self.log, &self.name).await;
     }
 
     /// The backend exited on its own: stopped, restart later, or failed.
@@ -211,11 +226,24 @@ impl Task {
         let Some(running) = self.child.take() else {
             return;
         };
+        // Output is drained by `finish`, so the backend's last words are in the log by now.
         stop::finish(running, &self.log, &self.name).await;
         let Some((_, policy)) = &self.launch else {
             return;
         };
-        let restarts = self.state.borrow().restarts;
+        let (restarts, health) = {
+            let state = self.state.borrow();
+            (state.restarts, state.health)
+        };
+        // A backend that exits before it was ever ready usually says why (a wrong model path):
+        // the state's error quotes it. The log has the line already, so its note does not.
+        let said = if health == Some(Health::Starting) {
+            last_error_line(&self.log.recent(ERROR_SCAN_LINES))
+                .map(|line| format!("; its log says: {}", line.trim()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         match restart::after_exit(&exit, policy, restarts) {
             AfterExit::Stopped => self
                 .state
@@ -225,7 +253,7 @@ impl Task {
                     .note(&format!("Instance {} failed: {reason}", self.name));
                 self.state.send_modify(|state| {
                     *state = stopped_state(Status::Failed, state.restarts);
-                    state.error = Some(reason);
+                    state.error = Some(reason + &said);
                 });
             }
             AfterExit::Restart {
@@ -246,7 +274,7 @@ impl Task {
                     state.pid = None;
                     state.started_at = None;
                     state.restarts = attempt;
-                    state.error = Some(reason);
+                    state.error = Some(reason + &said);
                 });
             }
         }
@@ -266,14 +294,16 @@ impl Task {
         }
     }
 
-    /// A readiness answer: `ready` on 200, `unhealthy` when a ready backend stops answering.
-    fn probed(&mut self, probe: Probe) {
+    /// A readiness answer: `ready` on 200, `unhealthy` when a ready backend stops answering,
+    /// `failed` when a starting backend runs but answered that it cannot serve.
+    async fn probed(&mut self, probe: Probe) {
         if self.child.is_none() || probe.generation != self.generation {
             return;
         }
         let health = self.state.borrow().health;
-        match (probe.healthy, health) {
-            (true, Some(Health::Starting | Health::Unhealthy)) => {
+        match (probe.answer, health) {
+            (Answer::Unable(answer), Some(Health::Starting)) => self.unable(answer).await,
+            (Answer::Healthy, Some(Health::Starting | Health::Unhealthy)) => {
                 if self.state.borrow().restarts > 0 {
                     self.reset_counter_at =
                         Some(Instant::now() + self.settings.restart_reset_after);
@@ -281,7 +311,7 @@ impl Task {
                 self.state
                     .send_modify(|state| state.health = Some(Health::Ready));
             }
-            (false, Some(Health::Ready)) => {
+            (Answer::Unhealthy, Some(Health::Ready)) => {
                 self.reset_counter_at = None;
                 self.state
                     .send_modify(|state| state.health = Some(Health::Unhealthy));
@@ -289,6 +319,45 @@ impl Task {
             _ => {}
         }
     }
+}
+
+impl Task {
+    /// The backend is alive but said it cannot serve (its model did not load): a restart would
+    /// end the same way, so the start fails, with the backend's own words from its log.
+    async fn unable(&mut self, answer: String) {
+        let mut reason = format!("the backend is running but cannot answer ({answer})");
+        let said = last_error_line(&self.log.recent(ERROR_SCAN_LINES))
+            .map(|line| format!("; its log says: {}", line.trim()));
+        self.log
+            .note(&format!("Instance {} failed: {reason}", self.name));
+        // The log has the line already; the state's error quotes it.
+        if let Some(said) = said {
+            reason.push_str(&said);
+        }
+        let Some(running) = self.child.take() else {
+            return;
+        };
+        self.reset_counter_at = None;
+        // Published before the stop, so whoever waits for readiness gets this reason rather
+        // than "stopped".
+        self.state.send_modify(|state| {
+            *state = stopped_state(Status::Failed, state.restarts);
+            state.error = Some(reason);
+        });
+        self.end(running).await;
+    }
+}
+
+/// How many recent log lines are searched for the reason a backend gives for not serving.
+const ERROR_SCAN_LINES: usize = 50;
+
+/// The last line that reads like an error: Python's exception lines (`...Error: why`) and the
+/// `ERROR`/`error:` lines of the backends' loggers.
+fn last_error_line(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .rev()
+        .find(|line| line.contains("Error") || line.contains("ERROR") || line.contains("error:"))
 }
 
 /// The state of an instance with no process and no restart pending.

@@ -70,6 +70,8 @@ impl Fixture {
                 .collect(),
             health_url: format!("http://127.0.0.1:{port}/health"),
             secret: Default::default(),
+            ready_request: None,
+            stop_signal: StopSignal::Interrupt,
         }
     }
 
@@ -98,6 +100,8 @@ fn shell(script: &str) -> LaunchSpec {
         env: Vec::new(),
         health_url: format!("http://127.0.0.1:{}/health", free_port()),
         secret: Default::default(),
+        ready_request: None,
+        stop_signal: StopSignal::Interrupt,
     }
 }
 
@@ -552,6 +556,8 @@ async fn a_three_megabyte_line_without_newline_is_logged_and_breaks_nothing() {
         env: Vec::new(),
         health_url: format!("http://127.0.0.1:{}/health", free_port()),
         secret: Default::default(),
+        ready_request: None,
+        stop_signal: StopSignal::Interrupt,
     };
     fx.supervisor.start(spec, no_restart()).await.unwrap();
     let seen = states_until(&fx.supervisor, |state| state.status != Status::Running).await;
@@ -844,6 +850,8 @@ async fn engine_process_that_gets_killed() {
         env: Vec::new(),
         health_url: format!("http://127.0.0.1:{}/health", free_port()),
         secret: Default::default(),
+        ready_request: None,
+        stop_signal: StopSignal::Interrupt,
     };
     let pid = supervisor
         .start(spec, no_restart())
@@ -882,5 +890,193 @@ async fn backend_dies_when_the_engine_is_killed() {
     assert!(
         gone(backend).await,
         "the backend {backend} outlived the SIGKILLed engine"
+    );
+}
+
+/// A backend like mlx_lm.server: `/health` is 200 from the start, and POST `/v1/completions`
+/// answers only once its "model" is loaded: 200 when `LOADED_FILE` exists, or, when
+/// `BROKEN_FILE` exists, 404 after printing the error a failed load logs.
+const LOADING_BACKEND: &str = r#"
+import http.server, os, sys, time
+port = int(sys.argv[1])
+loaded, broken = os.environ["LOADED_FILE"], os.environ["BROKEN_FILE"]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        while not (os.path.exists(loaded) or os.path.exists(broken)):
+            time.sleep(0.02)
+        if os.path.exists(broken):
+            print("ValueError: the model folder has no config.json", flush=True)
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b'{"error": "generation thread died"}')
+            return
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"choices": []}')
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+impl Fixture {
+    /// [`LOADING_BACKEND`] with a ready request; returns the spec and its two switch files.
+    fn loading_backend(&self) -> (LaunchSpec, PathBuf, PathBuf) {
+        let script = self.dir.path().join("loading.py");
+        std::fs::write(&script, LOADING_BACKEND).unwrap();
+        let (loaded, broken) = (
+            self.dir.path().join("loaded"),
+            self.dir.path().join("broken"),
+        );
+        let port = free_port();
+        let spec = LaunchSpec {
+            program: "python3".to_string(),
+            args: vec![script.display().to_string(), port.to_string()],
+            env: vec![
+                ("LOADED_FILE".to_string(), loaded.display().to_string()),
+                ("BROKEN_FILE".to_string(), broken.display().to_string()),
+            ],
+            health_url: format!("http://127.0.0.1:{port}/health"),
+            ready_request: Some(ReadyRequest {
+                path: "/v1/completions".to_string(),
+                body: r#"{"prompt":"hi","max_tokens":1}"#.to_string(),
+            }),
+            stop_signal: StopSignal::Terminate,
+        };
+        (spec, loaded, broken)
+    }
+}
+
+#[tokio::test]
+async fn a_backend_with_a_ready_request_is_ready_only_once_that_request_answers() {
+    let fx = Fixture::new("loading");
+    let (spec, loaded, _) = fx.loading_backend();
+    let health_url = spec.health_url.clone();
+    fx.supervisor.start(spec, no_restart()).await.unwrap();
+    // Its /health answers 200, while the model is still "loading".
+    let target = readiness_target(&health_url);
+    let deadline = Instant::now() + PATIENCE;
+    while !target.is_healthy().await {
+        assert!(Instant::now() < deadline, "the fake never answered /health");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many of the supervisor's own polls (every 10 ms) fit in this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fx.supervisor.state().health, Some(Health::Starting));
+    std::fs::write(&loaded, "").unwrap();
+    fx.supervisor.wait_ready(PATIENCE).await.unwrap();
+    assert_eq!(fx.supervisor.state().health, Some(Health::Ready));
+    fx.supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_alive_but_unable_to_answer_fails_its_start_with_the_reason_from_its_log() {
+    let fx = Fixture::new("broken");
+    let (spec, _, broken) = fx.loading_backend();
+    std::fs::write(&broken, "").unwrap();
+    // Restarts allowed: a model that cannot load would not load the second time either.
+    let started = fx
+        .supervisor
+        .start(spec, policy(true, 3, Duration::ZERO))
+        .await
+        .unwrap();
+    let err = fx.supervisor.wait_ready(PATIENCE).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cannot answer"), "{text}");
+    assert!(text.contains("generation thread died"), "{text}");
+    assert!(text.contains("has no config.json"), "{text}");
+    let state = fx.supervisor.state();
+    assert_eq!(state.status, Status::Failed, "{state:?}");
+    assert_eq!(state.restarts, 0, "{state:?}");
+    assert!(
+        state
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("ValueError: the model folder has no config.json")),
+        "{state:?}"
+    );
+    assert!(
+        gone(started.pid.unwrap()).await,
+        "the unable backend was stopped"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fx.supervisor.state().status, Status::Failed, "no restart");
+}
+
+#[tokio::test]
+async fn an_orderly_stop_sends_the_backends_own_stop_signal_and_logs_how_it_ended() {
+    let fx = Fixture::new("term");
+    let mut spec = shell(
+        "trap 'echo got INT; exit 0' INT; trap 'echo got TERM; exit 0' TERM; \
+         echo up; while :; do sleep 0.05; done",
+    );
+    spec.stop_signal = StopSignal::Terminate;
+    fx.supervisor.start(spec, no_restart()).await.unwrap();
+    eventually(|| fx.log_text("term").contains("up")).await;
+    let started = Instant::now();
+    let stopped = fx.supervisor.stop().await.unwrap();
+    assert_eq!(stopped.status, Status::Stopped);
+    assert!(
+        started.elapsed() < fx.settings.stop_grace,
+        "it ended on the signal, not on SIGKILL after the grace"
+    );
+    let log = fx.log_text("term");
+    assert!(log.contains("got TERM"), "{log}");
+    assert!(!log.contains("got INT"), "{log}");
+    assert!(
+        log.contains("Stopping instance term: the backend exited with code 0"),
+        "{log}"
+    );
+}
+
+/// Serialises the tests that change this process's signal dispositions.
+static SIGNAL_DISPOSITIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+#[allow(unsafe_code)]
+async fn a_backend_does_not_inherit_an_ignored_sigint_from_the_engine() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let _serial = SIGNAL_DISPOSITIONS.lock().await;
+    let fx = Fixture::new("sigign");
+    let spec = LaunchSpec {
+        program: "grep".to_string(),
+        args: vec!["^SigIgn".to_string(), "/proc/self/status".to_string()],
+        ..shell("")
+    };
+    // As when the engine is started by `nohup` or a script's `corral serve &`.
+    // SAFETY: SIG_IGN and SIG_DFL are no handlers, so no code runs on a signal.
+    let previous = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }.unwrap();
+    let started = fx.supervisor.start(spec, no_restart()).await;
+    // SAFETY: as above; the previous disposition comes back.
+    unsafe { signal(Signal::SIGINT, previous) }.unwrap();
+    started.unwrap();
+    eventually(|| fx.log_text("sigign").contains("SigIgn")).await;
+    let log = fx.log_text("sigign");
+    let line = log.lines().find(|l| l.starts_with("SigIgn")).unwrap();
+    let ignored = u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    // Bit n-1 is signal n. Only the standard signals: the C library keeps 32 and 33 for itself
+    // and refuses to change them.
+    assert_eq!(ignored & 0x7fff_ffff, 0, "{log}");
+}
+
+fn readiness_target(url: &str) -> readiness::Target {
+    readiness::target(url).unwrap()
+}
+
+#[tokio::test]
+async fn a_backend_that_exits_before_it_is_ready_fails_with_the_error_from_its_log() {
+    let fx = Fixture::new("wrongpath");
+    let spec = shell(
+        "echo 'loading /no/such/model' ; echo 'OSError: /no/such/model does not exist' >&2; exit 1",
+    );
+    fx.supervisor.start(spec, no_restart()).await.unwrap();
+    let states = states_until(&fx.supervisor, |s| s.status == Status::Failed).await;
+    let error = states.last().unwrap().error.clone().unwrap_or_default();
+    assert!(
+        error.contains("its log says: OSError: /no/such/model does not exist"),
+        "{error}"
     );
 }

@@ -3,7 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -17,6 +21,15 @@ pub fn required_file(var: &str) -> PathBuf {
     path
 }
 
+/// A folder named by an environment variable that a test script sets; missing, the test fails.
+pub fn required_dir(var: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the tests through scripts/test.sh"));
+    assert!(path.is_dir(), "{var}={} is not a folder", path.display());
+    path
+}
+
 /// `corral serve` on a random port over `data_dir`, its llama.cpp backend `llama_server`,
 /// instance ports from `ports`, and `env` added; returns the child and its base URL.
 pub async fn spawn_corral(
@@ -25,17 +38,25 @@ pub async fn spawn_corral(
     ports: (u16, u16),
     env: &[(&str, &str)],
 ) -> (Child, String) {
-    let config = data_dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "backends:\n  llama-cpp:\n    command: {}\ninstances:\n  port_range: [{}, {}]\n  stop_grace_seconds: 5\n",
-            llama_server.display(),
-            ports.0,
-            ports.1
-        ),
-    )
-    .expect("write config");
+    let config = format!(
+        "backends:\n  llama-cpp:\n    command: {}\ninstances:\n  port_range: [{}, {}]\n  stop_grace_seconds: 5\n",
+        llama_server.display(),
+        ports.0,
+        ports.1
+    );
+    spawn_corral_with_config(data_dir, &config, env).await
+}
+
+/// `corral serve` on a random port over `data_dir` with `config` (YAML) as its config file and
+/// `env` added; returns the child and its base URL.
+pub async fn spawn_corral_with_config(
+    data_dir: &Path,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
+    let config_path = data_dir.join("config.yaml");
+    std::fs::write(&config_path, config).expect("write config");
+    let config = config_path;
     let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["serve", "--port", "0", "--config"])
         .arg(&config)
@@ -175,4 +196,167 @@ impl Serve {
         let log = self.stderr.lock().expect("log").clone();
         log
     }
+}
+
+/// One `corral serve` child and a client for its API, with the management key `key`.
+pub struct Corral {
+    pub child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+    key: String,
+}
+
+impl Corral {
+    /// `corral serve` with `config` (YAML) and `env`; `key` is one of its management keys.
+    pub async fn start(data_dir: &Path, config: &str, env: &[(&str, &str)], key: &str) -> Corral {
+        let (child, base) = spawn_corral_with_config(data_dir, config, env).await;
+        Corral {
+            child,
+            base,
+            http: reqwest::Client::new(),
+            key: key.to_owned(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    pub async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, text) = self.call(method, path, body).await;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn instance(&self, name: &str) -> Value {
+        let (status, v) = self
+            .json(
+                reqwest::Method::GET,
+                &format!("/api/v1/instances/{name}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Polls the instance until `check` holds; panics with the last state after `limit`.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.instance(name).await;
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting; last state: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, and the engine must exit cleanly within 30 s.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("corral pid");
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM corral");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("corral did not exit within 30 s of SIGTERM")
+            .expect("wait");
+        assert!(status.success(), "corral exited with {status}");
+    }
+}
+
+pub fn pid_of(v: &Value) -> i32 {
+    v["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {v}")) as i32
+}
+
+pub fn ready(v: &Value) -> bool {
+    v["status"] == "running" && v["health"] == "ready"
+}
+
+/// Whether `pid` runs (a zombie does not count).
+pub fn alive(pid: i32) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        return !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
+    }
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+pub async fn wait_gone(pid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every process whose environment carries `CORRAL_SUPERVISOR_TOKEN` starting with
+/// `<instance>-`: what Corral started for that instance, children included.
+pub fn processes_of(instance: &str) -> Vec<i32> {
+    let prefix = format!("CORRAL_SUPERVISOR_TOKEN={instance}-");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|var| var.starts_with(prefix.as_bytes()))
+            })
+        })
+        .collect()
+}
+
+/// Every live process in process group `group` (Corral starts each backend as the leader of its
+/// own group). Found by the group, not the environment: vLLM's engine processes rename
+/// themselves with setproctitle, which overwrites what /proc shows of their environment.
+pub fn processes_in_group(group: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After the `(comm)` field: state, ppid, pgrp.
+                stat.rsplit(") ")
+                    .next()
+                    .and_then(|rest| rest.split(' ').nth(2))
+                    .is_some_and(|pgrp| pgrp == group.to_string())
+            })
+        })
+        .collect()
 }
