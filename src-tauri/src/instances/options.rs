@@ -117,12 +117,13 @@ impl InstanceOptions {
                     field: Some(field).filter(|field| !field.is_empty() && field != "?"),
                 }
             })?;
-        Self::from_request(request, defaults)
+        Self::from_request(request, defaults, out_of_range)
     }
 
-    pub fn from_request(
+    fn from_request(
         request: CreateInstanceOptions,
         defaults: &InstancesConfig,
+        out_of_range: OutOfRange,
     ) -> Result<Self, InstanceError> {
         let backend_type = match request.backend_type.as_deref() {
             None | Some("") => {

@@ -940,6 +940,7 @@ impl Fixture {
                 ("BROKEN_FILE".to_string(), broken.display().to_string()),
             ],
             health_url: format!("http://127.0.0.1:{port}/health"),
+            secret: Default::default(),
             ready_request: Some(ReadyRequest {
                 path: "/v1/completions".to_string(),
                 body: r#"{"prompt":"hi","max_tokens":1}"#.to_string(),
