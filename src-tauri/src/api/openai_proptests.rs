@@ -156,7 +156,10 @@ proptest! {
                     serde_json::from_slice(&with_backend_model(&raw, &backend_model).unwrap())
                         .unwrap();
                 let mut expected = parsed;
-                expected["model"] = Value::String(backend_model);
+                // A body that names no model is passed on as it is: the backend serves its own.
+                if expected.get("model").is_some() {
+                    expected["model"] = Value::String(backend_model);
+                }
                 // Through the same text as the rewrite, so float digits compare alike.
                 let expected: Value =
                     serde_json::from_slice(&serde_json::to_vec(&expected).unwrap()).unwrap();

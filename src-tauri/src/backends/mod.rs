@@ -421,7 +421,20 @@ impl BackendOptions {
         }
     }
 
-    /// The arguments after the configured command and its configured args.
+    /// What a start passes: [`Self::to_args`], plus `--host 127.0.0.1` when the user chose no
+    /// host. llama-server and mlx_lm.server already default to loopback, but `vllm serve`
+    /// listens on every interface without `--host`, which would put an instance on the LAN
+    /// that the user never asked for.
+    pub fn launch_args(&self) -> Vec<String> {
+        let mut args = self.to_args();
+        if self.host().is_none() {
+            args.extend(["--host".to_owned(), "127.0.0.1".to_owned()]);
+        }
+        args
+    }
+
+    /// The arguments after the configured command and its configured args, as the user wrote
+    /// them (parse-command gives these back).
     pub fn to_args(&self) -> Vec<String> {
         let table = Backend::of(self.backend);
         let mut args = Vec::new();

@@ -130,6 +130,24 @@ fn vllm_model_is_the_first_positional_word_and_never_a_flag() {
 }
 
 #[test]
+fn every_backend_is_started_on_loopback_unless_the_user_chose_a_host() {
+    for backend in [BackendType::LlamaCpp, BackendType::MlxLm, BackendType::Vllm] {
+        let unset = BackendOptions::from_json(backend, &json!({"model": "m"})).unwrap();
+        let args = unset.launch_args();
+        assert!(
+            args.windows(2).any(|w| w == ["--host", "127.0.0.1"]),
+            "{backend:?}: {args:?}"
+        );
+        assert!(!unset.to_args().contains(&"--host".to_owned()));
+        let chosen =
+            BackendOptions::from_json(backend, &json!({"model": "m", "host": "0.0.0.0"})).unwrap();
+        let args = chosen.launch_args();
+        assert_eq!(args.iter().filter(|a| *a == "--host").count(), 1, "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--host", "0.0.0.0"]));
+    }
+}
+
+#[test]
 fn mlx_takes_the_model_as_a_flag() {
     let options = BackendOptions::from_json(
         BackendType::MlxLm,

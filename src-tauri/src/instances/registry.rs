@@ -937,7 +937,7 @@ impl Registry {
             &command.environment,
         );
         let mut args = command.args.clone();
-        args.extend(options.backend.to_args());
+        args.extend(options.backend.launch_args());
         args.extend(secret.args.iter().cloned());
         let port = options.backend.port().unwrap_or_default();
         let lookup = |name: &str| {
