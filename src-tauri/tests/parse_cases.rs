@@ -9,7 +9,7 @@
 // A failed unwrap is a failed test, with the value in the message.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use corral::backends::{parse_command, BackendOptions, BackendType};
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ const DISAGREE: &[&str] = &["TestParseLlamaCommand/invalid command without llama
 /// contract.
 fn load_cases() -> Vec<Value> {
     let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamactl-parse-cases.json");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamactl-parse-cases.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let doc: Value = serde_json::from_str(&text).unwrap();
