@@ -1,3 +1,12 @@
+import { configure } from '@testing-library/svelte';
+import { vi } from 'vitest';
+
+// The deadlines of these tests catch hangs, not slowness: on a loaded machine (CI's two cores
+// shared with builds) rendering a page can take seconds, and that is still a pass. Every wait
+// returns as soon as its condition holds; only a test that never gets there runs into them.
+vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
+configure({ asyncUtilTimeout: 20_000 });
+
 // jsdom lacks a few browser APIs the components use.
 if (!window.matchMedia) {
   window.matchMedia = (query: string) =>
