@@ -14,7 +14,7 @@
 #   ${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}/schemathesis-venv/
 #
 # Knobs:
-#   CORRAL_SCHEMA_EXAMPLES  generated cases per operation (default 10, what CI runs); e.g. 100
+#   CORRAL_SCHEMA_EXAMPLES  generated cases per operation (default 5, what CI runs); e.g. 100
 #                           for a long run
 #   CORRAL_SCHEMA_PHASES    schemathesis phases (default examples,fuzzing,stateful: one to two
 #                           minutes on 2 cores; add `coverage`, schemathesis' deterministic
@@ -29,7 +29,7 @@ SCHEMATHESIS_VERSION=4.32.5
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
 VENV=$CACHE/schemathesis-venv
-EXAMPLES=${CORRAL_SCHEMA_EXAMPLES:-10}
+EXAMPLES=${CORRAL_SCHEMA_EXAMPLES:-5}
 PHASES=${CORRAL_SCHEMA_PHASES:-examples,fuzzing,stateful}
 SEED=${CORRAL_SCHEMA_SEED:-20261201}
 PORT=18950
@@ -139,7 +139,7 @@ status=0
     --seed "$SEED" \
     --phases "$PHASES" \
     --workers 1 \
-    --request-timeout 10 \
+    --request-timeout 30 \
     --suppress-health-check too_slow \
     --output-truncate false \
     "${report[@]}") || status=$?

@@ -838,4 +838,6 @@ pub fn options_schema(backend: BackendType) -> serde_json::Value {
 const NO_NUL: &str = "^[^\\x00]*$";
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -234,9 +234,9 @@ fn mutate(mut wire: Vec<u8>, mutation: &Mutation) -> Vec<u8> {
     wire
 }
 
-/// Which of our decoder's two leniencies reading `wire` took: a line ended by LF alone, which
-/// RFC 9112 §2.2 lets a recipient accept, and a trailer line that is not a header field (the
-/// trailers are skipped, never read). hyper refuses both.
+/// Which of our decoder's two leniencies reading `wire` took: a size or data line ended by LF
+/// alone, which RFC 9112 §2.2 lets a recipient accept, and a trailer line that is not a header
+/// field (the trailers are skipped, never read). hyper refuses both.
 fn leniencies(wire: &[u8]) -> (bool, bool) {
     let mut chunked = Chunked::default();
     let (mut bare_lf, mut odd_trailer) = (false, false);
@@ -245,20 +245,12 @@ fn leniencies(wire: &[u8]) -> (bool, bool) {
         let before = chunked.state;
         let fed = chunked.feed(&wire[at..=at], |_| {});
         if byte == b'\n' {
-            let after_cr = at > 0 && wire[at - 1] == b'\r';
             bare_lf |= matches!(
                 before,
-                State::Size { .. }
-                    | State::SizeWs { .. }
-                    | State::Extension { .. }
-                    | State::DataCr
-                    | State::TrailerStart
-            ) || (before == State::TrailerLine && !after_cr);
-            if before == State::TrailerLine {
-                let mut line = wire[trailer_from..at].to_vec();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
+                State::Size { .. } | State::SizeWs { .. } | State::Extension { .. } | State::DataCr
+            );
+            if before == State::TrailerLf {
+                let mut line = wire[trailer_from..at - 1].to_vec();
                 line.extend_from_slice(b"\r\n\r\n");
                 let mut headers = [httparse::EMPTY_HEADER; 2];
                 odd_trailer |= !matches!(
@@ -333,7 +325,15 @@ proptest! {
         match (&ours, hyper) {
             // Where hyper takes the body, we find the same data and the same end: the backend
             // connection is reused exactly when a strict reader would reuse it.
-            (_, Some(data)) => prop_assert_eq!(ours, Verdict::Ended { at: wire.len(), data }),
+            // (Empty lines after the end are skipped by hyper's request parser, as RFC 9112
+            // §2.2 lets a server do, so they may stand between our end and the next request.)
+            (_, Some(data)) => {
+                let at = match ours {
+                    Verdict::Ended { at, .. } if wire[at..].iter().all(|b| b"\r\n".contains(b)) => at,
+                    _ => wire.len(),
+                };
+                prop_assert_eq!(ours, Verdict::Ended { at, data });
+            }
             // Where hyper refuses it, we refuse it too or stop elsewhere, unless one of our
             // leniencies took it.
             (Verdict::Ended { at, .. }, None) if *at == wire.len() => {
