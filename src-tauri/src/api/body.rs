@@ -203,7 +203,6 @@ mod tests {
         assert!(!is_json_media_type(b"application/json\xff"));
     }
 
-
     #[test]
     fn values_are_counted_outside_strings_only() {
         assert_eq!(values_in(br#"{"a": [1, 2, 3], "b": "x,[{\"y,"}"#), 5);

@@ -142,7 +142,11 @@ fn every_backend_is_started_on_loopback_unless_the_user_chose_a_host() {
         let chosen =
             BackendOptions::from_json(backend, &json!({"model": "m", "host": "0.0.0.0"})).unwrap();
         let args = chosen.launch_args();
-        assert_eq!(args.iter().filter(|a| *a == "--host").count(), 1, "{args:?}");
+        assert_eq!(
+            args.iter().filter(|a| *a == "--host").count(),
+            1,
+            "{args:?}"
+        );
         assert!(args.windows(2).any(|w| w == ["--host", "0.0.0.0"]));
     }
 }

@@ -483,7 +483,11 @@ mod tests {
         assert!(InstanceOptions::from_json(&body, &config.instances).is_err());
         let stored = InstanceOptions::from_stored_json(&body, &config.instances).unwrap();
         assert_eq!(
-            (stored.max_restarts, stored.restart_delay, stored.idle_timeout),
+            (
+                stored.max_restarts,
+                stored.restart_delay,
+                stored.idle_timeout
+            ),
             (10_000, 86_400, 525_600)
         );
     }
