@@ -126,27 +126,10 @@ pub(super) fn launch(spec: &LaunchSpec, cx: LaunchContext<'_>) -> Result<Running
     })
 }
 
-/// Writes a backend's key file afresh: any old one is removed first, and the new one is created
-/// only if nothing (not even a link planted there) took its place meanwhile, readable by the
-/// owner alone.
+/// Writes a backend's key file afresh, owner-only and never through a link planted at its path
+/// or its temporary name.
 fn write_key_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
+    crate::private_files::write(path, format!("{secret}\n").as_bytes())
 }
 
 fn spawn_error(program: &str, err: std::io::Error) -> SupervisorError {
