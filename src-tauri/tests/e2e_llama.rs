@@ -8,126 +8,24 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::binary::{required_file, spawn_corral};
+use common::binary::{pid_of, ready, required_file, spawn_corral, wait_gone, Corral};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
-use tokio::process::Child;
+use serde_json::json;
 
 const KEY: &str = "sk-e2e-management";
 
-/// One `corral serve` process on a random port over a data folder that outlives it.
-struct Corral {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Corral {
-    async fn start(data_dir: &Path, llama_server: &Path) -> Corral {
-        let env = [
-            ("CORRAL_MANAGEMENT_KEYS", KEY),
-            ("CORRAL_REQUIRE_INFERENCE_AUTH", "false"),
-        ];
-        let (child, base) = spawn_corral(data_dir, llama_server, (11100, 11199), &env).await;
-        Corral {
-            child,
-            base,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, String) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(KEY);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.expect("body"))
-    }
-
-    async fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, text) = self.call(method, path, body).await;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    async fn instance(&self, name: &str) -> Value {
-        let (status, v) = self
-            .json(
-                reqwest::Method::GET,
-                &format!("/api/v1/instances/{name}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v
-    }
-
-    /// Polls the instance until `check` holds; panics with the last state after `limit`.
-    async fn wait_for(&self, name: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let v = self.instance(name).await;
-            if check(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting; last state: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn terminate(mut self) {
-        let pid = self.child.id().expect("corral pid");
-        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM corral");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("corral did not exit within 30 s of SIGTERM")
-            .expect("wait");
-        assert!(status.success(), "corral exited with {status}");
-    }
-
-    async fn sigkill(mut self) {
-        self.child.kill().await.expect("SIGKILL corral");
-    }
-}
-
-fn pid_of(v: &Value) -> i32 {
-    v["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {v}")) as i32
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie still answers kill(0); read its state where we can.
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        return !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
-    }
-    kill(Pid::from_raw(pid), None).is_ok()
-}
-
-async fn wait_gone(pid: i32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "process {pid} is still alive");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ready(v: &Value) -> bool {
-    v["status"] == "running" && v["health"] == "ready"
+/// `corral serve` on a random port over a data folder that outlives it, its llama.cpp backend
+/// the real llama-server.
+async fn start_corral(data_dir: &Path, llama_server: &Path) -> Corral {
+    let env = [
+        ("CORRAL_MANAGEMENT_KEYS", KEY),
+        ("CORRAL_REQUIRE_INFERENCE_AUTH", "false"),
+    ];
+    let (child, base) = spawn_corral(data_dir, llama_server, (11100, 11199), &env).await;
+    Corral::over(child, base, KEY)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +34,7 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
     let llama_server = required_file("CORRAL_LLAMA_SERVER");
     let model = required_file("CORRAL_TEST_MODEL");
     let data = tempfile::tempdir().expect("tempdir");
-    let corral = Corral::start(data.path(), &llama_server).await;
+    let corral = start_corral(data.path(), &llama_server).await;
     let ready_limit = Duration::from_secs(60);
 
     // Create starts the instance; it becomes ready and answers through the proxy.
@@ -267,7 +165,7 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
     corral.terminate().await;
     wait_gone(pid_of(&before_exit), Duration::from_secs(10)).await;
 
-    let corral = Corral::start(data.path(), &llama_server).await;
+    let corral = start_corral(data.path(), &llama_server).await;
     let back = corral.wait_for("tiny", ready_limit, ready).await;
     assert_eq!(back["options"]["backend_options"]["ctx_size"], 512);
     assert_eq!(back["created"], created["created"]);
@@ -278,7 +176,7 @@ async fn real_llama_server_lives_its_whole_life_under_corral() {
     wait_gone(orphan_candidate, Duration::from_secs(10)).await;
 
     // Delete stops and removes; the definition file goes, the log stays.
-    let corral = Corral::start(data.path(), &llama_server).await;
+    let corral = start_corral(data.path(), &llama_server).await;
     let again = corral.wait_for("tiny", ready_limit, ready).await;
     let (status, body) = corral
         .call(Method::DELETE, "/api/v1/instances/tiny", None)

@@ -210,12 +210,22 @@ impl Corral {
     /// `corral serve` with `config` (YAML) and `env`; `key` is one of its management keys.
     pub async fn start(data_dir: &Path, config: &str, env: &[(&str, &str)], key: &str) -> Corral {
         let (child, base) = spawn_corral_with_config(data_dir, config, env).await;
+        Corral::over(child, base, key)
+    }
+
+    /// A client for an engine already spawned (e.g. by [`spawn_corral`]).
+    pub fn over(child: Child, base: String, key: &str) -> Corral {
         Corral {
             child,
             base,
             http: reqwest::Client::new(),
             key: key.to_owned(),
         }
+    }
+
+    /// The engine dies at once, as in a crash: nothing of it runs its shutdown.
+    pub async fn sigkill(mut self) {
+        self.child.kill().await.expect("SIGKILL corral");
     }
 
     pub fn url(&self, path: &str) -> String {
