@@ -647,13 +647,23 @@ async fn logs_give_the_last_lines_and_reject_a_non_integer_count() {
         engine.get("/api/v1/instances/talker/proxy/health").await;
     }
 
-    let all = engine.get("/api/v1/instances/talker/logs").await;
-    assert_eq!(all.status(), 200);
-    assert!(all.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    let all = all.text().await.unwrap();
+    // The lines reach the log through a pipe reader, possibly after the responses; the log is
+    // only compared with its own tail once all three are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let all = loop {
+        let all = engine.get("/api/v1/instances/talker/logs").await;
+        assert_eq!(all.status(), 200);
+        assert!(all.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        let all = all.text().await.unwrap();
+        if all.matches("GET /health").count() >= 3 {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "missing lines: {all}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(all.contains("fake backend listening"), "{all}");
     assert!(all.lines().count() > 3);
 
@@ -1777,12 +1787,25 @@ async fn log_stream_sends_the_last_lines_then_follows_new_ones_across_restarts()
     engine.create("chatty", llama(json!({}))).await;
     engine.wait_ready("chatty").await;
     engine.get("/api/v1/instances/chatty/proxy/before").await;
-    let expected = engine
-        .get("/api/v1/instances/chatty/logs?lines=3")
-        .await
-        .text()
-        .await
-        .unwrap();
+    // The backend's line about /before reaches the log through a pipe reader, so it can land
+    // after the proxied response does; the tail is only fixed once it is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let expected = loop {
+        let tail = engine
+            .get("/api/v1/instances/chatty/logs?lines=3")
+            .await
+            .text()
+            .await
+            .unwrap();
+        if tail.lines().last().is_some_and(|l| l.contains("/before")) {
+            break tail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /before line: {tail}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let expected: Vec<&str> = expected.lines().collect();
     assert_eq!(expected.len(), 3, "{expected:?}");
 
