@@ -200,10 +200,11 @@ async fn real_vllm_serve_lives_its_whole_life_under_corral() {
         wait_gone(*pid, Duration::from_secs(10)).await;
     }
 
-    // The engine's exit stops the whole group: no vLLM process is left.
+    // The engine's death, even by SIGKILL, ends the whole group: no vLLM process is left (the
+    // engine core and worker renamed themselves, so nothing but their group ties them to it).
     let survivors = processes_in_group(pid_of(&revived));
     assert!(survivors.len() >= 3, "{survivors:?}");
-    corral.terminate().await;
+    corral.sigkill().await;
     for pid in &survivors {
         wait_gone(*pid, Duration::from_secs(30)).await;
     }

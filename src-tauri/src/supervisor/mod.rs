@@ -4,6 +4,7 @@
 //! [`Supervisor`] handle sends commands to the instance's task ([`task`]) over a channel; the task
 //! is the only writer of the instance's [`RuntimeState`], published on a watch channel.
 
+mod keeper;
 mod logs;
 mod pidfile;
 mod readiness;

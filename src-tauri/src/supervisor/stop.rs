@@ -4,6 +4,7 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use super::keeper::Keeper;
 use super::logs::LogSink;
 use super::spawn::Running;
 use super::StopSignal;
@@ -89,17 +90,37 @@ pub(super) fn signal_group(_pid: u32, _signal: GroupSignal) {}
 
 /// Kills the process group when dropped armed: if the supervisor task is torn down without an
 /// orderly stop (runtime shutdown), no grandchild survives it. `kill_on_drop` covers the child.
+/// Its [`Keeper`] does the same when the engine dies without dropping anything.
 pub(super) struct GroupGuard {
     pid: u32,
     armed: bool,
+    keeper: Option<Keeper>,
 }
 
 impl GroupGuard {
     pub(super) fn new(pid: u32) -> Self {
-        Self { pid, armed: true }
+        let keeper = Keeper::watch(pid)
+            .inspect_err(|err| {
+                tracing::warn!(
+                    pid,
+                    "no keeper for the process group; if the engine dies its workers may outlive it: {err}"
+                );
+            })
+            .ok();
+        Self {
+            pid,
+            armed: true,
+            keeper,
+        }
     }
+
+    /// The group has been killed and reaped in order: nothing is signalled again, by this guard
+    /// or its keeper.
     pub(super) fn disarm(&mut self) {
         self.armed = false;
+        if let Some(keeper) = &mut self.keeper {
+            keeper.release();
+        }
     }
 }
 

@@ -1081,3 +1081,76 @@ async fn a_backend_that_exits_before_it_is_ready_fails_with_the_error_from_its_l
         "{error}"
     );
 }
+
+/// A process group like a backend's: `sh` leading it, a worker in the background. Answers the
+/// leader and the worker's pid.
+async fn group_with_a_worker(dir: &Path) -> (std::process::Child, u32) {
+    use std::os::unix::process::CommandExt;
+    let marker = dir.join("worker.pid");
+    let leader = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sleep 300 & echo $! > '{}'; wait",
+            marker.display()
+        ))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let worker = wait_for_file(&marker).await.trim().parse().unwrap();
+    (leader, worker)
+}
+
+#[tokio::test]
+async fn a_keeper_kills_the_group_when_its_pipe_closes_without_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut leader, worker) = group_with_a_worker(dir.path()).await;
+    // Dropping the keeper unreleased closes the engine's end, as the engine's death does.
+    let keeper = keeper::Keeper::watch(leader.id()).unwrap();
+    drop(keeper);
+    assert!(gone(worker).await, "the worker {worker} survived");
+    assert!(leader.wait().is_ok());
+}
+
+#[tokio::test]
+async fn a_released_keeper_signals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut leader, worker) = group_with_a_worker(dir.path()).await;
+    let mut keeper = keeper::Keeper::watch(leader.id()).unwrap();
+    keeper.release();
+    drop(keeper);
+    // A kill would come within milliseconds of the close.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(is_alive(worker) && is_alive(leader.id()));
+    stop::signal_group(leader.id(), stop::GroupSignal::Kill);
+    assert!(leader.wait().is_ok());
+    assert!(gone(worker).await);
+}
+
+#[tokio::test]
+async fn a_keeper_holds_none_of_the_engines_descriptors() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut leader, _worker) = group_with_a_worker(dir.path()).await;
+    // A descriptor the engine holds when the keeper is forked, without close-on-exec (a socket
+    // handed to a client would be one): the keeper must not keep it open.
+    let (mut read, write) = std::io::pipe().unwrap();
+    let keeper = keeper::Keeper::watch(leader.id()).unwrap();
+    drop(write);
+    let mut rest = Vec::new();
+    let reader = std::thread::spawn(move || read.read_to_end(&mut rest).map(|_| rest));
+    let deadline = Instant::now() + PATIENCE;
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the keeper holds the pipe open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reader.join().unwrap().unwrap().is_empty());
+    drop(keeper);
+    assert!(leader.wait().is_ok());
+}
+
+#[test]
+fn no_keeper_is_forked_for_pid_1_or_the_engines_own_group() {
+    assert!(keeper::Keeper::watch(1).is_err());
+    assert!(keeper::Keeper::watch(0).is_err());
+    assert!(keeper::Keeper::watch(std::process::id()).is_err());
+}
