@@ -3,7 +3,8 @@
 //!
 //! Runs `scripts/clients-venv.sh` (a pinned project-local virtualenv) and then pytest over
 //! `tests/clients/`, which creates its instances through the management API. Needs
-//! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL`: missing, the test fails, never skips.
+//! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL`, and for the MLX instance `CORRAL_MLX_SERVER`
+//! and `CORRAL_TEST_HF_MODEL`: missing, the test fails, never skips.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::binary::{required_file, spawn_corral};
+use common::binary::{required_dir, required_file, spawn_corral_with_config};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -28,14 +29,23 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `corral serve` on a random port with inference auth on.
-async fn start_corral(data_dir: &Path, llama_server: &Path) -> (Child, String) {
+/// `corral serve` on a random port with inference auth on, llama-server and mlx_lm.server
+/// (offline) as its backends.
+async fn start_corral(data_dir: &Path, llama_server: &Path, mlx_server: &Path) -> (Child, String) {
     let env = [
         ("CORRAL_MANAGEMENT_KEYS", MANAGEMENT_KEY),
         ("CORRAL_INFERENCE_KEYS", INFERENCE_KEY),
         ("CORRAL_REQUIRE_INFERENCE_AUTH", "true"),
     ];
-    spawn_corral(data_dir, llama_server, (11200, 11299), &env).await
+    let config = format!(
+        "backends:\n  llama-cpp:\n    command: {}\n  mlx:\n    command: {}\n    environment:\n      \
+         HF_HUB_OFFLINE: \"1\"\n      HF_HOME: {}\ninstances:\n  port_range: [11200, 11299]\n  \
+         stop_grace_seconds: 5\n",
+        llama_server.display(),
+        mlx_server.display(),
+        data_dir.join("hf-home").display(),
+    );
+    spawn_corral_with_config(data_dir, &config, &env).await
 }
 
 /// The venv's python, created or reused by the project's script.
@@ -61,10 +71,12 @@ async fn clients_python(root: &Path) -> PathBuf {
 async fn official_python_clients_work_unchanged_against_corral() {
     let llama_server = required_file("CORRAL_LLAMA_SERVER");
     let model = required_file("CORRAL_TEST_MODEL");
+    let mlx_server = required_file("CORRAL_MLX_SERVER");
+    let hf_model = required_dir("CORRAL_TEST_HF_MODEL");
     let root = repo_root();
     let python = clients_python(&root).await;
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut corral, base) = start_corral(data.path(), &llama_server).await;
+    let (mut corral, base) = start_corral(data.path(), &llama_server, &mlx_server).await;
 
     let pytest = Command::new(&python)
         .args([
@@ -80,6 +92,7 @@ async fn official_python_clients_work_unchanged_against_corral() {
         .env("CORRAL_MANAGEMENT_KEY", MANAGEMENT_KEY)
         .env("CORRAL_INFERENCE_KEY", INFERENCE_KEY)
         .env("CORRAL_TEST_MODEL", &model)
+        .env("CORRAL_TEST_HF_MODEL", &hf_model)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         // The clients must reach Corral directly, whatever proxy the environment names.
         .env("NO_PROXY", "127.0.0.1,localhost")

@@ -4,7 +4,10 @@ The suite drives the official `openai`, `anthropic` and `ollama` clients, unchan
 Corral that already runs (`src-tauri/tests/clients.rs` starts one and runs this suite). By hand:
 
     CORRAL_BASE_URL=http://127.0.0.1:8080 CORRAL_MANAGEMENT_KEY=... CORRAL_INFERENCE_KEY=... \
-    CORRAL_TEST_MODEL=/path/to/tiny.gguf "$(scripts/clients-venv.sh)" -m pytest tests/clients
+    CORRAL_TEST_MODEL=/path/to/tiny.gguf CORRAL_TEST_HF_MODEL=/path/to/tiny-hf \
+    "$(scripts/clients-venv.sh)" -m pytest tests/clients
+
+(the Corral must have mlx_lm.server configured as its MLX backend, offline).
 
 Instances are created through the management API with the standard library only (no
 `requests`), and deleted again at the end of the session.
@@ -67,8 +70,8 @@ class Management:
             assert time.monotonic() < deadline, f"gave up waiting on {name}: {value}"
             time.sleep(0.1)
 
-    def create(self, name, backend_options, **options):
-        body = {"backend_type": "llama_cpp", "backend_options": backend_options, **options}
+    def create(self, name, backend_options, backend_type="llama_cpp", **options):
+        body = {"backend_type": backend_type, "backend_options": backend_options, **options}
         status, value = self.call("POST", f"/api/v1/instances/{name}", body)
         assert status == 201, value
         return value
@@ -137,5 +140,18 @@ def stopped_on_demand_model(management, model_path):
     status, value = management.call("POST", f"/api/v1/instances/{name}/stop")
     assert status == 200, value
     management.wait_for(name, lambda v: v.get("status") == "stopped", limit_s=30)
+    yield name
+    management.delete(name)
+
+
+@pytest.fixture(scope="session")
+def mlx_model(management):
+    """An mlx_lm.server instance of the tiny Hugging Face model, running and ready. The backend
+    knows the model only by its folder; clients ask for the instance's name."""
+    path = required_env("CORRAL_TEST_HF_MODEL")
+    assert os.path.isdir(path), f"CORRAL_TEST_HF_MODEL={path} is not a folder"
+    name = "tiny-mlx"
+    management.create(name, {"model": path}, backend_type="mlx_lm", on_demand_start=True)
+    management.wait_for(name, is_ready)
     yield name
     management.delete(name)
