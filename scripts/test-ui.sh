@@ -5,7 +5,8 @@
 # runs on its own. CORRAL_UPDATE_SCREENSHOTS=1 refreshes the screenshots in docs/screenshots/.
 #
 #   CORRAL_BIN        the corral binary (default: <target dir>/debug/corral, built here, headless)
-#   CORRAL_LLAMA_SERVER, CORRAL_TEST_MODEL   the real backend (default: scripts/test-backend.sh)
+#   CORRAL_LLAMA_SERVER, CORRAL_TEST_MODEL   the real llama-server (default: scripts/test-backend.sh)
+#   CORRAL_MLX_SERVER, CORRAL_TEST_HF_MODEL  the real mlx_lm.server (default: scripts/test-backends-py.sh)
 #   CHROMIUM          the browser (default: /usr/bin/chromium)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,6 +20,10 @@ fi
 if [[ -z ${CORRAL_LLAMA_SERVER:-} || -z ${CORRAL_TEST_MODEL:-} ]]; then
     backend_env=$(bash scripts/test-backend.sh)
     eval "$backend_env"
+fi
+if [[ -z ${CORRAL_MLX_SERVER:-} || -z ${CORRAL_TEST_HF_MODEL:-} ]]; then
+    backends_py_env=$(bash scripts/test-backends-py.sh mlx)
+    eval "$backends_py_env"
 fi
 
 # npm ci when node_modules is missing or older than the lock file, then ui/dist when stale.
@@ -38,6 +43,7 @@ if [[ -z ${CORRAL_BIN:-} ]]; then
     CORRAL_BIN=${CARGO_TARGET_DIR:-target}/debug/corral
 fi
 
-echo "--- end to end (chromium, corral serve, llama-server)"
+echo "--- end to end (chromium, corral serve, llama-server, mlx_lm.server)"
 CORRAL_BIN=$(realpath "$CORRAL_BIN") CORRAL_LLAMA_SERVER=$CORRAL_LLAMA_SERVER \
-    CORRAL_TEST_MODEL=$CORRAL_TEST_MODEL CHROMIUM=$chromium node ui/e2e/run.mjs
+    CORRAL_TEST_MODEL=$CORRAL_TEST_MODEL CORRAL_MLX_SERVER=$CORRAL_MLX_SERVER \
+    CORRAL_TEST_HF_MODEL=$CORRAL_TEST_HF_MODEL CHROMIUM=$chromium node ui/e2e/run.mjs

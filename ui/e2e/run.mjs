@@ -1,9 +1,11 @@
 // End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
-// `corral serve` running the real llama-server. Logs in, creates an instance through the form and
-// through import-from-command, watches it run, reads its live logs, stops and deletes it, and
-// saves a screenshot of every main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
+// `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
+// instances through the form (llama.cpp and MLX) and through import-from-command, watches them
+// run, reads live logs, stops and deletes them, and saves a screenshot of every main screen (to
+// docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
-//   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... node e2e/run.mjs
+//   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... \
+//   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... node e2e/run.mjs
 //
 // E2E_UI_ORIGIN points the browser at another server of the same UI (e.g. `npm run dev`, which
 // proxies the API to this engine) instead of the engine's embedded copy; E2E_ENGINE_PORT then
@@ -37,6 +39,8 @@ function required(name) {
 const corralBin = required('CORRAL_BIN');
 const llamaServer = required('CORRAL_LLAMA_SERVER');
 const model = required('CORRAL_TEST_MODEL');
+const mlxServer = required('CORRAL_MLX_SERVER');
+const hfModel = required('CORRAL_TEST_HF_MODEL');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const KEY = 'e2e-management-key';
 /** Generous: two cores shared with other builds make everything slow now and then. */
@@ -66,6 +70,11 @@ async function startEngine(dir) {
       'backends:',
       '  llama-cpp:',
       `    command: ${llamaServer}`,
+      '  mlx:',
+      `    command: ${mlxServer}`,
+      '    environment:',
+      '      HF_HUB_OFFLINE: "1"',
+      `      HF_HOME: ${join(dir, 'hf-home')}`,
       'instances:',
       '  port_range: [11500, 11599]',
       '  stop_grace_seconds: 5',
@@ -351,6 +360,28 @@ try {
     await page.getByRole('tab', { name: 'Python' }).click();
     await page.getByText('from openai import OpenAI').waitFor();
     await shot(page, 'connect');
+  });
+
+  await step('an MLX instance created through the form runs and answers under its name', async () => {
+    await page.getByTestId('nav-dashboard').click();
+    await page.getByTestId('new-instance').click();
+    await page.getByTestId('field-backend_type').selectOption('mlx_lm');
+    await page.getByTestId('field-name').fill('tiny-mlx');
+    await page.getByTestId('field-model').fill(hfModel);
+    await page.getByTestId('save-instance').click();
+    await card('tiny-mlx').waitFor();
+    // Python imports mlx and transformers at every start: slower than llama-server.
+    await waitStatus('tiny-mlx', 'running', 2 * SLOW);
+    const made = await getInstance('tiny-mlx');
+    assert.equal(made.options.backend_type, 'mlx_lm');
+    assert.equal(made.options.backend_options.model, hfModel);
+    await until(async () => (await getInstance('tiny-mlx')).health === 'ready', 'tiny-mlx is ready', 2 * SLOW);
+    await chat('tiny-mlx');
+    await page.getByTestId('stop-tiny-mlx').click();
+    await waitStatus('tiny-mlx', 'stopped');
+    await page.getByTestId('delete-tiny-mlx').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('tiny-mlx').waitFor({ state: 'detached' });
   });
 
   await step('stop, then delete with confirmation', async () => {
