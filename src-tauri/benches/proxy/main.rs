@@ -529,10 +529,29 @@ async fn on_demand_case(
                 "{:<48} {:>10.1} ms",
                 "Corral request to answer, instance stopped", corral_ms
             );
+            // Runs alternate direct and Corral starts, so each pair shares the machine's state
+            // of the moment: the median of the pairs' differences resists a slow start better
+            // than the difference of the two medians.
+            let mut pairs: Vec<f64> = direct
+                .iter()
+                .zip(&corral)
+                .map(|(d, c)| ms(*c) - ms(*d))
+                .collect();
+            pairs.sort_by(f64::total_cmp);
             println!(
-                "on-demand overhead: {:+.1} ms (target < 20 ms: {})",
+                "paired differences, Corral - direct (ms): {}",
+                pairs
+                    .iter()
+                    .map(|d| format!("{d:+.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            let paired = pairs.get(pairs.len() / 2).copied().unwrap_or(f64::NAN);
+            println!(
+                "on-demand overhead: {:+.1} ms difference of medians, {paired:+.1} ms median of \
+                 pairs (target < 20 ms: {})",
                 corral_ms - direct_ms,
-                verdict(corral_ms - direct_ms < 20.0)
+                verdict(corral_ms - direct_ms < 20.0 && paired < 20.0)
             );
         }
     }
