@@ -485,9 +485,13 @@ async fn on_demand_case(
     )
     .await?;
     let management = Management::new(format!("http://{}", engine.addr));
-    management
+    let created = management
         .create_as("od", case.backend_type, case.options.clone())
         .await?;
+    let od_port = created["options"]["backend_options"]["port"]
+        .as_u64()
+        .and_then(|port| u16::try_from(port).ok())
+        .context("the instance has no port")?;
     management.wait_for("od", is_ready).await?;
     management.stop("od").await?;
     let mut direct = Vec::new();
@@ -497,7 +501,7 @@ async fn on_demand_case(
         let port = free_port()?;
         let args = (case.direct_args)(port);
         direct.push(on_demand::direct_once(&case.backend, &args, port, &case.direct_model).await?);
-        match on_demand::corral_once(&management, "od").await {
+        match on_demand::corral_once(&management, "od", od_port).await {
             Ok(t) => corral.push(t),
             Err((status, body)) => {
                 failure = Some(format!("{status} {body}"));
@@ -512,6 +516,14 @@ async fn on_demand_case(
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let after_ready = |all: &[on_demand::Start]| {
+        all.iter()
+            .map(on_demand::Start::after_ready)
+            .collect::<Vec<_>>()
+    };
+    let (direct_after, corral_after) = (after_ready(&direct), after_ready(&corral));
+    let direct: Vec<Duration> = direct.iter().map(|s| s.total).collect();
+    let corral: Vec<Duration> = corral.iter().map(|s| s.total).collect();
     println!("samples, direct (ms): {}", samples(&direct));
     println!("samples, Corral (ms): {}", samples(&corral));
     let direct_ms = ms(percentile(&direct, 50.0));
@@ -548,10 +560,23 @@ async fn on_demand_case(
             );
             let paired = pairs.get(pairs.len() / 2).copied().unwrap_or(f64::NAN);
             println!(
-                "on-demand overhead: {:+.1} ms difference of medians, {paired:+.1} ms median of \
-                 pairs (target < 20 ms: {})",
+                "end to end: {:+.1} ms difference of medians, {paired:+.1} ms median of pairs",
                 corral_ms - direct_ms,
-                verdict(corral_ms - direct_ms < 20.0 && paired < 20.0)
+            );
+            // What Corral adds once the backend can answer: noticing it and forwarding the
+            // waiting request. The backend's own start, whose spread can be seconds, is left out.
+            println!(
+                "port answering /health to answer, direct (ms): {}",
+                samples(&direct_after)
+            );
+            println!(
+                "port answering /health to answer, Corral (ms): {}",
+                samples(&corral_after)
+            );
+            let after = ms(percentile(&corral_after, 50.0)) - ms(percentile(&direct_after, 50.0));
+            println!(
+                "on-demand overhead after readiness: {after:+.1} ms (medians; target < 20 ms: {})",
+                verdict(after < 20.0)
             );
         }
     }

@@ -1,5 +1,10 @@
 //! On-demand start overhead: Corral's request-to-answer time for a stopped instance, against the
 //! backend's own spawn-to-answer time when started by hand and polled as fast as possible.
+//!
+//! Both runs also note when the backend's port first answers `/health` with 200 (polled every
+//! millisecond by the bench itself), so the time from there to the answer can be compared: it
+//! leaves out the backend's own start, whose spread (seconds for vLLM) would hide any overhead of
+//! Corral's.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +18,39 @@ use crate::engine::{Backend, Management};
 const CHAT: &str =
     r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"max_tokens":1}"#;
 
+/// One start measured: from spawn (direct) or request (Corral) to the answer, and to the moment
+/// the backend's port first answered `/health` with 200.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    pub total: Duration,
+    pub port_ready: Duration,
+}
+
+impl Start {
+    /// From the port answering to the answer arriving.
+    pub fn after_ready(&self) -> Duration {
+        self.total.saturating_sub(self.port_ready)
+    }
+}
+
+/// Polls `http://127.0.0.1:{port}/health` every millisecond until it answers 200; answers how
+/// long after `since` that was.
+async fn port_ready(port: u16, since: Instant) -> Duration {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/health");
+    loop {
+        if http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Spawns the backend directly on `port` with `args`, polls `/health` every millisecond until it
 /// answers 200, then sends one chat request for `model`: spawn to answer. (mlx_lm.server's
 /// health is 200 while it loads, but the chat waits for the load, so the answer still comes
@@ -22,7 +60,7 @@ pub async fn direct_once(
     args: &[String],
     port: u16,
     model: &str,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Start> {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
@@ -35,21 +73,10 @@ pub async fn direct_once(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", backend.command.display()))?;
-    let deadline = started + Duration::from_secs(600);
-    loop {
-        let healthy = http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if healthy {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the backend was not healthy within 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let Ok(ready) = tokio::time::timeout(Duration::from_secs(600), port_ready(port, started)).await
+    else {
+        bail!("the backend was not healthy within 600 s");
+    };
     let answer = http
         .post(format!("{base}/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -72,14 +99,23 @@ pub async fn direct_once(
     {
         let _ = child.kill().await;
     }
-    Ok(elapsed)
+    Ok(Start {
+        total: elapsed,
+        port_ready: ready,
+    })
 }
 
-/// One request for the stopped instance `name` through Corral's `/v1/chat/completions`: request
-/// to answer. Stops the instance again afterwards.
-pub async fn corral_once(management: &Management, name: &str) -> Result<Duration, (u16, Value)> {
+/// One request for the stopped instance `name` (listening on `port` once started) through
+/// Corral's `/v1/chat/completions`: request to answer. Stops the instance again afterwards.
+pub async fn corral_once(
+    management: &Management,
+    name: &str,
+    port: u16,
+) -> Result<Start, (u16, Value)> {
     let http = reqwest::Client::new();
     let started = Instant::now();
+    let watch = tokio::spawn(port_ready(port, started));
+    let stop_watching = watch.abort_handle();
     let response = http
         .post(format!("{}/v1/chat/completions", management.base))
         .header("content-type", "application/json")
@@ -93,6 +129,12 @@ pub async fn corral_once(management: &Management, name: &str) -> Result<Duration
         .await
         .map_err(|e| (0, json!(e.to_string())))?;
     let elapsed = started.elapsed();
+    // The bench's own poll may land a moment after Corral's: it ran beside it all along.
+    let ready = tokio::time::timeout(Duration::from_secs(5), watch)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    stop_watching.abort();
     if status != 200 {
         let text = String::from_utf8_lossy(&body).into_owned();
         return Err((
@@ -104,5 +146,14 @@ pub async fn corral_once(management: &Management, name: &str) -> Result<Duration
         .stop(name)
         .await
         .map_err(|e| (0, json!(e.to_string())))?;
-    Ok(elapsed)
+    let Some(ready) = ready else {
+        return Err((
+            0,
+            json!("the bench never saw the backend's /health answer 200"),
+        ));
+    };
+    Ok(Start {
+        total: elapsed,
+        port_ready: ready.min(elapsed),
+    })
 }
