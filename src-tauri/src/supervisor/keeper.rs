@@ -136,6 +136,9 @@ fn keeper_main(read: i32, pgid: i32, highest_fd: i32) -> ! {
         // Nothing of the engine stays open here: a client's socket or the engine's stdout held
         // by the keeper would outlive the engine's own close.
         close_all_but(read, highest_fd);
+        // A name of its own in `ps -e` and `top`, rather than a second copy of the engine.
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_NAME, c"corral-keeper".as_ptr(), 0, 0, 0);
         let mut byte = 0u8;
         loop {
             let n = libc::read(read, std::ptr::addr_of_mut!(byte).cast(), 1);

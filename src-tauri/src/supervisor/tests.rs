@@ -1116,6 +1116,15 @@ async fn a_released_keeper_signals_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut leader, worker) = group_with_a_worker(dir.path()).await;
     let mut keeper = keeper::Keeper::watch(leader.id()).unwrap();
+    // It shows under a name of its own, not as a second copy of the engine.
+    #[cfg(target_os = "linux")]
+    eventually(|| {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == "corral-keeper")
+        })
+    })
+    .await;
     keeper.release();
     drop(keeper);
     // A kill would come within milliseconds of the close.
