@@ -7,31 +7,79 @@
 //! `setproctitle` overwrites the environment that carries the launch's token. macOS has no
 //! parent-death signal at all.
 //!
-//! So at each launch the engine forks a keeper that only waits on a pipe whose write end the
-//! engine alone holds. An orderly end writes one byte first and the keeper exits without a
-//! signal; end of file without that byte means the engine is gone, and the keeper SIGKILLs the
-//! group. The keeper is forked, not executed (there is no helper binary to find, and the test
-//! harness is an engine too), so between fork and exit it makes only async-signal-safe calls. It
-//! sits in its own session, so a terminal's signals and a kill of the engine's group miss it,
-//! and it is orphaned at once (forked twice) so the system reaps it, never the engine.
+//! So at each launch the engine starts a keeper that only waits on a pipe whose write end the
+//! engine alone holds. An orderly end writes `release` first and the keeper exits without a
+//! signal; end of file without it means the engine is gone, and the keeper SIGKILLs the group.
+//!
+//! The keeper is a fixed `/bin/sh` script, with nothing from a user in it (the group id is an
+//! integer the engine formats): it costs about a megabyte, where a fork of the engine would keep
+//! a copy of every page the engine rewrites afterwards, and there is no helper binary to find
+//! (the test harness is an engine too). It runs in its own session, so a terminal's signals and
+//! a kill of the engine's group miss it, ignores the catchable signals, and is orphaned at once
+//! (a background job of a shell that exits) so the system reaps it, never the engine.
 
 /// Watches one backend's process group for the engine's death; see the module comment.
 pub(super) struct Keeper {
-    /// The write end of the keeper's pipe; closing it without the release byte kills the group.
+    /// The write end of the keeper's pipe; closing it without the release kills the group.
     #[cfg(unix)]
     lifeline: Option<std::os::fd::OwnedFd>,
 }
 
+/// What the engine writes to let a keeper go without a signal.
+#[cfg(unix)]
+const RELEASE: &[u8] = b"release\n";
+
 impl Keeper {
-    /// Forks a keeper for the group `pgid` leads. `pgid` must be a backend's group: the checks of
-    /// [`super::pidfile::check_pid`] apply.
+    /// Starts a keeper for the group `pgid` leads. `pgid` must be a backend's group: the checks
+    /// of [`super::pidfile::check_pid`] apply.
     #[cfg(unix)]
+    #[allow(unsafe_code)]
     pub(super) fn watch(pgid: u32) -> std::io::Result<Keeper> {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
         super::pidfile::check_pid(pgid).map_err(std::io::Error::other)?;
-        let pgid = i32::try_from(pgid).map_err(std::io::Error::other)?;
-        let lifeline = fork_keeper(pgid)?;
+        // Close-on-exec: no backend spawned later may hold the write end, or the pipe would
+        // never reach end of file. The read end becomes the script's stdin.
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // The keeper is the inner, backgrounded subshell. A background job's stdin is
+        // /dev/null, hence the pipe on descriptor 3. `read` fails at end of file.
+        let script = format!(
+            ": corral-keeper for process group {pgid}\n\
+             trap '' HUP INT QUIT TERM PIPE\n\
+             exec 3<&0\n\
+             ( read -r word <&3; [ \"$word\" = release ] || kill -9 -{pgid} ) >/dev/null 2>&1 &\n"
+        );
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg("corral-keeper")
+            .stdin(Stdio::from(read))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let highest_fd = highest_fd();
+        // SAFETY: runs in the forked child before exec, where only async-signal-safe calls are
+        // allowed: setsid, close_range and close are, and nothing is allocated or locked.
+        unsafe {
+            command.pre_exec(move || {
+                libc::setsid();
+                // Only stdin (the pipe), stdout and stderr go on: a descriptor some library
+                // opened without close-on-exec (a client's socket) must not outlive the engine
+                // in the keeper.
+                close_from(3, highest_fd);
+                Ok(())
+            });
+        }
+        // The outer shell exits as soon as the keeper is in the background: a millisecond or so.
+        let status = command.status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "the keeper's shell failed: {status}"
+            )));
+        }
         Ok(Keeper {
-            lifeline: Some(lifeline),
+            lifeline: Some(write),
         })
     }
 
@@ -45,7 +93,9 @@ impl Keeper {
     pub(super) fn release(&mut self) {
         #[cfg(unix)]
         if let Some(lifeline) = self.lifeline.take() {
-            let _ = nix::unistd::write(&lifeline, &[RELEASE]);
+            use std::io::Write;
+            // A keeper already gone (killed by hand) is no error: there is nothing to release.
+            let _ = std::fs::File::from(lifeline).write_all(RELEASE);
         }
     }
 }
@@ -53,53 +103,7 @@ impl Keeper {
 // Dropping a `Keeper` unreleased closes the pipe: the keeper kills the group, as the engine's
 // death would. That is what a supervisor torn down without an orderly stop wants.
 
-/// The byte that tells a keeper to exit without signalling.
-#[cfg(unix)]
-const RELEASE: u8 = b'r';
-
-/// Forks the keeper (twice, see the module comment) and answers the pipe's write end.
-#[cfg(unix)]
-#[allow(unsafe_code)]
-fn fork_keeper(pgid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::AsRawFd;
-
-    use nix::fcntl::OFlag;
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, pipe2, ForkResult};
-
-    // Close-on-exec: no backend spawned later may hold the write end, or the pipe would never
-    // reach end of file.
-    let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
-    let highest_fd = highest_fd();
-    // Signals stay blocked across the fork, so the child cannot run one of the engine's
-    // handlers before it has set every signal to ignored.
-    let mut saved = SigSet::empty();
-    pthread_sigmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut saved),
-    )?;
-    // SAFETY: the child runs only `keeper_main`, which makes async-signal-safe system calls and
-    // nothing else (no allocation, no lock, no return into Rust code of the parent's threads).
-    let forked = unsafe { fork() };
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
-    match forked? {
-        ForkResult::Child => keeper_main(read.as_raw_fd(), pgid, highest_fd),
-        ForkResult::Parent { child } => {
-            drop(read);
-            // The first child exits as soon as it has forked the keeper.
-            match waitpid(child, None)? {
-                WaitStatus::Exited(_, 0) => Ok(write),
-                other => Err(std::io::Error::other(format!(
-                    "the group keeper did not start: {other:?}"
-                ))),
-            }
-        }
-    }
-}
-
-/// The highest file descriptor number the engine may hold, read before the fork (sysconf is not
+/// The highest descriptor number the engine may hold, read before the fork (sysconf is not
 /// async-signal-safe).
 #[cfg(unix)]
 fn highest_fd() -> i32 {
@@ -110,84 +114,16 @@ fn highest_fd() -> i32 {
         .unwrap_or(1024)
 }
 
-/// The forked child: becomes the keeper and never returns.
+/// Closes every descriptor from `first` up; in a forked child, before exec.
 #[cfg(unix)]
 #[allow(unsafe_code)]
-fn keeper_main(read: i32, pgid: i32, highest_fd: i32) -> ! {
-    // SAFETY: only async-signal-safe system calls on plain integers and stack buffers, as the
-    // child of a multi-threaded fork must.
-    unsafe {
-        let mut ignore: libc::sigaction = std::mem::zeroed();
-        ignore.sa_sigaction = libc::SIG_IGN;
-        libc::sigemptyset(&mut ignore.sa_mask);
-        for signal in 1..65 {
-            libc::sigaction(signal, &ignore, std::ptr::null_mut());
-        }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        // Its own session: no controlling terminal, outside the engine's group.
-        libc::setsid();
-        match libc::fork() {
-            0 => {}
-            -1 => libc::_exit(1),
-            _ => libc::_exit(0),
-        }
-        // Nothing of the engine stays open here: a client's socket or the engine's stdout held
-        // by the keeper would outlive the engine's own close.
-        close_all_but(read, highest_fd);
-        // A name of its own in `ps -e` and `top`, rather than a second copy of the engine.
-        #[cfg(target_os = "linux")]
-        libc::prctl(libc::PR_SET_NAME, c"corral-keeper".as_ptr(), 0, 0, 0);
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(read, std::ptr::addr_of_mut!(byte).cast(), 1);
-            if n == 1 && byte == RELEASE {
-                libc::_exit(0);
-            }
-            if n < 0 && *errno() == libc::EINTR {
-                continue;
-            }
-            // End of file (or a broken pipe): the engine is gone.
-            break;
-        }
-        libc::kill(-pgid, libc::SIGKILL);
-        libc::_exit(0)
-    }
-}
-
-/// Closes every descriptor but `keep`.
-#[cfg(unix)]
-#[allow(unsafe_code)]
-unsafe fn close_all_but(keep: i32, highest_fd: i32) {
+unsafe fn close_from(first: i32, highest_fd: i32) {
+    // close_range(2), Linux 5.9+: one call instead of one per possible descriptor.
     #[cfg(target_os = "linux")]
-    {
-        // close_range(2), Linux 5.9+: two calls instead of one per possible descriptor.
-        let below = if keep > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (keep - 1) as u32, 0u32)
-        } else {
-            0
-        };
-        let above = libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
-        if below == 0 && above == 0 {
-            return;
-        }
+    if libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) == 0 {
+        return;
     }
-    for fd in 0..=highest_fd {
-        if fd != keep {
-            libc::close(fd);
-        }
+    for fd in first..=highest_fd {
+        libc::close(fd);
     }
-}
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-unsafe fn errno() -> *mut i32 {
-    libc::__errno_location()
-}
-
-#[cfg(all(unix, not(target_os = "linux")))]
-#[allow(unsafe_code)]
-unsafe fn errno() -> *mut i32 {
-    libc::__error()
 }

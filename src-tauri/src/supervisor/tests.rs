@@ -1116,15 +1116,9 @@ async fn a_released_keeper_signals_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut leader, worker) = group_with_a_worker(dir.path()).await;
     let mut keeper = keeper::Keeper::watch(leader.id()).unwrap();
-    // It shows under a name of its own, not as a second copy of the engine.
+    // `ps` says what it is and which group it keeps.
     #[cfg(target_os = "linux")]
-    eventually(|| {
-        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-            std::fs::read_to_string(entry.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == "corral-keeper")
-        })
-    })
-    .await;
+    assert_eq!(keepers_of(leader.id()).len(), 1);
     keeper.release();
     drop(keeper);
     // A kill would come within milliseconds of the close.
@@ -1135,24 +1129,56 @@ async fn a_released_keeper_signals_nothing() {
     assert!(gone(worker).await);
 }
 
+/// The pids of the keepers of group `pgid`, found by what `ps` shows of them.
+#[cfg(target_os = "linux")]
+fn keepers_of(pgid: u32) -> Vec<u32> {
+    let name = format!("corral-keeper for process group {pgid}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&name)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_keeper_holds_none_of_the_engines_descriptors() {
-    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let (mut leader, _worker) = group_with_a_worker(dir.path()).await;
-    // A descriptor the engine holds when the keeper is forked, without close-on-exec (a socket
-    // handed to a client would be one): the keeper must not keep it open.
-    let (mut read, write) = std::io::pipe().unwrap();
+    // A descriptor the engine holds when the keeper starts, without close-on-exec (as a
+    // library might open one): the keeper must not hold it.
+    let (read, _write) = nix::unistd::pipe().unwrap();
+    let leaked = std::fs::File::from(read).metadata().unwrap().ino();
     let keeper = keeper::Keeper::watch(leader.id()).unwrap();
-    drop(write);
-    let mut rest = Vec::new();
-    let reader = std::thread::spawn(move || read.read_to_end(&mut rest).map(|_| rest));
-    let deadline = Instant::now() + PATIENCE;
-    while !reader.is_finished() {
-        assert!(Instant::now() < deadline, "the keeper holds the pipe open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let pids = keepers_of(leader.id());
+    assert_eq!(pids.len(), 1, "one keeper, the outer shell gone: {pids:?}");
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", pids[0]))
+        .unwrap()
+        .flatten()
+        .map(|fd| {
+            let target = std::fs::read_link(fd.path()).unwrap();
+            format!("{}={}", fd.file_name().to_string_lossy(), target.display())
+        })
+        .collect();
+    // Its own pipe (on 3, maybe on stdin too) and /dev/null (output, the shell's own), nothing
+    // else.
+    let own = held
+        .iter()
+        .find_map(|fd| fd.strip_prefix("3="))
+        .unwrap_or_else(|| panic!("no pipe on 3: {held:?}"));
+    assert!(own.starts_with("pipe:"), "{held:?}");
+    assert_ne!(own, format!("pipe:[{leaked}]"));
+    for fd in &held {
+        let target = fd.split_once('=').map_or("", |(_, target)| target);
+        assert!(target == own || target == "/dev/null", "{held:?}");
     }
-    assert!(reader.join().unwrap().unwrap().is_empty());
     drop(keeper);
     assert!(leader.wait().is_ok());
 }
