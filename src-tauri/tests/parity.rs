@@ -232,7 +232,11 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> Option<Answer> {
 
 /// A `POST` with a JSON body and Corral's inference key, plus `extra` header lines.
 fn post(path: &str, body: &Value, extra: &str) -> Vec<u8> {
-    post_keyed(path, body, &format!("Authorization: Bearer {INFERENCE_KEY}\r\n{extra}"))
+    post_keyed(
+        path,
+        body,
+        &format!("Authorization: Bearer {INFERENCE_KEY}\r\n{extra}"),
+    )
 }
 
 /// A `POST` with a JSON body and only the `extra` header lines (and Host, type, length).
@@ -352,7 +356,9 @@ enum Before {
 enum Extra {
     Nothing,
     /// The fake backend echoed the request: what it saw must be what Corral promises.
-    Echo { backend_model: &'static str },
+    Echo {
+        backend_model: &'static str,
+    },
     /// The backend read the request and closed without answering: exactly one request reached
     /// it (none sent again).
     OneDrop,
