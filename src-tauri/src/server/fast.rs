@@ -26,7 +26,7 @@ use tokio::time::{timeout, timeout_at};
 
 use super::chunked::Chunked;
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
-use crate::api::auth::is_accepted;
+use crate::api::auth::{is_accepted, is_corral_cookie};
 use crate::api::body::is_json_media_type;
 use crate::api::host::is_allowed;
 use crate::api::openai::{requested_model, with_backend_model, OpenAiError, RequestLog};
@@ -358,6 +358,7 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
     let mut expects_continue = false;
     let mut declares_json = false;
     let mut forwarded = Vec::with_capacity(512);
+    let mut cookies: Vec<&str> = Vec::new();
     for header in parsed.headers.iter() {
         let name = header.name;
         let is = |other: &str| name.eq_ignore_ascii_case(other);
@@ -430,9 +431,27 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
             api_key = api_key.or(Some(header.value));
             continue;
         }
+        if is("cookie") {
+            // Corral's page cookie is a credential too; the backend's own cookies go on, joined
+            // into one header as the router sends them.
+            cookies.extend(
+                std::str::from_utf8(header.value)
+                    .ok()
+                    .into_iter()
+                    .flat_map(|value| value.split(';'))
+                    .map(str::trim)
+                    .filter(|pair| !pair.is_empty() && !is_corral_cookie(pair)),
+            );
+            continue;
+        }
         forwarded.extend_from_slice(name.as_bytes());
         forwarded.extend_from_slice(b": ");
         forwarded.extend_from_slice(header.value);
+        forwarded.extend_from_slice(b"\r\n");
+    }
+    if !cookies.is_empty() {
+        forwarded.extend_from_slice(b"cookie: ");
+        forwarded.extend_from_slice(cookies.join("; ").as_bytes());
         forwarded.extend_from_slice(b"\r\n");
     }
     let Some(body_len) = body_len else {
@@ -770,9 +789,11 @@ async fn read_head(
         }
         match read_more(upstream, answer, client, watch_client).await? {
             0 => {
+                // hyper's words for the same failure, so that the 502 reads the same whichever
+                // relay carried the request.
                 return Err(Failure::Backend(
-                    "the connection closed before an answer".to_owned(),
-                ))
+                    "connection closed before message completed".to_owned(),
+                ));
             }
             _ => continue,
         }

@@ -51,14 +51,38 @@ fn too_many_connections() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Which relays serve `/v1` requests for a ready instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relays {
+    /// The fast path takes what it can and hands the rest to the router: what the engine runs.
+    FastPathFirst,
+    /// Every request goes to the router. Only code that links the library can choose this (no
+    /// setting or flag reaches it): it exists so that tests can send the same request through
+    /// both relays and compare the answers.
+    RouterOnly,
+}
+
 /// Serves the API, the router and the UI on `listener` until `shutdown` resolves, then lets
 /// every connection finish the request it is on and waits for them.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, state, shutdown, Relays::FastPathFirst).await;
+}
+
+/// `serve`, with the relays for `/v1` chosen.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+    relays: Relays,
+) {
     let limits = state.config.server.limits.clone();
-    let fast = Arc::new(FastPath::new(
-        Arc::clone(&state.config),
-        Arc::clone(&state.registry),
-    ));
+    let fast = match relays {
+        Relays::FastPathFirst => Some(Arc::new(FastPath::new(
+            Arc::clone(&state.config),
+            Arc::clone(&state.registry),
+        ))),
+        Relays::RouterOnly => None,
+    };
     let app = api::router(state);
     allow_descriptors(limits.max_connections);
     let slots = Arc::new(Semaphore::new(
@@ -96,7 +120,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         tokio::spawn(connection(
             stream,
             app.clone(),
-            Arc::clone(&fast),
+            fast.clone(),
             close_rx.clone(),
             limits.clone(),
             slot,
@@ -146,14 +170,17 @@ fn allow_descriptors(max_connections: usize) {
 async fn connection(
     mut stream: TcpStream,
     app: Router,
-    fast: Arc<FastPath>,
+    fast: Option<Arc<FastPath>>,
     mut close: watch::Receiver<bool>,
     limits: ConnectionLimits,
     _slot: OwnedSemaphorePermit,
 ) {
-    let read = match fast.serve(&mut stream, &mut close).await {
-        Outcome::Closed => return,
-        Outcome::HandOff(read) => read,
+    let read = match fast {
+        Some(fast) => match fast.serve(&mut stream, &mut close).await {
+            Outcome::Closed => return,
+            Outcome::HandOff(read) => read,
+        },
+        None => BytesMut::new(),
     };
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Prefixed {
