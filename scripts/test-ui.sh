@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The web UI's tests: type check (svelte-check), component tests (Vitest), the production build,
-# and the end-to-end run in a real browser (Debian's chromium via playwright-core) against
+# The web UI's tests: type check (svelte-check, after checking that ui/src/lib/api/schema.d.ts is
+# what openapi-typescript makes of the engine's document), component tests (Vitest), the production
+# build, and the end-to-end run in a real browser (Debian's chromium via playwright-core) against
 # `corral serve` and the real llama-server. scripts/test.sh runs it after the cargo steps; it also
 # runs on its own. CORRAL_UPDATE_SCREENSHOTS=1 refreshes the screenshots in docs/screenshots/.
 #
@@ -31,7 +32,7 @@ bash scripts/build-ui.sh
 
 (
     cd ui
-    echo "--- svelte-check"
+    echo "--- generated API types, svelte-check"
     npm run --silent check
     echo "--- vitest"
     npm test --silent

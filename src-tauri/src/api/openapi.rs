@@ -296,4 +296,73 @@ mod tests {
         broken["paths"] = serde_json::json!([]);
         assert!(!validator.is_valid(&broken));
     }
+
+    /// The web UI's copy of the document: its TypeScript types (`schema.d.ts` beside it) are
+    /// generated from this file, so the copy must be exactly what the engine serves.
+    const UI_COPY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ui/src/lib/api/openapi.json"
+    );
+
+    /// The one command that rewrites the UI's copy and regenerates its types.
+    const REFRESH: &str = "bash scripts/update-api-types.sh";
+
+    /// The copy's text for `document`: pretty JSON with a final newline, so that a change to the
+    /// document reads as a small diff in review.
+    fn copy_text(document: &Value) -> String {
+        let mut text = serde_json::to_string_pretty(document).unwrap();
+        text.push('\n');
+        text
+    }
+
+    /// Where `copy` first differs from `served`, or None when they are the same text.
+    fn first_difference(copy: &str, served: &str) -> Option<String> {
+        if copy == served {
+            return None;
+        }
+        let mut copy_lines = copy.lines();
+        let mut served_lines = served.lines();
+        for number in 1.. {
+            match (copy_lines.next(), served_lines.next()) {
+                (Some(a), Some(b)) if a == b => continue,
+                (None, None) => break,
+                (a, b) => {
+                    return Some(format!(
+                        "line {number}: the UI's copy has {:?}, the engine serves {:?}",
+                        a.unwrap_or("<end of file>"),
+                        b.unwrap_or("<end of file>"),
+                    ))
+                }
+            }
+        }
+        // Same lines, different line endings or final newline.
+        Some("the files differ in line endings or the final newline".to_owned())
+    }
+
+    /// `CORRAL_UPDATE_OPENAPI=1` makes the test write the copy instead of comparing (the refresh
+    /// script runs it so); CI runs it without and fails on any difference.
+    #[test]
+    fn the_ui_copy_of_the_document_is_the_document_the_engine_serves() {
+        let served = copy_text(&document());
+        if std::env::var_os("CORRAL_UPDATE_OPENAPI").is_some_and(|value| value != "0") {
+            let path = std::path::Path::new(UI_COPY);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &served).unwrap();
+            return;
+        }
+        let copy = std::fs::read_to_string(UI_COPY)
+            .unwrap_or_else(|e| panic!("{UI_COPY}: {e}; create it with `{REFRESH}`"));
+        if let Some(difference) = first_difference(&copy, &served) {
+            panic!(
+                "ui/src/lib/api/openapi.json is not the document the engine serves ({difference}): \
+                 run `{REFRESH}` to refresh it and the UI's types generated from it, then commit both"
+            );
+        }
+        // The comparison does see a change anywhere in the file, including its last line.
+        let changed = served.replacen("\"Corral API\"", "\"Other API\"", 1);
+        assert!(first_difference(&changed, &served)
+            .unwrap()
+            .contains("Other API"));
+        assert!(first_difference(served.trim_end(), &served).is_some());
+    }
 }

@@ -2,7 +2,7 @@
 //! and the wire shape of an instance (llamactl's `{name, status, created, options}` plus health).
 
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::InstanceError;
@@ -369,6 +369,9 @@ fn backend_options_schema() -> utoipa::openapi::schema::Schema {
         .description(Some(
             "The options of the backend `backend_type` names: LlamaCppOptions, MlxLmOptions or VllmOptions",
         ))
+        // Said outright (JSON Schema's default) so that generated clients read an open map, not
+        // an empty object: the `oneOf` beside it names the keys per backend.
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
         .into()
 }
 

@@ -27,7 +27,7 @@ describe('SystemPage', () => {
             { name: 'amd', ok: true, present: false, detail: 'no GPU bound to amdgpu', millis: 2 },
             { name: 'llama-server', ok: false, present: false, error: 'timed out after 10 s', millis: 10000 },
           ],
-          engine: { version: '0.1.0', pid: 4242, uptime_seconds: 3725, llama_server: '/usr/bin/llama-server', addresses: ['http://192.168.1.5:8080'] },
+          engine: { version: '0.1.0', pid: 4242, uptime_seconds: 3725, llama_server: '/usr/bin/llama-server' },
         }),
       'GET /api/v1/version': text('Version: 0.1.0\nCommit: abc\nBuild Time: now\n'),
       'GET /api/v1/server/version': text('version: 6000 (abcdef)\n'),
@@ -37,7 +37,8 @@ describe('SystemPage', () => {
     expect(await screen.findByText('GeForce RTX 4090')).toBeTruthy();
     expect(screen.getByText(/6\.0 GiB of 24\.0 GiB/)).toBeTruthy();
     expect(screen.getByText(/37% busy/)).toBeTruthy();
-    expect(screen.getByText('http://192.168.1.5:8080')).toBeTruthy();
+    // The engine serves this page, so the address it shows is the page's own.
+    expect(screen.getByText(location.origin)).toBeTruthy();
     expect(screen.getByText(/16\.0 GiB of 64\.0 GiB used/)).toBeTruthy();
     expect(screen.getByText(/no GPU bound to amdgpu/)).toBeTruthy();
     expect(screen.getByText(/timed out after 10 s/)).toBeTruthy();

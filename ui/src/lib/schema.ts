@@ -93,6 +93,7 @@ const f = (name: string, type: Field['type'], help: string, common = true, flag?
   help,
   common,
   flag: flag ?? `--${name.replace(/_/g, '-')}`,
+  aliases: [],
   default: null,
   choices: null,
 });

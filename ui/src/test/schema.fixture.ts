@@ -2,9 +2,9 @@ import type { Schema } from '../lib/types';
 
 export const schemaFixture: Schema = {
   lifecycle: [
-    { name: 'auto_restart', type: 'boolean', default: true, help: 'Restart the backend when it crashes.', common: true, choices: null },
-    { name: 'idle_timeout', type: 'integer', default: 0, help: 'Minutes without requests before stopping.', common: true, choices: null },
-    { name: 'aliases', type: 'string_list', default: null, help: 'Other model names.', common: true, choices: null },
+    { name: 'auto_restart', flag: null, aliases: [], type: 'boolean', default: true, help: 'Restart the backend when it crashes.', common: true, choices: null },
+    { name: 'idle_timeout', flag: null, aliases: [], type: 'integer', default: 0, help: 'Minutes without requests before stopping.', common: true, choices: null },
+    { name: 'aliases', flag: null, aliases: [], type: 'string_list', default: null, help: 'Other model names.', common: true, choices: null },
   ],
   backends: {
     llama_cpp: {
