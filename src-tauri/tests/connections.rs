@@ -5,32 +5,11 @@
 
 mod common;
 
+use common::raw_http::{self, post, Answer};
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One answer as the client read it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
 
 /// A client connection that keeps what it read past one answer for the next.
 struct Client {
@@ -59,67 +38,11 @@ impl Client {
     }
 
     async fn answer(&mut self) -> Answer {
-        let (status, headers, head_len) = loop {
-            let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
-            let mut response = httparse::Response::new(&mut parsed_headers);
-            if let httparse::Status::Complete(len) = response.parse(&self.read).unwrap() {
-                let headers = response
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                break (response.code.unwrap(), headers, len);
-            }
-            assert!(self.fill().await, "closed before an answer");
-        };
-        self.read.drain(..head_len);
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let mut body = Vec::new();
-        if status == 100 {
-        } else if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-            loop {
-                let line_end = loop {
-                    if let Some(at) = self.read.windows(2).position(|w| w == b"\r\n") {
-                        break at;
-                    }
-                    assert!(self.fill().await, "closed inside a chunk size");
-                };
-                let size_line = String::from_utf8_lossy(&self.read[..line_end]).into_owned();
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap(), 16).unwrap();
-                while self.read.len() < line_end + 2 + size + 2 {
-                    assert!(self.fill().await, "closed inside a chunk");
-                }
-                body.extend_from_slice(&self.read[line_end + 2..line_end + 2 + size]);
-                self.read.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if let Some(length) = header("content-length") {
-            let length: usize = length.parse().unwrap();
-            while self.read.len() < length {
-                assert!(self.fill().await, "closed inside the body");
-            }
-            body = self.read.drain(..length).collect();
-        } else {
-            while self.fill().await {}
-            body = std::mem::take(&mut self.read);
-        }
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        let answer = raw_http::read_answer(&mut self.stream, &mut self.read)
+            .await
+            .expect("closed before an answer");
+        assert!(answer.whole, "closed inside the body");
+        answer
     }
 
     /// POSTs `body` to `path` with `Expect: 100-continue`: the head, then the body once the server
@@ -136,16 +59,6 @@ impl Client {
     async fn closed(&mut self) -> bool {
         self.read.is_empty() && !self.fill().await
     }
-}
-
-fn post(path: &str, body: &Value, extra_headers: &str) -> Vec<u8> {
-    let body = body.to_string();
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{extra_headers}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 fn chat(model: &str) -> Vec<u8> {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw_http::{self, Answer};
 use common::*;
 use corral::api::AppState;
 use corral::config::Config;
@@ -27,30 +28,8 @@ enum Relay {
     Router,
 }
 
-/// One answer as the client read it: header names as they were on the wire, the body with its
-/// framing taken off.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The body arrived to its end (its length, its last chunk, or the close that ends it).
-    whole: bool,
-}
-
+/// What the parity checks read of an answer.
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
     /// Which relay wrote this answer. hyper writes every header name in lower case and adds
     /// `date`; the fast path copies the backend's head as it came (the fake backend, Python's
     /// http.server, writes `Content-Type`) and writes its own answers without `date`. This is
@@ -132,122 +111,20 @@ enum Body {
     Bytes(String),
 }
 
-/// Reads one answer from `stream`; `None` when the connection closed before a whole head.
-async fn read_answer(stream: &mut TcpStream) -> Option<Answer> {
-    let mut read = Vec::new();
-    let (status, headers, head_len) = loop {
-        let mut parsed = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut parsed);
-        if let httparse::Status::Complete(len) = response.parse(&read).unwrap() {
-            let headers = response
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect::<Vec<_>>();
-            break (response.code.unwrap(), headers, len);
-        }
-        if !more(stream, &mut read).await {
-            return None;
-        }
-    };
-    read.drain(..head_len);
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let mut body = Vec::new();
-    let whole = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        'chunks: loop {
-            let line_end = loop {
-                if let Some(at) = read.windows(2).position(|w| w == b"\r\n") {
-                    break at;
-                }
-                if !more(stream, &mut read).await {
-                    break 'chunks false;
-                }
-            };
-            let size_line = String::from_utf8_lossy(&read[..line_end]).into_owned();
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap(), 16).unwrap();
-            while read.len() < line_end + 2 + size + 2 {
-                if !more(stream, &mut read).await {
-                    break 'chunks false;
-                }
-            }
-            body.extend_from_slice(&read[line_end + 2..line_end + 2 + size]);
-            read.drain(..line_end + 2 + size + 2);
-            if size == 0 {
-                break true;
-            }
-        }
-    } else if let Some(length) = header("content-length") {
-        let length: usize = length.parse().unwrap();
-        let mut whole = true;
-        while read.len() < length {
-            if !more(stream, &mut read).await {
-                whole = false;
-                break;
-            }
-        }
-        body = read.drain(..length.min(read.len())).collect();
-        whole
-    } else {
-        while more(stream, &mut read).await {}
-        body = std::mem::take(&mut read);
-        true
-    };
-    Some(Answer {
-        status,
-        headers,
-        body,
-        whole,
-    })
-}
-
-/// Reads more of the answer; false at its close (or a reset).
-async fn more(stream: &mut TcpStream, read: &mut Vec<u8>) -> bool {
-    let mut buf = [0u8; 16 * 1024];
-    match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => {
-            read.extend_from_slice(&buf[..n]);
-            true
-        }
-        Ok(_) => false,
-        Err(_) => panic!("the answer stalled for 30 s"),
-    }
-}
-
 /// Sends `request` on a new connection to `addr` and reads the answer.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> Option<Answer> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    read_answer(&mut stream).await
+    raw_http::read_answer(&mut stream, &mut Vec::new()).await
 }
 
 /// A `POST` with a JSON body and Corral's inference key, plus `extra` header lines.
 fn post(path: &str, body: &Value, extra: &str) -> Vec<u8> {
-    post_keyed(
+    raw_http::post(
         path,
         body,
         &format!("Authorization: Bearer {INFERENCE_KEY}\r\n{extra}"),
     )
-}
-
-/// A `POST` with a JSON body and only the `extra` header lines (and Host, type, length).
-fn post_keyed(path: &str, body: &Value, extra: &str) -> Vec<u8> {
-    let body = body.to_string();
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{extra}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 fn chat(model: &str) -> Value {
@@ -456,7 +333,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "bad inference key",
             before: Before::Nothing,
-            request: post_keyed(
+            request: raw_http::post(
                 "/v1/chat/completions",
                 &plain,
                 "Authorization: Bearer sk-wrong\r\n",
@@ -468,7 +345,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "missing inference key",
             before: Before::Nothing,
-            request: post_keyed("/v1/chat/completions", &plain, ""),
+            request: raw_http::post("/v1/chat/completions", &plain, ""),
             taken_by: Relay::Router,
             status: 401,
             extra: Extra::Nothing,
@@ -666,7 +543,7 @@ async fn both_relays_carry_a_real_llama_server_answer_and_stream_alike() {
     paths.engine.wait_ready("tiny").await;
     // Greedy and seeded, so that the same prompt gives the same tokens twice.
     let ask = |stream: bool| {
-        post_keyed(
+        raw_http::post(
             "/v1/chat/completions",
             &json!({"model": "tiny", "messages": [{"role": "user", "content": "Say hi"}],
                     "max_tokens": 8, "temperature": 0, "seed": 1, "stream": stream}),
