@@ -54,19 +54,6 @@ fn chat(model: &str, stream: bool) -> Value {
     })
 }
 
-/// POSTs `body` to a /v1 or Ollama route; returns the status and the whole body.
-async fn post(corral: &Corral, path: &str, body: Value) -> (u16, String) {
-    let resp = corral
-        .http
-        .post(corral.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.text().await.expect("body"))
-}
-
 async fn log_of(corral: &Corral, name: &str) -> String {
     let (status, logs) = corral
         .call(Method::GET, &format!("/api/v1/instances/{name}/logs"), None)
@@ -101,7 +88,9 @@ async fn real_mlx_lm_server_lives_its_whole_life_under_corral() {
     let first_pid = pid_of(&first);
 
     // The instance's name works in every client, though mlx_lm.server only knows its path.
-    let (status, body) = post(&corral, "/v1/chat/completions", chat("tiny-mlx", false)).await;
+    let (status, body) = corral
+        .post_unkeyed("/v1/chat/completions", chat("tiny-mlx", false))
+        .await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -113,40 +102,42 @@ async fn real_mlx_lm_server_lives_its_whole_life_under_corral() {
         "{answer}"
     );
 
-    let (status, body) = post(&corral, "/v1/chat/completions", chat("tiny-mlx", true)).await;
+    let (status, body) = corral
+        .post_unkeyed("/v1/chat/completions", chat("tiny-mlx", true))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("chat.completion.chunk"), "{body}");
     assert!(body.contains("\"usage\""), "{body}");
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
 
-    let (status, body) = post(
-        &corral,
-        "/v1/completions",
-        json!({"model": "tiny-mlx", "prompt": "Once upon", "max_tokens": 4}),
-    )
-    .await;
+    let (status, body) = corral
+        .post_unkeyed(
+            "/v1/completions",
+            json!({"model": "tiny-mlx", "prompt": "Once upon", "max_tokens": 4}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("text_completion"), "{body}");
 
-    let (status, body) = post(
-        &corral,
-        "/api/chat",
-        json!({"model": "tiny-mlx", "messages": [{"role": "user", "content": "hi"}],
+    let (status, body) = corral
+        .post_unkeyed(
+            "/api/chat",
+            json!({"model": "tiny-mlx", "messages": [{"role": "user", "content": "hi"}],
                "stream": false, "options": {"num_predict": 4}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let ollama: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ollama["done"], true, "{ollama}");
     assert!(ollama["message"]["content"].is_string(), "{ollama}");
 
-    let (status, body) = post(
-        &corral,
-        "/api/chat",
-        json!({"model": "tiny-mlx", "messages": [{"role": "user", "content": "hi"}],
+    let (status, body) = corral
+        .post_unkeyed(
+            "/api/chat",
+            json!({"model": "tiny-mlx", "messages": [{"role": "user", "content": "hi"}],
                "options": {"num_predict": 4}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let last: Value = serde_json::from_str(body.trim_end().lines().last().unwrap()).unwrap();
     assert_eq!(last["done"], true, "{body}");
@@ -198,7 +189,8 @@ async fn real_mlx_lm_server_lives_its_whole_life_under_corral() {
     );
 
     // On-demand start: concurrent requests wait for one start and all get an answer.
-    let requests = (0..4).map(|_| post(&corral, "/v1/chat/completions", chat("tiny-mlx", false)));
+    let requests =
+        (0..4).map(|_| corral.post_unkeyed("/v1/chat/completions", chat("tiny-mlx", false)));
     for (status, body) in futures_util::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
     }
@@ -257,7 +249,9 @@ async fn real_mlx_lm_server_lives_its_whole_life_under_corral() {
     assert!(!alive(pid_of(&revived)));
 
     // The engine's death, even by SIGKILL, leaves no process of the backend.
-    let (status, body) = post(&corral, "/v1/chat/completions", chat("tiny-mlx", false)).await;
+    let (status, body) = corral
+        .post_unkeyed("/v1/chat/completions", chat("tiny-mlx", false))
+        .await;
     assert_eq!(status, 200, "{body}");
     let last = corral.wait_for("tiny-mlx", READY_LIMIT, ready).await;
     corral.sigkill().await;
@@ -304,7 +298,9 @@ async fn an_mlx_model_folder_that_cannot_load_fails_the_start_with_the_reason() 
     assert!(processes_of("broken-mlx").is_empty());
 
     // A request for it gets the same reason, not a wait.
-    let (status, body) = post(&corral, "/v1/chat/completions", chat("broken-mlx", false)).await;
+    let (status, body) = corral
+        .post_unkeyed("/v1/chat/completions", chat("broken-mlx", false))
+        .await;
     assert!(status >= 400, "{status} {body}");
     corral.terminate().await;
 }

@@ -61,18 +61,6 @@ fn chat(model: &str, stream: bool) -> Value {
     body
 }
 
-async fn post(corral: &Corral, path: &str, body: Value) -> (u16, String) {
-    let resp = corral
-        .http
-        .post(corral.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.text().await.expect("body"))
-}
-
 fn rss_of(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -138,35 +126,39 @@ async fn real_vllm_serve_lives_its_whole_life_under_corral() {
     );
 
     // The instance's name works in every client, though vLLM only answers to its served name.
-    let (status, body) = post(&corral, "/v1/chat/completions", chat("tiny-vllm", false)).await;
+    let (status, body) = corral
+        .post_unkeyed("/v1/chat/completions", chat("tiny-vllm", false))
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = post(&corral, "/v1/chat/completions", chat("tiny-vllm", true)).await;
+    let (status, body) = corral
+        .post_unkeyed("/v1/chat/completions", chat("tiny-vllm", true))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"usage\""), "{body}");
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
-    let (status, body) = post(
-        &corral,
-        "/v1/completions",
-        json!({"model": "tiny-vllm", "prompt": "Once upon", "max_tokens": 4}),
-    )
-    .await;
+    let (status, body) = corral
+        .post_unkeyed(
+            "/v1/completions",
+            json!({"model": "tiny-vllm", "prompt": "Once upon", "max_tokens": 4}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = post(
-        &corral,
-        "/api/chat",
-        json!({"model": "tiny-vllm", "messages": [{"role": "user", "content": "hi"}],
+    let (status, body) = corral
+        .post_unkeyed(
+            "/api/chat",
+            json!({"model": "tiny-vllm", "messages": [{"role": "user", "content": "hi"}],
                "stream": false, "options": {"num_predict": 4}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"done\":true"), "{body}");
-    let (status, body) = post(
-        &corral,
-        "/v1/messages",
-        json!({"model": "tiny-vllm", "max_tokens": 4,
+    let (status, body) = corral
+        .post_unkeyed(
+            "/v1/messages",
+            json!({"model": "tiny-vllm", "max_tokens": 4,
                "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"type\":\"message\""), "{body}");
 
@@ -181,7 +173,8 @@ async fn real_vllm_serve_lives_its_whole_life_under_corral() {
     assert!(processes_in_group(pid_of(&first)).is_empty());
 
     // On-demand start with concurrent waiters.
-    let requests = (0..3).map(|_| post(&corral, "/v1/chat/completions", chat("tiny-vllm", false)));
+    let requests =
+        (0..3).map(|_| corral.post_unkeyed("/v1/chat/completions", chat("tiny-vllm", false)));
     for (status, body) in futures_util::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
     }

@@ -250,6 +250,20 @@ impl Corral {
         (status, resp.text().await.expect("body"))
     }
 
+    /// POSTs `body` as JSON with no key, as an inference client of an engine whose inference
+    /// auth is off; answers the status and the whole body.
+    pub async fn post_unkeyed(&self, path: &str, body: Value) -> (u16, String) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
     pub async fn json(
         &self,
         method: reqwest::Method,
