@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::binary::Corral;
+use common::binary::{wait_gone, Corral};
 use common::{fake_backend_script, process_exists};
 use serde_json::{json, Value};
 
@@ -95,23 +95,7 @@ async fn a_sigkilled_engine_leaves_no_backend_and_no_worker_behind() {
     assert!(environ.is_empty(), "the worker carries an environment");
 
     corral.sigkill().await;
-    for (what, pid) in [("backend", backend), ("worker", worker)] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while process_exists(pid) && !is_zombie(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "the {what} {pid} outlived the engine"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    for pid in [backend, worker] {
+        wait_gone(i32::try_from(pid).unwrap(), Duration::from_secs(30)).await;
     }
-}
-
-/// A dead process not reaped yet by its new parent still answers signal 0.
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
 }
