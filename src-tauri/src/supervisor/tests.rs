@@ -818,7 +818,17 @@ fn a_pid_file_is_trusted_only_with_the_token_and_the_executable_it_recorded() {
         .unwrap();
     let record = pidfile::PidRecord::describe(backend.id(), "sleep", "the-token");
     assert!(record.exe.is_some(), "the executable is recorded");
-    assert_eq!(pidfile::check_leader(&record), Ok(()));
+    // The spawn returns once the exec has begun, and Linux shows the new environment in /proc a
+    // moment later (under load, after this line would run): wait for it, then it must pass.
+    let deadline = Instant::now() + PATIENCE;
+    while pidfile::check_leader(&record) != Ok(()) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            pidfile::check_leader(&record)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let mut other_token = pidfile::PidRecord::describe(backend.id(), "sleep", "another-token");
     assert_eq!(pidfile::check_leader(&other_token), Err(Refusal::NoToken));
