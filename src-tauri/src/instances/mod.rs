@@ -2,6 +2,7 @@
 
 mod error;
 mod events;
+mod lifecycle;
 mod name;
 mod options;
 mod ports;

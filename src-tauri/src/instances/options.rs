@@ -334,10 +334,10 @@ impl InstanceView {
     pub fn new(name: &str, created: i64, options: &InstanceOptions, state: RuntimeState) -> Self {
         Self {
             name: name.to_owned(),
-            status: state.status,
+            status: state.status(),
             created,
             options: options.view(),
-            health: state.health,
+            health: state.health(),
             restarts: state.restarts,
             pid: state.pid,
             started_at: state.started_at,

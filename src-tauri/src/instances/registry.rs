@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::events::{self, Feed, InstanceEvent};
+use super::lifecycle::Lifecycle;
 use super::options::{InstanceOptions, InstanceView};
 use super::store::{self, RecordOut};
 use super::usage::Usage;
@@ -22,7 +23,7 @@ use crate::backends::BackendSecret;
 use crate::config::Config;
 use crate::devices::ResourceMonitor;
 use crate::supervisor::{
-    Health, LaunchSpec, ReadyRequest, RestartPolicy, RuntimeState, Status, Supervisor,
+    LaunchSpec, ReadyRequest, RestartPolicy, RuntimeState, Status, Supervisor,
     SupervisorSettings,
 };
 
@@ -132,19 +133,10 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counted as running for limits: a live process or one waiting to be restarted.
-pub(super) fn is_active(state: &RuntimeState) -> bool {
-    state.status == Status::Running || state.health == Some(Health::Restarting)
-}
-
-/// The status written to disk: a crashed instance waiting for its automatic restart is still
-/// meant to run, so an engine killed during the delay restores it.
+/// The status written to disk: llamactl's status, in which a crashed instance waiting for its
+/// automatic restart still runs, so an engine killed during the delay restores it.
 fn persisted_status(state: &RuntimeState) -> Status {
-    if state.health == Some(Health::Restarting) {
-        Status::Running
-    } else {
-        state.status
-    }
+    state.status()
 }
 
 fn now_unix() -> i64 {
@@ -520,7 +512,7 @@ impl Registry {
     /// Where `name`'s backend listens; `NotRunning` unless its process is running.
     pub fn upstream(&self, name: &str) -> Result<Upstream, InstanceError> {
         let instance = self.lookup(name)?;
-        if instance.supervisor.state().status != Status::Running {
+        if instance.supervisor.state().status() != Status::Running {
             return Err(InstanceError::NotRunning(name.to_owned()));
         }
         let options = instance.options();
@@ -667,7 +659,7 @@ impl Registry {
                 table.ports.remove(&port);
             }
         };
-        let was_running = is_active(&instance.supervisor.state());
+        let was_running = instance.supervisor.state().state.is_active();
         if was_running {
             if let Err(e) = self.stop_locked(&instance).await {
                 if Some(port) != old_port {
@@ -755,9 +747,7 @@ impl Registry {
             .instances
             .values()
             .filter(|other| except.is_none_or(|except| !Arc::ptr_eq(other, except)))
-            .filter(|other| {
-                other.starting.load(Ordering::SeqCst) || is_active(&other.supervisor.state())
-            })
+            .filter(|other| Lifecycle::of(other).holds_a_running_slot())
             .count()
     }
 
@@ -819,7 +809,7 @@ impl Registry {
     /// limit is reached; the caller holds the instance's `op` lock.
     pub(super) async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
         instance.unloaded.store(false, Ordering::SeqCst);
-        if instance.supervisor.state().status == Status::Running {
+        if instance.supervisor.state().status() == Status::Running {
             return Ok(());
         }
         // Each round either reserves a slot or stops one instance, so this ends.

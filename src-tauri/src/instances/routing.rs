@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::registry::{connect_host, is_active, lock, Instance, Registry, Table, Upstream};
+use super::lifecycle::{ForRequest, Lifecycle};
+use super::registry::{connect_host, lock, Instance, Registry, Table, Upstream};
 use super::usage::InFlight;
 use super::{InstanceError, InstanceOptions};
 use crate::backends::{BackendType, OptionValue};
-use crate::supervisor::{Health, Status, SupervisorError};
+use crate::supervisor::{InstanceState, SupervisorError};
 
 /// How long an instance being stopped for idleness or eviction waits for its requests to end.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -84,23 +85,17 @@ impl Registry {
         // At most one start attempt (ours or one we waited for) per request.
         let mut attempted = false;
         loop {
-            if instance.removed.load(Ordering::SeqCst) {
-                return Err(InstanceError::NotFound(model.to_owned()));
-            }
-            if instance.usage.is_draining() {
-                // The stop holds the operation lock; once it is free the instance is stopped.
-                drop(instance.op.lock().await);
-                continue;
-            }
-            let state = instance.supervisor.state();
-            match (state.status, state.health) {
-                (Status::Running, Some(Health::Ready | Health::Unhealthy)) => {
+            let now = Lifecycle::of(&instance);
+            match now.for_request() {
+                ForRequest::Gone => return Err(InstanceError::NotFound(model.to_owned())),
+                ForRequest::Lease => {
                     if let Some(guard) = InFlight::enter(&instance, &self.reaper_wake) {
                         return Ok(self.lease(&instance, guard));
                     }
                 }
-                (Status::Running, Some(Health::Stopping)) => drop(instance.op.lock().await),
-                (Status::Running, _) => {
+                // The operation holds the instance's lock; once it is free, look again.
+                ForRequest::WaitForOperation => drop(instance.op.lock().await),
+                ForRequest::WaitReady => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match instance.supervisor.wait_ready(left).await {
                         Ok(()) => {}
@@ -120,22 +115,23 @@ impl Registry {
                         Err(_) => {}
                     }
                 }
-                (Status::Failed, _) => {
+                ForRequest::Failed => {
                     return Err(InstanceError::Failed {
                         name: instance.name.clone(),
-                        reason: state
+                        reason: now
+                            .process
                             .error
                             .unwrap_or_else(|| "the backend exited".to_owned()),
                     })
                 }
-                (Status::Stopped, _) => {
+                ForRequest::Start => {
                     if !instance.options().on_demand_start {
                         return Err(InstanceError::NotRunning(instance.name.clone()));
                     }
                     if attempted {
                         let reason = lock(&instance.last_start_error)
                             .clone()
-                            .or(state.error)
+                            .or(now.process.error)
                             .unwrap_or_else(|| "the backend stopped before it was ready".into());
                         return Err(self.not_ready(&instance, reason).await);
                     }
@@ -154,15 +150,7 @@ impl Registry {
     /// start it or refuse; the caller then goes through `acquire`.
     pub fn lease_ready(&self, model: &str) -> Option<Lease> {
         let instance = self.resolve(model)?;
-        if instance.removed.load(Ordering::SeqCst) || instance.usage.is_draining() {
-            return None;
-        }
-        let state = instance.supervisor.state();
-        let ready = matches!(
-            (state.status, state.health),
-            (Status::Running, Some(Health::Ready | Health::Unhealthy))
-        );
-        if !ready {
+        if Lifecycle::of(&instance).for_request() != ForRequest::Lease {
             return None;
         }
         let guard = InFlight::enter(&instance, &self.reaper_wake)?;
@@ -182,7 +170,7 @@ impl Registry {
             return Err(InstanceError::NotFound(model.to_owned()));
         }
         if instance.start_attempts.load(Ordering::SeqCst) != attempts
-            || instance.supervisor.state().status != Status::Stopped
+            || instance.supervisor.state().state != InstanceState::Stopped
         {
             return Ok(());
         }
@@ -269,14 +257,7 @@ impl Registry {
             .instances
             .values()
             .filter(|other| except.is_none_or(|except| !Arc::ptr_eq(other, except)))
-            .filter(|other| {
-                let state = other.supervisor.state();
-                is_active(&state)
-                    && state.health != Some(Health::Stopping)
-                    && !other.starting.load(Ordering::SeqCst)
-                    && other.usage.in_flight() == 0
-                    && !other.usage.is_draining()
-            })
+            .filter(|other| Lifecycle::of(other).is_evictable())
             .cloned()
             .collect();
         candidates.sort_by_key(|other| other.usage.last_used());
@@ -367,19 +348,15 @@ impl Registry {
         let mut next: Option<Instant> = None;
         for instance in instances {
             let minutes = instance.idle_timeout();
-            let state = instance.supervisor.state();
-            if minutes == 0
-                || state.status != Status::Running
-                || instance.usage.in_flight() > 0
-                || instance.idle_stop_pending.load(Ordering::SeqCst)
-            {
+            let now_state = Lifecycle::of(&instance);
+            if minutes == 0 || !now_state.is_idle() {
                 continue;
             }
             let idle_for = unit.saturating_mul(u32::try_from(minutes).unwrap_or(u32::MAX));
             let deadline = Instant::from_std(instance.usage.last_used()) + idle_for;
             let deadline = if deadline > now {
                 deadline
-            } else if matches!(state.health, Some(Health::Ready | Health::Unhealthy)) {
+            } else if now_state.may_stop_for_idleness() {
                 instance.idle_stop_pending.store(true, Ordering::SeqCst);
                 let registry = Arc::clone(self);
                 tokio::spawn(async move { registry.stop_idle(instance).await });
@@ -402,7 +379,7 @@ impl Registry {
         if instance.removed.load(Ordering::SeqCst) {
             return Err(InstanceError::NotFound(name.to_owned()));
         }
-        if !is_active(&instance.supervisor.state()) {
+        if !instance.supervisor.state().state.is_active() {
             return Ok(());
         }
         tracing::info!(
@@ -420,9 +397,10 @@ impl Registry {
         let unit = self.config.instances.idle_timeout_unit;
         let idle_for =
             unit.saturating_mul(u32::try_from(instance.idle_timeout()).unwrap_or(u32::MAX));
+        // In flight is checked below, once the drain keeps new requests out.
         let still_idle = !instance.removed.load(Ordering::SeqCst)
             && instance.idle_timeout() > 0
-            && instance.supervisor.state().status == Status::Running
+            && instance.supervisor.state().state.is_active()
             && instance.usage.last_used().elapsed() >= idle_for;
         if still_idle {
             instance.usage.set_draining(true);

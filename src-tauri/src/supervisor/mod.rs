@@ -10,6 +10,7 @@ mod pidfile;
 mod readiness;
 mod restart;
 mod spawn;
+mod state;
 mod stop;
 mod task;
 
@@ -17,10 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use logs::LogFollower;
+pub use state::{Health, InstanceState, Status};
 use logs::LogSink;
 use task::Request;
 
@@ -78,31 +79,11 @@ pub struct SupervisorSettings {
     pub restart_reset_after: Duration,
 }
 
-/// llamactl's three statuses, unchanged on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Stopped,
-    Running,
-    Failed,
-}
-
-/// Finer state beside `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    Starting,
-    Ready,
-    Unhealthy,
-    Restarting,
-    Stopping,
-}
-
 /// What the supervisor publishes on its watch channel; one writer: the supervisor task.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeState {
-    pub status: Status,
-    pub health: Option<Health>,
+    /// Where the backend is in its life; `status` and `health` are views of it.
+    pub state: InstanceState,
     pub pid: Option<u32>,
     /// Unix seconds of the current process's start.
     pub started_at: Option<i64>,
@@ -110,6 +91,16 @@ pub struct RuntimeState {
     pub restarts: u32,
     /// Why the instance is `failed` or why the last start failed.
     pub error: Option<String>,
+}
+
+impl RuntimeState {
+    pub fn status(&self) -> Status {
+        self.state.status()
+    }
+
+    pub fn health(&self) -> Option<Health> {
+        self.state.health()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,24 +245,22 @@ impl Supervisor {
                 reason: reason.unwrap_or_else(|| "the backend exited".to_string()),
                 output: self.inner.log.recent(ERROR_OUTPUT_LINES),
             };
-            match (state.status, state.health) {
-                (Status::Running, Some(Health::Ready)) => return Ok(()),
-                (Status::Failed, _) => return Err(exited(state.error)),
-                (Status::Stopped, _) if seen_pid.is_some() => {
+            match state.state {
+                InstanceState::Ready => return Ok(()),
+                InstanceState::Failed => return Err(exited(state.error)),
+                InstanceState::Stopped if seen_pid.is_some() => {
                     return Err(exited(
                         state
                             .error
                             .or_else(|| Some("the backend stopped".to_string())),
                     ))
                 }
-                (Status::Stopped, _) => return Err(SupervisorError::NotRunning),
-                (Status::Running, Some(Health::Stopping)) => {
-                    return Err(SupervisorError::StoppedBeforeReady)
-                }
-                (Status::Running, Some(Health::Restarting)) if seen_pid.is_some() => {
+                InstanceState::Stopped => return Err(SupervisorError::NotRunning),
+                InstanceState::Stopping => return Err(SupervisorError::StoppedBeforeReady),
+                InstanceState::Restarting if seen_pid.is_some() => {
                     return Err(exited(state.error))
                 }
-                _ => {}
+                InstanceState::Starting | InstanceState::Unhealthy | InstanceState::Restarting => {}
             }
             if let Some(pid) = state.pid {
                 // Another pid means the process we were waiting for exited and was restarted

@@ -13,7 +13,7 @@ use super::readiness::{Answer, Probe};
 use super::restart::{self, AfterExit};
 use super::spawn::{self, LaunchContext, Running};
 use super::{
-    stop, Health, LaunchSpec, RestartPolicy, RuntimeState, Status, StopSignal, SupervisorError,
+    stop, InstanceState, LaunchSpec, RestartPolicy, RuntimeState, StopSignal, SupervisorError,
     SupervisorSettings,
 };
 
@@ -41,8 +41,7 @@ pub(super) fn spawn_task(
     // Commands are few and each waits for its answer: a small buffer is plenty.
     let (commands_tx, commands) = mpsc::channel(16);
     let (state, state_rx) = watch::channel(RuntimeState {
-        status: Status::Stopped,
-        health: None,
+        state: InstanceState::Stopped,
         pid: None,
         started_at: None,
         restarts: 0,
@@ -53,7 +52,7 @@ pub(super) fn spawn_task(
         name: name.to_string(),
         settings,
         log,
-        state,
+        published: state,
         commands,
         probes_tx,
         probes,
@@ -71,8 +70,8 @@ struct Task {
     name: String,
     settings: Arc<SupervisorSettings>,
     log: Arc<LogSink>,
-    /// The published state; this task is its only writer.
-    state: watch::Sender<RuntimeState>,
+    /// The published state; this task is its only writer, through [`Task::publish`].
+    published: watch::Sender<RuntimeState>,
     commands: mpsc::Receiver<Request>,
     /// Given to each readiness watch; answers come back on `probes`.
     probes_tx: mpsc::UnboundedSender<Probe>,
@@ -99,7 +98,7 @@ impl Task {
                     }
                     Some(Request::Stop { reply }) => {
                         self.stop().await;
-                        let _ = reply.send(self.state.borrow().clone());
+                        let _ = reply.send(self.published.borrow().clone());
                     }
                     Some(Request::Shutdown { reply }) => {
                         self.stop().await;
@@ -117,7 +116,7 @@ impl Task {
                 () = sleep_until(self.restart_at) => self.restart(),
                 () = sleep_until(self.reset_counter_at) => {
                     self.reset_counter_at = None;
-                    self.state.send_modify(|state| state.restarts = 0);
+                    self.publish(|state| state.restarts = 0);
                 }
             }
         }
@@ -130,20 +129,20 @@ impl Task {
         policy: RestartPolicy,
     ) -> Result<RuntimeState, SupervisorError> {
         if self.child.is_some() {
-            return Ok(self.state.borrow().clone());
+            return Ok(self.published.borrow().clone());
         }
         let was_restarting = self.restart_at.take().is_some();
         self.reset_counter_at = None;
-        self.state.send_modify(|state| state.restarts = 0);
+        self.publish(|state| state.restarts = 0);
         let result = self.spawn(&spec);
         self.launch = Some((spec, policy));
         match result {
-            Ok(()) => Ok(self.state.borrow().clone()),
+            Ok(()) => Ok(self.published.borrow().clone()),
             Err(err) => {
-                self.state.send_modify(|state| {
+                self.publish(|state| {
                     // The restart it replaced is gone too: nothing is running or about to.
                     if was_restarting {
-                        *state = stopped_state(Status::Failed, state.restarts);
+                        *state = stopped_state(InstanceState::Failed, state.restarts);
                     }
                     state.error = Some(err.to_string());
                 });
@@ -166,9 +165,8 @@ impl Task {
             Ok(running) => {
                 let pid = running.pid;
                 self.child = Some(running);
-                self.state.send_modify(|state| {
-                    state.status = Status::Running;
-                    state.health = Some(Health::Starting);
+                self.publish(|state| {
+                    state.state = InstanceState::Starting;
                     state.pid = Some(pid);
                     state.started_at = Some(unix_now());
                     state.error = None;
@@ -188,18 +186,19 @@ impl Task {
     async fn stop(&mut self) {
         self.reset_counter_at = None;
         if self.restart_at.take().is_some() {
-            self.state
-                .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts));
+            self.publish(|state| {
+                *state = stopped_state(InstanceState::Stopped, state.restarts)
+            });
         }
         let Some(running) = self.child.take() else {
             return;
         };
         // Published first, so nobody takes the coming exit for a crash or waits for readiness.
-        self.state
-            .send_modify(|state| state.health = Some(Health::Stopping));
+        self.publish(|state| state.state = InstanceState::Stopping);
         self.end(running).await;
-        self.state
-            .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts));
+        self.publish(|state| {
+            *state = stopped_state(InstanceState::Stopped, state.restarts)
+        });
     }
 
     /// Stops `running` with the backend's stop signal and tears down what lived with it.
@@ -231,13 +230,13 @@ impl Task {
         let Some((_, policy)) = &self.launch else {
             return;
         };
-        let (restarts, health) = {
-            let state = self.state.borrow();
-            (state.restarts, state.health)
+        let (restarts, was) = {
+            let state = self.published.borrow();
+            (state.restarts, state.state)
         };
         // A backend that exits before it was ever ready usually says why (a wrong model path):
         // the state's error quotes it. The log has the line already, so its note does not.
-        let said = if health == Some(Health::Starting) {
+        let said = if was == InstanceState::Starting {
             last_error_line(&self.log.recent(ERROR_SCAN_LINES))
                 .map(|line| format!("; its log says: {}", line.trim()))
                 .unwrap_or_default()
@@ -245,14 +244,14 @@ impl Task {
             String::new()
         };
         match restart::after_exit(&exit, policy, restarts) {
-            AfterExit::Stopped => self
-                .state
-                .send_modify(|state| *state = stopped_state(Status::Stopped, state.restarts)),
+            AfterExit::Stopped => self.publish(|state| {
+                *state = stopped_state(InstanceState::Stopped, state.restarts)
+            }),
             AfterExit::Failed { reason } => {
                 self.log
                     .note(&format!("Instance {} failed: {reason}", self.name));
-                self.state.send_modify(|state| {
-                    *state = stopped_state(Status::Failed, state.restarts);
+                self.publish(|state| {
+                    *state = stopped_state(InstanceState::Failed, state.restarts);
                     state.error = Some(reason + &said);
                 });
             }
@@ -268,9 +267,8 @@ impl Task {
                     delay.as_secs_f32()
                 ));
                 self.restart_at = Some(deadline_after(delay));
-                self.state.send_modify(|state| {
-                    state.status = Status::Running;
-                    state.health = Some(Health::Restarting);
+                self.publish(|state| {
+                    state.state = InstanceState::Restarting;
                     state.pid = None;
                     state.started_at = None;
                     state.restarts = attempt;
@@ -287,8 +285,8 @@ impl Task {
             return;
         };
         if let Err(err) = self.spawn(&spec) {
-            self.state.send_modify(|state| {
-                *state = stopped_state(Status::Failed, state.restarts);
+            self.publish(|state| {
+                *state = stopped_state(InstanceState::Failed, state.restarts);
                 state.error = Some(format!("the automatic restart failed: {err}"));
             });
         }
@@ -300,21 +298,19 @@ impl Task {
         if self.child.is_none() || probe.generation != self.generation {
             return;
         }
-        let health = self.state.borrow().health;
-        match (probe.answer, health) {
-            (Answer::Unable(answer), Some(Health::Starting)) => self.unable(answer).await,
-            (Answer::Healthy, Some(Health::Starting | Health::Unhealthy)) => {
-                if self.state.borrow().restarts > 0 {
+        let now = self.published.borrow().state;
+        match (probe.answer, now) {
+            (Answer::Unable(answer), InstanceState::Starting) => self.unable(answer).await,
+            (Answer::Healthy, InstanceState::Starting | InstanceState::Unhealthy) => {
+                if self.published.borrow().restarts > 0 {
                     self.reset_counter_at =
                         Some(Instant::now() + self.settings.restart_reset_after);
                 }
-                self.state
-                    .send_modify(|state| state.health = Some(Health::Ready));
+                self.publish(|state| state.state = InstanceState::Ready);
             }
-            (Answer::Unhealthy, Some(Health::Ready)) => {
+            (Answer::Unhealthy, InstanceState::Ready) => {
                 self.reset_counter_at = None;
-                self.state
-                    .send_modify(|state| state.health = Some(Health::Unhealthy));
+                self.publish(|state| state.state = InstanceState::Unhealthy);
             }
             _ => {}
         }
@@ -322,6 +318,23 @@ impl Task {
 }
 
 impl Task {
+    /// Changes the published state: the one place it changes, so a move that
+    /// [`InstanceState::can_become`] refuses is caught here, whoever made it.
+    fn publish(&self, change: impl FnOnce(&mut RuntimeState)) {
+        self.published.send_modify(|state| {
+            let from = state.state;
+            change(state);
+            if !from.can_become(state.state) {
+                tracing::error!(
+                    instance = %self.name,
+                    "the supervisor moved from {from:?} to {:?}, which is not an allowed move",
+                    state.state
+                );
+                debug_assert!(false, "{from:?} -> {:?} is not an allowed move", state.state);
+            }
+        });
+    }
+
     /// The backend is alive but said it cannot serve (its model did not load): a restart would
     /// end the same way, so the start fails, with the backend's own words from its log.
     async fn unable(&mut self, answer: String) {
@@ -340,8 +353,8 @@ impl Task {
         self.reset_counter_at = None;
         // Published before the stop, so whoever waits for readiness gets this reason rather
         // than "stopped".
-        self.state.send_modify(|state| {
-            *state = stopped_state(Status::Failed, state.restarts);
+        self.publish(|state| {
+            *state = stopped_state(InstanceState::Failed, state.restarts);
             state.error = Some(reason);
         });
         self.end(running).await;
@@ -361,10 +374,9 @@ fn last_error_line(output: &str) -> Option<&str> {
 }
 
 /// The state of an instance with no process and no restart pending.
-fn stopped_state(status: Status, restarts: u32) -> RuntimeState {
+fn stopped_state(state: InstanceState, restarts: u32) -> RuntimeState {
     RuntimeState {
-        status,
-        health: None,
+        state,
         pid: None,
         started_at: None,
         restarts,

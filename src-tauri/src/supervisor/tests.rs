@@ -216,8 +216,8 @@ async fn started_instance_becomes_ready_and_stop_leaves_no_process() {
         .start(fx.http_backend(&[]), no_restart())
         .await
         .unwrap();
-    assert_eq!(started.status, Status::Running);
-    assert_eq!(started.health, Some(Health::Starting));
+    assert_eq!(started.status(), Status::Running);
+    assert_eq!(started.health(), Some(Health::Starting));
     assert!(started.started_at.is_some());
     let pid = started.pid.unwrap();
     assert!(
@@ -226,12 +226,12 @@ async fn started_instance_becomes_ready_and_stop_leaves_no_process() {
     );
 
     fx.supervisor.wait_ready(PATIENCE).await.unwrap();
-    assert_eq!(fx.supervisor.state().health, Some(Health::Ready));
+    assert_eq!(fx.supervisor.state().health(), Some(Health::Ready));
 
     let stopped = fx.supervisor.stop().await.unwrap();
-    assert_eq!(stopped.status, Status::Stopped);
+    assert_eq!(stopped.status(), Status::Stopped);
     assert_eq!(
-        (stopped.health, stopped.pid, stopped.started_at),
+        (stopped.health(), stopped.pid, stopped.started_at),
         (None, None, None)
     );
     assert!(!is_alive(pid), "the backend was reaped by the stop");
@@ -283,7 +283,7 @@ async fn backend_ignoring_sigint_is_killed_after_the_grace() {
         began.elapsed() >= Duration::from_millis(500),
         "SIGKILL came before the grace ended"
     );
-    assert_eq!(stopped.status, Status::Stopped);
+    assert_eq!(stopped.status(), Status::Stopped);
     assert!(!is_alive(pid));
 }
 
@@ -315,11 +315,11 @@ async fn crashing_backend_is_restarted_until_max_restarts_then_fails() {
         .start(spec, policy(true, 2, Duration::from_millis(200)))
         .await
         .unwrap();
-    let seen = states_until(&fx.supervisor, |state| state.status == Status::Failed).await;
+    let seen = states_until(&fx.supervisor, |state| state.status() == Status::Failed).await;
 
     assert!(seen
         .iter()
-        .any(|state| state.health == Some(Health::Restarting) && state.status == Status::Running));
+        .any(|state| state.health() == Some(Health::Restarting) && state.status() == Status::Running));
     let pids: std::collections::BTreeSet<u32> = seen.iter().filter_map(|state| state.pid).collect();
     assert_eq!(pids.len(), 3, "one launch and two restarts: {seen:#?}");
     let failed = seen.last().unwrap();
@@ -344,11 +344,11 @@ async fn backend_exiting_with_code_zero_stops_without_restart() {
         )
         .await
         .unwrap();
-    let seen = states_until(&fx.supervisor, |state| state.status == Status::Stopped).await;
+    let seen = states_until(&fx.supervisor, |state| state.status() == Status::Stopped).await;
     let stopped = seen.last().unwrap();
     assert_eq!((stopped.restarts, stopped.error.as_deref()), (0, None));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fx.supervisor.state().status, Status::Stopped);
+    assert_eq!(fx.supervisor.state().status(), Status::Stopped);
     assert_eq!(
         count(&fx.log_text("done"), "started at"),
         1,
@@ -364,14 +364,14 @@ async fn stop_during_a_pending_restart_cancels_it() {
         .await
         .unwrap();
     states_until(&fx.supervisor, |state| {
-        state.health == Some(Health::Restarting)
+        state.health() == Some(Health::Restarting)
     })
     .await;
 
     let stopped = fx.supervisor.stop().await.unwrap();
-    assert_eq!((stopped.status, stopped.health), (Status::Stopped, None));
+    assert_eq!((stopped.status(), stopped.health()), (Status::Stopped, None));
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(fx.supervisor.state().status, Status::Stopped);
+    assert_eq!(fx.supervisor.state().status(), Status::Stopped);
     assert_eq!(
         count(&fx.log_text("pending"), "started at"),
         1,
@@ -387,11 +387,11 @@ async fn a_restart_delay_too_long_for_the_clock_waits_and_can_still_be_stopped()
         .await
         .unwrap();
     states_until(&fx.supervisor, |state| {
-        state.health == Some(Health::Restarting)
+        state.health() == Some(Health::Restarting)
     })
     .await;
     let stopped = fx.supervisor.stop().await.unwrap();
-    assert_eq!((stopped.status, stopped.health), (Status::Stopped, None));
+    assert_eq!((stopped.status(), stopped.health()), (Status::Stopped, None));
 }
 
 #[tokio::test]
@@ -402,7 +402,7 @@ async fn shutdown_during_a_pending_restart_never_resurrects_the_instance() {
         .await
         .unwrap();
     states_until(&fx.supervisor, |state| {
-        state.health == Some(Health::Restarting)
+        state.health() == Some(Health::Restarting)
     })
     .await;
 
@@ -461,7 +461,7 @@ async fn wait_ready_times_out_for_a_backend_that_never_answers() {
         .await
         .unwrap_err();
     assert!(matches!(err, SupervisorError::ReadyTimeout { .. }), "{err}");
-    assert_eq!(fx.supervisor.state().health, Some(Health::Starting));
+    assert_eq!(fx.supervisor.state().health(), Some(Health::Starting));
     fx.supervisor.shutdown().await;
 }
 
@@ -478,7 +478,7 @@ async fn missing_executable_fails_to_start_and_names_it() {
     );
     assert!(err.to_string().contains("not found"), "{err}");
     let state = fx.supervisor.state();
-    assert_eq!(state.status, Status::Stopped);
+    assert_eq!(state.status(), Status::Stopped);
     assert!(state.error.unwrap().contains("not found"));
     assert!(!fx.settings.run_dir.join("ghost.pid").exists());
 }
@@ -490,7 +490,7 @@ async fn logs_have_markers_interleaved_output_and_a_tail() {
         .start(shell("echo one; echo two >&2; echo three"), no_restart())
         .await
         .unwrap();
-    states_until(&fx.supervisor, |state| state.status == Status::Stopped).await;
+    states_until(&fx.supervisor, |state| state.status() == Status::Stopped).await;
 
     let all = fx.supervisor.logs(None).unwrap();
     let lines: Vec<&str> = all.split('\n').collect();
@@ -560,9 +560,9 @@ async fn a_three_megabyte_line_without_newline_is_logged_and_breaks_nothing() {
         stop_signal: StopSignal::Interrupt,
     };
     fx.supervisor.start(spec, no_restart()).await.unwrap();
-    let seen = states_until(&fx.supervisor, |state| state.status != Status::Running).await;
+    let seen = states_until(&fx.supervisor, |state| state.status() != Status::Running).await;
     assert_eq!(
-        seen.last().unwrap().status,
+        seen.last().unwrap().status(),
         Status::Stopped,
         "the backend exited cleanly"
     );
@@ -592,7 +592,7 @@ async fn log_file_is_rotated_past_its_size_and_old_files_are_dropped() {
         .start(shell(script), no_restart())
         .await
         .unwrap();
-    states_until(&fx.supervisor, |state| state.status == Status::Stopped).await;
+    states_until(&fx.supervisor, |state| state.status() == Status::Stopped).await;
 
     let logs = &fx.settings.logs_dir;
     for file in ["big.log", "big.log.1", "big.log.2"] {
@@ -624,7 +624,7 @@ async fn restart_counter_resets_after_healthy_uptime() {
         .await
         .unwrap();
     let seen = states_until(&fx.supervisor, |state| {
-        state.health == Some(Health::Ready) && state.restarts == 0
+        state.health() == Some(Health::Ready) && state.restarts == 0
     })
     .await;
     assert!(
@@ -650,12 +650,12 @@ async fn ready_backend_that_stops_answering_turns_unhealthy_and_back() {
 
     std::fs::write(&sick, "").unwrap();
     states_until(&fx.supervisor, |state| {
-        state.health == Some(Health::Unhealthy)
+        state.health() == Some(Health::Unhealthy)
     })
     .await;
-    assert_eq!(fx.supervisor.state().status, Status::Running);
+    assert_eq!(fx.supervisor.state().status(), Status::Running);
     std::fs::remove_file(&sick).unwrap();
-    states_until(&fx.supervisor, |state| state.health == Some(Health::Ready)).await;
+    states_until(&fx.supervisor, |state| state.health() == Some(Health::Ready)).await;
     fx.supervisor.shutdown().await;
 }
 
@@ -976,10 +976,10 @@ async fn a_backend_with_a_ready_request_is_ready_only_once_that_request_answers(
     }
     // Many of the supervisor's own polls (every 10 ms) fit in this.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fx.supervisor.state().health, Some(Health::Starting));
+    assert_eq!(fx.supervisor.state().health(), Some(Health::Starting));
     std::fs::write(&loaded, "").unwrap();
     fx.supervisor.wait_ready(PATIENCE).await.unwrap();
-    assert_eq!(fx.supervisor.state().health, Some(Health::Ready));
+    assert_eq!(fx.supervisor.state().health(), Some(Health::Ready));
     fx.supervisor.shutdown().await;
 }
 
@@ -1000,7 +1000,7 @@ async fn a_backend_alive_but_unable_to_answer_fails_its_start_with_the_reason_fr
     assert!(text.contains("generation thread died"), "{text}");
     assert!(text.contains("has no config.json"), "{text}");
     let state = fx.supervisor.state();
-    assert_eq!(state.status, Status::Failed, "{state:?}");
+    assert_eq!(state.status(), Status::Failed, "{state:?}");
     assert_eq!(state.restarts, 0, "{state:?}");
     assert!(
         state
@@ -1014,7 +1014,7 @@ async fn a_backend_alive_but_unable_to_answer_fails_its_start_with_the_reason_fr
         "the unable backend was stopped"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fx.supervisor.state().status, Status::Failed, "no restart");
+    assert_eq!(fx.supervisor.state().status(), Status::Failed, "no restart");
 }
 
 #[tokio::test]
@@ -1029,7 +1029,7 @@ async fn an_orderly_stop_sends_the_backends_own_stop_signal_and_logs_how_it_ende
     eventually(|| fx.log_text("term").contains("up")).await;
     let started = Instant::now();
     let stopped = fx.supervisor.stop().await.unwrap();
-    assert_eq!(stopped.status, Status::Stopped);
+    assert_eq!(stopped.status(), Status::Stopped);
     assert!(
         started.elapsed() < fx.settings.stop_grace,
         "it ended on the signal, not on SIGKILL after the grace"
@@ -1084,7 +1084,7 @@ async fn a_backend_that_exits_before_it_is_ready_fails_with_the_error_from_its_l
         "echo 'loading /no/such/model' ; echo 'OSError: /no/such/model does not exist' >&2; exit 1",
     );
     fx.supervisor.start(spec, no_restart()).await.unwrap();
-    let states = states_until(&fx.supervisor, |s| s.status == Status::Failed).await;
+    let states = states_until(&fx.supervisor, |s| s.status() == Status::Failed).await;
     let error = states.last().unwrap().error.clone().unwrap_or_default();
     assert!(
         error.contains("its log says: OSError: /no/such/model does not exist"),
