@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::devices::ResourceMonitor;
 use tokio::sync::{broadcast, Notify};
 
+use super::instance::{lock, Instance};
 use super::options::InstanceView;
-use super::registry::{lock, Instance, Registry};
+use super::registry::Registry;
 
 /// Events a slow subscriber may fall behind by before it lags (and must start from a snapshot).
 const CAPACITY: usize = 256;
@@ -118,8 +119,7 @@ pub(super) fn spawn_sampler(registry: &Arc<Registry>) -> tokio::task::JoinHandle
             let Some(registry) = registry.upgrade() else {
                 break;
             };
-            let instances: Vec<Arc<Instance>> =
-                lock(&registry.table).instances.values().cloned().collect();
+            let instances: Vec<Arc<Instance>> = lock(&registry.table).all();
             drop(registry);
             for instance in &instances {
                 feed.changed(instance);

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::registry::Instance;
+use super::instance::Instance;
 use crate::supervisor::{InstanceState, RuntimeState, Status};
 
 /// One look at an instance.
@@ -148,12 +148,20 @@ mod tests {
                 draining: true,
                 ..look(state)
             };
-            assert_eq!(draining.for_request(), R::WaitForOperation, "{state:?} draining");
+            assert_eq!(
+                draining.for_request(),
+                R::WaitForOperation,
+                "{state:?} draining"
+            );
             let launching = Lifecycle {
                 launching: true,
                 ..look(state)
             };
-            assert_eq!(launching.for_request(), R::WaitForOperation, "{state:?} launching");
+            assert_eq!(
+                launching.for_request(),
+                R::WaitForOperation,
+                "{state:?} launching"
+            );
             let removed = Lifecycle {
                 removed: true,
                 draining: true,
@@ -214,7 +222,13 @@ mod tests {
         let watched: Vec<_> = S::ALL.into_iter().filter(|&s| look(s).is_idle()).collect();
         assert_eq!(
             watched,
-            [S::Starting, S::Ready, S::Unhealthy, S::Restarting, S::Stopping]
+            [
+                S::Starting,
+                S::Ready,
+                S::Unhealthy,
+                S::Restarting,
+                S::Stopping
+            ]
         );
         let stoppable: Vec<_> = S::ALL
             .into_iter()

@@ -1,31 +1,29 @@
-//! The registry: every instance of this engine, its port, its supervisor and its definition file.
+//! The registry: every instance of this engine and the lifecycle operations on them (create,
+//! update, start, stop, restart, delete), each serialized by the instance's own lock.
 //!
 //! Locking, in the only order ever taken: an instance's `op` lock (async, held for a whole
 //! lifecycle operation) may be followed by the registry's `table` lock (sync, held for lookups
 //! only); `table` is never held across an await and never waits for an `op` lock, so the two
 //! cannot deadlock.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::catalogue::Catalogue;
 use super::events::{self, Feed, InstanceEvent};
+use super::instance::{lock, now_unix, Instance, StartingGuard};
+use super::launch::connect_host;
 use super::lifecycle::Lifecycle;
 use super::options::{InstanceOptions, InstanceView};
-use super::store::{self, RecordOut};
-use super::usage::Usage;
+use super::store;
 use super::{name::validate_name, ports, InstanceError};
 use crate::backends::BackendSecret;
 use crate::config::Config;
 use crate::devices::ResourceMonitor;
-use crate::supervisor::{
-    LaunchSpec, ReadyRequest, RestartPolicy, RuntimeState, Status, Supervisor,
-    SupervisorSettings,
-};
+use crate::supervisor::{RestartPolicy, Status, Supervisor, SupervisorSettings};
 
 /// Healthy uptime after which a backend's restart counter starts again from zero.
 const RESTART_RESET_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -49,7 +47,7 @@ pub struct Registry {
     /// A std Mutex on purpose: it only guards map lookups, inserts and the port table, is never
     /// held across an `.await`, so blocking briefly is cheaper than an async lock and it can never
     /// be held while waiting for a backend.
-    pub(super) table: Mutex<Table>,
+    pub(super) table: Mutex<Catalogue>,
     /// Set by `shutdown`: nothing may start after the engine began to stop its backends.
     pub(super) shutting_down: AtomicBool,
     /// Wakes the idle reaper when a deadline may have moved (a start, an update, the end of a
@@ -79,216 +77,6 @@ impl Drop for Registry {
     }
 }
 
-#[derive(Default)]
-pub(super) struct Table {
-    /// Sorted, so listings come out by name.
-    pub(super) instances: BTreeMap<String, Arc<Instance>>,
-    /// Port -> instance owning it, whether or not the instance runs.
-    ports: BTreeMap<u16, String>,
-}
-
-pub(super) struct Instance {
-    pub(super) name: String,
-    /// Unix seconds; kept across updates and restarts.
-    pub(super) created: i64,
-    pub(super) supervisor: Supervisor,
-    /// `<configs_dir>/<name>.json`.
-    file: PathBuf,
-    /// Serializes this instance's lifecycle operations (create, update, start, stop, restart,
-    /// delete); a tokio Mutex because they await the supervisor while holding it.
-    pub(super) op: Arc<tokio::sync::Mutex<()>>,
-    /// The current definition. std Mutex: read or swapped in short sections, never across an await.
-    options: Mutex<InstanceOptions>,
-    /// Guards the definition file; `true` once the file was removed, so no write can follow.
-    file_removed: Mutex<bool>,
-    /// A start is under way: counts against `max_running_instances` before the process exists.
-    pub(super) starting: AtomicBool,
-    /// The instance left the registry; an operation that waited for `op` answers not found.
-    pub(super) removed: AtomicBool,
-    /// Requests in flight, last use and counters.
-    pub(super) usage: Usage,
-    /// Start attempts made by inference requests; a request that waited for another's attempt
-    /// shares its outcome instead of trying again.
-    pub(super) start_attempts: AtomicU64,
-    /// Why the last of those attempts failed.
-    pub(super) last_start_error: Mutex<Option<String>>,
-    /// The reaper handed this instance to an idle stop that has not finished yet.
-    pub(super) idle_stop_pending: AtomicBool,
-    /// Stopped because a client unloaded its model, not by the owner: until its next start or a
-    /// stop through the API, the definition keeps saying it runs, so an engine restart brings
-    /// it back as the owner left it.
-    pub(super) unloaded: AtomicBool,
-    /// Writes the definition when the supervisor changes the status (a crash that ends `failed`)
-    /// and reports every change of the supervisor's state to the feed.
-    watcher: Mutex<Option<JoinHandle<()>>>,
-    /// The registry's change feed.
-    feed: Arc<Feed>,
-    /// The key the running backend accepts from Corral, new at each start; kept here only,
-    /// never in the options, the view or a log.
-    credential: Mutex<Option<BackendSecret>>,
-}
-
-/// Poisoning only means another thread panicked mid-section; the data is still usable.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The status written to disk: llamactl's status, in which a crashed instance waiting for its
-/// automatic restart still runs, so an engine killed during the delay restores it.
-fn persisted_status(state: &RuntimeState) -> Status {
-    state.status()
-}
-
-fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-impl Instance {
-    pub(super) fn options(&self) -> InstanceOptions {
-        lock(&self.options).clone()
-    }
-
-    /// `read` applied to the options without copying them (every routed request reads them).
-    pub(super) fn read_options<T>(&self, read: impl FnOnce(&InstanceOptions) -> T) -> T {
-        read(&lock(&self.options))
-    }
-
-    /// Minutes (of `idle_timeout_unit`) without use before the reaper stops it; 0 = never.
-    pub(super) fn idle_timeout(&self) -> u64 {
-        lock(&self.options).idle_timeout
-    }
-
-    pub(super) fn aliases(&self) -> Vec<String> {
-        lock(&self.options).aliases.clone()
-    }
-
-    /// The key the proxy presents to this instance's backend.
-    pub(super) fn credential(&self) -> Option<BackendSecret> {
-        lock(&self.credential).clone()
-    }
-
-    pub(super) fn view(&self) -> InstanceView {
-        let mut view = InstanceView::new(
-            &self.name,
-            self.created,
-            &lock(&self.options),
-            self.supervisor.state(),
-        );
-        let stats = self.usage.stats();
-        view.requests = self.usage.requests();
-        view.in_flight = self.usage.in_flight();
-        view.last_request_at = stats.last_request_at;
-        view.tokens_prompt = stats.tokens_prompt;
-        view.tokens_completion = stats.tokens_completion;
-        view.tokens_per_second = stats.tokens_per_second;
-        view
-    }
-
-    fn port(&self) -> Option<u16> {
-        lock(&self.options).backend.port()
-    }
-
-    /// Writes the definition with the status the supervisor reports right now; the file lock
-    /// makes the last writer also the one that saw the latest state.
-    fn persist_now(&self) -> Result<(), InstanceError> {
-        let removed = lock(&self.file_removed);
-        if *removed {
-            return Ok(());
-        }
-        let options = lock(&self.options).view();
-        let record = RecordOut {
-            name: &self.name,
-            status: if self.unloaded.load(Ordering::SeqCst) {
-                Status::Running
-            } else {
-                persisted_status(&self.supervisor.state())
-            },
-            created: self.created,
-            options: &options,
-        };
-        let persist_error = |source| InstanceError::Persist {
-            name: self.name.clone(),
-            path: self.file.clone(),
-            source,
-        };
-        let mut bytes = serde_json::to_vec_pretty(&record).map_err(|e| persist_error(e.into()))?;
-        bytes.push(b'\n');
-        store::write_atomic(&self.file, &bytes).map_err(persist_error)
-    }
-
-    /// `persist_now` off the async workers (it fsyncs).
-    pub(super) async fn persist(self: &Arc<Self>) -> Result<(), InstanceError> {
-        let instance = Arc::clone(self);
-        tokio::task::spawn_blocking(move || instance.persist_now())
-            .await
-            .map_err(|e| InstanceError::Persist {
-                name: self.name.clone(),
-                path: self.file.clone(),
-                source: std::io::Error::other(e),
-            })?
-    }
-
-    /// Removes the definition file; afterwards no write happens any more.
-    fn remove_file(&self) -> Result<(), InstanceError> {
-        let mut removed = lock(&self.file_removed);
-        store::remove(&self.file).map_err(|source| InstanceError::Persist {
-            name: self.name.clone(),
-            path: self.file.clone(),
-            source,
-        })?;
-        *removed = true;
-        Ok(())
-    }
-
-    /// Tells the change feed that something in this instance's JSON may have changed.
-    pub(super) fn publish(&self) {
-        self.feed.changed(self);
-    }
-
-    /// Follows the supervisor's state: reports each change to the feed, and saves each status
-    /// change, so a crash that ends in `failed` is on disk too. Holds only a weak reference: the
-    /// task never keeps an instance alive.
-    fn watch_status(self: &Arc<Self>) {
-        let mut changes = self.supervisor.subscribe();
-        let mut last = persisted_status(&changes.borrow());
-        let instance: Weak<Self> = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let status = persisted_status(&changes.borrow_and_update());
-                let Some(instance) = instance.upgrade() else {
-                    break;
-                };
-                instance.publish();
-                if status == last {
-                    continue;
-                }
-                last = status;
-                if let Err(e) = instance.persist().await {
-                    tracing::warn!("{e}");
-                }
-            }
-        });
-        if let Some(previous) = lock(&self.watcher).replace(task) {
-            previous.abort();
-        }
-    }
-
-    fn stop_watching(&self) {
-        if let Some(task) = lock(&self.watcher).take() {
-            task.abort();
-        }
-    }
-}
-
-/// Clears `Instance::starting` however a start ends.
-struct StartingGuard<'a>(&'a Instance);
-
-impl Drop for StartingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.starting.store(false, Ordering::SeqCst);
-    }
-}
-
 impl Registry {
     /// Creates the folders, loads every saved definition (a broken one is reported and left
     /// alone), re-reserves their ports, and starts in the background those saved `running` with
@@ -315,7 +103,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             config,
             settings,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Catalogue::default()),
             shutting_down: AtomicBool::new(false),
             reaper_wake: Arc::default(),
             reaper: Mutex::new(None),
@@ -369,7 +157,7 @@ impl Registry {
                 };
             let mut table = lock(&self.table);
             let port = match options.requested_port() {
-                Some(port) => match table.ports.get(&port) {
+                Some(port) => match table.port_owner(port) {
                     Some(owner) => {
                         skip(format!("port {port} is already used by instance '{owner}'"));
                         continue;
@@ -377,7 +165,7 @@ impl Registry {
                     None => port,
                 },
                 // Only a hand-written file lacks a port: give it one like create would.
-                None => match self.free_port(&table) {
+                None => match table.free_port(self.config.instances.port_range) {
                     Ok(port) => port,
                     Err(e) => {
                         skip(e.to_string());
@@ -395,8 +183,7 @@ impl Registry {
                 now_unix()
             };
             let instance = self.new_instance(&stem, created, options, Arc::default());
-            table.ports.insert(port, stem.clone());
-            table.instances.insert(stem, instance);
+            table.insert(instance, port);
         }
         to_start
     }
@@ -408,27 +195,15 @@ impl Registry {
         options: InstanceOptions,
         op: Arc<tokio::sync::Mutex<()>>,
     ) -> Arc<Instance> {
-        let instance = Arc::new(Instance {
-            name: name.to_owned(),
+        Instance::new(
+            name,
             created,
-            supervisor: Supervisor::new(name, Arc::clone(&self.settings)),
-            file: store::definition_path(&self.config.instances.configs_dir, name),
+            options,
             op,
-            options: Mutex::new(options),
-            file_removed: Mutex::new(false),
-            starting: AtomicBool::new(false),
-            removed: AtomicBool::new(false),
-            usage: Usage::new(),
-            start_attempts: AtomicU64::new(0),
-            last_start_error: Mutex::new(None),
-            idle_stop_pending: AtomicBool::new(false),
-            unloaded: AtomicBool::new(false),
-            watcher: Mutex::new(None),
-            feed: Arc::clone(&self.feed),
-            credential: Mutex::new(None),
-        });
-        instance.watch_status();
-        instance
+            Supervisor::new(name, Arc::clone(&self.settings)),
+            store::definition_path(&self.config.instances.configs_dir, name),
+            Arc::clone(&self.feed),
+        )
     }
 
     /// Follows every change of the instances: each event carries the whole new instance JSON
@@ -455,7 +230,7 @@ impl Registry {
 
     /// Every instance, sorted by name.
     pub fn list(&self) -> Vec<InstanceView> {
-        let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
+        let instances = lock(&self.table).all();
         let mut views: Vec<InstanceView> =
             instances.iter().map(|instance| instance.view()).collect();
         self.fill_resources(&mut views);
@@ -482,7 +257,6 @@ impl Registry {
     pub(super) fn lookup(&self, name: &str) -> Result<Arc<Instance>, InstanceError> {
         validate_name(name)?;
         lock(&self.table)
-            .instances
             .get(name)
             .cloned()
             .ok_or_else(|| InstanceError::NotFound(name.to_owned()))
@@ -570,7 +344,7 @@ impl Registry {
         self.refuse_when_shutting_down()?;
         // A definition that failed to load is still the user's: never overwrite it.
         let file = store::definition_path(&self.config.instances.configs_dir, name);
-        if !lock(&self.table).instances.contains_key(name) && file.exists() {
+        if !lock(&self.table).contains(name) && file.exists() {
             return Err(InstanceError::UnloadedDefinition {
                 name: name.to_owned(),
                 path: file,
@@ -581,11 +355,11 @@ impl Registry {
         let _op = Arc::clone(&op).lock_owned().await;
         let instance = {
             let mut table = lock(&self.table);
-            if table.instances.contains_key(name) {
+            if table.contains(name) {
                 return Err(InstanceError::AlreadyExists(name.to_owned()));
             }
             if let Some(max) = self.config.instances.max_instances {
-                if table.instances.len() >= max {
+                if table.len() >= max {
                     return Err(InstanceError::MaxInstances(max));
                 }
             }
@@ -594,14 +368,11 @@ impl Registry {
                     return Err(InstanceError::MaxRunning(max));
                 }
             }
-            check_aliases(&table, name, &options.aliases)?;
+            table.check_aliases(name, &options.aliases)?;
             let port = self.assign_port(&table, name, options.requested_port(), None)?;
             options.backend.set_port(port);
             let instance = self.new_instance(name, now_unix(), options, op);
-            table.ports.insert(port, name.to_owned());
-            table
-                .instances
-                .insert(name.to_owned(), Arc::clone(&instance));
+            table.insert(Arc::clone(&instance), port);
             instance
         };
         instance.publish();
@@ -647,18 +418,13 @@ impl Registry {
         let old_port = instance.port();
         let port = {
             let mut table = lock(&self.table);
-            check_aliases(&table, name, &options.aliases)?;
+            table.check_aliases(name, &options.aliases)?;
             let port = self.assign_port(&table, name, options.requested_port(), old_port)?;
-            table.ports.insert(port, name.to_owned());
+            table.reserve_port(port, name);
             port
         };
         options.backend.set_port(port);
-        let release = |port: u16| {
-            let mut table = lock(&self.table);
-            if table.ports.get(&port).is_some_and(|owner| owner == name) {
-                table.ports.remove(&port);
-            }
-        };
+        let release = |port: u16| lock(&self.table).release_port(port, name);
         let was_running = instance.supervisor.state().state.is_active();
         if was_running {
             if let Err(e) = self.stop_locked(&instance).await {
@@ -668,7 +434,7 @@ impl Registry {
                 return Err(e);
             }
         }
-        *lock(&instance.options) = options;
+        instance.set_options(options);
         instance.publish();
         // The idle timeout may have changed.
         self.reaper_wake.notify_one();
@@ -728,7 +494,7 @@ impl Registry {
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
         }
-        let instances: Vec<Arc<Instance>> = lock(&self.table).instances.values().cloned().collect();
+        let instances = lock(&self.table).all();
         for instance in &instances {
             // Otherwise the stops below would be saved as the user's wish.
             instance.stop_watching();
@@ -742,10 +508,9 @@ impl Registry {
     }
 
     /// Instances running or about to, `except` one.
-    pub(super) fn active_count(&self, table: &Table, except: Option<&Arc<Instance>>) -> usize {
+    pub(super) fn active_count(&self, table: &Catalogue, except: Option<&Arc<Instance>>) -> usize {
         table
-            .instances
-            .values()
+            .instances()
             .filter(|other| except.is_none_or(|except| !Arc::ptr_eq(other, except)))
             .filter(|other| Lifecycle::of(other).holds_a_running_slot())
             .count()
@@ -756,17 +521,17 @@ impl Registry {
     /// the range.
     fn assign_port(
         &self,
-        table: &Table,
+        table: &Catalogue,
         name: &str,
         requested: Option<u16>,
         current: Option<u16>,
     ) -> Result<u16, InstanceError> {
         match (requested, current) {
             (Some(port), _) => {
-                if let Some(owner) = table.ports.get(&port).filter(|owner| *owner != name) {
+                if let Some(owner) = table.port_owner(port).filter(|owner| *owner != name) {
                     return Err(InstanceError::PortTaken {
                         port,
-                        owner: owner.clone(),
+                        owner: owner.to_owned(),
                     });
                 }
                 if Some(port) != current && !ports::is_free_at_os(port) {
@@ -775,15 +540,8 @@ impl Registry {
                 Ok(port)
             }
             (None, Some(port)) => Ok(port),
-            (None, None) => self.free_port(table),
+            (None, None) => table.free_port(self.config.instances.port_range),
         }
-    }
-
-    /// The lowest port of the range that no instance owns and nothing listens on.
-    fn free_port(&self, table: &Table) -> Result<u16, InstanceError> {
-        let range = self.config.instances.port_range;
-        ports::lowest_free(range, |port| table.ports.contains_key(&port))
-            .ok_or(InstanceError::NoFreePort(range.0, range.1))
     }
 
     /// Moves `instance` from `busy`, a port Corral chose for it that another program took, to
@@ -792,12 +550,12 @@ impl Registry {
         let port = {
             let mut table = lock(&self.table);
             // `busy` is still this instance's in the table, so it is not picked again.
-            let port = self.free_port(&table)?;
-            table.ports.remove(&busy);
-            table.ports.insert(port, instance.name.clone());
+            let port = table.free_port(self.config.instances.port_range)?;
+            table.release_port(busy, &instance.name);
+            table.reserve_port(port, &instance.name);
             port
         };
-        lock(&instance.options).backend.set_port(port);
+        instance.set_port(port);
         tracing::info!(
             "instance '{}': port {busy} was taken by another program, using {port}",
             instance.name
@@ -813,7 +571,7 @@ impl Registry {
             return Ok(());
         }
         // Each round either reserves a slot or stops one instance, so this ends.
-        let mut evictions_left = lock(&self.table).instances.len();
+        let mut evictions_left = lock(&self.table).len();
         loop {
             // Checking and reserving under one lock keeps concurrent starts of different
             // instances from both taking the last running slot.
@@ -843,7 +601,7 @@ impl Registry {
             }
         }
         let spec = self.launch_spec(&instance.name, &options);
-        *lock(&instance.credential) = spec.secret.credential.clone();
+        instance.set_credential(spec.secret.credential.clone());
         let policy = RestartPolicy {
             auto_restart: options.auto_restart,
             max_restarts: options.max_restarts,
@@ -884,7 +642,7 @@ impl Registry {
             .await
             .map_err(|e| InstanceError::Persist {
                 name: instance.name.clone(),
-                path: instance.file.clone(),
+                path: instance.file().to_path_buf(),
                 source: std::io::Error::other(e),
             })??;
         instance.removed.store(true, Ordering::SeqCst);
@@ -897,119 +655,9 @@ impl Registry {
                 tracing::warn!(instance = %instance.name, "cannot remove {}: {e}", key_file.display());
             }
         }
-        let mut table = lock(&self.table);
-        if table
-            .instances
-            .get(&instance.name)
-            .is_some_and(|current| Arc::ptr_eq(current, instance))
-        {
-            table.instances.remove(&instance.name);
-        }
-        table.ports.retain(|_, owner| *owner != instance.name);
-        drop(table);
+        lock(&self.table).remove(instance);
         self.feed.deleted(&instance.name);
         Ok(())
-    }
-
-    /// Program, arguments and environment from the backend's configured command, plus the
-    /// instance's own arguments.
-    /// Where llama-server reads the key Corral presents to it.
-    fn key_file(&self, name: &str) -> PathBuf {
-        self.config.instances.run_dir.join(format!("{name}.key"))
-    }
-
-    /// A fresh secret for the backend is part of each start's spec.
-    fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
-        let command = self.config.backends.command(options.backend_type());
-        let secret = options.backend.secret_handover(
-            BackendSecret::generate(),
-            self.key_file(name),
-            &command.environment,
-        );
-        let mut args = command.args.clone();
-        args.extend(options.backend.launch_args());
-        args.extend(secret.args.iter().cloned());
-        let port = options.backend.port().unwrap_or_default();
-        let lookup = |name: &str| {
-            command
-                .environment
-                .get(name)
-                .cloned()
-                .or_else(|| std::env::var(name).ok())
-        };
-        if let Some(folder) = options.backend_type().folder_to_create(lookup) {
-            // Best effort: without it the backend still serves, only a listing fails.
-            if let Err(e) = std::fs::create_dir_all(&folder) {
-                tracing::warn!("cannot create {}: {e}", folder.display());
-            }
-        }
-        LaunchSpec {
-            program: command.command.clone(),
-            args,
-            env: command
-                .environment
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
-            health_url: format!(
-                "http://{}:{port}{}",
-                connect_host(options.backend.host()),
-                options.backend.health_path()
-            ),
-            secret: Box::new(secret),
-            ready_request: options
-                .backend
-                .ready_request()
-                .map(|(path, body)| ReadyRequest {
-                    path: path.to_owned(),
-                    body,
-                }),
-            stop_signal: options.backend.stop_signal(),
-        }
-    }
-}
-
-/// Refuses aliases that name another instance or that another instance already answers to, and
-/// a name that another instance uses as an alias.
-fn check_aliases(table: &Table, name: &str, aliases: &[String]) -> Result<(), InstanceError> {
-    for (other_name, other) in &table.instances {
-        if other_name == name {
-            continue;
-        }
-        let other_aliases = other.aliases();
-        if other_aliases.iter().any(|alias| alias == name) {
-            return Err(InstanceError::AliasTaken {
-                alias: name.to_owned(),
-                owner: other_name.clone(),
-            });
-        }
-        if let Some(alias) = aliases
-            .iter()
-            .find(|alias| *alias == other_name || other_aliases.contains(alias))
-        {
-            return Err(InstanceError::AliasTaken {
-                alias: alias.clone(),
-                owner: other_name.clone(),
-            });
-        }
-    }
-    if aliases.iter().any(|alias| alias == name) {
-        return Err(InstanceError::invalid_field(
-            "aliases",
-            format!("alias '{name}' is the instance's own name"),
-        ));
-    }
-    Ok(())
-}
-
-/// The host to dial for a backend bound to `host`: loopback unless it names a concrete address
-/// (a wildcard bind cannot be dialled everywhere, and `localhost` may resolve to IPv6 only).
-pub(super) fn connect_host(host: Option<&str>) -> String {
-    let host = host.map(str::trim).unwrap_or_default();
-    match host {
-        "" | "0.0.0.0" | "::" | "[::]" | "localhost" => "127.0.0.1".to_owned(),
-        _ if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
-        _ => host.to_owned(),
     }
 }
 
@@ -1026,20 +674,5 @@ pub(super) fn fill_resources(monitor: &ResourceMonitor, views: &mut [InstanceVie
             .pid
             .filter(|_| view.status == Status::Running)
             .and_then(|pid| usage.get(&pid).copied());
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcard_and_missing_hosts_are_dialled_on_loopback() {
-        assert_eq!(connect_host(None), "127.0.0.1");
-        assert_eq!(connect_host(Some("0.0.0.0")), "127.0.0.1");
-        assert_eq!(connect_host(Some("::")), "127.0.0.1");
-        assert_eq!(connect_host(Some("192.168.1.5")), "192.168.1.5");
-        assert_eq!(connect_host(Some("::1")), "[::1]");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::registry::{lock, Instance};
+use super::instance::{lock, Instance};
 
 /// What one instance's requests did. Atomics and std Mutexes: every section is a few loads and
 /// stores, never across an await.

@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use logs::LogFollower;
-pub use state::{Health, InstanceState, Status};
 use logs::LogSink;
+pub use state::{Health, InstanceState, Status};
 use task::Request;
 
 pub use crate::backends::StopSignal;
@@ -257,9 +257,7 @@ impl Supervisor {
                 }
                 InstanceState::Stopped => return Err(SupervisorError::NotRunning),
                 InstanceState::Stopping => return Err(SupervisorError::StoppedBeforeReady),
-                InstanceState::Restarting if seen_pid.is_some() => {
-                    return Err(exited(state.error))
-                }
+                InstanceState::Restarting if seen_pid.is_some() => return Err(exited(state.error)),
                 InstanceState::Starting | InstanceState::Unhealthy | InstanceState::Restarting => {}
             }
             if let Some(pid) = state.pid {

@@ -154,7 +154,13 @@ mod tests {
             ),
             (
                 S::Ready,
-                &[S::Unhealthy, S::Restarting, S::Stopping, S::Failed, S::Stopped],
+                &[
+                    S::Unhealthy,
+                    S::Restarting,
+                    S::Stopping,
+                    S::Failed,
+                    S::Stopped,
+                ],
             ),
             (
                 S::Unhealthy,

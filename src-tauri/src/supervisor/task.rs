@@ -186,9 +186,7 @@ impl Task {
     async fn stop(&mut self) {
         self.reset_counter_at = None;
         if self.restart_at.take().is_some() {
-            self.publish(|state| {
-                *state = stopped_state(InstanceState::Stopped, state.restarts)
-            });
+            self.publish(|state| *state = stopped_state(InstanceState::Stopped, state.restarts));
         }
         let Some(running) = self.child.take() else {
             return;
@@ -196,9 +194,7 @@ impl Task {
         // Published first, so nobody takes the coming exit for a crash or waits for readiness.
         self.publish(|state| state.state = InstanceState::Stopping);
         self.end(running).await;
-        self.publish(|state| {
-            *state = stopped_state(InstanceState::Stopped, state.restarts)
-        });
+        self.publish(|state| *state = stopped_state(InstanceState::Stopped, state.restarts));
     }
 
     /// Stops `running` with the backend's stop signal and tears down what lived with it.
@@ -244,9 +240,9 @@ impl Task {
             String::new()
         };
         match restart::after_exit(&exit, policy, restarts) {
-            AfterExit::Stopped => self.publish(|state| {
-                *state = stopped_state(InstanceState::Stopped, state.restarts)
-            }),
+            AfterExit::Stopped => {
+                self.publish(|state| *state = stopped_state(InstanceState::Stopped, state.restarts))
+            }
             AfterExit::Failed { reason } => {
                 self.log
                     .note(&format!("Instance {} failed: {reason}", self.name));
@@ -330,7 +326,11 @@ impl Task {
                     "the supervisor moved from {from:?} to {:?}, which is not an allowed move",
                     state.state
                 );
-                debug_assert!(false, "{from:?} -> {:?} is not an allowed move", state.state);
+                debug_assert!(
+                    false,
+                    "{from:?} -> {:?} is not an allowed move",
+                    state.state
+                );
             }
         });
     }

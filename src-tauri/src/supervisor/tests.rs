@@ -317,9 +317,9 @@ async fn crashing_backend_is_restarted_until_max_restarts_then_fails() {
         .unwrap();
     let seen = states_until(&fx.supervisor, |state| state.status() == Status::Failed).await;
 
-    assert!(seen
-        .iter()
-        .any(|state| state.health() == Some(Health::Restarting) && state.status() == Status::Running));
+    assert!(seen.iter().any(
+        |state| state.health() == Some(Health::Restarting) && state.status() == Status::Running
+    ));
     let pids: std::collections::BTreeSet<u32> = seen.iter().filter_map(|state| state.pid).collect();
     assert_eq!(pids.len(), 3, "one launch and two restarts: {seen:#?}");
     let failed = seen.last().unwrap();
@@ -369,7 +369,10 @@ async fn stop_during_a_pending_restart_cancels_it() {
     .await;
 
     let stopped = fx.supervisor.stop().await.unwrap();
-    assert_eq!((stopped.status(), stopped.health()), (Status::Stopped, None));
+    assert_eq!(
+        (stopped.status(), stopped.health()),
+        (Status::Stopped, None)
+    );
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(fx.supervisor.state().status(), Status::Stopped);
     assert_eq!(
@@ -391,7 +394,10 @@ async fn a_restart_delay_too_long_for_the_clock_waits_and_can_still_be_stopped()
     })
     .await;
     let stopped = fx.supervisor.stop().await.unwrap();
-    assert_eq!((stopped.status(), stopped.health()), (Status::Stopped, None));
+    assert_eq!(
+        (stopped.status(), stopped.health()),
+        (Status::Stopped, None)
+    );
 }
 
 #[tokio::test]
@@ -655,7 +661,10 @@ async fn ready_backend_that_stops_answering_turns_unhealthy_and_back() {
     .await;
     assert_eq!(fx.supervisor.state().status(), Status::Running);
     std::fs::remove_file(&sick).unwrap();
-    states_until(&fx.supervisor, |state| state.health() == Some(Health::Ready)).await;
+    states_until(&fx.supervisor, |state| {
+        state.health() == Some(Health::Ready)
+    })
+    .await;
     fx.supervisor.shutdown().await;
 }
 
