@@ -1,9 +1,9 @@
-//! The three backends Corral runs: their typed options, argv building, parse-command and health
-//! paths. One metadata table per backend (`specs`) is the single source of option names, flags,
-//! aliases, types and help; argv building, parse-command and the OpenAPI schema all read it.
-//!
-//! INTERFACE (fixed; the engine codes against exactly these signatures).
+//! The three backends Corral runs: their typed options, argv building, parse-command, and how
+//! each is run and routed ([`Descriptor`]). One metadata table per backend (`specs`) is the
+//! single source of option names, flags, aliases, types and help; argv building, parse-command
+//! and the OpenAPI schema all read it.
 
+mod descriptor;
 mod llama;
 mod llama_table;
 mod mlx;
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use descriptor::{Descriptor, ModelName, Readiness};
 pub use schema::{fields, label, FieldType, OptionField};
 pub use secret::{BackendSecret, SecretHandover};
 
@@ -488,36 +489,35 @@ impl BackendOptions {
 
     /// Path polled for readiness (`/health`).
     pub fn health_path(&self) -> &'static str {
-        // llama-server, mlx_lm.server (server.py's do_GET) and vLLM all answer GET /health
-        "/health"
+        self.backend.descriptor().health_path
     }
 
     /// A request that must answer 200 before the backend counts as ready, when its health path
     /// alone proves nothing: `(path, JSON body)` to POST.
-    ///
-    /// mlx_lm.server answers `/health` 200 as soon as its socket binds, while the model is still
-    /// loading, and keeps running with `/health` 503 when the load fails. A one-token completion
-    /// waits for the load and then either answers or fails with "generation thread died". Without
-    /// a `--model` it loads nothing at start, so there is nothing to wait for.
     pub fn ready_request(&self) -> Option<(&'static str, String)> {
-        match self.backend {
-            BackendType::MlxLm if self.model().is_some() => Some((
+        match self.backend.descriptor().readiness {
+            Readiness::CompletionWhenModelSet if self.model().is_some() => Some((
                 "/v1/completions",
                 r#"{"prompt":"hi","max_tokens":1}"#.to_owned(),
             )),
-            _ => None,
+            Readiness::CompletionWhenModelSet | Readiness::Health => None,
         }
     }
 
     /// The signal an orderly stop sends first (SIGKILL follows after the grace).
     pub fn stop_signal(&self) -> StopSignal {
-        match self.backend {
-            // mlx_lm.server turns SIGINT into a KeyboardInterrupt that aborts the process
-            // (SIGABRT, exit 134) once a model is loaded; SIGTERM ends it at once.
-            BackendType::MlxLm => StopSignal::Terminate,
-            // llama-server and vLLM shut down cleanly on SIGINT, as on Ctrl-C in a terminal.
-            BackendType::LlamaCpp | BackendType::Vllm => StopSignal::Interrupt,
-        }
+        self.backend.descriptor().stop_signal
+    }
+
+    /// What to put in a request body's `model` for this backend; `None` keeps the client's.
+    pub fn expected_model_name(&self) -> Option<String> {
+        let ModelName::FirstOf(names) = self.backend.descriptor().model_name else {
+            return None;
+        };
+        names.iter().find_map(|name| match self.get(name) {
+            Some(OptionValue::String(value)) => value.split_whitespace().next().map(str::to_owned),
+            _ => None,
+        })
     }
 }
 
@@ -530,7 +530,7 @@ impl BackendType {
     /// Hugging Face creates the folder on its first download; a machine that only serves local
     /// folders never has one. The path follows huggingface_hub's own rules.
     pub fn folder_to_create(self, lookup: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-        if self != BackendType::MlxLm {
+        if !self.descriptor().lists_hub_cache {
             return None;
         }
         let set = |name: &str| lookup(name).filter(|value| !value.is_empty());

@@ -14,7 +14,6 @@ use super::registry::{Registry, Upstream};
 use super::usage::InFlight;
 use super::ModelEntry;
 use super::{InstanceError, InstanceOptions};
-use crate::backends::{BackendType, OptionValue};
 use crate::supervisor::{InstanceState, SupervisorError};
 
 /// Log lines an error about a backend that did not become ready quotes.
@@ -175,16 +174,7 @@ impl Registry {
 
     fn lease_with(instance: &Instance, options: &InstanceOptions, guard: InFlight) -> Lease {
         let port = options.backend.port().unwrap_or_default();
-        let string = |name: &str| match options.backend.get(name) {
-            Some(OptionValue::String(value)) => value.split_whitespace().next().map(str::to_owned),
-            _ => None,
-        };
-        let backend_model = match options.backend_type() {
-            // llama-server answers whatever `model` says; keeping the client's name is kinder.
-            BackendType::LlamaCpp => None,
-            BackendType::Vllm => string("served_model_name").or_else(|| string("model")),
-            BackendType::MlxLm => string("model"),
-        };
+        let backend_model = options.backend.expected_model_name();
         Lease {
             upstream: Upstream {
                 name: instance.name.clone(),

@@ -7,7 +7,6 @@ use std::path::Path;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::backends::BackendType;
 use crate::instances::InstanceView;
 
 /// What `expires_at` says for an instance that is never stopped for idleness (Ollama's
@@ -121,8 +120,7 @@ fn capabilities(view: &InstanceView) -> Vec<&'static str> {
         return vec!["embedding"];
     }
     let mut capabilities = vec!["completion"];
-    // llama-server renders tool calls with its Jinja chat templates, on by default.
-    if view.options.backend_type == BackendType::LlamaCpp {
+    if view.options.backend_type.descriptor().renders_tools {
         capabilities.push("tools");
         if option(view, "mmproj").is_some() {
             capabilities.push("vision");
@@ -136,11 +134,10 @@ fn details(view: &InstanceView, model: Option<&str>) -> Value {
         .and_then(|m| Path::new(m).file_name())
         .and_then(|name| name.to_str())
         .unwrap_or_default();
-    let format = match view.options.backend_type {
-        _ if file_name.to_ascii_lowercase().ends_with(".gguf") => "gguf",
-        BackendType::LlamaCpp => "gguf",
-        BackendType::MlxLm => "mlx",
-        BackendType::Vllm => "safetensors",
+    let format = if file_name.to_ascii_lowercase().ends_with(".gguf") {
+        "gguf"
+    } else {
+        view.options.backend_type.descriptor().model_format
     };
     let (parameter_size, quantization_level) = name_hints(file_name);
     json!({
