@@ -49,7 +49,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Watches one exchange pass through the proxy without holding it up; dropped when the response
 /// body ended or the client went away (so a guard inside it lives exactly as long as the request).
-pub trait Tap: Send + Unpin + 'static {
+pub trait ExchangeObserver: Send + Unpin + 'static {
     /// The backend's status and headers, before the body.
     fn response(&mut self, _status: StatusCode, _headers: &HeaderMap) {}
     /// Each chunk of the response body, as it passes.
@@ -58,9 +58,9 @@ pub trait Tap: Send + Unpin + 'static {
     fn failed(&mut self, _error: &ProxyError) {}
 }
 
-impl Tap for () {}
+impl ExchangeObserver for () {}
 
-impl Tap for InFlight {}
+impl ExchangeObserver for InFlight {}
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,7 @@ impl Proxy {
     }
 
     /// `try_forward` with failures as management errors (502 for an unreachable backend).
-    pub async fn forward<T: Tap>(
+    pub async fn forward<T: ExchangeObserver>(
         &self,
         request: Request,
         upstream: &Upstream,
@@ -132,7 +132,7 @@ impl Proxy {
     /// The client's credentials are Corral's, not the backend's: its `Authorization` and
     /// `X-API-Key` headers and Corral's page cookie never reach the backend (a backend's page
     /// could read them), and the backend gets the key Corral holds for it instead.
-    pub async fn try_forward<T: Tap>(
+    pub async fn try_forward<T: ExchangeObserver>(
         &self,
         mut request: Request,
         upstream: &Upstream,
@@ -390,7 +390,7 @@ impl<T> Streamed<T> {
     }
 }
 
-impl<T: Tap> hyper::body::Body for Streamed<T> {
+impl<T: ExchangeObserver> hyper::body::Body for Streamed<T> {
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -54,22 +54,22 @@ pub fn check(config: &Config, request: &Request) -> Result<(), ApiError> {
 /// that carry an `Origin` (only browsers do). One plain service rather than two middleware
 /// layers: each boxed layer cost about 1.5 µs of CPU per proxied request.
 #[derive(Clone)]
-pub struct EdgeLayer {
+pub struct HostCheckLayer {
     config: Arc<Config>,
     cors: CorsLayer,
 }
 
-impl EdgeLayer {
+impl HostCheckLayer {
     pub fn new(config: Arc<Config>, cors: CorsLayer) -> Self {
         Self { config, cors }
     }
 }
 
-impl<S: Clone> Layer<S> for EdgeLayer {
-    type Service = Edge<S>;
+impl<S: Clone> Layer<S> for HostCheckLayer {
+    type Service = HostCheck<S>;
 
-    fn layer(&self, inner: S) -> Edge<S> {
-        Edge {
+    fn layer(&self, inner: S) -> HostCheck<S> {
+        HostCheck {
             config: Arc::clone(&self.config),
             cors: self.cors.layer(inner.clone()),
             inner,
@@ -78,22 +78,22 @@ impl<S: Clone> Layer<S> for EdgeLayer {
 }
 
 #[derive(Clone)]
-pub struct Edge<S> {
+pub struct HostCheck<S> {
     config: Arc<Config>,
     cors: Cors<S>,
     inner: S,
 }
 
-type EdgeFuture<F> =
+type HostCheckFuture<F> =
     Either<Ready<Result<Response, Infallible>>, Either<cors::ResponseFuture<F>, F>>;
 
-impl<S> Service<Request> for Edge<S>
+impl<S> Service<Request> for HostCheck<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = EdgeFuture<S::Future>;
+    type Future = HostCheckFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // `cors` wraps a clone of `inner`: both are the same (always ready) axum route.

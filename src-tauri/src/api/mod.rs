@@ -14,9 +14,9 @@ pub mod ollama;
 pub mod openai;
 pub mod openapi;
 mod schema;
-mod server;
 mod system;
 pub mod ui;
+mod version;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,10 +80,10 @@ pub fn router(state: AppState) -> Router {
     };
     let ollama = ollama::router(api.clone());
     let management = Router::new()
-        .route("/version", get(server::version))
-        .route("/server/help", get(server::help))
-        .route("/server/version", get(server::server_version))
-        .route("/server/devices", get(server::devices))
+        .route("/version", get(version::version))
+        .route("/server/help", get(version::help))
+        .route("/server/version", get(version::server_version))
+        .route("/server/devices", get(version::devices))
         .route("/system", get(system::system))
         .route(
             "/backends/{backend}/parse-command",
@@ -144,7 +144,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", inference)
         .merge(ollama)
         .fallback(ui::serve)
-        .layer(host::EdgeLayer::new(Arc::clone(&config), cors(&config)))
+        .layer(host::HostCheckLayer::new(
+            Arc::clone(&config),
+            cors(&config),
+        ))
 }
 
 async fn unknown_route() -> ApiError {

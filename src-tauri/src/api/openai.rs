@@ -2,7 +2,7 @@
 //! body's `model` names (an instance or an alias), started on demand, with OpenAI-shaped errors
 //! and one log line per request with its tokens.
 //!
-//! INTERFACE: `dispatch` is what every inference front end (OpenAI, Anthropic, Ollama) calls.
+//! `dispatch` is what every inference front end (OpenAI, Anthropic, Ollama) calls.
 
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use super::Api;
 use crate::instances::{InFlight, InstanceError, ModelEntry, TokenUsage};
-use crate::proxy::{ProxyError, Tap};
+use crate::proxy::{ExchangeObserver, ProxyError};
 
 /// The body of every `/v1` error, in OpenAI's shape.
 #[derive(Debug, Serialize, ToSchema)]
@@ -666,7 +666,7 @@ impl RequestLog {
     }
 }
 
-impl Tap for RequestLog {
+impl ExchangeObserver for RequestLog {
     fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
         let content_type = headers
             .get(header::CONTENT_TYPE)

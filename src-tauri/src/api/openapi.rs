@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    backends, desktop, error, events, instances, logs_stream, openai, schema, server, system,
+    backends, desktop, error, events, instances, logs_stream, openai, schema, system, version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -15,10 +15,10 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 #[openapi(
     info(title = "Corral API", description = "Runs, routes and supervises local LLM inference servers; compatible with llamactl's management API."),
     paths(
-        server::version,
-        server::help,
-        server::server_version,
-        server::devices,
+        version::version,
+        version::help,
+        version::server_version,
+        version::devices,
         system::system,
         backends::parse_command,
         instances::list,

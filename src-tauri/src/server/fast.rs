@@ -52,7 +52,7 @@ pub(crate) enum Outcome {
     Closed,
     /// A request this path does not take arrived: hyper serves the connection from here on,
     /// starting with these bytes.
-    HandOff(BytesMut),
+    ToRouter(BytesMut),
 }
 
 /// Whether the client connection can carry another request after an exchange.
@@ -86,7 +86,7 @@ impl FastPath {
         let limits = &self.config.server.limits;
         let mut buf = BytesMut::with_capacity(8 * 1024);
         // The backend's answers pass through here; kept for the connection's next requests.
-        let mut answer = BytesMut::new();
+        let mut backend_read = BytesMut::new();
         // A new connection has the head timeout from its opening to send its first head: one
         // that opens and sends nothing (or trickles) is not idle, it is slow.
         let mut head_deadline = Some(tokio::time::Instant::now() + limits.head_timeout);
@@ -102,7 +102,7 @@ impl FastPath {
                     if ended {
                         match parse_request(&buf, &self.config) {
                             Head::Fast(request) => break request,
-                            Head::Other => return Outcome::HandOff(buf),
+                            Head::Other => return Outcome::ToRouter(buf),
                             Head::TooLarge => return head_too_large(client).await,
                             // Blank lines before a request line: wait for the head's end.
                             Head::Partial => {}
@@ -154,14 +154,14 @@ impl FastPath {
             let Some(lease) = self.lease(&buf[request.head_len..total]) else {
                 if sent_continue {
                     // Else hyper sends its own `100 Continue` before the final answer.
-                    return Outcome::HandOff(without_expect(buf, request.head_len));
+                    return Outcome::ToRouter(without_expect(buf, request.head_len));
                 }
-                return Outcome::HandOff(buf);
+                return Outcome::ToRouter(buf);
             };
             let message = buf.split_to(total).freeze();
             let body = message.slice(request.head_len..);
             if let Next::Close = self
-                .exchange(client, &mut answer, request, body, lease)
+                .exchange(client, &mut backend_read, request, body, lease)
                 .await
             {
                 return Outcome::Closed;
@@ -185,7 +185,7 @@ impl FastPath {
     async fn exchange(
         &self,
         client: &mut TcpStream,
-        answer: &mut BytesMut,
+        backend_read: &mut BytesMut,
         request: Request,
         body: Bytes,
         lease: Lease,
@@ -231,14 +231,14 @@ impl FastPath {
                 None => match connect(&authority).await {
                     Ok(upstream) => (upstream, false),
                     Err(message) => {
-                        return unreachable(client, &mut log, &authority, message).await
+                        return backend_unreachable(client, &mut log, &authority, message).await
                     }
                 },
             };
-            answer.clear();
+            backend_read.clear();
             let (written, sent) = write_counted(&mut upstream, &message).await;
             let head = match sent {
-                Ok(()) => read_head(&mut upstream, answer, client, &mut watch_client).await,
+                Ok(()) => read_head(&mut upstream, backend_read, client, &mut watch_client).await,
                 Err(e) => Err(Failure::Backend(e.to_string())),
             };
             match head {
@@ -247,42 +247,42 @@ impl FastPath {
                 Err(Failure::ClientGone) => return Next::Close,
                 Err(Failure::Backend(_)) if reused && written == 0 => fresh_only = true,
                 Err(Failure::Backend(message)) => {
-                    return unreachable(client, &mut log, &authority, message).await
+                    return backend_unreachable(client, &mut log, &authority, message).await
                 }
             }
         };
 
         log.answered(head.status, &head.content_type);
-        answer.advance(head.len);
+        backend_read.advance(head.len);
         let mut out = head.client_head;
         let mut body = Body::new(head.framing);
         let mut reusable = head.keep_alive;
         loop {
-            let (take, done) = match body.take(answer, &mut log) {
+            let (take, done) = match body.take(backend_read, &mut log) {
                 Ok(taken) => taken,
-                Err(()) => (answer.len(), true),
+                Err(()) => (backend_read.len(), true),
             };
-            if take < answer.len() {
+            if take < backend_read.len() {
                 // Bytes past the answer's end: the backend's framing cannot be trusted.
                 reusable = false;
             }
             // The head goes out with the first body bytes, in one write.
             let written = if out.is_empty() {
-                client.write_all(&answer[..take]).await
+                client.write_all(&backend_read[..take]).await
             } else {
-                out.extend_from_slice(&answer[..take]);
+                out.extend_from_slice(&backend_read[..take]);
                 let written = client.write_all(&out).await;
                 out = Vec::new();
                 written
             };
-            answer.clear();
+            backend_read.clear();
             if written.is_err() {
                 return Next::Close;
             }
             if done {
                 break;
             }
-            match read_more(&mut upstream, answer, client, &mut watch_client).await {
+            match read_more(&mut upstream, backend_read, client, &mut watch_client).await {
                 Ok(0) if body.ends_at_close() => break,
                 Ok(0) | Err(Failure::Backend(_)) => {
                     // Cut short: the client must see the answer end abruptly, not complete.
@@ -764,22 +764,22 @@ enum Failure {
     Backend(String),
 }
 
-/// Reads the backend's answer head (skipping 1xx answers) into `answer`.
+/// Reads the backend's answer head (skipping 1xx answers) into `backend_read`.
 async fn read_head(
     upstream: &mut TcpStream,
-    answer: &mut BytesMut,
+    backend_read: &mut BytesMut,
     client: &TcpStream,
     watch_client: &mut bool,
 ) -> Result<ResponseHead, Failure> {
     loop {
-        if !answer.is_empty() {
-            match parse_response(answer).map_err(Failure::Backend)? {
+        if !backend_read.is_empty() {
+            match parse_response(backend_read).map_err(Failure::Backend)? {
                 Parsed::Final(head) => return Ok(head),
                 Parsed::Interim(len) => {
-                    answer.advance(len);
+                    backend_read.advance(len);
                     continue;
                 }
-                Parsed::Partial if answer.len() >= MAX_RESPONSE_HEAD => {
+                Parsed::Partial if backend_read.len() >= MAX_RESPONSE_HEAD => {
                     return Err(Failure::Backend(
                         "the answer's head is too large".to_owned(),
                     ))
@@ -787,7 +787,7 @@ async fn read_head(
                 Parsed::Partial => {}
             }
         }
-        match read_more(upstream, answer, client, watch_client).await? {
+        match read_more(upstream, backend_read, client, watch_client).await? {
             0 => {
                 // hyper's words for the same failure, so that the 502 reads the same whichever
                 // relay carried the request.
@@ -805,24 +805,24 @@ async fn read_head(
 /// watch: they stay in the socket for the next request.
 async fn read_more(
     upstream: &mut TcpStream,
-    answer: &mut BytesMut,
+    backend_read: &mut BytesMut,
     client: &TcpStream,
     watch_client: &mut bool,
 ) -> Result<usize, Failure> {
-    answer.reserve(16 * 1024);
+    backend_read.reserve(16 * 1024);
     let backend = |e: std::io::Error| Failure::Backend(e.to_string());
     if !*watch_client {
-        return upstream.read_buf(answer).await.map_err(backend);
+        return upstream.read_buf(backend_read).await.map_err(backend);
     }
     let mut probe = [0u8; 1];
     tokio::select! {
         biased;
-        read = upstream.read_buf(answer) => read.map_err(backend),
+        read = upstream.read_buf(backend_read) => read.map_err(backend),
         peeked = client.peek(&mut probe) => match peeked {
             Ok(0) | Err(_) => Err(Failure::ClientGone),
             Ok(_) => {
                 *watch_client = false;
-                upstream.read_buf(answer).await.map_err(backend)
+                upstream.read_buf(backend_read).await.map_err(backend)
             }
         },
     }
@@ -853,7 +853,7 @@ async fn connect(authority: &str) -> Result<TcpStream, String> {
 }
 
 /// 502 in OpenAI's shape, as the router answers an unreachable backend.
-async fn unreachable(
+async fn backend_unreachable(
     client: &mut TcpStream,
     log: &mut RequestLog,
     authority: &str,

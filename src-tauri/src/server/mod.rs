@@ -178,7 +178,7 @@ async fn connection(
     let read = match fast {
         Some(fast) => match fast.serve(&mut stream, &mut close).await {
             Outcome::Closed => return,
-            Outcome::HandOff(read) => read,
+            Outcome::ToRouter(read) => read,
         },
         None => BytesMut::new(),
     };

@@ -1,8 +1,8 @@
 //! The supervisor: one task per instance that alone owns its child process.
 //!
-//! The public interface below is fixed (the engine codes against exactly these signatures). The
-//! [`Supervisor`] handle sends commands to the instance's task ([`task`]) over a channel; the task
-//! is the only writer of the instance's [`RuntimeState`], published on a watch channel.
+//! The [`Supervisor`] handle sends commands to the instance's task ([`task`]) over a channel; the
+//! task is the only writer of the instance's [`RuntimeState`], published on a watch channel, and
+//! its [`InstanceState`] moves only as [`InstanceState::can_become`] allows.
 
 mod keeper;
 mod logs;
