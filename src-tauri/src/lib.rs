@@ -13,6 +13,7 @@ pub mod logging;
 pub mod private_files;
 pub mod proxy;
 pub mod server;
+pub mod sse;
 pub mod supervisor;
 
 use std::net::SocketAddr;

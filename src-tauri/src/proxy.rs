@@ -72,6 +72,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The stable, machine-readable code, the same in every dialect.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::InvalidPath(_) => "invalid_path",
+            ProxyError::Unreachable { .. } => "upstream_unreachable",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
@@ -82,11 +90,7 @@ impl ProxyError {
 
 impl From<ProxyError> for ApiError {
     fn from(error: ProxyError) -> Self {
-        let code = match error {
-            ProxyError::InvalidPath(_) => "invalid_path",
-            ProxyError::Unreachable { .. } => "upstream_unreachable",
-        };
-        ApiError::new(error.status(), code, error.to_string())
+        ApiError::new(error.status(), error.code(), error.to_string())
     }
 }
 

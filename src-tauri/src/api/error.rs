@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::instances::InstanceError;
+use crate::instances::{ErrorKind, InstanceError};
 
 /// A refused or failed management request.
 #[derive(Debug, Clone)]
@@ -56,33 +56,29 @@ impl ApiError {
     }
 }
 
+/// The management API's status for each kind of failure. A limit is a conflict with the
+/// current state here (llamactl answers 409), where the inference routes answer 503.
+pub fn management_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict | ErrorKind::LimitReached => StatusCode::CONFLICT,
+        ErrorKind::NotRunning
+        | ErrorKind::Failed
+        | ErrorKind::NotReady
+        | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::StartFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<InstanceError> for ApiError {
     fn from(error: InstanceError) -> Self {
-        use InstanceError as E;
-        let (status, code) = match &error {
-            E::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_instance_name"),
-            E::InvalidOptions { .. } => (StatusCode::BAD_REQUEST, "invalid_options"),
-            E::UnknownBackendType(_) => (StatusCode::BAD_REQUEST, "unknown_backend_type"),
-            E::NotFound(_) => (StatusCode::NOT_FOUND, "instance_not_found"),
-            E::AlreadyExists(_) => (StatusCode::CONFLICT, "instance_exists"),
-            E::UnloadedDefinition { .. } => (StatusCode::CONFLICT, "instance_exists"),
-            E::MaxInstances(_) => (StatusCode::CONFLICT, "max_instances_reached"),
-            E::MaxRunning(_) => (StatusCode::CONFLICT, "max_running_instances_reached"),
-            E::PortTaken { .. } => (StatusCode::CONFLICT, "port_taken"),
-            E::PortInUse(_) => (StatusCode::CONFLICT, "port_in_use"),
-            E::NoFreePort(..) => (StatusCode::CONFLICT, "no_free_port"),
-            E::NotRunning(_) => (StatusCode::SERVICE_UNAVAILABLE, "instance_not_running"),
-            E::StartFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "start_failed"),
-            E::StopFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "stop_failed"),
-            E::Persist { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "persistence_failed"),
-            E::CreateDir { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
-            E::Logs { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "logs_unavailable"),
-            E::Failed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "instance_failed"),
-            E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "instance_not_ready"),
-            E::AliasTaken { .. } => (StatusCode::CONFLICT, "alias_taken"),
-            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-        };
-        Self::new(status, code, error.to_string()).with_field(error.field())
+        Self::new(
+            management_status(error.kind()),
+            error.code(),
+            error.to_string(),
+        )
+        .with_field(error.field())
     }
 }
 
@@ -94,5 +90,99 @@ impl IntoResponse for ApiError {
             field: self.field,
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::openai::OpenAiError;
+
+    /// One classification, two renderings: the management API and the inference routes agree
+    /// on the code wherever both can meet the error, and differ in status only where a client
+    /// of each should act differently (a limit: fix the setup, or try again later).
+    #[test]
+    fn each_error_renders_from_its_kind_in_the_management_and_inference_dialects() {
+        type Make = fn() -> InstanceError;
+        let cases: [(Make, u16, &str, u16, &str); 8] = [
+            (
+                || InstanceError::NotFound("m".into()),
+                404,
+                "instance_not_found",
+                404,
+                "model_not_found",
+            ),
+            (
+                || InstanceError::MaxRunning(2),
+                409,
+                "max_running_instances_reached",
+                503,
+                "max_running_instances_reached",
+            ),
+            (
+                || InstanceError::NotRunning("m".into()),
+                503,
+                "instance_not_running",
+                503,
+                "instance_not_running",
+            ),
+            (
+                || InstanceError::PortInUse(9),
+                409,
+                "port_in_use",
+                503,
+                "instance_start_failed",
+            ),
+            (
+                || InstanceError::NotReady {
+                    name: "m".into(),
+                    reason: "slow".into(),
+                },
+                503,
+                "instance_not_ready",
+                503,
+                "instance_start_failed",
+            ),
+            (
+                || InstanceError::Failed {
+                    name: "m".into(),
+                    reason: "crashed".into(),
+                },
+                503,
+                "instance_failed",
+                503,
+                "instance_failed",
+            ),
+            (
+                || InstanceError::ShuttingDown,
+                503,
+                "shutting_down",
+                503,
+                "shutting_down",
+            ),
+            (
+                || InstanceError::InvalidName("..".into()),
+                400,
+                "invalid_instance_name",
+                400,
+                "invalid_instance_name",
+            ),
+        ];
+        for (make, management, management_code, inference, inference_code) in cases {
+            let kind = make().kind();
+            let api = ApiError::from(make());
+            assert_eq!(
+                (api.status.as_u16(), api.code),
+                (management, management_code),
+                "{kind:?}"
+            );
+            assert_eq!(api.details, make().to_string());
+            let openai = OpenAiError::from(make());
+            assert_eq!(
+                (openai.status.as_u16(), openai.code),
+                (inference, inference_code),
+                "{kind:?}"
+            );
+        }
     }
 }

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use super::auth;
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::openai;
+use super::openai::{self, OpenAiError};
 use super::Api;
 use crate::supervisor::Status;
 use request::RequestError;
@@ -75,6 +75,13 @@ impl OllamaError {
 impl From<ApiError> for OllamaError {
     fn from(error: ApiError) -> Self {
         Self::new(error.status, error.details)
+    }
+}
+
+/// Corral's own refusal of the request (no such model, not running, the backend unreachable).
+impl From<OpenAiError> for OllamaError {
+    fn from(error: OpenAiError) -> Self {
+        Self::new(error.status, error.message)
     }
 }
 
@@ -290,7 +297,7 @@ impl Exchange<'_> {
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
-        let response = openai::dispatch(api, instance, path, headers, body).await;
+        let response = openai::dispatch(api, instance, path, headers, body).await?;
         let response = upstream_ok(response).await?;
         let mut translator = Translator::new(self.shape, self.model, self.started);
         let is_sse = response
@@ -387,7 +394,7 @@ where
     })
 }
 
-/// The response if it is a success; otherwise its error in Ollama's shape, status kept.
+/// The backend's answer if it is a success; otherwise its error in Ollama's shape, status kept.
 async fn upstream_ok(response: Response) -> Result<Response, OllamaError> {
     let status = response.status();
     if status.is_success() {
@@ -397,11 +404,10 @@ async fn upstream_ok(response: Response) -> Result<Response, OllamaError> {
         .await
         .unwrap_or_default();
     let message = match serde_json::from_slice::<Value>(&bytes) {
-        // Management errors: {"error": code, "details": sentence}; OpenAI: {"error": {...}}.
-        Ok(Value::Object(object)) => match (object.get("details"), object.get("error")) {
-            (Some(Value::String(details)), _) => details.clone(),
-            (_, Some(error)) => stream::error_message(error),
-            _ => Value::Object(object).to_string(),
+        // OpenAI's shape, `{"error": {"message": ...}}`, or a bare `{"error": "..."}`.
+        Ok(Value::Object(object)) => match object.get("error") {
+            Some(error) => stream::error_message(error),
+            None => Value::Object(object).to_string(),
         },
         _ => String::from_utf8_lossy(&bytes).trim().to_owned(),
     };
@@ -448,7 +454,7 @@ async fn embeddings_of(api: &Api, instance: &str, body: Value) -> Result<Embeddi
         body,
     )
     .await;
-    let answer = read_json(upstream_ok(response).await?).await?;
+    let answer = read_json(upstream_ok(response?).await?).await?;
     let mut data: Vec<&Value> = answer
         .get("data")
         .and_then(Value::as_array)

@@ -18,8 +18,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::Api;
-use crate::instances::{InFlight, InstanceError, ModelEntry, TokenUsage};
+use crate::instances::{ErrorKind, InFlight, InstanceError, ModelEntry, TokenUsage};
 use crate::proxy::{ExchangeObserver, ProxyError};
+use crate::sse::SseParser;
 
 /// The body of every `/v1` error, in OpenAI's shape.
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,55 +83,44 @@ impl IntoResponse for OpenAiError {
 
 impl From<InstanceError> for OpenAiError {
     fn from(error: InstanceError) -> Self {
-        use InstanceError as E;
-        let (status, code, message) = match &error {
-            E::NotFound(model) => (
-                StatusCode::NOT_FOUND,
-                "model_not_found",
-                format!("The model '{model}' does not exist: GET /v1/models lists the models"),
-            ),
-            E::NotRunning(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "instance_not_running",
-                "Instance is not running".to_owned(),
-            ),
-            E::Failed { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "instance_failed",
-                error.to_string(),
-            ),
-            E::NotReady { .. } | E::StartFailed { .. } | E::PortInUse(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "instance_start_failed",
-                error.to_string(),
-            ),
-            E::MaxRunning(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "max_running_instances_reached",
-                error.to_string(),
-            ),
-            E::ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                error.to_string(),
-            ),
-            _ => (
+        use ErrorKind as K;
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        match error.kind() {
+            K::NotFound => {
+                let model = match &error {
+                    InstanceError::NotFound(model) => model.as_str(),
+                    _ => "",
+                };
+                Self::new(
+                    StatusCode::NOT_FOUND,
+                    "model_not_found",
+                    format!("The model '{model}' does not exist: GET /v1/models lists the models"),
+                )
+            }
+            // llamactl's words, which its clients may match.
+            K::NotRunning => Self::new(unavailable, error.code(), "Instance is not running"),
+            // A request meets a conflict only while starting its instance on demand (the port
+            // was taken meanwhile): to the client, the start failed.
+            K::StartFailed | K::NotReady | K::Conflict => {
+                Self::new(unavailable, "instance_start_failed", error.to_string())
+            }
+            // The client may try again later: 503, where the management API answers 409.
+            K::Failed | K::LimitReached | K::ShuttingDown => {
+                Self::new(unavailable, error.code(), error.to_string())
+            }
+            K::Invalid => Self::new(StatusCode::BAD_REQUEST, error.code(), error.to_string()),
+            K::Internal => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 error.to_string(),
             ),
-        };
-        Self::new(status, code, message)
+        }
     }
 }
 
 impl From<ProxyError> for OpenAiError {
     fn from(error: ProxyError) -> Self {
-        let code = match error {
-            ProxyError::InvalidPath(_) => "invalid_path",
-            ProxyError::Unreachable { .. } => "upstream_unreachable",
-        };
-        Self::new(error.status(), code, error.to_string())
+        Self::new(error.status(), error.code(), error.to_string())
     }
 }
 
@@ -251,7 +241,9 @@ pub async fn inference(
         raw,
         model_at: named.at,
     };
-    route(&api, &named.model, &path, parts.headers, payload).await
+    route(&api, &named.model, &path, parts.headers, payload)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The 415 for a body not declared as JSON, in the shape the route's clients read: Anthropic's
@@ -454,19 +446,26 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Body) -> Result<Bytes, 
 }
 
 /// Sends one inference request with JSON `body` to `path` (`/v1/chat/completions`) of the
-/// instance that serves `model`, and streams its answer back.
+/// instance that serves `model`, and streams its answer back: the backend's answer, whatever
+/// its status, or Corral's own refusal, typed, for the caller to render in its dialect.
 pub async fn dispatch(
     api: &Api,
     model: &str,
     path: &str,
     headers: HeaderMap,
     body: serde_json::Value,
-) -> Response {
+) -> Result<Response, OpenAiError> {
     route(api, model, path, headers, Payload::Json(body)).await
 }
 
 /// `dispatch`, forwarding `raw` unchanged when the backend takes the model name as sent.
-async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Payload) -> Response {
+async fn route(
+    api: &Api,
+    model: &str,
+    path: &str,
+    headers: HeaderMap,
+    body: Payload,
+) -> Result<Response, OpenAiError> {
     let started = Instant::now();
     let lease = match api.registry.acquire(model).await {
         Ok(lease) => lease,
@@ -480,7 +479,7 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
                 "inference request refused: {}",
                 error.message
             );
-            return error.into_response();
+            return Err(error);
         }
     };
     lease.guard.count_request();
@@ -491,7 +490,7 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
         }
         (backend_model, Payload::Json(value)) => match encoded(value, backend_model.as_deref()) {
             Ok(bytes) => Body::from(bytes),
-            Err(e) => return e.into_response(),
+            Err(e) => return Err(e),
         },
     };
     let mut request = Request::new(body);
@@ -504,14 +503,10 @@ async fn route(api: &Api, model: &str, path: &str, headers: HeaderMap, body: Pay
     // The body may have been rewritten; hyper sets the length from the new one.
     request.headers_mut().remove(header::CONTENT_LENGTH);
     let log = RequestLog::new(lease.guard, path, started);
-    match api
-        .proxy
+    api.proxy
         .try_forward(request, &lease.upstream, path, log)
         .await
-    {
-        Ok(response) => response,
-        Err(e) => OpenAiError::from(e).into_response(),
-    }
+        .map_err(OpenAiError::from)
 }
 
 /// `raw` with `model` set to what the backend expects (the fast path's small bodies).
@@ -605,8 +600,8 @@ fn encode_error(e: serde_json::Error) -> OpenAiError {
 /// passed on without counting tokens.
 const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
 
-/// Largest SSE line kept while looking for the final chunk's usage.
-const MAX_SSE_LINE: usize = 1024 * 1024;
+/// Largest SSE event kept while looking for the final chunk's usage; a larger one is skipped.
+const MAX_SSE_EVENT: usize = 1024 * 1024;
 
 /// The request's log line and the instance's counters, written when the exchange ends (body
 /// sent or client gone). Holds the in-flight guard, so the instance counts as busy until then.
@@ -623,8 +618,8 @@ pub(crate) struct RequestLog {
 enum TappedBody {
     /// A JSON answer, whole (bounded by `MAX_JSON_TAP`).
     Json(Vec<u8>),
-    /// An SSE stream: only the line being received.
-    Sse(Vec<u8>),
+    /// An SSE stream: only the event being received.
+    Sse(SseParser),
     Ignored,
 }
 
@@ -647,7 +642,7 @@ impl RequestLog {
     pub(crate) fn answered(&mut self, status: StatusCode, content_type: &str) {
         self.status = Some(status);
         self.body = if content_type.starts_with("text/event-stream") {
-            TappedBody::Sse(Vec::new())
+            TappedBody::Sse(SseParser::new(MAX_SSE_EVENT))
         } else if content_type.starts_with("application/json") {
             TappedBody::Json(Vec::new())
         } else {
@@ -686,9 +681,7 @@ impl ExchangeObserver for RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        if let TappedBody::Json(kept) = &self.body {
-            read_usage(&mut self.tokens, kept);
-        }
+        finish_tap(&mut self.body, &mut self.tokens);
         let elapsed = self.started.elapsed();
         if self.tokens.per_second.is_none() {
             self.tokens.per_second = self
@@ -715,33 +708,33 @@ impl Drop for RequestLog {
     }
 }
 
-/// Keeps what `body` needs of one response chunk; reads the usage of each complete SSE line.
+/// Keeps what `body` needs of one response chunk; reads the usage of each complete SSE event.
 fn tap_chunk(body: &mut TappedBody, tokens: &mut TokenUsage, chunk: &[u8]) {
     match body {
         TappedBody::Json(kept) if kept.len() + chunk.len() <= MAX_JSON_TAP => {
             kept.extend_from_slice(chunk)
         }
         TappedBody::Json(_) => *body = TappedBody::Ignored,
-        TappedBody::Sse(line) => {
-            for piece in chunk.split_inclusive(|&byte| byte == b'\n') {
-                if line.len() + piece.len() <= MAX_SSE_LINE {
-                    line.extend_from_slice(piece);
-                }
-                if piece.ends_with(b"\n") {
-                    sse_usage(tokens, line);
-                    line.clear();
-                }
-            }
+        // An event too large to keep holds no usage worth counting: skip it, read on.
+        TappedBody::Sse(events) => {
+            let _too_large = events.push(chunk, |data| sse_usage(tokens, data));
         }
         TappedBody::Ignored => {}
     }
 }
 
-/// The usage in one SSE line, if it is a `data:` event that mentions one.
-fn sse_usage(tokens: &mut TokenUsage, line: &[u8]) {
-    let Some(data) = line.strip_prefix(b"data:") else {
-        return;
-    };
+/// Reads the usage of what `body` kept once the answer has ended: a whole JSON answer, or a
+/// stream's last event that no blank line closed.
+fn finish_tap(body: &mut TappedBody, tokens: &mut TokenUsage) {
+    match body {
+        TappedBody::Json(kept) => read_usage(tokens, kept),
+        TappedBody::Sse(events) => events.finish(|data| sse_usage(tokens, data)),
+        TappedBody::Ignored => {}
+    }
+}
+
+/// The usage in one SSE event's data, if it mentions one.
+fn sse_usage(tokens: &mut TokenUsage, data: &[u8]) {
     let mentions = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
     if !mentions(b"usage") && !mentions(b"timings") {
         return;
@@ -1037,7 +1030,7 @@ mod tap_tests {
 
     #[test]
     fn sse_lines_split_across_chunks_are_read() {
-        let mut body = TappedBody::Sse(Vec::new());
+        let mut body = TappedBody::Sse(SseParser::new(MAX_SSE_EVENT));
         let mut tokens = TokenUsage::default();
         for chunk in [
             &b"data: {\"choices\":[]}\n\ndata: {\"usage\": {\"prompt_"[..],

@@ -122,7 +122,7 @@ fn tapped(sse: bool, wire: &[u8], splits: &[usize]) -> TokenUsage {
     cuts.push(wire.len());
     cuts.sort_unstable();
     let mut body = if sse {
-        TappedBody::Sse(Vec::new())
+        TappedBody::Sse(SseParser::new(MAX_SSE_EVENT))
     } else {
         TappedBody::Json(Vec::new())
     };
@@ -132,9 +132,7 @@ fn tapped(sse: bool, wire: &[u8], splits: &[usize]) -> TokenUsage {
         tap_chunk(&mut body, &mut tokens, &wire[from..to]);
         from = to;
     }
-    if let TappedBody::Json(kept) = &body {
-        read_usage(&mut tokens, kept);
-    }
+    finish_tap(&mut body, &mut tokens);
     tokens
 }
 

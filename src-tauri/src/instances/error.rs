@@ -1,4 +1,6 @@
-//! Everything an instance operation can refuse or fail with; `api::error` maps it to HTTP.
+//! Everything an instance operation can refuse or fail with, and its one classification
+//! ([`ErrorKind`] and a stable code). Each dialect (the management API, OpenAI, Ollama) renders
+//! that classification its own way; none of them looks at the variants.
 
 use std::path::PathBuf;
 
@@ -76,7 +78,84 @@ pub enum InstanceError {
     ShuttingDown,
 }
 
+/// What kind of failure an error is, whoever asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong: a name, an option, a backend type.
+    Invalid,
+    /// What it names does not exist.
+    NotFound,
+    /// It conflicts with another instance or with the machine (a name, an alias, a port).
+    Conflict,
+    /// A configured limit is reached (`max_instances`, `max_running_instances`).
+    LimitReached,
+    /// The instance does not run, and nothing starts it.
+    NotRunning,
+    /// The instance failed (a crash with no restart left, or a backend unable to serve).
+    Failed,
+    /// The backend could not be started.
+    StartFailed,
+    /// The backend was started but did not become ready.
+    NotReady,
+    /// The engine is stopping.
+    ShuttingDown,
+    /// Corral itself failed: the disk, the logs, a stop.
+    Internal,
+}
+
 impl InstanceError {
+    /// The classification every dialect renders.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        use InstanceError as E;
+        match self {
+            E::InvalidName(_) | E::InvalidOptions { .. } | E::UnknownBackendType(_) => K::Invalid,
+            E::NotFound(_) => K::NotFound,
+            E::AlreadyExists(_)
+            | E::UnloadedDefinition { .. }
+            | E::PortTaken { .. }
+            | E::PortInUse(_)
+            | E::NoFreePort(..)
+            | E::AliasTaken { .. } => K::Conflict,
+            E::MaxInstances(_) | E::MaxRunning(_) => K::LimitReached,
+            E::NotRunning(_) => K::NotRunning,
+            E::Failed { .. } => K::Failed,
+            E::StartFailed { .. } => K::StartFailed,
+            E::NotReady { .. } => K::NotReady,
+            E::ShuttingDown => K::ShuttingDown,
+            E::StopFailed { .. } | E::Persist { .. } | E::CreateDir { .. } | E::Logs { .. } => {
+                K::Internal
+            }
+        }
+    }
+
+    /// The stable, machine-readable code (`instance_not_found`) of the management API.
+    pub fn code(&self) -> &'static str {
+        use InstanceError as E;
+        match self {
+            E::InvalidName(_) => "invalid_instance_name",
+            E::InvalidOptions { .. } => "invalid_options",
+            E::UnknownBackendType(_) => "unknown_backend_type",
+            E::NotFound(_) => "instance_not_found",
+            E::AlreadyExists(_) | E::UnloadedDefinition { .. } => "instance_exists",
+            E::MaxInstances(_) => "max_instances_reached",
+            E::MaxRunning(_) => "max_running_instances_reached",
+            E::PortTaken { .. } => "port_taken",
+            E::PortInUse(_) => "port_in_use",
+            E::NoFreePort(..) => "no_free_port",
+            E::NotRunning(_) => "instance_not_running",
+            E::StartFailed { .. } => "start_failed",
+            E::StopFailed { .. } => "stop_failed",
+            E::Persist { .. } => "persistence_failed",
+            E::CreateDir { .. } => "io_error",
+            E::Logs { .. } => "logs_unavailable",
+            E::Failed { .. } => "instance_failed",
+            E::NotReady { .. } => "instance_not_ready",
+            E::AliasTaken { .. } => "alias_taken",
+            E::ShuttingDown => "shutting_down",
+        }
+    }
+
     /// An invalid value of one option (`field` as the form names it: `aliases`,
     /// `backend_options.ctx_size`).
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {

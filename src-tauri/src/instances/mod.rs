@@ -27,7 +27,7 @@ mod store;
 mod usage;
 
 pub use catalogue::ModelEntry;
-pub use error::InstanceError;
+pub use error::{ErrorKind, InstanceError};
 pub use events::InstanceEvent;
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use options::{

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use crate::sse::SseParser;
+
 /// What the Ollama answer looks like: `/api/chat` puts text in `message`, `/api/generate` in
 /// `response`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,73 +21,6 @@ pub enum Shape {
 /// sends a whole long answer as one event, and stops one that never ends a line from growing
 /// Corral's memory without bound.
 pub const MAX_SSE_EVENT: usize = 16 * 1024 * 1024;
-
-/// A stream event grew past `MAX_SSE_EVENT`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("the backend sent a stream event larger than {MAX_SSE_EVENT} bytes")]
-pub struct EventTooLarge;
-
-/// Server-sent events, reassembled from reads that may cut a line or a UTF-8 character anywhere.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    /// Bytes after the last complete line.
-    pending: Vec<u8>,
-    /// `data:` lines of the event being read.
-    data: Option<String>,
-}
-
-impl SseParser {
-    /// The `data` of every event completed by `bytes`, in order; an error once an event (or a
-    /// line) is larger than `MAX_SSE_EVENT`, after which the stream is to be abandoned.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, EventTooLarge> {
-        self.pending.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut start = 0;
-        while let Some(offset) = self.pending[start..].iter().position(|b| *b == b'\n') {
-            let end = start + offset;
-            let line = String::from_utf8_lossy(&self.pending[start..end]).into_owned();
-            self.line(line.trim_end_matches('\r'), &mut events);
-            start = end + 1;
-        }
-        self.pending.drain(..start);
-        let kept = self.pending.len() + self.data.as_ref().map_or(0, String::len);
-        if kept > MAX_SSE_EVENT {
-            self.pending = Vec::new();
-            self.data = None;
-            return Err(EventTooLarge);
-        }
-        Ok(events)
-    }
-
-    /// The last event, when the stream ended without the blank line that closes it.
-    pub fn finish(&mut self) -> Option<String> {
-        let rest = std::mem::take(&mut self.pending);
-        if !rest.is_empty() {
-            // `rest` holds no newline, so this only adds to the event's data.
-            self.line(
-                String::from_utf8_lossy(&rest).trim_end_matches('\r'),
-                &mut Vec::new(),
-            );
-        }
-        self.data.take()
-    }
-
-    fn line(&mut self, line: &str, events: &mut Vec<String>) {
-        if line.is_empty() {
-            events.extend(self.data.take());
-        } else if let Some(value) = line.strip_prefix("data:") {
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match &mut self.data {
-                Some(data) => {
-                    data.push('\n');
-                    data.push_str(value);
-                }
-                None => self.data = Some(value.to_owned()),
-            }
-        }
-        // `event:`, `id:`, `retry:` and `:` comments carry nothing Ollama can use.
-    }
-}
 
 /// One thing to tell the Ollama client.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +74,7 @@ impl Translator {
             started,
             first_token: None,
             last_token: None,
-            sse: SseParser::default(),
+            sse: SseParser::new(MAX_SSE_EVENT),
             finish_reason: None,
             usage: None,
             timings: None,
@@ -160,16 +95,16 @@ impl Translator {
         if self.finished {
             return events;
         }
-        match self.sse.push(bytes) {
-            Ok(data) => {
-                for data in data {
-                    self.data(&data, &mut events);
-                }
-            }
-            Err(too_large) => {
-                events.push(Event::Error(too_large.to_string()));
-                self.finished = true;
-            }
+        let mut data = Vec::new();
+        let pushed = self.sse.push(bytes, |event| {
+            data.push(String::from_utf8_lossy(event).into_owned())
+        });
+        for data in data {
+            self.data(&data, &mut events);
+        }
+        if let Err(too_large) = pushed {
+            events.push(Event::Error(too_large.to_string()));
+            self.finished = true;
         }
         events
     }
@@ -177,7 +112,10 @@ impl Translator {
     /// The events left when the stream has ended: the final one at least, once.
     pub fn finish(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
-        if let Some(data) = self.sse.finish() {
+        let mut last = None;
+        self.sse
+            .finish(|event| last = Some(String::from_utf8_lossy(event).into_owned()));
+        if let Some(data) = last {
             self.data(&data, &mut events);
         }
         self.done(&mut events);
@@ -534,6 +472,7 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sse::EventTooLarge;
 
     /// A llama-server chat stream, as captured from the real server.
     const CHAT_STREAM: &str = concat!(
@@ -668,16 +607,24 @@ mod tests {
                     .into_iter()
                     .filter(|e| matches!(e, Event::Error(_))),
             );
-            assert!(translator.sse.pending.len() <= MAX_SSE_EVENT + piece.len());
+            assert!(translator.sse.buffered() <= MAX_SSE_EVENT + piece.len());
         }
-        assert_eq!(errors, vec![Event::Error(EventTooLarge.to_string())]);
+        assert_eq!(
+            errors,
+            vec![Event::Error(
+                EventTooLarge {
+                    limit: MAX_SSE_EVENT
+                }
+                .to_string()
+            )]
+        );
         assert!(translator.finished());
         // One long event of many `data:` lines counts whole.
-        let mut parser = SseParser::default();
+        let mut parser = SseParser::new(MAX_SSE_EVENT);
         let line = format!("data: {}\n", "y".repeat(1024 * 1024));
         let mut refused = false;
         for _ in 0..MAX_SSE_EVENT / line.len() + 2 {
-            refused |= parser.push(line.as_bytes()).is_err();
+            refused |= parser.push(line.as_bytes(), |_| {}).is_err();
         }
         assert!(refused);
     }
