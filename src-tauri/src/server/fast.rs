@@ -26,12 +26,13 @@ use tokio::time::{timeout, timeout_at};
 
 use super::chunked::Chunked;
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
-use crate::api::auth::{is_accepted, is_corral_cookie};
+use crate::api::auth::is_accepted;
 use crate::api::body::is_json_media_type;
 use crate::api::host::is_allowed;
 use crate::api::openai::{requested_model, with_backend_model, OpenAiError, RequestLog};
 use crate::config::Config;
 use crate::instances::{Lease, Registry};
+use crate::proxy::policy::{self, RequestHeader};
 use crate::proxy::{CONNECT_TIMEOUT, MAX_IDLE, MAX_IDLE_PER_BACKEND};
 
 /// The largest answer head taken from a backend.
@@ -402,56 +403,38 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
             declares_json = true;
             continue;
         }
+        // A streamed upload, a protocol switch and a web page's request (CORS) are hyper's.
         if ["transfer-encoding", "upgrade", "origin"]
             .into_iter()
             .any(is)
         {
             return Head::Other;
         }
-        if [
-            "keep-alive",
-            "proxy-authenticate",
-            "proxy-authorization",
-            "te",
-            "trailer",
-            "x-forwarded-host",
-            "x-forwarded-proto",
-        ]
-        .into_iter()
-        .any(is)
-        {
-            continue;
-        }
-        // The client's keys are Corral's: the backend gets the key Corral holds for it instead.
-        if is("authorization") {
-            bearer = bearer.or(header.value.strip_prefix(b"Bearer "));
-            continue;
-        }
-        if is("x-api-key") {
-            api_key = api_key.or(Some(header.value));
-            continue;
-        }
-        if is("cookie") {
-            // Corral's page cookie is a credential too; the backend's own cookies go on, joined
-            // into one header as the router sends them.
-            cookies.extend(
-                std::str::from_utf8(header.value)
-                    .ok()
-                    .into_iter()
-                    .flat_map(|value| value.split(';'))
-                    .map(str::trim)
-                    .filter(|pair| !pair.is_empty() && !is_corral_cookie(pair)),
-            );
-            continue;
+        match policy::request_header(name) {
+            RequestHeader::Forward => {}
+            // `Host` was read above; Corral writes its own forwarding headers below.
+            RequestHeader::HopByHop | RequestHeader::SetByCorral => continue,
+            RequestHeader::ClientCredential => {
+                if is("authorization") {
+                    bearer = bearer.or(header.value.strip_prefix(b"Bearer "));
+                } else {
+                    api_key = api_key.or(Some(header.value));
+                }
+                continue;
+            }
+            RequestHeader::Cookie => {
+                cookies.extend(std::str::from_utf8(header.value).ok());
+                continue;
+            }
         }
         forwarded.extend_from_slice(name.as_bytes());
         forwarded.extend_from_slice(b": ");
         forwarded.extend_from_slice(header.value);
         forwarded.extend_from_slice(b"\r\n");
     }
-    if !cookies.is_empty() {
+    if let Some(cookie) = policy::backend_cookies(cookies) {
         forwarded.extend_from_slice(b"cookie: ");
-        forwarded.extend_from_slice(cookies.join("; ").as_bytes());
+        forwarded.extend_from_slice(cookie.as_bytes());
         forwarded.extend_from_slice(b"\r\n");
     }
     let Some(body_len) = body_len else {
@@ -664,23 +647,15 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, String> {
     client_head.extend_from_slice(parsed.reason.unwrap_or_default().as_bytes());
     client_head.extend_from_slice(b"\r\n");
     for header in parsed.headers.iter() {
-        let name = header.name.to_ascii_lowercase();
-        let hop_by_hop = matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "upgrade"
-        ) || named.iter().any(|n| n == name.as_bytes());
-        // The body goes on as it came, so its framing headers do too; Corral's CORS applies,
-        // not the backend's.
-        let dropped = hop_by_hop
-            || name.starts_with("access-control-")
-            || (name == "transfer-encoding" && framing != Framing::Chunked)
-            || (name == "content-length" && framing == Framing::Chunked);
+        let name = header.name;
+        let is = |other: &str| name.eq_ignore_ascii_case(other);
+        // The body goes on as it came, so its framing headers do too.
+        let dropped = !policy::response_header_kept(name)
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            || (is("transfer-encoding") && framing != Framing::Chunked)
+            || (is("content-length") && framing == Framing::Chunked);
         if dropped {
             continue;
         }

@@ -1,5 +1,9 @@
-//! The one streaming reverse proxy, used by `/api/v1/instances/{name}/proxy/*` and by `/v1`:
-//! request and response bodies stay streams end to end (SSE arrives token by token).
+//! The hyper relay to backends, used by `/api/v1/instances/{name}/proxy/*` and by the `/v1`
+//! requests the fast path (`server::fast`) does not take: request and response bodies stay
+//! streams end to end (SSE arrives token by token). Which headers pass is [`policy`]'s to say,
+//! for both relays.
+
+pub mod policy;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +26,7 @@ use tokio::time::timeout;
 
 use crate::api::error::ApiError;
 use crate::instances::{InFlight, Upstream};
+use policy::RequestHeader;
 
 /// How long dialling a backend may take before the request fails with 502.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,18 +39,6 @@ pub(crate) const MAX_IDLE_PER_BACKEND: usize = 64;
 
 /// How long a pooled connection may take to become ready before a new one is opened instead.
 const REUSE_CHECK: Duration = Duration::from_millis(100);
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Watches one exchange pass through the proxy without holding it up; dropped when the response
 /// body ended or the client went away (so a guard inside it lives exactly as long as the request).
@@ -165,8 +158,7 @@ impl Proxy {
         // The pool speaks HTTP/1.1 to backends whatever the client used.
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
-        strip_hop_by_hop(headers);
-        strip_client_credentials(headers);
+        clean_request_headers(headers);
         if let Some(credential) = &upstream.credential {
             if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", credential.expose()))
             {
@@ -188,8 +180,7 @@ impl Proxy {
         match self.pool.send(authority, request).await {
             Ok((response, connection)) => {
                 let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                strip_cors(&mut parts.headers);
+                clean_response_headers(&mut parts.headers);
                 tap.response(parts.status, &parts.headers);
                 let mut body = Streamed {
                     body,
@@ -434,54 +425,60 @@ impl<T: ExchangeObserver> hyper::body::Body for Streamed<T> {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// Takes out of a request's `headers` what [`policy::request_header`] keeps from the backend:
+/// hop-by-hop headers (and those `Connection` names), the client's credentials, the forwarding
+/// claims Corral writes itself (the caller sets `Host` and `X-Forwarded-*` next), and Corral's
+/// page cookie.
+fn clean_request_headers(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    let cookie = policy::backend_cookies(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok()),
+    );
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            named.contains(name) || policy::request_header(name.as_str()) != RequestHeader::Forward
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+    if let Some(value) = cookie.and_then(|cookie| HeaderValue::from_str(&cookie).ok()) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Takes out of an answer's `headers` what [`policy::response_header_kept`] keeps from the
+/// client, and the hop-by-hop headers its `Connection` names; hyper frames the body itself.
+fn clean_response_headers(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            named.contains(name)
+                || *name == header::TRANSFER_ENCODING
+                || !policy::response_header_kept(name.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+}
+
+/// The headers `Connection` names: hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-/// Takes out what authenticated the client to Corral: the key headers, and Corral's page cookie
-/// from `Cookie` (the backend's own cookies stay).
-fn strip_client_credentials(headers: &mut HeaderMap) {
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(HeaderName::from_static("x-api-key"));
-    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if cookies.is_empty() {
-        return;
-    }
-    headers.remove(header::COOKIE);
-    let kept: Vec<&str> = cookies
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !crate::api::auth::is_corral_cookie(pair))
-        .collect();
-    if kept.is_empty() {
-        return;
-    }
-    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-        headers.insert(header::COOKIE, value);
-    }
-}
-
-fn strip_cors(headers: &mut HeaderMap) {
-    let cors: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
-    for name in cors {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -622,7 +619,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("corral_proxy_session=def"),
         );
-        strip_client_credentials(&mut headers);
+        clean_request_headers(&mut headers);
         assert!(!headers.contains_key(header::AUTHORIZATION));
         assert!(!headers.contains_key("x-api-key"));
         assert_eq!(headers[header::COOKIE], "theme=dark");
@@ -631,7 +628,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("corral_proxy_session=abc"),
         );
-        strip_client_credentials(&mut only_ours);
+        clean_request_headers(&mut only_ours);
         assert!(!only_ours.contains_key(header::COOKIE));
     }
 
@@ -655,8 +652,7 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
         );
-        strip_hop_by_hop(&mut headers);
-        strip_cors(&mut headers);
+        clean_response_headers(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::CONTENT_TYPE));
     }

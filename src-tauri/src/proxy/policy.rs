@@ -1,0 +1,140 @@
+//! The header policy of every relay to a backend: which of a client's request headers reach the
+//! backend and which of a backend's answer headers reach the client. The hyper relay
+//! ([`super::Proxy`]) and the byte-level fast path (`server::fast`) both ask these functions, so
+//! the two cannot drift apart on what they pass on.
+
+/// What happens to one header of a client's request on its way to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestHeader {
+    /// Passed on as it is.
+    Forward,
+    /// Describes the client's connection, not the request (RFC 9110 §7.6.1): never passed on.
+    HopByHop,
+    /// Authenticated the client to Corral: never passed on, the backend gets the key Corral
+    /// holds for it instead (a backend's page could read the client's).
+    ClientCredential,
+    /// Corral writes its own (`Host` for the backend, `X-Forwarded-*`); the client's would lie
+    /// to the backend about where the request came from.
+    SetByCorral,
+    /// Cookies: Corral's page cookie is taken out, the backend's own go on (see
+    /// [`backend_cookies`]).
+    Cookie,
+}
+
+/// Headers that describe one connection, not the message.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What happens to request header `name` (any case). Headers that `Connection` names are
+/// hop-by-hop too; the caller checks those.
+pub fn request_header(name: &str) -> RequestHeader {
+    let is = |other: &str| name.eq_ignore_ascii_case(other);
+    if HOP_BY_HOP.into_iter().any(is) {
+        RequestHeader::HopByHop
+    } else if is("authorization") || is("x-api-key") {
+        RequestHeader::ClientCredential
+    } else if is("host") || is("x-forwarded-host") || is("x-forwarded-proto") {
+        RequestHeader::SetByCorral
+    } else if is("cookie") {
+        RequestHeader::Cookie
+    } else {
+        RequestHeader::Forward
+    }
+}
+
+/// Whether answer header `name` (any case) reaches the client: not hop-by-hop, and not CORS,
+/// since Corral's own CORS policy applies, not the backend's. Framing headers are the relay's
+/// to keep or rewrite.
+pub fn response_header_kept(name: &str) -> bool {
+    let hop_by_hop = HOP_BY_HOP
+        .into_iter()
+        .filter(|&hop| hop != "transfer-encoding")
+        .any(|hop| name.eq_ignore_ascii_case(hop));
+    let cors = name
+        .get(..15)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("access-control-"));
+    !hop_by_hop && !cors
+}
+
+/// The `Cookie` header the backend gets from the client's `values`: every cookie but Corral's
+/// own page cookie, joined into one header; `None` when none is left.
+pub fn backend_cookies<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let kept: Vec<&str> = values
+        .into_iter()
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !crate::api::auth::is_corral_cookie(pair))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_connection_headers_and_forwarding_claims_never_reach_the_backend() {
+        use RequestHeader as R;
+        for (name, rule) in [
+            ("Authorization", R::ClientCredential),
+            ("X-API-Key", R::ClientCredential),
+            ("Connection", R::HopByHop),
+            ("Proxy-Authorization", R::HopByHop),
+            ("TE", R::HopByHop),
+            ("Host", R::SetByCorral),
+            ("X-Forwarded-Host", R::SetByCorral),
+            ("x-forwarded-proto", R::SetByCorral),
+            ("Cookie", R::Cookie),
+            ("Accept", R::Forward),
+            ("X-Forwarded-For", R::Forward),
+            ("Content-Type", R::Forward),
+        ] {
+            assert_eq!(request_header(name), rule, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_backends_cors_and_connection_headers_never_reach_the_client() {
+        for name in [
+            "Access-Control-Allow-Origin",
+            "access-control-allow-credentials",
+            "Connection",
+            "Keep-Alive",
+            "Upgrade",
+            "Trailer",
+        ] {
+            assert!(!response_header_kept(name), "{name}");
+        }
+        for name in [
+            "Content-Type",
+            "Set-Cookie",
+            "Transfer-Encoding",
+            "X-Request-Id",
+            "Access",
+        ] {
+            assert!(response_header_kept(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_corrals_page_cookie_is_taken_out() {
+        let cookie = format!("{}=secret", crate::api::auth::PROXY_COOKIE);
+        assert_eq!(
+            backend_cookies(
+                ["a=1; ".to_owned() + &cookie, "b=2".into()]
+                    .iter()
+                    .map(String::as_str)
+            ),
+            Some("a=1; b=2".to_owned())
+        );
+        assert_eq!(backend_cookies([cookie.as_str()]), None);
+    }
+}
