@@ -502,9 +502,11 @@ fn every_help_spelling_is_typed(backend: BackendType, help: &str, prefix: &str) 
                 .unwrap_or_else(|e| panic!("{command}: {e}"))
                 .to_json();
             // the model of the prefix is not what this flag set, unless it is `--model` itself
-            let typed = options.as_object().unwrap().keys().any(|key| {
-                key != "extra_args" && (key != "model" || spelling == "--model")
-            });
+            let typed = options
+                .as_object()
+                .unwrap()
+                .keys()
+                .any(|key| key != "extra_args" && (key != "model" || spelling == "--model"));
             if options.get("extra_args").is_some() || !typed {
                 untyped.push(format!("{command} -> {options}"));
             }
@@ -519,12 +521,20 @@ fn every_help_spelling_is_typed(backend: BackendType, help: &str, prefix: &str) 
 
 #[test]
 fn every_flag_alias_and_negation_of_the_real_vllm_serve_help_is_a_typed_option() {
-    every_help_spelling_is_typed(BackendType::Vllm, &fixture("vllm-serve.txt"), "vllm serve m");
+    every_help_spelling_is_typed(
+        BackendType::Vllm,
+        &fixture("vllm-serve.txt"),
+        "vllm serve m",
+    );
 }
 
 #[test]
 fn every_flag_of_the_real_mlx_lm_server_help_is_a_typed_option() {
-    every_help_spelling_is_typed(BackendType::MlxLm, &fixture("mlx_lm.server.txt"), "mlx_lm.server");
+    every_help_spelling_is_typed(
+        BackendType::MlxLm,
+        &fixture("mlx_lm.server.txt"),
+        "mlx_lm.server",
+    );
 }
 
 /// A sample value of each kind, as the JSON the API takes; choices and `START END` values come
@@ -541,7 +551,11 @@ fn samples(backend: BackendType, name: &str, kind: corral::backends::OptionKind)
         OptionKind::Int if name == "port" => vec![json!(8081)],
         OptionKind::Int => vec![json!(7), json!(-3)],
         OptionKind::Float => vec![json!(0.5), json!(-2.25)],
-        OptionKind::String if property["pattern"].as_str().is_some_and(|p| p.contains("\\s+")) => {
+        OptionKind::String
+            if property["pattern"]
+                .as_str()
+                .is_some_and(|p| p.contains("\\s+")) =>
+        {
             vec![json!("10 20")]
         }
         OptionKind::String => vec![json!("x"), json!("{\"a\": [1, \"b c\"]}")],
@@ -582,7 +596,9 @@ fn every_typed_option_of_every_backend_round_trips_through_its_argv() {
                 let twin = backend == BackendType::LlamaCpp && value == json!(false);
                 match parse_command(backend, &command) {
                     Ok(again) if again == options || (twin && again.to_args() == argv) => {}
-                    Ok(again) => failures.push(format!("{json} -> {argv:?} -> {}", again.to_json())),
+                    Ok(again) => {
+                        failures.push(format!("{json} -> {argv:?} -> {}", again.to_json()))
+                    }
                     Err(e) => failures.push(format!("{json} -> {argv:?}: {e}")),
                 }
             }
@@ -636,12 +652,28 @@ fn vllm_serve_sizes_optimization_levels_and_lists_parse_as_vllm_reads_them() {
         })
     );
     for (command, key, want) in [
-        ("vllm serve m --max-model-len auto", "max_model_len", json!(-1)),
-        ("vllm serve m --max-model-len -1", "max_model_len", json!(-1)),
+        (
+            "vllm serve m --max-model-len auto",
+            "max_model_len",
+            json!(-1),
+        ),
+        (
+            "vllm serve m --max-model-len -1",
+            "max_model_len",
+            json!(-1),
+        ),
         ("vllm serve m -O=2", "optimization_level", json!("2")),
         ("vllm serve m -O 1", "optimization_level", json!("1")),
-        ("vllm serve m --allowed-origins '*'", "allowed_origins", json!(["*"])),
-        ("vllm serve m --allowed-methods=[]", "allowed_methods", json!([])),
+        (
+            "vllm serve m --allowed-origins '*'",
+            "allowed_origins",
+            json!(["*"]),
+        ),
+        (
+            "vllm serve m --allowed-methods=[]",
+            "allowed_methods",
+            json!([]),
+        ),
     ] {
         assert_eq!(parsed(BackendType::Vllm, command)[key], want, "{command}");
     }
@@ -678,16 +710,43 @@ fn vllm_list_options_are_written_the_way_vllm_reads_them() {
 #[test]
 fn vllm_sizes_and_json_lists_that_vllm_would_refuse_are_parse_errors() {
     for (command, needle) in [
-        ("vllm serve m --max-model-len 1.5K", "--max-model-len expects an integer"),
-        ("vllm serve m --max-model-len 32q", "--max-model-len expects an integer"),
-        ("vllm serve m --max-model-len 12.k", "--max-model-len expects an integer"),
-        ("vllm serve m --max-model-len 99999999999t", "--max-model-len expects an integer"),
-        ("vllm serve m --max-model-len k", "--max-model-len expects an integer"),
+        (
+            "vllm serve m --max-model-len 1.5K",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len 32q",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len 12.k",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len 99999999999t",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len k",
+            "--max-model-len expects an integer",
+        ),
         // suffixes are vLLM's rule for its size options only
-        ("vllm serve m --max-num-seqs 2k", "--max-num-seqs expects an integer"),
-        ("vllm serve m --allowed-origins '[1]'", "--allowed-origins expects a JSON array of strings"),
-        ("vllm serve m --allowed-origins '[\"a\"'", "--allowed-origins expects a JSON array of strings"),
-        (r#"vllm serve m --allowed-origins '["a\u0000"]'"#, "--allowed-origins expects a JSON array"),
+        (
+            "vllm serve m --max-num-seqs 2k",
+            "--max-num-seqs expects an integer",
+        ),
+        (
+            "vllm serve m --allowed-origins '[1]'",
+            "--allowed-origins expects a JSON array of strings",
+        ),
+        (
+            "vllm serve m --allowed-origins '[\"a\"'",
+            "--allowed-origins expects a JSON array of strings",
+        ),
+        (
+            r#"vllm serve m --allowed-origins '["a\u0000"]'"#,
+            "--allowed-origins expects a JSON array",
+        ),
     ] {
         let e = parse_command(BackendType::Vllm, command).unwrap_err();
         assert_eq!(e.code(), "parse_error", "{command}");
