@@ -121,29 +121,25 @@ fn suffixed_int(text: &str) -> Option<i64> {
     if !digits(whole) || !(fraction.is_empty() || digits(fraction)) || number.ends_with('.') {
         return None;
     }
-    let power = |base: i64, exp: u32| base.checked_pow(exp);
-    match suffix {
-        'k' | 'm' | 'g' | 't' => {
-            let exp = match suffix {
-                'k' => 3,
-                'm' => 6,
-                'g' => 9,
-                _ => 12,
-            };
-            let value = number.parse::<f64>().ok()? * power(10, exp)? as f64;
-            // below 2^63 (i64::MAX is not exact in f64); vLLM truncates the fraction as `int()`
-            (value < 9.223_372_036_854_775_807e18).then_some(value.trunc() as i64)
-        }
-        'K' | 'M' | 'G' | 'T' if !number.contains('.') => {
-            let exp = match suffix {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                _ => 40,
-            };
-            whole.parse::<i64>().ok()?.checked_mul(power(2, exp)?)
-        }
-        _ => None,
+    let (multiplier, decimal): (i64, bool) = match suffix {
+        'k' => (1_000, true),
+        'm' => (1_000_000, true),
+        'g' => (1_000_000_000, true),
+        't' => (1_000_000_000_000, true),
+        'K' => (1 << 10, false),
+        'M' => (1 << 20, false),
+        'G' => (1 << 30, false),
+        'T' => (1 << 40, false),
+        _ => return None,
+    };
+    if decimal {
+        let value = number.parse::<f64>().ok()? * multiplier as f64;
+        // `i64::MAX as f64` is 2^63, the first value past the range; vLLM truncates as `int()`
+        (value < i64::MAX as f64).then_some(value.trunc() as i64)
+    } else if number.contains('.') {
+        None
+    } else {
+        whole.parse::<i64>().ok()?.checked_mul(multiplier)
     }
 }
 
