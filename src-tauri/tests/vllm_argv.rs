@@ -73,3 +73,27 @@ fn the_argv_corral_builds_means_to_the_real_vllm_what_the_parsed_command_meant()
         "{report}"
     );
 }
+
+/// The table in the repository is what `scripts/gen_vllm_options.py` makes of the installed
+/// vLLM: after a vLLM upgrade this fails until the table is regenerated.
+#[test]
+#[ignore = "needs vLLM (6 GB); run by scripts/test-vllm.sh"]
+fn the_vllm_table_is_what_the_generator_makes_of_the_installed_vllm() {
+    let vllm = common::binary::required_file("CORRAL_VLLM");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(vllm.with_file_name("python"))
+        .arg(root.join("../scripts/gen_vllm_options.py"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(root.join("src/backends/vllm_table.rs")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == table,
+        "src/backends/vllm_table.rs is stale: regenerate it with scripts/gen_vllm_options.py"
+    );
+}
