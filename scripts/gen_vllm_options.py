@@ -10,7 +10,9 @@ Builds the parser `vllm serve --help=all` prints (vLLM's `make_arg_parser` over 
 per flag, in vLLM's order. argparse -> kinds: store_true and BooleanOptionalAction -> Bool (the
 latter's `--no-X` spellings go to NEGATIONS), type int -> Int, float -> Float, nargs '+'/'*' ->
 StringList written after one flag (REPEAT_IN_ONE_FLAG: argparse keeps only the last occurrence),
-action 'append' -> StringList repeated, anything else (str, JSON, config dataclasses) -> String.
+action 'append' -> StringList repeated, a JSON list (`--allowed-origins`) -> StringList written as
+one JSON array (JSON_LISTS), anything else (str, JSON, config dataclasses) -> String. Ints vLLM
+reads with a size suffix (`32k`) go to HUMAN_INTS. Fails rather than guess on anything new.
 """
 import argparse
 import enum
