@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The vLLM end-to-end test: installs vLLM's CPU build and the tiny Hugging Face model (cached by
 # scripts/test-backends-py.sh: ~3-8 minutes and 6 GB the first time, a second after), then runs
-# src-tauri/tests/e2e_vllm.rs against the real `vllm serve`. Prints how long each part took.
+# src-tauri/tests/e2e_vllm.rs against the real `vllm serve`, and tests/vllm_argv.rs against vLLM's
+# own argument parser (the argv Corral builds means what the parsed command meant). Prints how long
+# each part took.
 #
 # Why it is not a step of scripts/test.sh (CI): on this project's 2-core machines the install took
 # 8 min 22 s and, with other builds running, 25 min 9 s (6.2 GB, most of it PyPI's CUDA torch that
@@ -22,5 +24,5 @@ export CORRAL_VLLM CORRAL_TEST_HF_MODEL
 printf '%s\n===== ok: vLLM install (%ss)\n' "$env_py" "$((SECONDS - t0))"
 
 t1=$SECONDS
-cargo test -p corral --no-default-features --test e2e_vllm -- --ignored --nocapture
+cargo test -p corral --no-default-features --test e2e_vllm --test vllm_argv -- --ignored --nocapture
 printf '===== ok: vLLM e2e test (%ss, build included)\n' "$((SECONDS - t1))"

@@ -332,10 +332,22 @@ fn help_options(help: &str) -> Vec<HelpOption> {
         .filter(|line| line.starts_with("  -"))
         .map(|line| {
             // Spellings end where the help text starts: two spaces, or the end of the line.
-            let head = line.trim_start().split("  ").next().unwrap_or_default();
+            let mut head = line
+                .trim_start()
+                .split("  ")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             let mut spellings = Vec::new();
             let mut takes_value = false;
             let mut choices = Vec::new();
+            // vLLM prints some choices as a Python list: `--model-impl ['auto', 'vllm']`
+            if let Some((flag, list)) = head.clone().split_once(" ['") {
+                let list = list.split("']").next().unwrap_or_default();
+                choices = list.split("', '").map(str::to_owned).collect();
+                takes_value = true;
+                head = flag.to_owned();
+            }
             for part in head.split(", ") {
                 let mut words = part.split(' ');
                 spellings.push(words.next().unwrap().to_owned());
@@ -404,7 +416,9 @@ fn round_trip_every_flag(
         if again != first {
             failures.push(format!("{command} -> {argv:?} -> {:?}", again.to_json()));
         }
-        if option.takes_value && !argv.iter().any(|word| word == value) {
+        // a JSON list option writes the value inside its array
+        let json_item = format!("\"{value}\"");
+        if option.takes_value && !argv.iter().any(|w| w == value || w.contains(&json_item)) {
             failures.push(format!("{command} lost its value: {argv:?}"));
         }
     }
@@ -467,4 +481,275 @@ fn every_flag_of_the_real_vllm_serve_help_round_trips_through_parse_command() {
         gone, legacy,
         "flags vLLM dropped since the table was written"
     );
+}
+
+/// Every spelling a real `--help` lists (long flags, short aliases, `--no-X`), alone on a command
+/// line, is a typed option of the table: none falls through to `extra_args`.
+fn every_help_spelling_is_typed(backend: BackendType, help: &str, prefix: &str) {
+    let mut untyped = Vec::new();
+    for option in help_options(help) {
+        for spelling in &option.spellings {
+            if spelling == "--help" || spelling == "-h" {
+                continue;
+            }
+            let value = option.choices.first().map_or("7", String::as_str);
+            let command = if option.takes_value {
+                format!("{prefix} {spelling} {value}")
+            } else {
+                format!("{prefix} {spelling}")
+            };
+            let options = parse_command(backend, &command)
+                .unwrap_or_else(|e| panic!("{command}: {e}"))
+                .to_json();
+            // the model of the prefix is not what this flag set, unless it is `--model` itself
+            let typed = options
+                .as_object()
+                .unwrap()
+                .keys()
+                .any(|key| key != "extra_args" && (key != "model" || spelling == "--model"));
+            if options.get("extra_args").is_some() || !typed {
+                untyped.push(format!("{command} -> {options}"));
+            }
+        }
+    }
+    assert!(
+        untyped.is_empty(),
+        "flags of the real --help the table does not type:\n{}",
+        untyped.join("\n")
+    );
+}
+
+#[test]
+fn every_flag_alias_and_negation_of_the_real_vllm_serve_help_is_a_typed_option() {
+    every_help_spelling_is_typed(
+        BackendType::Vllm,
+        &fixture("vllm-serve.txt"),
+        "vllm serve m",
+    );
+}
+
+#[test]
+fn every_flag_of_the_real_mlx_lm_server_help_is_a_typed_option() {
+    every_help_spelling_is_typed(
+        BackendType::MlxLm,
+        &fixture("mlx_lm.server.txt"),
+        "mlx_lm.server",
+    );
+}
+
+/// A sample value of each kind, as the JSON the API takes; choices and `START END` values come
+/// from the backend's published schema.
+fn samples(backend: BackendType, name: &str, kind: corral::backends::OptionKind) -> Vec<Value> {
+    use corral::backends::OptionKind;
+    let schema = corral::backends::options_schema(backend);
+    let property = &schema["properties"][name];
+    if let Some(first) = property["enum"].as_array().and_then(|e| e.first()) {
+        return vec![first.clone()];
+    }
+    match kind {
+        OptionKind::Bool => vec![json!(true), json!(false)],
+        OptionKind::Int if name == "port" => vec![json!(8081)],
+        OptionKind::Int => vec![json!(7), json!(-3)],
+        OptionKind::Float => vec![json!(0.5), json!(-2.25)],
+        OptionKind::String
+            if property["pattern"]
+                .as_str()
+                .is_some_and(|p| p.contains("\\s+")) =>
+        {
+            vec![json!("10 20")]
+        }
+        OptionKind::String => vec![json!("x"), json!("{\"a\": [1, \"b c\"]}")],
+        OptionKind::StringList => vec![json!(["a"]), json!(["a=/x", "b c", "{\"k\": 1}"])],
+    }
+}
+
+/// Every option of every table, set alone to a value of its kind, builds an argv that
+/// parse-command reads back to the same options: nothing Corral writes reads back as something
+/// else. A false bool without a `--no-` spelling writes nothing, and is left out.
+#[test]
+fn every_typed_option_of_every_backend_round_trips_through_its_argv() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for backend in [BackendType::LlamaCpp, BackendType::MlxLm, BackendType::Vllm] {
+        let executable = match backend {
+            BackendType::LlamaCpp => "llama-server",
+            BackendType::MlxLm => "mlx_lm.server",
+            BackendType::Vllm => "vllm serve",
+        };
+        for spec in corral::backends::specs(backend) {
+            for value in samples(backend, spec.name, spec.kind) {
+                let mut json = json!({ spec.name: value });
+                if spec.name != "model" {
+                    json["model"] = json!("m");
+                }
+                let options = BackendOptions::from_json(backend, &json)
+                    .unwrap_or_else(|e| panic!("{backend:?} {json}: {e}"));
+                let argv = options.to_args();
+                let unset = BackendOptions::from_json(backend, &json!({"model": "m"})).unwrap();
+                if value == json!(false) && argv == unset.to_args() {
+                    continue;
+                }
+                checked += 1;
+                let command = format!("{executable} {}", shell_words::join(&argv));
+                // llama-server's `--no-X` is an option of its own (`no_warmup: true` for
+                // `warmup: false`): the same argv, so the same server.
+                let twin = backend == BackendType::LlamaCpp && value == json!(false);
+                match parse_command(backend, &command) {
+                    Ok(again) if again == options || (twin && again.to_args() == argv) => {}
+                    Ok(again) => {
+                        failures.push(format!("{json} -> {argv:?} -> {}", again.to_json()))
+                    }
+                    Err(e) => failures.push(format!("{json} -> {argv:?}: {e}")),
+                }
+            }
+        }
+    }
+    assert!(checked > 900, "only {checked} values checked");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} did not round trip:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_real_world_vllm_serve_command_parses_to_the_typed_options() {
+    let got = parsed(
+        BackendType::Vllm,
+        "vllm serve Qwen/Qwen2.5-7B -tp 2 --max-model-len 8192 --no-enable-prefix-caching \
+         --served-model-name a --lora-modules a=/x b=/y",
+    );
+    assert_eq!(
+        got,
+        json!({
+            "enable_prefix_caching": false, "lora_modules": ["a=/x", "b=/y"], "max_model_len": 8192,
+            "model": "Qwen/Qwen2.5-7B", "served_model_name": "a", "tensor_parallel_size": 2
+        })
+    );
+}
+
+#[test]
+fn vllm_serve_sizes_optimization_levels_and_lists_parse_as_vllm_reads_them() {
+    let got = parsed(
+        BackendType::Vllm,
+        "vllm serve meta-llama/Llama-3.1-8B-Instruct --max-model-len 32k --max-num-batched-tokens 2K \
+         -O3 -ep -dp 2 --api-key k1 k2 --allowed-origins '[\"http://localhost:3000\"]' \
+         --speculative-config '{\"method\": \"ngram\", \"num_speculative_tokens\": 5}' \
+         --collect-detailed-traces model worker --max_num_seqs 64 --no-enable-log-requests \
+         --kv-cache-memory-bytes 25.6k",
+    );
+    assert_eq!(
+        got,
+        json!({
+            "allowed_origins": ["http://localhost:3000"], "api_key": ["k1", "k2"],
+            "collect_detailed_traces": ["model", "worker"], "data_parallel_size": 2,
+            "enable_expert_parallel": true, "enable_log_requests": false,
+            "kv_cache_memory_bytes": 25600, "max_model_len": 32000, "max_num_batched_tokens": 2048,
+            "max_num_seqs": 64, "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "optimization_level": "3",
+            "speculative_config": "{\"method\": \"ngram\", \"num_speculative_tokens\": 5}"
+        })
+    );
+    for (command, key, want) in [
+        (
+            "vllm serve m --max-model-len auto",
+            "max_model_len",
+            json!(-1),
+        ),
+        (
+            "vllm serve m --max-model-len -1",
+            "max_model_len",
+            json!(-1),
+        ),
+        ("vllm serve m -O=2", "optimization_level", json!("2")),
+        ("vllm serve m -O 1", "optimization_level", json!("1")),
+        (
+            "vllm serve m --allowed-origins '*'",
+            "allowed_origins",
+            json!(["*"]),
+        ),
+        (
+            "vllm serve m --allowed-methods=[]",
+            "allowed_methods",
+            json!([]),
+        ),
+    ] {
+        assert_eq!(parsed(BackendType::Vllm, command)[key], want, "{command}");
+    }
+}
+
+#[test]
+fn vllm_list_options_are_written_the_way_vllm_reads_them() {
+    let options = BackendOptions::from_json(
+        BackendType::Vllm,
+        &json!({
+            "model": "m", "api_key": ["k1", "k2"], "allowed_origins": ["http://a", "http://b"],
+            "middleware": ["x.A", "y.B"]
+        }),
+    )
+    .unwrap();
+    // nargs='+' (argparse keeps the last `--api-key` only), a JSON array, action='append'
+    assert_eq!(
+        options.to_args(),
+        [
+            "m",
+            "--allowed-origins",
+            "[\"http://a\",\"http://b\"]",
+            "--api-key",
+            "k1",
+            "k2",
+            "--middleware",
+            "x.A",
+            "--middleware",
+            "y.B"
+        ]
+    );
+}
+
+#[test]
+fn vllm_sizes_and_json_lists_that_vllm_would_refuse_are_parse_errors() {
+    for (command, needle) in [
+        (
+            "vllm serve m --max-model-len 1.5K",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len 32q",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len 12.k",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len 99999999999t",
+            "--max-model-len expects an integer",
+        ),
+        (
+            "vllm serve m --max-model-len k",
+            "--max-model-len expects an integer",
+        ),
+        // suffixes are vLLM's rule for its size options only
+        (
+            "vllm serve m --max-num-seqs 2k",
+            "--max-num-seqs expects an integer",
+        ),
+        (
+            "vllm serve m --allowed-origins '[1]'",
+            "--allowed-origins expects a JSON array of strings",
+        ),
+        (
+            "vllm serve m --allowed-origins '[\"a\"'",
+            "--allowed-origins expects a JSON array of strings",
+        ),
+        (
+            r#"vllm serve m --allowed-origins '["a\u0000"]'"#,
+            "--allowed-origins expects a JSON array",
+        ),
+    ] {
+        let e = parse_command(BackendType::Vllm, command).unwrap_err();
+        assert_eq!(e.code(), "parse_error", "{command}");
+        assert!(e.to_string().contains(needle), "{command}: {e}");
+    }
 }

@@ -64,6 +64,9 @@ pub(super) static BACKEND: Backend = Backend {
     negations: &[],
     two_values: &[],
     repeat_in_one_flag: &[],
+    json_lists: &[],
+    suffixed_ints: &[],
+    attached_values: &[],
     executables: &["mlx_lm.server", "mlx_lm"],
     // `mlx_lm server ...`, the newer spelling of `mlx_lm.server`
     subcommands: &["server"],

@@ -11,6 +11,7 @@ mod parse;
 mod schema;
 mod secret;
 mod vllm;
+mod vllm_table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -205,6 +206,13 @@ struct Backend {
     two_values: &'static [&'static str],
     /// List options written as `--flag a b` (argparse nargs='+') instead of `--flag a --flag b`.
     repeat_in_one_flag: &'static [&'static str],
+    /// List options written as one JSON array word (`--flag '["a","b"]'`), as the backend reads them.
+    json_lists: &'static [&'static str],
+    /// Int options parse-command also reads with a size suffix: `k`/`m`/`g`/`t` decimal (`25.6k` =
+    /// 25600), `K`/`M`/`G`/`T` binary (`1K` = 1024), as vLLM does.
+    suffixed_ints: &'static [&'static str],
+    /// Short flags whose value may follow without a space or after `=` (`-O3`, `-O=3`).
+    attached_values: &'static [&'static str],
     /// Executable names parse-command skips (case-insensitive).
     executables: &'static [&'static str],
     /// Subcommands parse-command skips after the executable (`serve`).
@@ -465,6 +473,10 @@ impl BackendOptions {
                     args.extend(s.split_whitespace().map(str::to_string));
                 }
                 OptionValue::String(s) => args.extend([spec.flag.to_string(), s.clone()]),
+                OptionValue::StringList(list) if table.json_lists.contains(&spec.name) => {
+                    let array = serde_json::Value::from(list.clone());
+                    args.extend([spec.flag.to_string(), array.to_string()]);
+                }
                 OptionValue::StringList(list) if table.repeat_in_one_flag.contains(&spec.name) => {
                     if !list.is_empty() {
                         args.push(spec.flag.to_string());

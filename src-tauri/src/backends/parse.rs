@@ -46,9 +46,12 @@ pub(super) fn parse_command(
         if word.starts_with("---") {
             return Err(ParseError::MalformedFlag(word.clone()));
         }
-        let (flag, inline) = match word.split_once('=') {
+        let (flag, inline) = match attached_value(table, word) {
             Some((flag, value)) => (flag, Some(value.to_string())),
-            None => (word.as_str(), None),
+            None => match word.split_once('=') {
+                Some((flag, value)) => (flag, Some(value.to_string())),
+                None => (word.as_str(), None),
+            },
         };
         let key = flag_key(flag);
         match table.lookup(&key) {
@@ -97,6 +100,56 @@ fn negated(table: &Backend, key: &str) -> Option<&'static OptionSpec> {
         .iter()
         .find(|(_, flag)| flag_key(flag) == key)
         .and_then(|(name, _)| table.specs.iter().find(|spec| spec.name == *name))
+}
+
+/// `-O3` or `-O=3` for a short flag that takes its value attached: `("-O", "3")`.
+fn attached_value<'a>(table: &Backend, word: &'a str) -> Option<(&'static str, &'a str)> {
+    table.attached_values.iter().find_map(|flag| {
+        let rest = word.strip_prefix(flag).filter(|rest| !rest.is_empty())?;
+        Some((*flag, rest.strip_prefix('=').unwrap_or(rest)))
+    })
+}
+
+/// vLLM's human-readable integers: `25.6k` = 25600 and `1K` = 1024 (decimal suffixes take a
+/// fraction, binary ones do not); `None` for anything else, plain numbers included.
+fn suffixed_int(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let suffix = text.chars().last()?;
+    let number = &text[..text.len() - suffix.len_utf8()];
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(fraction.is_empty() || digits(fraction)) || number.ends_with('.') {
+        return None;
+    }
+    let (multiplier, decimal): (i64, bool) = match suffix {
+        'k' => (1_000, true),
+        'm' => (1_000_000, true),
+        'g' => (1_000_000_000, true),
+        't' => (1_000_000_000_000, true),
+        'K' => (1 << 10, false),
+        'M' => (1 << 20, false),
+        'G' => (1 << 30, false),
+        'T' => (1 << 40, false),
+        _ => return None,
+    };
+    if decimal {
+        let value = number.parse::<f64>().ok()? * multiplier as f64;
+        // `i64::MAX as f64` is 2^63, the first value past the range; vLLM truncates as `int()`
+        (value < i64::MAX as f64).then_some(value.trunc() as i64)
+    } else if number.contains('.') {
+        None
+    } else {
+        whole.parse::<i64>().ok()?.checked_mul(multiplier)
+    }
+}
+
+/// A list option's value as the backend reads it: a JSON array of strings, or one plain item.
+fn json_list(text: &str) -> Option<Vec<String>> {
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str(text).ok()
+    } else {
+        Some(vec![text.to_owned()])
+    }
 }
 
 /// Backslash-newline continuations (with any spaces around) become one space, as in a shell
@@ -266,11 +319,20 @@ fn apply_known(
                 .int_keywords
                 .iter()
                 .find(|(name, word, _)| *name == spec.name && text.eq_ignore_ascii_case(word));
+            let suffixed = || {
+                table
+                    .suffixed_ints
+                    .contains(&spec.name)
+                    .then(|| suffixed_int(&text))
+                    .flatten()
+            };
             let number = match keyword {
                 Some((_, _, number)) => *number,
                 None => text
                     .parse::<i64>()
-                    .map_err(|_| invalid("an integer", &text))?,
+                    .ok()
+                    .or_else(suffixed)
+                    .ok_or_else(|| invalid("an integer", &text))?,
             };
             if spec.name == "port" {
                 if number == 0 {
@@ -292,12 +354,19 @@ fn apply_known(
             OptionValue::Float(number)
         }
         OptionKind::StringList => {
+            let items = if table.json_lists.contains(&spec.name) {
+                json_list(&text)
+                    .filter(|items| !items.iter().any(|item| item.contains('\0')))
+                    .ok_or_else(|| invalid("a JSON array of strings", &text))?
+            } else {
+                vec![text]
+            };
             let entry = options
                 .values
                 .entry(spec.name)
                 .or_insert_with(|| OptionValue::StringList(Vec::new()));
             if let OptionValue::StringList(list) = entry {
-                list.push(text);
+                list.extend(items);
             }
             return Ok(consumed);
         }

@@ -1,177 +1,15 @@
-//! `vllm serve`: the common flags of vLLM's OpenAI-compatible server (frontend and engine
-//! arguments); anything else goes through `extra_args`. The model is the first positional word.
+//! `vllm serve`: vLLM's OpenAI-compatible server. Its option table (`vllm_table.rs`) is generated
+//! from the installed vLLM's own argument parser; this file holds the rules the table cannot
+//! carry. The model is the first positional word.
 
-use super::{Backend, OptionKind as K, OptionSpec, PositionalModel};
+use super::{vllm_table, Backend, PositionalModel};
 
 /// The environment variable vLLM reads its API key from when `--api-key` is not given.
 pub(super) const API_KEY_VAR: &str = "VLLM_API_KEY";
 
-const fn o(name: &'static str, flag: &'static str, kind: K, help: &'static str) -> OptionSpec {
-    OptionSpec {
-        name,
-        flag,
-        aliases: &[],
-        kind,
-        help,
-    }
-}
-
-const fn a(
-    name: &'static str,
-    flag: &'static str,
-    aliases: &'static [&'static str],
-    kind: K,
-    help: &'static str,
-) -> OptionSpec {
-    OptionSpec {
-        name,
-        flag,
-        aliases,
-        kind,
-        help,
-    }
-}
-
-static SPECS: &[OptionSpec] = &[
-    // the model: positional in argv, `--model` accepted by parse-command
-    o("model", "--model", K::String, "Name or path of the Hugging Face model to serve (positional in argv)"),
-    // frontend
-    o("host", "--host", K::String, "Host name to listen on"),
-    o("port", "--port", K::Int, "Port to listen on"),
-    o("uds", "--uds", K::String, "Unix domain socket path; host and port are ignored when set"),
-    o("uvicorn_log_level", "--uvicorn-log-level", K::String, "Log level for uvicorn: debug, info, warning, error, critical, trace"),
-    o("disable_uvicorn_access_log", "--disable-uvicorn-access-log", K::Bool, "Disable uvicorn access log"),
-    o("allow_credentials", "--allow-credentials", K::Bool, "Allow credentials (CORS)"),
-    o("allowed_origins", "--allowed-origins", K::StringList, "Allowed origins (CORS)"),
-    o("allowed_methods", "--allowed-methods", K::StringList, "Allowed methods (CORS)"),
-    o("allowed_headers", "--allowed-headers", K::StringList, "Allowed headers (CORS)"),
-    o("api_key", "--api-key", K::StringList, "API key(s) the server requires in the request header"),
-    o("lora_modules", "--lora-modules", K::StringList, "LoRA modules: name=path or a JSON object each"),
-    o("chat_template", "--chat-template", K::String, "Path to the chat template file, or the template itself"),
-    o("chat_template_content_format", "--chat-template-content-format", K::String, "How message content is rendered in the chat template: auto, string or openai"),
-    o("response_role", "--response-role", K::String, "Role name returned when request.add_generation_prompt is true"),
-    o("ssl_keyfile", "--ssl-keyfile", K::String, "Path to the SSL key file"),
-    o("ssl_certfile", "--ssl-certfile", K::String, "Path to the SSL certificate file"),
-    o("ssl_ca_certs", "--ssl-ca-certs", K::String, "Path to the CA certificates file"),
-    o("ssl_cert_reqs", "--ssl-cert-reqs", K::Int, "Whether a client certificate is required (see Python's ssl module)"),
-    o("root_path", "--root-path", K::String, "FastAPI root_path when behind a path-based routing proxy"),
-    o("middleware", "--middleware", K::StringList, "Additional ASGI middleware (import path), repeatable"),
-    o("return_tokens_as_token_ids", "--return-tokens-as-token-ids", K::Bool, "Represent single tokens as 'token_id:{token_id}' strings when logprobs are requested"),
-    o("disable_frontend_multiprocessing", "--disable-frontend-multiprocessing", K::Bool, "Run the OpenAI frontend server in the same process as the model serving engine"),
-    o("enable_request_id_headers", "--enable-request-id-headers", K::Bool, "Add an X-Request-Id header to responses"),
-    o("enable_auto_tool_choice", "--enable-auto-tool-choice", K::Bool, "Enable auto tool choice for supported models (needs --tool-call-parser)"),
-    o("exclude_tools_when_tool_choice_none", "--exclude-tools-when-tool-choice-none", K::Bool, "Exclude tool definitions from prompts when tool_choice is 'none'"),
-    o("tool_call_parser", "--tool-call-parser", K::String, "Tool call parser for the model's tool-call format (e.g. hermes, llama3_json, mistral)"),
-    o("tool_parser_plugin", "--tool-parser-plugin", K::String, "Path to a tool parser plugin"),
-    o("tool_server", "--tool-server", K::String, "Comma-separated host:port tool servers, or 'demo'"),
-    o("log_config_file", "--log-config-file", K::String, "Path to the logging config JSON file for vLLM and uvicorn"),
-    o("max_log_len", "--max-log-len", K::Int, "Max number of prompt characters or prompt ID numbers printed in the log"),
-    o("disable_fastapi_docs", "--disable-fastapi-docs", K::Bool, "Disable FastAPI's OpenAPI schema, Swagger UI and ReDoc endpoints"),
-    o("enable_prompt_tokens_details", "--enable-prompt-tokens-details", K::Bool, "Enable prompt_tokens_details in the usage"),
-    o("enable_server_load_tracking", "--enable-server-load-tracking", K::Bool, "Track server load (server_load_metrics)"),
-    o("enable_force_include_usage", "--enable-force-include-usage", K::Bool, "Include usage on every request"),
-    o("enable_tokenizer_info_endpoint", "--enable-tokenizer-info-endpoint", K::Bool, "Enable the /get_tokenizer_info endpoint"),
-    o("enable_log_outputs", "--enable-log-outputs", K::Bool, "Log model outputs (generations); needs --enable-log-requests"),
-    o("enable_log_requests", "--enable-log-requests", K::Bool, "Log requests"),
-    o("disable_log_stats", "--disable-log-stats", K::Bool, "Disable logging statistics"),
-    // model
-    o("served_model_name", "--served-model-name", K::String, "The model name used in the API (defaults to the model)"),
-    o("tokenizer", "--tokenizer", K::String, "Name or path of the Hugging Face tokenizer (defaults to the model)"),
-    o("tokenizer_mode", "--tokenizer-mode", K::String, "Tokenizer mode: auto, slow, mistral or custom"),
-    o("trust_remote_code", "--trust-remote-code", K::Bool, "Trust remote code (e.g. from Hugging Face) when downloading the model and tokenizer"),
-    o("dtype", "--dtype", K::String, "Data type for model weights and activations: auto, half, float16, bfloat16, float, float32"),
-    o("seed", "--seed", K::Int, "Random seed for reproducibility"),
-    o("revision", "--revision", K::String, "Model version: a branch name, tag or commit id"),
-    o("code_revision", "--code-revision", K::String, "Revision of the model code on the Hugging Face Hub"),
-    o("tokenizer_revision", "--tokenizer-revision", K::String, "Revision of the tokenizer on the Hugging Face Hub"),
-    o("max_model_len", "--max-model-len", K::Int, "Model context length (prompt and output); derived from the model config when unset"),
-    o("quantization", "--quantization", K::String, "Method used to quantize the weights (e.g. awq, gptq, fp8)"),
-    o("enforce_eager", "--enforce-eager", K::Bool, "Always use eager-mode PyTorch (no CUDA graphs)"),
-    o("max_logprobs", "--max-logprobs", K::Int, "Maximum number of log probabilities to return"),
-    o("disable_sliding_window", "--disable-sliding-window", K::Bool, "Disable sliding window attention"),
-    o("disable_cascade_attn", "--disable-cascade-attn", K::Bool, "Disable cascade attention"),
-    o("skip_tokenizer_init", "--skip-tokenizer-init", K::Bool, "Skip initialization of tokenizer and detokenizer"),
-    o("enable_prompt_embeds", "--enable-prompt-embeds", K::Bool, "Accept prompt embeddings as input"),
-    o("config_format", "--config-format", K::String, "Format of the model config to load: auto, hf or mistral"),
-    o("hf_token", "--hf-token", K::String, "Token for remote files from the Hugging Face Hub"),
-    o("hf_overrides", "--hf-overrides", K::String, "JSON object of extra arguments for the Hugging Face config"),
-    o("generation_config", "--generation-config", K::String, "Folder of the generation config: auto, vllm or a path"),
-    o("override_generation_config", "--override-generation-config", K::String, "JSON object overriding the generation config"),
-    o("enable_sleep_mode", "--enable-sleep-mode", K::Bool, "Enable sleep mode for the engine (CUDA only)"),
-    o("model_impl", "--model-impl", K::String, "Which model implementation to use: auto, vllm or transformers"),
-    o("runner", "--runner", K::String, "The type of model runner: auto, generate or pooling"),
-    o("convert", "--convert", K::String, "Convert the model with an adapter: auto, none, embed, classify, reward"),
-    o("task", "--task", K::String, "The task to use the model for (deprecated in favour of --runner and --convert)"),
-    o("reasoning_parser", "--reasoning-parser", K::String, "Reasoning parser for the model (e.g. deepseek_r1, qwen3)"),
-    // load
-    o("load_format", "--load-format", K::String, "Format of the model weights to load (auto, pt, safetensors, gguf, ...)"),
-    o("download_dir", "--download-dir", K::String, "Directory to download and load the weights (default: the Hugging Face cache)"),
-    o("model_loader_extra_config", "--model-loader-extra-config", K::String, "JSON object of extra config for the model loader"),
-    o("ignore_patterns", "--ignore-patterns", K::StringList, "Patterns to ignore when loading the model"),
-    // parallel
-    o("distributed_executor_backend", "--distributed-executor-backend", K::String, "Backend for distributed model workers: ray, mp, uni or external_launcher"),
-    a("pipeline_parallel_size", "--pipeline-parallel-size", &["-pp"], K::Int, "Number of pipeline parallel groups"),
-    a("tensor_parallel_size", "--tensor-parallel-size", &["-tp"], K::Int, "Number of tensor parallel groups"),
-    a("data_parallel_size", "--data-parallel-size", &["-dp"], K::Int, "Number of data parallel groups"),
-    o("enable_expert_parallel", "--enable-expert-parallel", K::Bool, "Use expert parallelism instead of tensor parallelism for MoE layers"),
-    o("max_parallel_loading_workers", "--max-parallel-loading-workers", K::Int, "Load the model sequentially in multiple batches"),
-    o("ray_workers_use_nsight", "--ray-workers-use-nsight", K::Bool, "Profile Ray workers with nsight"),
-    o("disable_custom_all_reduce", "--disable-custom-all-reduce", K::Bool, "Disable the custom all-reduce kernel"),
-    o("worker_cls", "--worker-cls", K::String, "Full name of the worker class to use"),
-    o("worker_extension_cls", "--worker-extension-cls", K::String, "Full name of the worker extension class to use"),
-    // cache
-    o("block_size", "--block-size", K::Int, "Size of a contiguous cache block in number of tokens"),
-    o("gpu_memory_utilization", "--gpu-memory-utilization", K::Float, "Fraction of GPU memory (0 to 1) for the model executor (default: 0.9)"),
-    o("kv_cache_memory_bytes", "--kv-cache-memory-bytes", K::Int, "Size of the KV cache per GPU in bytes; overrides --gpu-memory-utilization"),
-    o("swap_space", "--swap-space", K::Float, "CPU swap space size per GPU in GiB"),
-    o("kv_cache_dtype", "--kv-cache-dtype", K::String, "Data type of the KV cache: auto, fp8, fp8_e4m3, fp8_e5m2, ..."),
-    o("num_gpu_blocks_override", "--num-gpu-blocks-override", K::Int, "Number of GPU blocks to use, overriding the profiled number"),
-    o("enable_prefix_caching", "--enable-prefix-caching", K::Bool, "Enable prefix caching (false emits --no-enable-prefix-caching)"),
-    o("prefix_caching_hash_algo", "--prefix-caching-hash-algo", K::String, "Hash algorithm for prefix caching: sha256, sha256_cbor, ..."),
-    o("cpu_offload_gb", "--cpu-offload-gb", K::Float, "Space in GiB to offload to CPU, per GPU"),
-    o("calculate_kv_scales", "--calculate-kv-scales", K::Bool, "Compute k_scale and v_scale dynamically when kv_cache_dtype is fp8"),
-    // multimodal
-    o("limit_mm_per_prompt", "--limit-mm-per-prompt", K::String, "JSON object: maximum number of input items per modality per prompt"),
-    o("mm_processor_kwargs", "--mm-processor-kwargs", K::String, "JSON object of arguments for the multi-modal processor"),
-    o("mm_processor_cache_gb", "--mm-processor-cache-gb", K::Float, "Size in GiB of the multi-modal processor cache"),
-    o("allowed_local_media_path", "--allowed-local-media-path", K::String, "Directory from which API requests may read local images or videos"),
-    // LoRA
-    o("enable_lora", "--enable-lora", K::Bool, "Enable handling of LoRA adapters"),
-    o("enable_lora_bias", "--enable-lora-bias", K::Bool, "Enable bias for LoRA adapters"),
-    o("max_loras", "--max-loras", K::Int, "Max number of LoRAs in a single batch"),
-    o("max_lora_rank", "--max-lora-rank", K::Int, "Max LoRA rank"),
-    o("lora_extra_vocab_size", "--lora-extra-vocab-size", K::Int, "Maximum size of extra vocabulary in LoRA adapters"),
-    o("lora_dtype", "--lora-dtype", K::String, "Data type for LoRA: auto, float16 or bfloat16"),
-    o("max_cpu_loras", "--max-cpu-loras", K::Int, "Maximum number of LoRAs to store in CPU memory"),
-    o("fully_sharded_loras", "--fully-sharded-loras", K::Bool, "Shard LoRA computation fully across tensor parallel ranks"),
-    // scheduler
-    o("max_num_batched_tokens", "--max-num-batched-tokens", K::Int, "Maximum number of tokens processed in one iteration"),
-    o("max_num_seqs", "--max-num-seqs", K::Int, "Maximum number of sequences processed in one iteration"),
-    o("max_num_partial_prefills", "--max-num-partial-prefills", K::Int, "For chunked prefill, the max number of concurrent partial prefills"),
-    o("max_long_partial_prefills", "--max-long-partial-prefills", K::Int, "For chunked prefill, the max number of long prompts prefilled concurrently"),
-    o("long_prefill_token_threshold", "--long-prefill-token-threshold", K::Int, "For chunked prefill, a prompt is long if it has more tokens than this"),
-    o("num_lookahead_slots", "--num-lookahead-slots", K::Int, "Number of slots to allocate per sequence per step, beyond the known token ids"),
-    o("scheduling_policy", "--scheduling-policy", K::String, "Scheduling policy: fcfs or priority"),
-    o("enable_chunked_prefill", "--enable-chunked-prefill", K::Bool, "Chunk prefill requests by max_num_batched_tokens (false emits --no-enable-chunked-prefill)"),
-    o("async_scheduling", "--async-scheduling", K::Bool, "Schedule asynchronously to reduce CPU overhead"),
-    // speculative, compilation, observability, device
-    o("speculative_config", "--speculative-config", K::String, "JSON object configuring speculative decoding"),
-    a("compilation_config", "--compilation-config", &["-O"], K::String, "torch.compile and CUDA graph configuration: an optimisation level or a JSON object"),
-    o("kv_transfer_config", "--kv-transfer-config", K::String, "JSON object configuring distributed KV cache transfer"),
-    o("additional_config", "--additional-config", K::String, "JSON object of additional config for the platform"),
-    o("structured_outputs_config", "--structured-outputs-config", K::String, "JSON object configuring structured outputs"),
-    o("guided_decoding_backend", "--guided-decoding-backend", K::String, "Engine for guided decoding (older vLLM; newer: --structured-outputs-config)"),
-    o("otlp_traces_endpoint", "--otlp-traces-endpoint", K::String, "Target URL to which OpenTelemetry traces are sent"),
-    o("collect_detailed_traces", "--collect-detailed-traces", K::String, "Modules to collect detailed traces for: model, worker, all"),
-    o("show_hidden_metrics_for_version", "--show-hidden-metrics-for-version", K::String, "Re-enable metrics hidden since this version"),
-    o("device", "--device", K::String, "Device type for vLLM execution (older vLLM; detected automatically)"),
-    o("rope_scaling", "--rope-scaling", K::String, "JSON object of RoPE scaling configuration"),
-    o("rope_theta", "--rope-theta", K::Float, "RoPE theta"),
-];
-
 pub(super) static BACKEND: Backend = Backend {
     label: "vLLM",
-    specs: SPECS,
+    specs: vllm_table::SPECS,
     common: &[
         "model",
         "port",
@@ -185,17 +23,14 @@ pub(super) static BACKEND: Backend = Backend {
         "api_key",
         "trust_remote_code",
     ],
-    // vLLM's engine bools are argparse BooleanOptionalAction: `--no-X` turns a default-on one off.
-    negations: &[
-        ("enable_prefix_caching", "--no-enable-prefix-caching"),
-        ("enable_chunked_prefill", "--no-enable-chunked-prefill"),
-        ("async_scheduling", "--no-async-scheduling"),
-        ("trust_remote_code", "--no-trust-remote-code"),
-        ("enforce_eager", "--no-enforce-eager"),
-    ],
+    // vLLM's bools are argparse BooleanOptionalAction: `--no-X` turns a default-on one off.
+    negations: vllm_table::NEGATIONS,
     two_values: &[],
-    // nargs='+' flags: argparse keeps only the last occurrence, so all values follow one flag.
-    repeat_in_one_flag: &["lora_modules", "ignore_patterns"],
+    repeat_in_one_flag: vllm_table::REPEAT_IN_ONE_FLAG,
+    json_lists: vllm_table::JSON_LISTS,
+    suffixed_ints: vllm_table::HUMAN_INTS,
+    // vLLM's parser reads `-O3` and `-O=3` as `--optimization-level 3`.
+    attached_values: &["-O"],
     executables: &["vllm"],
     subcommands: &["serve"],
     python_modules: &[
@@ -204,5 +39,6 @@ pub(super) static BACKEND: Backend = Backend {
     ],
     model: PositionalModel::First,
     choices: &[],
-    int_keywords: &[],
+    // vLLM's `--max-model-len auto` (or -1): derived from the model config
+    int_keywords: &[("max_model_len", "auto", -1)],
 };

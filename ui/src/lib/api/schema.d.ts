@@ -1859,333 +1859,908 @@ export interface components {
         };
         /** @description Options of vllm; only set options appear. Corral gives each start of the backend a secret key of its own, which only Corral's proxy sends: a request straight to the backend's port without it is refused. A key set with `api_key` keeps working beside it. */
         VllmOptions: {
-            /** @description Name or path of the Hugging Face model to serve (positional in argv) (--model) */
-            model?: string | null;
-            /** @description Host name to listen on (--host) */
-            host?: string | null;
-            /** @description Port to listen on (--port) */
-            port?: number | null;
-            /** @description Unix domain socket path; host and port are ignored when set (--uds) */
-            uds?: string | null;
-            /** @description Log level for uvicorn: debug, info, warning, error, critical, trace (--uvicorn-log-level) */
-            uvicorn_log_level?: string | null;
-            /** @description Disable uvicorn access log (--disable-uvicorn-access-log) */
-            disable_uvicorn_access_log?: boolean | null;
-            /** @description Allow credentials (CORS) (--allow-credentials) */
-            allow_credentials?: boolean | null;
-            /** @description Allowed origins (CORS) (--allowed-origins) */
-            allowed_origins?: string[] | null;
-            /** @description Allowed methods (CORS) (--allowed-methods) */
-            allowed_methods?: string[] | null;
-            /** @description Allowed headers (CORS) (--allowed-headers) */
-            allowed_headers?: string[] | null;
-            /** @description API key(s) the server requires in the request header (--api-key) */
-            api_key?: string[] | null;
-            /** @description LoRA modules: name=path or a JSON object each (--lora-modules) */
-            lora_modules?: string[] | null;
-            /** @description Path to the chat template file, or the template itself (--chat-template) */
-            chat_template?: string | null;
-            /** @description How message content is rendered in the chat template: auto, string or openai (--chat-template-content-format) */
-            chat_template_content_format?: string | null;
-            /** @description Role name returned when request.add_generation_prompt is true (--response-role) */
-            response_role?: string | null;
-            /** @description Path to the SSL key file (--ssl-keyfile) */
-            ssl_keyfile?: string | null;
-            /** @description Path to the SSL certificate file (--ssl-certfile) */
-            ssl_certfile?: string | null;
-            /** @description Path to the CA certificates file (--ssl-ca-certs) */
-            ssl_ca_certs?: string | null;
+            /** @description Run in headless mode. (--headless) */
+            headless?: boolean | null;
             /**
              * Format: int64
-             * @description Whether a client certificate is required (see Python's ssl module) (--ssl-cert-reqs)
+             * @description How many API server processes to run. (--api-server-count)
              */
-            ssl_cert_reqs?: number | null;
-            /** @description FastAPI root_path when behind a path-based routing proxy (--root-path) */
-            root_path?: string | null;
-            /** @description Additional ASGI middleware (import path), repeatable (--middleware) */
-            middleware?: string[] | null;
-            /** @description Represent single tokens as 'token_id:{token_id}' strings when logprobs are requested (--return-tokens-as-token-ids) */
+            api_server_count?: number | null;
+            /** @description Read CLI options from a config file. (--config) */
+            config?: string | null;
+            /** @description Launch the Python gRPC (SMG VllmEngine) server on --port instead of the HTTP OpenAI-compatible server. (--grpc) */
+            grpc?: boolean | null;
+            /** @description LoRA modules configurations in either 'name=path' format or JSON format or JSON list format. (--lora-modules) */
+            lora_modules?: string[] | null;
+            /** @description The file path to the chat template, or the template in single-line form for the specified model. (--chat-template) */
+            chat_template?: string | null;
+            /** @description The format to render message content within a chat template. (one of: auto, openai, string) (default: auto) (--chat-template-content-format) */
+            chat_template_content_format?: string | null;
+            /** @description Whether to trust the chat template provided in the request. (default: false) (--trust-request-chat-template) */
+            trust_request_chat_template?: boolean | null;
+            /** @description Whether to trust per-request multimodal kwargs (`mm_processor_kwargs` and `media_io_kwargs`). (default: false) (--trust-request-mm-kwargs) */
+            trust_request_mm_kwargs?: boolean | null;
+            /** @description Default keyword arguments to pass to the chat template renderer. (JSON) (--default-chat-template-kwargs) */
+            default_chat_template_kwargs?: string | null;
+            /** @description The role name to return if `request.add_generation_prompt=true`. (default: assistant) (--response-role) */
+            response_role?: string | null;
+            /** @description When `--max-logprobs` is specified, represents single tokens as strings of the form 'token_id:{token_id}' so that tokens that are not JSON-encodable can be identified. (default: false) (--return-tokens-as-token-ids) */
             return_tokens_as_token_ids?: boolean | null;
-            /** @description Run the OpenAI frontend server in the same process as the model serving engine (--disable-frontend-multiprocessing) */
-            disable_frontend_multiprocessing?: boolean | null;
-            /** @description Add an X-Request-Id header to responses (--enable-request-id-headers) */
-            enable_request_id_headers?: boolean | null;
-            /** @description Enable auto tool choice for supported models (needs --tool-call-parser) (--enable-auto-tool-choice) */
+            /** @description Enable auto tool choice for supported models. (default: false) (--enable-auto-tool-choice) */
             enable_auto_tool_choice?: boolean | null;
-            /** @description Exclude tool definitions from prompts when tool_choice is 'none' (--exclude-tools-when-tool-choice-none) */
+            /** @description If specified, exclude tool definitions in prompts when tool_choice='none'. (default: false) (--exclude-tools-when-tool-choice-none) */
             exclude_tools_when_tool_choice_none?: boolean | null;
-            /** @description Tool call parser for the model's tool-call format (e.g. hermes, llama3_json, mistral) (--tool-call-parser) */
+            /** @description Select the tool call parser depending on the model that you're using. (--tool-call-parser) */
             tool_call_parser?: string | null;
-            /** @description Path to a tool parser plugin (--tool-parser-plugin) */
+            /** @description Special the tool parser plugin write to parse the model-generated tool into OpenAI API format, the name register in this plugin can be used in `--tool-call-parser`. (--tool-parser-plugin) */
             tool_parser_plugin?: string | null;
-            /** @description Comma-separated host:port tool servers, or 'demo' (--tool-server) */
+            /** @description Server-side floor for structural-tag based tool calling, applied on top of the per-tool `strict` field. (one of: auto, function, parameter) (default: auto) (--tool-strict-level) */
+            tool_strict_level?: string | null;
+            /** @description Comma-separated list of host:port pairs (IPv4, IPv6, or hostname). (--tool-server) */
             tool_server?: string | null;
-            /** @description Path to the logging config JSON file for vLLM and uvicorn (--log-config-file) */
-            log_config_file?: string | null;
             /**
              * Format: int64
-             * @description Max number of prompt characters or prompt ID numbers printed in the log (--max-log-len)
+             * @description Max number of prompt characters or prompt ID numbers being printed in log. (--max-log-len)
              */
             max_log_len?: number | null;
-            /** @description Disable FastAPI's OpenAPI schema, Swagger UI and ReDoc endpoints (--disable-fastapi-docs) */
-            disable_fastapi_docs?: boolean | null;
-            /** @description Enable prompt_tokens_details in the usage (--enable-prompt-tokens-details) */
+            /** @description If set to True, enable prompt_tokens_details in usage. (default: false) (--enable-prompt-tokens-details) */
             enable_prompt_tokens_details?: boolean | null;
-            /** @description Track server load (server_load_metrics) (--enable-server-load-tracking) */
+            /** @description If set to True, include per-request timing metrics in API responses. (default: false) (--enable-per-request-metrics) */
+            enable_per_request_metrics?: boolean | null;
+            /** @description If set to True, enable tracking server_load_metrics in the app state. (default: false) (--enable-server-load-tracking) */
             enable_server_load_tracking?: boolean | null;
-            /** @description Include usage on every request (--enable-force-include-usage) */
+            /** @description If set to True, including usage on every request. (default: false) (--enable-force-include-usage) */
             enable_force_include_usage?: boolean | null;
-            /** @description Enable the /get_tokenizer_info endpoint (--enable-tokenizer-info-endpoint) */
+            /**
+             * Format: int64
+             * @description Send an SSE keep-alive comment line every this many seconds when a `/v1/chat/completions` or `/v1/completions` streaming response is idle (queued, prefill, or between tokens), to prevent reverse proxies/tunnels with read timeouts from closing the connection. (default: 0) (--sse-keep-alive-interval)
+             */
+            sse_keep_alive_interval?: number | null;
+            /** @description Enable the `/tokenizer_info` endpoint. (default: false) (--enable-tokenizer-info-endpoint) */
             enable_tokenizer_info_endpoint?: boolean | null;
-            /** @description Log model outputs (generations); needs --enable-log-requests (--enable-log-outputs) */
+            /** @description If set to True, log model outputs (generations). (default: false) (--enable-log-outputs) */
             enable_log_outputs?: boolean | null;
-            /** @description Log requests (--enable-log-requests) */
-            enable_log_requests?: boolean | null;
-            /** @description Disable logging statistics (--disable-log-stats) */
-            disable_log_stats?: boolean | null;
-            /** @description The model name used in the API (defaults to the model) (--served-model-name) */
-            served_model_name?: string | null;
-            /** @description Name or path of the Hugging Face tokenizer (defaults to the model) (--tokenizer) */
+            /** @description If set to False, output deltas will not be logged. (default: true) (--enable-log-deltas) */
+            enable_log_deltas?: boolean | null;
+            /** @description Cohere ``/cohere/v2/chat`` only. (default: true) (--cohere-is-reasoning-model) */
+            cohere_is_reasoning_model?: boolean | null;
+            /** @description Cohere ``--tokenizer-mode cohere`` only. (default: cmd4) (--cohere-format) */
+            cohere_format?: string | null;
+            /** @description Anthropic ``/v1/messages`` only. (one of: auto, high, low, max, medium, none, xhigh) (default: auto) (--anthropic-disabled-thinking-effort) */
+            anthropic_disabled_thinking_effort?: string | null;
+            /** @description If set to True, log the stack trace of error responses (default: False) (--log-error-stack) */
+            log_error_stack?: boolean | null;
+            /** @description If set to True, only enable the Tokens In<>Out endpoint. (default: false) (--tokens-only) */
+            tokens_only?: boolean | null;
+            /** @description If set to True, register the scale-out endpoints (`/render`, `/derender`, `/inference/v1/generate` and `/inference/v1/abort_requests`) on `vllm serve`. (default: false) (--enable-scale-out) */
+            enable_scale_out?: boolean | null;
+            /** @description Controls the ``system_fingerprint`` field on responses. (one of: custom, full, hash, none) (default: full) (--fingerprint-mode) */
+            fingerprint_mode?: string | null;
+            /** @description Literal fingerprint string used when ``--fingerprint-mode=custom``. (--fingerprint-value) */
+            fingerprint_value?: string | null;
+            /** @description Host name. (--host) */
+            host?: string | null;
+            /** @description Port number. (default: 8000) (--port) */
+            port?: number | null;
+            /**
+             * Format: int64
+             * @description Enable the Rust frontend's additional gRPC Inference and Control services on this port. (--grpc-port)
+             */
+            grpc_port?: number | null;
+            /**
+             * Format: int64
+             * @description HTTP port for aggregated health endpoints in multi-port external LB mode. (default: 9256) (--data-parallel-supervisor-port)
+             */
+            data_parallel_supervisor_port?: number | null;
+            /**
+             * Format: double
+             * @description Seconds between aggregated health probes in multi-port external LB mode. (default: 5.0) (--dp-supervisor-probe-interval-s)
+             */
+            dp_supervisor_probe_interval_s?: number | null;
+            /**
+             * Format: double
+             * @description Seconds to wait between retries when a child health probe fails with a connection error in multi-port external LB mode. (default: 5.0) (--dp-supervisor-probe-timeout-s)
+             */
+            dp_supervisor_probe_timeout_s?: number | null;
+            /**
+             * Format: int64
+             * @description Number of consecutive connection-error retries before a child health probe is declared failed in multi-port external LB mode. (default: 3) (--dp-supervisor-probe-failure-threshold)
+             */
+            dp_supervisor_probe_failure_threshold?: number | null;
+            /** @description Unix domain socket path. (--uds) */
+            uds?: string | null;
+            /** @description Log level for uvicorn. (one of: critical, debug, error, info, trace, warning) (default: info) (--uvicorn-log-level) */
+            uvicorn_log_level?: string | null;
+            /** @description Disable uvicorn access log. (default: false) (--disable-uvicorn-access-log) */
+            disable_uvicorn_access_log?: boolean | null;
+            /** @description Comma-separated list of endpoint paths to exclude from uvicorn access logs. (--disable-access-log-for-endpoints) */
+            disable_access_log_for_endpoints?: string | null;
+            /** @description Allow credentials. (default: false) (--allow-credentials) */
+            allow_credentials?: boolean | null;
+            /** @description Allowed origins. (--allowed-origins) */
+            allowed_origins?: string[] | null;
+            /** @description Allowed methods. (--allowed-methods) */
+            allowed_methods?: string[] | null;
+            /** @description Allowed headers. (--allowed-headers) */
+            allowed_headers?: string[] | null;
+            /** @description If provided, the server will require one of these keys to be presented in the header. (--api-key) */
+            api_key?: string[] | null;
+            /** @description The file path to the SSL key file. (--ssl-keyfile) */
+            ssl_keyfile?: string | null;
+            /** @description The file path to the SSL cert file. (--ssl-certfile) */
+            ssl_certfile?: string | null;
+            /** @description The CA certificates file. (--ssl-ca-certs) */
+            ssl_ca_certs?: string | null;
+            /** @description Refresh SSL Context when SSL certificate files change (default: False) (--enable-ssl-refresh) */
+            enable_ssl_refresh?: boolean | null;
+            /**
+             * Format: int64
+             * @description Whether client certificate is required (see stdlib ssl module's). (default: 0) (--ssl-cert-reqs)
+             */
+            ssl_cert_reqs?: number | null;
+            /** @description SSL cipher suites for HTTPS (TLS 1.2 and below only). (--ssl-ciphers) */
+            ssl_ciphers?: string | null;
+            /** @description FastAPI root_path when app is behind a path based routing proxy. (--root-path) */
+            root_path?: string | null;
+            /** @description Additional ASGI middleware to apply to the app. (--middleware) */
+            middleware?: string[] | null;
+            /** @description If specified, API server will add X-Request-Id header to responses. (default: false) (--enable-request-id-headers) */
+            enable_request_id_headers?: boolean | null;
+            /** @description Disable FastAPI's OpenAPI schema, Swagger UI, and ReDoc endpoint. (default: false) (--disable-fastapi-docs) */
+            disable_fastapi_docs?: boolean | null;
+            /**
+             * Format: int64
+             * @description Maximum size (bytes) of an incomplete HTTP event (header or body) for h11 parser. (default: 4194304) (--h11-max-incomplete-event-size)
+             */
+            h11_max_incomplete_event_size?: number | null;
+            /**
+             * Format: int64
+             * @description Maximum number of HTTP headers allowed in a request for h11 parser. (default: 256) (--h11-max-header-count)
+             */
+            h11_max_header_count?: number | null;
+            /** @description Enable offline FastAPI documentation for air-gapped environments. (default: false) (--enable-offline-docs) */
+            enable_offline_docs?: boolean | null;
+            /** @description If set, run pooling score MaxSim on GPU in the API server process. (default: true) (--enable-flash-late-interaction) */
+            enable_flash_late_interaction?: boolean | null;
+            /** @description Name or path of the Hugging Face model to serve (positional in argv) (--model) */
+            model?: string | null;
+            /** @description The type of model runner to use. (one of: auto, draft, generate, pooling) (default: auto) (--runner) */
+            runner?: string | null;
+            /** @description Convert the model using adapters defined in [vllm.model_executor.models.adapters][]. (one of: auto, classify, embed, none) (default: auto) (--convert) */
+            convert?: string | null;
+            /** @description Name or path of the Hugging Face tokenizer to use. (--tokenizer) */
             tokenizer?: string | null;
-            /** @description Tokenizer mode: auto, slow, mistral or custom (--tokenizer-mode) */
+            /** @description Tokenizer mode (default: auto) (--tokenizer-mode) */
             tokenizer_mode?: string | null;
-            /** @description Trust remote code (e.g. from Hugging Face) when downloading the model and tokenizer (--trust-remote-code) */
+            /** @description Trust remote code (e.g., from HuggingFace) when downloading the model and tokenizer. (default: false) (--trust-remote-code) */
             trust_remote_code?: boolean | null;
-            /** @description Data type for model weights and activations: auto, half, float16, bfloat16, float, float32 (--dtype) */
+            /** @description Data type for model weights and activations (one of: auto, bfloat16, float, float16, float32, half) (default: auto) (--dtype) */
             dtype?: string | null;
             /**
              * Format: int64
-             * @description Random seed for reproducibility (--seed)
+             * @description Random seed for reproducibility. (default: 0) (--seed)
              */
             seed?: number | null;
-            /** @description Model version: a branch name, tag or commit id (--revision) */
+            /** @description Name or path of the Hugging Face config to use. (--hf-config-path) */
+            hf_config_path?: string | null;
+            /** @description Allowing API requests to read local images or videos from directories specified by the server file system. (--allowed-local-media-path) */
+            allowed_local_media_path?: string | null;
+            /** @description If set, only media URLs that belong to this domain can be used for multi-modal inputs. (--allowed-media-domains) */
+            allowed_media_domains?: string[] | null;
+            /** @description The specific model version to use. (--revision) */
             revision?: string | null;
-            /** @description Revision of the model code on the Hugging Face Hub (--code-revision) */
+            /** @description The specific revision to use for the model code on the Hugging Face Hub. (--code-revision) */
             code_revision?: string | null;
-            /** @description Revision of the tokenizer on the Hugging Face Hub (--tokenizer-revision) */
+            /** @description The specific revision to use for the tokenizer on the Hugging Face Hub. (--tokenizer-revision) */
             tokenizer_revision?: string | null;
             /**
              * Format: int64
-             * @description Model context length (prompt and output); derived from the model config when unset (--max-model-len)
+             * @description Model context length (prompt and output). (--max-model-len)
              */
             max_model_len?: number | null;
-            /** @description Method used to quantize the weights (e.g. awq, gptq, fp8) (--quantization) */
+            /** @description Method used to quantize the weights. (--quantization) */
             quantization?: string | null;
-            /** @description Always use eager-mode PyTorch (no CUDA graphs) (--enforce-eager) */
+            /** @description User-facing quantization configuration. (JSON) (--quantization-config) */
+            quantization_config?: string | null;
+            /** @description Whether to allow deprecated quantization methods. (default: false) (--allow-deprecated-quantization) */
+            allow_deprecated_quantization?: boolean | null;
+            /** @description Whether to always use eager-mode PyTorch. (default: false) (--enforce-eager) */
             enforce_eager?: boolean | null;
+            /** @description Capture and return routed-experts auxiliary outputs. (default: false) (--enable-return-routed-experts) */
+            enable_return_routed_experts?: boolean | null;
+            /** @description Whether to return the post-processing token support for each sample. (default: false) (--return-sampling-mask) */
+            return_sampling_mask?: boolean | null;
             /**
              * Format: int64
-             * @description Maximum number of log probabilities to return (--max-logprobs)
+             * @description Maximum number of log probabilities to return when `logprobs` is specified in `SamplingParams`. (default: 20) (--max-logprobs)
              */
             max_logprobs?: number | null;
-            /** @description Disable sliding window attention (--disable-sliding-window) */
+            /** @description Indicates the content returned in the logprobs and prompt_logprobs. (one of: processed_logits, processed_logprobs, raw_logits, raw_logprobs) (default: raw_logprobs) (--logprobs-mode) */
+            logprobs_mode?: string | null;
+            /** @description Whether to use FP64 (instead of FP32) random noise for Gumbel-max and equivalent exponential-race sampling. (default: false) (--use-fp64-gumbel) */
+            use_fp64_gumbel?: boolean | null;
+            /** @description Whether to allow requests to set `SamplingParams.trace_decode_token_ids`, which forces decoding to follow a predetermined token sequence while still computing real logprobs. (default: false) (--enable-trace-replay) */
+            enable_trace_replay?: boolean | null;
+            /** @description Whether to disable sliding window. (default: false) (--disable-sliding-window) */
             disable_sliding_window?: boolean | null;
-            /** @description Disable cascade attention (--disable-cascade-attn) */
+            /** @description --disable-cascade-attn is deprecated and has no effect since cascade attention has been removed. (--disable-cascade-attn) */
             disable_cascade_attn?: boolean | null;
-            /** @description Skip initialization of tokenizer and detokenizer (--skip-tokenizer-init) */
+            /** @description Skip initialization of tokenizer and detokenizer. (default: false) (--skip-tokenizer-init) */
             skip_tokenizer_init?: boolean | null;
-            /** @description Accept prompt embeddings as input (--enable-prompt-embeds) */
+            /** @description If `True`, enables passing text embeddings as inputs via the `prompt_embeds` key. (default: false) (--enable-prompt-embeds) */
             enable_prompt_embeds?: boolean | null;
-            /** @description Format of the model config to load: auto, hf or mistral (--config-format) */
+            /** @description The model name(s) used in the API. (--served-model-name) */
+            served_model_name?: string | null;
+            /** @description The format of the model config to load (default: auto) (--config-format) */
             config_format?: string | null;
-            /** @description Token for remote files from the Hugging Face Hub (--hf-token) */
+            /** @description The token to use as HTTP bearer authorization for remote files . (--hf-token) */
             hf_token?: string | null;
-            /** @description JSON object of extra arguments for the Hugging Face config (--hf-overrides) */
+            /** @description If a dictionary, contains arguments to be forwarded to the Hugging Face config. (JSON) (--hf-overrides) */
             hf_overrides?: string | null;
-            /** @description Folder of the generation config: auto, vllm or a path (--generation-config) */
+            /** @description Override the model class used for one or more architectures, mapping the architecture name to a `"module:class"` target (the same format accepted by `ModelRegistry.register_model`). (JSON) (--model-class-overrides) */
+            model_class_overrides?: string | null;
+            /** @description Pooler config which controls the behaviour of output pooling in pooling models. (JSON) (--pooler-config) */
+            pooler_config?: string | null;
+            /** @description The folder path to the generation config. (default: auto) (--generation-config) */
             generation_config?: string | null;
-            /** @description JSON object overriding the generation config (--override-generation-config) */
+            /** @description Overrides or sets generation config. (JSON) (--override-generation-config) */
             override_generation_config?: string | null;
-            /** @description Enable sleep mode for the engine (CUDA only) (--enable-sleep-mode) */
+            /** @description Enable sleep mode for the engine (only cuda and hip platforms are supported). (default: false) (--enable-sleep-mode) */
             enable_sleep_mode?: boolean | null;
-            /** @description Which model implementation to use: auto, vllm or transformers (--model-impl) */
+            /** @description Back up CUDA graph memory to CPU during sleep, restored in place on wake. (default: false) (--sleep-mode-offload-cudagraph) */
+            sleep_mode_offload_cudagraph?: boolean | null;
+            /** @description Parameter-name globs to preserve across level-2 sleep. (--sleep-preserve-parameter-names) */
+            sleep_preserve_parameter_names?: string[] | null;
+            /** @description Enable the custom cumem allocator to leverage advanced GPU memory allocation features such as multi-node NVLink support. (default: false) (--enable-cumem-allocator) */
+            enable_cumem_allocator?: boolean | null;
+            /** @description Enable releasing NCCL communicator memory during sleep mode (``ncclCommSuspend``/``ncclCommResume``). (default: false) (--enable-nccl-comm-suspend) */
+            enable_nccl_comm_suspend?: boolean | null;
+            /** @description Which implementation of the model to use (default: auto) (--model-impl) */
             model_impl?: string | null;
-            /** @description The type of model runner: auto, generate or pooling (--runner) */
-            runner?: string | null;
-            /** @description Convert the model with an adapter: auto, none, embed, classify, reward (--convert) */
-            convert?: string | null;
-            /** @description The task to use the model for (deprecated in favour of --runner and --convert) (--task) */
-            task?: string | null;
-            /** @description Reasoning parser for the model (e.g. deepseek_r1, qwen3) (--reasoning-parser) */
-            reasoning_parser?: string | null;
-            /** @description Format of the model weights to load (auto, pt, safetensors, gguf, ...) (--load-format) */
+            /** @description One or more logits processors' fully-qualified class names or class definitions (default: None) (--logits-processors) */
+            logits_processors?: string[] | null;
+            /** @description IOProcessor plugin name to load at model startup (default: None) (--io-processor-plugin) */
+            io_processor_plugin?: string | null;
+            /**
+             * Format: int64
+             * @description Number of worker threads in the renderer thread pool. (default: 1) (--renderer-num-workers)
+             */
+            renderer_num_workers?: number | null;
+            /** @description The format of the model weights to load. (default: auto) (--load-format) */
             load_format?: string | null;
-            /** @description Directory to download and load the weights (default: the Hugging Face cache) (--download-dir) */
+            /** @description Directory to download and load the weights, default to the default cache directory of Hugging Face. (--download-dir) */
             download_dir?: string | null;
-            /** @description JSON object of extra config for the model loader (--model-loader-extra-config) */
+            /** @description Specifies the loading strategy for safetensors weights. (one of: eager, lazy, prefetch, torchao) (--safetensors-load-strategy) */
+            safetensors_load_strategy?: string | null;
+            /**
+             * Format: int64
+             * @description Number of worker threads used to prefetch safetensors checkpoint files into the OS page cache when safetensors prefetching is enabled. (default: 8) (--safetensors-prefetch-num-threads)
+             */
+            safetensors_prefetch_num_threads?: number | null;
+            /**
+             * Format: int64
+             * @description Read size in bytes for each safetensors checkpoint file prefetch. (default: 16777216) (--safetensors-prefetch-block-size)
+             */
+            safetensors_prefetch_block_size?: number | null;
+            /** @description Extra config for model loader. (JSON) (--model-loader-extra-config) */
             model_loader_extra_config?: string | null;
-            /** @description Patterns to ignore when loading the model (--ignore-patterns) */
+            /** @description The list of patterns to ignore when loading the model. (--ignore-patterns) */
             ignore_patterns?: string[] | null;
-            /** @description Backend for distributed model workers: ray, mp, uni or external_launcher (--distributed-executor-backend) */
+            /** @description Whether to enable tqdm for showing progress bar when loading model weights. (default: true) (--use-tqdm-on-load) */
+            use_tqdm_on_load?: boolean | null;
+            /** @description The map location for loading pytorch checkpoint, to support loading checkpoints can only be loaded on certain devices like "cuda", this is equivalent to `{"": "cuda"}`. (JSON) (default: cpu) (--pt-load-map-location) */
+            pt_load_map_location?: string | null;
+            /** @description Attention backend to use. (--attention-backend) */
+            attention_backend?: string | null;
+            /** @description Mamba SSU backend to use. (default: triton) (--mamba-backend) */
+            mamba_backend?: string | null;
+            /** @description Selective state update algorithm to use with the FlashInfer backend. (one of: auto, horizontal, simple, vertical) (--mamba-ssu-algorithm) */
+            mamba_ssu_algorithm?: string | null;
+            /** @description Enable stochastic rounding when writing SSM state to fp16 cache. (default: false) (--enable-mamba-cache-stochastic-rounding) */
+            enable_mamba_cache_stochastic_rounding?: boolean | null;
+            /**
+             * Format: int64
+             * @description Number of Philox PRNG rounds for stochastic rounding random number generation. (default: 0) (--mamba-cache-philox-rounds)
+             */
+            mamba_cache_philox_rounds?: number | null;
+            /** @description Select the reasoning parser depending on the model that you're using. (--reasoning-parser) */
+            reasoning_parser?: string | null;
+            /** @description Path to a dynamically reasoning parser plugin that can be dynamically loaded and registered. (--reasoning-parser-plugin) */
+            reasoning_parser_plugin?: string | null;
+            /** @description Backend to use for distributed model workers, either "ray" or "mp" (multiprocessing). (--distributed-executor-backend) */
             distributed_executor_backend?: string | null;
             /**
              * Format: int64
-             * @description Number of pipeline parallel groups (--pipeline-parallel-size)
+             * @description Number of pipeline parallel groups. (default: 1) (--pipeline-parallel-size)
              */
             pipeline_parallel_size?: number | null;
+            /** @description distributed master address for multi-node distributed inference when distributed_executor_backend is mp. (default: 127.0.0.1) (--master-addr) */
+            master_addr?: string | null;
             /**
              * Format: int64
-             * @description Number of tensor parallel groups (--tensor-parallel-size)
+             * @description distributed master port for multi-node distributed inference when distributed_executor_backend is mp. (default: 29501) (--master-port)
+             */
+            master_port?: number | null;
+            /**
+             * Format: int64
+             * @description num of nodes for multi-node distributed inference when distributed_executor_backend is mp. (default: 1) (--nnodes)
+             */
+            nnodes?: number | null;
+            /**
+             * Format: int64
+             * @description distributed node rank for multi-node distributed inference when distributed_executor_backend is mp. (default: 0) (--node-rank)
+             */
+            node_rank?: number | null;
+            /**
+             * Format: int64
+             * @description Timeout in seconds for distributed operations (e.g., init_process_group). (--distributed-timeout-seconds)
+             */
+            distributed_timeout_seconds?: number | null;
+            /**
+             * Format: int64
+             * @description Timeout (in seconds) for cpu communication groups. (--cpu-distributed-timeout-seconds)
+             */
+            cpu_distributed_timeout_seconds?: number | null;
+            /** @description Enable NUMA binding for GPU worker subprocesses. (default: false) (--numa-bind) */
+            numa_bind?: boolean | null;
+            /** @description NUMA node to bind each GPU worker to. (--numa-bind-nodes) */
+            numa_bind_nodes?: string[] | null;
+            /** @description Optional CPU lists to bind each GPU worker to. (--numa-bind-cpus) */
+            numa_bind_cpus?: string[] | null;
+            /** @description Comma-separated physical GPU device IDs or UUIDs to use (e.g. --device-ids "2,3,5,7"). (--device-ids) */
+            device_ids?: string | null;
+            /**
+             * Format: int64
+             * @description Number of tensor parallel groups. (default: 1) (--tensor-parallel-size)
              */
             tensor_parallel_size?: number | null;
             /**
              * Format: int64
-             * @description Number of data parallel groups (--data-parallel-size)
+             * @description Number of ranks that shard the decode KV cache. (default: 1) (--decode-context-parallel-size)
+             */
+            decode_context_parallel_size?: number | null;
+            /** @description Communication backend for Decode Context Parallel (DCP). (one of: a2a, ag_rs) (--dcp-comm-backend) */
+            dcp_comm_backend?: string | null;
+            /** @description Replicate the MLA query projection within each DCP group so decode can skip the query all-gather. (--dcp-q-replicate) */
+            dcp_q_replicate?: boolean | null;
+            /**
+             * Format: int64
+             * @description Interleave size of kv_cache storage while using DCP. (default: 1) (--dcp-kv-cache-interleave-size)
+             */
+            dcp_kv_cache_interleave_size?: number | null;
+            /**
+             * Format: int64
+             * @description Interleave size of kv_cache storage while using DCP. (--cp-kv-cache-interleave-size)
+             */
+            cp_kv_cache_interleave_size?: number | null;
+            /**
+             * Format: int64
+             * @description Number of ranks that split prefill sequence computation. (default: 1) (--prefill-context-parallel-size)
+             */
+            prefill_context_parallel_size?: number | null;
+            /**
+             * Format: int64
+             * @description Number of data parallel groups. (default: 1) (--data-parallel-size)
              */
             data_parallel_size?: number | null;
-            /** @description Use expert parallelism instead of tensor parallelism for MoE layers (--enable-expert-parallel) */
-            enable_expert_parallel?: boolean | null;
             /**
              * Format: int64
-             * @description Load the model sequentially in multiple batches (--max-parallel-loading-workers)
+             * @description Data parallel rank of this instance. (--data-parallel-rank)
+             */
+            data_parallel_rank?: number | null;
+            /**
+             * Format: int64
+             * @description Starting data parallel rank for secondary nodes. (--data-parallel-start-rank)
+             */
+            data_parallel_start_rank?: number | null;
+            /**
+             * Format: int64
+             * @description Number of data parallel replicas to run on this node. (--data-parallel-size-local)
+             */
+            data_parallel_size_local?: number | null;
+            /** @description Address of data parallel cluster head-node. (--data-parallel-address) */
+            data_parallel_address?: string | null;
+            /**
+             * Format: int64
+             * @description Fixed port for data parallel RPC communication. (--data-parallel-rpc-port)
+             */
+            data_parallel_rpc_port?: number | null;
+            /** @description Backend for data parallel, either "mp" or "ray". (default: mp) (--data-parallel-backend) */
+            data_parallel_backend?: string | null;
+            /** @description Whether to use "hybrid" DP LB mode. (default: false) (--data-parallel-hybrid-lb) */
+            data_parallel_hybrid_lb?: boolean | null;
+            /** @description Whether to use "external" DP LB mode. (default: false) (--data-parallel-external-lb) */
+            data_parallel_external_lb?: boolean | null;
+            /** @description Run a node-local supervisor that launches one external-LB API server per local data parallel rank and exposes aggregated health on a supervisor port. (--data-parallel-multi-port-external-lb) */
+            data_parallel_multi_port_external_lb?: boolean | null;
+            /** @description Enable sequence parallelism for HyperConnection (HC) computation. (default: false) (--enable-hc-sp) */
+            enable_hc_sp?: boolean | null;
+            /** @description Use expert parallelism instead of tensor parallelism for MoE layers. (default: false) (--enable-expert-parallel) */
+            enable_expert_parallel?: boolean | null;
+            /** @description Use sharded sampling across tensor parallel ranks. (--enable-batch-sharded-sampling) */
+            enable_batch_sharded_sampling?: boolean | null;
+            /** @description Skip non-local expert weights during model loading when expert parallelism is active. (default: false) (--enable-ep-weight-filter) */
+            enable_ep_weight_filter?: boolean | null;
+            /** @description All2All backend for MoE expert parallel communication. (default: allgather_reducescatter) (--all2all-backend) */
+            all2all_backend?: string | null;
+            /** @description Enable dual batch overlap for the model executor. (default: false) (--enable-dbo) */
+            enable_dbo?: boolean | null;
+            /** @description Route large CPU tensors (e.g. multimodal ``pixel_values``) in the engine→worker broadcast through a zero-copy shared-memory arena instead of sending a copy to every reader. (default: false) (--enable-shm-tensor-arena) */
+            enable_shm_tensor_arena?: boolean | null;
+            /**
+             * Format: int64
+             * @description Number of ubatch size. (default: 0) (--ubatch-size)
+             */
+            ubatch_size?: number | null;
+            /** @description Enable elastic expert parallelism with stateless NCCL groups for DP/EP. (default: false) (--enable-elastic-ep) */
+            enable_elastic_ep?: boolean | null;
+            /**
+             * Format: int64
+             * @description Maximum data parallel size supported by elastic expert parallelism. (--elastic-ep-max-dp-size)
+             */
+            elastic_ep_max_dp_size?: number | null;
+            /**
+             * Format: int64
+             * @description The threshold for dual batch overlap for batches only containing decodes. (default: 32) (--dbo-decode-token-threshold)
+             */
+            dbo_decode_token_threshold?: number | null;
+            /**
+             * Format: int64
+             * @description Steps between DP finish-sync all-reduces; must match across DP ranks. (default: 16) (--dp-sync-interval)
+             */
+            dp_sync_interval?: number | null;
+            /**
+             * Format: int64
+             * @description The threshold for dual batch overlap for batches that contain one or more prefills. (default: 512) (--dbo-prefill-token-threshold)
+             */
+            dbo_prefill_token_threshold?: number | null;
+            /** @description Forces the dp synchronization logic in vllm/v1/worker/dp_utils.py to use Gloo instead of NCCL for its all reduce. (--disable-nccl-for-dp-synchronization) */
+            disable_nccl_for_dp_synchronization?: boolean | null;
+            /** @description Enable expert parallelism load balancing for MoE layers. (default: false) (--enable-eplb) */
+            enable_eplb?: boolean | null;
+            /** @description Expert parallelism configuration. (JSON) (--eplb-config) */
+            eplb_config?: string | null;
+            /** @description The expert placement strategy for MoE layers (one of: linear, round_robin) (default: linear) (--expert-placement-strategy) */
+            expert_placement_strategy?: string | null;
+            /**
+             * Format: int64
+             * @description Maximum number of parallel loading workers when loading model sequentially in multiple batches. (--max-parallel-loading-workers)
              */
             max_parallel_loading_workers?: number | null;
-            /** @description Profile Ray workers with nsight (--ray-workers-use-nsight) */
+            /** @description Whether to profile Ray workers with nsight, see https://docs.ray.io/en/latest/ray-observability/user-guides/profiling.html#profiling-nsight-profiler. (default: false) (--ray-workers-use-nsight) */
             ray_workers_use_nsight?: boolean | null;
-            /** @description Disable the custom all-reduce kernel (--disable-custom-all-reduce) */
+            /** @description Disable the custom all-reduce kernel and fall back to NCCL. (default: false) (--disable-custom-all-reduce) */
             disable_custom_all_reduce?: boolean | null;
-            /** @description Full name of the worker class to use (--worker-cls) */
+            /** @description The full name of the worker class to use. (default: auto) (--worker-cls) */
             worker_cls?: string | null;
-            /** @description Full name of the worker extension class to use (--worker-extension-cls) */
+            /** @description The full name of the worker extension class to use. (--worker-extension-cls) */
             worker_extension_cls?: string | null;
+            /** @description Enable fault tolerance for detailed error recovery, such as scaling down fault DPEngineCore. (default: false) (--enable-fault-tolerance) */
+            enable_fault_tolerance?: boolean | null;
+            /** @description The configurations for fault tolerance. (JSON) (--fault-tolerance-config) */
+            fault_tolerance_config?: string | null;
             /**
              * Format: int64
-             * @description Size of a contiguous cache block in number of tokens (--block-size)
+             * @description Size of a contiguous cache block in number of tokens. (--block-size)
              */
             block_size?: number | null;
             /**
              * Format: double
-             * @description Fraction of GPU memory (0 to 1) for the model executor (default: 0.9) (--gpu-memory-utilization)
+             * @description The fraction of GPU memory to be used for the model executor, which can range from 0 to 1. (default: 0.92) (--gpu-memory-utilization)
              */
             gpu_memory_utilization?: number | null;
             /**
              * Format: int64
-             * @description Size of the KV cache per GPU in bytes; overrides --gpu-memory-utilization (--kv-cache-memory-bytes)
+             * @description Size of KV Cache per GPU in bytes. (--kv-cache-memory-bytes)
              */
             kv_cache_memory_bytes?: number | null;
-            /**
-             * Format: double
-             * @description CPU swap space size per GPU in GiB (--swap-space)
-             */
-            swap_space?: number | null;
-            /** @description Data type of the KV cache: auto, fp8, fp8_e4m3, fp8_e5m2, ... (--kv-cache-dtype) */
+            /** @description Data type for kv cache storage. (default: auto) (--kv-cache-dtype) */
             kv_cache_dtype?: string | null;
             /**
              * Format: int64
-             * @description Number of GPU blocks to use, overriding the profiled number (--num-gpu-blocks-override)
+             * @description Number of GPU blocks to use. (--num-gpu-blocks-override)
              */
             num_gpu_blocks_override?: number | null;
-            /** @description Enable prefix caching (false emits --no-enable-prefix-caching) (--enable-prefix-caching) */
+            /** @description Whether to enable prefix caching. (--enable-prefix-caching) */
             enable_prefix_caching?: boolean | null;
-            /** @description Hash algorithm for prefix caching: sha256, sha256_cbor, ... (--prefix-caching-hash-algo) */
+            /** @description Set the hash algorithm for prefix caching (one of: sha256, sha256_cbor, xxhash, xxhash_cbor) (default: sha256) (--prefix-caching-hash-algo) */
             prefix_caching_hash_algo?: string | null;
             /**
+             * Format: int64
+             * @description Token interval between retained sliding-window and Mamba prefix-cache checkpoints. (default: 0) (--prefix-cache-retention-interval)
+             */
+            prefix_cache_retention_interval?: number | null;
+            /** @description Layer patterns to skip KV cache quantization. (--kv-cache-dtype-skip-layers) */
+            kv_cache_dtype_skip_layers?: string[] | null;
+            /** @description In some KV sharing setups, e.g. YOCO (https://arxiv.org/abs/2405.05254), some layers can skip tokens corresponding to prefill. (default: false) (--kv-sharing-fast-prefill) */
+            kv_sharing_fast_prefill?: boolean | null;
+            /** @description Keep the sliding-window KV of models that support it (DeepSeek-V4.1) out of prefix caching and rebuild it after a prefix hit by recomputing the hit's last window. (default: true) (--swa-bounded-replay) */
+            swa_bounded_replay?: boolean | null;
+            /** @description The data type to use for the Mamba cache (both the conv as well as the ssm state). (one of: auto, bfloat16, float16, float32) (default: auto) (--mamba-cache-dtype) */
+            mamba_cache_dtype?: string | null;
+            /** @description The data type to use for the Mamba cache (ssm state only, conv state will still be controlled by mamba_cache_dtype). (one of: auto, bfloat16, float16, float32) (default: auto) (--mamba-ssm-cache-dtype) */
+            mamba_ssm_cache_dtype?: string | null;
+            /**
+             * Format: int64
+             * @description Size of a contiguous cache block in number of tokens for mamba cache. (--mamba-block-size)
+             */
+            mamba_block_size?: number | null;
+            /**
+             * Format: int64
+             * @description The finest token boundary (in tokens) a prefix-cache hit can land on. (--prefix-match-unit)
+             */
+            prefix_match_unit?: number | null;
+            /** @description The cache strategy for Mamba layers (one of: align, none) (default: none) (--mamba-cache-mode) */
+            mamba_cache_mode?: string | null;
+            /** @description Also register a Mamba "align" checkpoint at the shared-prefix junction -- where an EAGLE/MTP sibling was observed to resume -- instead of only at the prompt tail. (default: false) (--enable-mamba-shared-prefix-checkpoint) */
+            enable_mamba_shared_prefix_checkpoint?: boolean | null;
+            /**
+             * Format: int64
+             * @description ReplaySSM logical history length B for Mamba2. (default: 16) (--replayssm-buffer-len)
+             */
+            replayssm_buffer_len?: number | null;
+            /** @description Use the ReplaySSM Mamba2 decode kernel: cache recent SSM inputs and skip the per-step full-state store, writing the checkpoint back only on flush. (default: false) (--use-replayssm) */
+            use_replayssm?: boolean | null;
+            /**
              * Format: double
-             * @description Space in GiB to offload to CPU, per GPU (--cpu-offload-gb)
+             * @description Size of the KV cache offloading buffer in GiB. (--kv-offloading-size)
+             */
+            kv_offloading_size?: number | null;
+            /** @description The backend to use for KV cache offloading. (one of: lmcache, native) (default: native) (--kv-offloading-backend) */
+            kv_offloading_backend?: string | null;
+            /** @description The backend for weight offloading. (one of: auto, prefetch, uva) (default: auto) (--offload-backend) */
+            offload_backend?: string | null;
+            /**
+             * Format: double
+             * @description The space in GiB to offload to CPU, per GPU. (default: 0) (--cpu-offload-gb)
              */
             cpu_offload_gb?: number | null;
-            /** @description Compute k_scale and v_scale dynamically when kv_cache_dtype is fp8 (--calculate-kv-scales) */
-            calculate_kv_scales?: boolean | null;
-            /** @description JSON object: maximum number of input items per modality per prompt (--limit-mm-per-prompt) */
+            /** @description The set of parameter name segments to target for CPU offloading. (--cpu-offload-params) */
+            cpu_offload_params?: string[] | null;
+            /**
+             * Format: int64
+             * @description Group every N layers together. (default: 0) (--offload-group-size)
+             */
+            offload_group_size?: number | null;
+            /**
+             * Format: int64
+             * @description Number of layers to offload per group. (default: 1) (--offload-num-in-group)
+             */
+            offload_num_in_group?: number | null;
+            /**
+             * Format: int64
+             * @description Number of layers to prefetch ahead. (default: 1) (--offload-prefetch-step)
+             */
+            offload_prefetch_step?: number | null;
+            /** @description The set of parameter name segments to target for prefetch offloading. (--offload-params) */
+            offload_params?: string[] | null;
+            /** @description If True, disables all multimodal inputs by setting all modality limits to 0. (default: false) (--language-model-only) */
+            language_model_only?: boolean | null;
+            /** @description The maximum number of input items and options allowed per prompt for each modality. (JSON) (--limit-mm-per-prompt) */
             limit_mm_per_prompt?: string | null;
-            /** @description JSON object of arguments for the multi-modal processor (--mm-processor-kwargs) */
+            /** @description If `True`, enables passing multimodal embeddings: for `LLM` class, this refers to tensor inputs under `multi_modal_data`; for the OpenAI-compatible server, this refers to chat messages with content `"type": "*_embeds"`. (default: false) (--enable-mm-embeds) */
+            enable_mm_embeds?: boolean | null;
+            /** @description Additional args passed to process media inputs, keyed by modalities. (JSON) (--media-io-kwargs) */
+            media_io_kwargs?: string | null;
+            /** @description Arguments to be forwarded to the model's processor for multi-modal data, e.g., image processor. (JSON) (--mm-processor-kwargs) */
             mm_processor_kwargs?: string | null;
             /**
              * Format: double
-             * @description Size in GiB of the multi-modal processor cache (--mm-processor-cache-gb)
+             * @description The size (in GiB) of the multi-modal processor cache, which is used to avoid re-processing past multi-modal inputs. (default: 4) (--mm-processor-cache-gb)
              */
             mm_processor_cache_gb?: number | null;
-            /** @description Directory from which API requests may read local images or videos (--allowed-local-media-path) */
-            allowed_local_media_path?: string | null;
-            /** @description Enable handling of LoRA adapters (--enable-lora) */
-            enable_lora?: boolean | null;
-            /** @description Enable bias for LoRA adapters (--enable-lora-bias) */
-            enable_lora_bias?: boolean | null;
+            /** @description Type of cache to use for the multi-modal preprocessor/mapper. (one of: lru, shm) (default: lru) (--mm-processor-cache-type) */
+            mm_processor_cache_type?: string | null;
+            /** @description Hash algorithm to use for multi-modal input caching. (one of: blake3, sha256, sha512) (default: blake3) (--mm-hasher-algorithm) */
+            mm_hasher_algorithm?: string | null;
             /**
              * Format: int64
-             * @description Max number of LoRAs in a single batch (--max-loras)
+             * @description Size limit (in MiB) for each object stored in the multi-modal processor shared memory cache. (default: 128) (--mm-shm-cache-max-object-size-mb)
+             */
+            mm_shm_cache_max_object_size_mb?: number | null;
+            /** @description When enabled, skips the language component of the model. (default: false) (--mm-encoder-only) */
+            mm_encoder_only?: boolean | null;
+            /** @description Indicates how to optimize multi-modal encoder inference using tensor parallelism (TP). (one of: data, weights) (default: weights) (--mm-encoder-tp-mode) */
+            mm_encoder_tp_mode?: string | null;
+            /** @description Optional override for the multi-modal encoder attention backend when using vision transformers. (--mm-encoder-attn-backend) */
+            mm_encoder_attn_backend?: string | null;
+            /** @description Optional dtype override for ViT encoder attention. (one of: fp8) (--mm-encoder-attn-dtype) */
+            mm_encoder_attn_dtype?: string | null;
+            /** @description Path to a JSON file containing per-layer FP8 Q/K/V scales for ViT encoder attention. (--mm-encoder-fp8-scale-path) */
+            mm_encoder_fp8_scale_path?: string | null;
+            /** @description When set with dynamic FP8 scaling (`mm_encoder_attn_dtype="fp8"` and no `mm_encoder_fp8_scale_path`), saves the calibrated scales to this file after the amax history buffer is full. (--mm-encoder-fp8-scale-save-path) */
+            mm_encoder_fp8_scale_save_path?: string | null;
+            /**
+             * Format: double
+             * @description Safety margin multiplied onto scales when auto-saving. (default: 1.5) (--mm-encoder-fp8-scale-save-margin)
+             */
+            mm_encoder_fp8_scale_save_margin?: number | null;
+            /** @description Enable fully interleaved support for multimodal prompts, while using --chat-template-content-format=string. (default: false) (--interleave-mm-strings) */
+            interleave_mm_strings?: boolean | null;
+            /** @description When enabled, skips multimodal memory profiling and only profiles with language backbone model during engine initialization. (default: false) (--skip-mm-profiling) */
+            skip_mm_profiling?: boolean | null;
+            /**
+             * Format: double
+             * @description Fraction of video tokens to prune from each video. (--video-pruning-rate)
+             */
+            video_pruning_rate?: number | null;
+            /** @description Video token pruning algorithm applied when `video_pruning_rate` > 0 (one of: evs, vidcom2) (default: evs) (--video-pruning-method) */
+            video_pruning_method?: string | null;
+            /** @description IPC (inter-process communication) method for multimodal tensors. (one of: direct_rpc, torch_shm) (default: direct_rpc) (--mm-tensor-ipc) */
+            mm_tensor_ipc?: string | null;
+            /** @description Device the HF multi-modal processor runs the image/video transform on. (one of: auto, cpu) (default: auto) (--mm-processor-device) */
+            mm_processor_device?: string | null;
+            /**
+             * Format: double
+             * @description Amount of GPU memory (in GiB) sequestered on the engine's device for GPU-side multimodal work in the API-server (frontend) process, such as hardware video decoding. (default: 0) (--mm-ipc-gpu-memory-gb)
+             */
+            mm_ipc_gpu_memory_gb?: number | null;
+            /** @description Move the do_normalize computation in the mm preprocessing to before the ViT, and let the device do it, so that CPU computation can be saved. (--mm-device-do-normalize) */
+            mm_device_do_normalize?: boolean | null;
+            /** @description If True, enable handling of LoRA adapters. (--enable-lora) */
+            enable_lora?: boolean | null;
+            /**
+             * Format: int64
+             * @description Max number of LoRAs in a single batch. (default: 1) (--max-loras)
              */
             max_loras?: number | null;
             /**
              * Format: int64
-             * @description Max LoRA rank (--max-lora-rank)
+             * @description Max LoRA rank. (one of: 1, 8, 16, 32, 64, 128, 256, 320, 512) (default: 16) (--max-lora-rank)
              */
             max_lora_rank?: number | null;
-            /**
-             * Format: int64
-             * @description Maximum size of extra vocabulary in LoRA adapters (--lora-extra-vocab-size)
-             */
-            lora_extra_vocab_size?: number | null;
-            /** @description Data type for LoRA: auto, float16 or bfloat16 (--lora-dtype) */
+            /** @description Data type for LoRA. (one of: auto, bfloat16, float16) (default: auto) (--lora-dtype) */
             lora_dtype?: string | null;
+            /** @description If `True`, LoRA support for the tower (vision encoder) and connector of multimodal models will be enabled. (default: false) (--enable-tower-connector-lora) */
+            enable_tower_connector_lora?: boolean | null;
             /**
              * Format: int64
-             * @description Maximum number of LoRAs to store in CPU memory (--max-cpu-loras)
+             * @description Maximum number of LoRAs to store in CPU memory. (--max-cpu-loras)
              */
             max_cpu_loras?: number | null;
-            /** @description Shard LoRA computation fully across tensor parallel ranks (--fully-sharded-loras) */
+            /** @description By default, only half of the LoRA computation is sharded with tensor parallelism. (--fully-sharded-loras) */
             fully_sharded_loras?: boolean | null;
+            /** @description Restrict LoRA to specific module suffixes (e.g., ["o_proj", "qkv_proj"]). (--lora-target-modules) */
+            lora_target_modules?: string[] | null;
+            /** @description Dictionary mapping specific modalities to LoRA model paths; this field is only applicable to multimodal models and should be leveraged when a model always expects a LoRA to be active when a given modality is present. (JSON) (--default-mm-loras) */
+            default_mm_loras?: string | null;
+            /** @description Whether to construct lora kernel grid by the number of active LoRA adapters. (default: false) (--specialize-active-lora) */
+            specialize_active_lora?: boolean | null;
+            /** @description If True, force the engine to use the universal 2D MoE LoRA wrapper (`FusedMoEWithLoRA`) regardless of the model's `is_3d_moe_weight` flag, so that 2D-format and 3D-format MoE LoRA adapters can be served in the same deployment. (default: false) (--enable-mixed-moe-lora-format) */
+            enable_mixed_moe_lora_format?: boolean | null;
+            /** @description If True, load MoE expert adapters in the "shared-outer" layout, where the gate/up (`w1`/`w3`) lora_A and the down (`w2`) lora_B are shared across all experts (stored once with expert-dim 1) instead of per-expert. (default: false) (--enable-moe-shared-loras) */
+            enable_moe_shared_loras?: boolean | null;
             /**
              * Format: int64
-             * @description Maximum number of tokens processed in one iteration (--max-num-batched-tokens)
+             * @description Maximum output size for LoRA classification heads. (--max-lora-cls-labels)
+             */
+            max_lora_cls_labels?: number | null;
+            /** @description Logging configuration. (JSON) (--logging-config) */
+            logging_config?: string | null;
+            /** @description Shortcut for --logging-config.log_level. (one of: CRITICAL, ERROR, WARNING, INFO, DEBUG, NOTSET) (--log-level) */
+            log_level?: string | null;
+            /** @description --log-config-file is deprecated and will be removed in v0.33.0. (--log-config-file) */
+            log_config_file?: string | null;
+            /** @description Enable deprecated Prometheus metrics that have been hidden since the specified version. (--show-hidden-metrics-for-version) */
+            show_hidden_metrics_for_version?: string | null;
+            /** @description Target URL to which OpenTelemetry traces will be sent. (--otlp-traces-endpoint) */
+            otlp_traces_endpoint?: string | null;
+            /** @description It makes sense to set this only if `--otlp-traces-endpoint` is set. (one of: all, model, worker) (--collect-detailed-traces) */
+            collect_detailed_traces?: string[] | null;
+            /** @description Include per-request speculative-decoding acceptance metrics in the response under `metrics.speculative_decoding`. (one of: detailed, none, summary) (default: none) (--per-request-spec-decode-metrics) */
+            per_request_spec_decode_metrics?: string | null;
+            /** @description Enable KV cache residency metrics (lifetime, idle time, reuse gaps). (default: false) (--kv-cache-metrics) */
+            kv_cache_metrics?: boolean | null;
+            /**
+             * Format: double
+             * @description Sampling rate for KV cache metrics (0.0, 1.0]. (default: 0.01) (--kv-cache-metrics-sample)
+             */
+            kv_cache_metrics_sample?: number | null;
+            /** @description Custom Prometheus histogram bucket boundaries, as a JSON mapping from bucket-family key to a list of strictly increasing, positive, finite upper bounds. (JSON) (--custom-histogram-buckets) */
+            custom_histogram_buckets?: string | null;
+            /** @description Enable CUDA graph metrics (number of padded/unpadded tokens, runtime cudagraph dispatch modes, and their observed frequencies at every logging interval). (default: false) (--cudagraph-metrics) */
+            cudagraph_metrics?: boolean | null;
+            /** @description Enable layerwise NVTX tracing. (default: false) (--enable-layerwise-nvtx-tracing) */
+            enable_layerwise_nvtx_tracing?: boolean | null;
+            /** @description Enable Model FLOPs Utilization (MFU) metrics. (default: false) (--enable-mfu-metrics) */
+            enable_mfu_metrics?: boolean | null;
+            /** @description Enable detailed logging of iteration details. (default: false) (--enable-logging-iteration-details) */
+            enable_logging_iteration_details?: boolean | null;
+            /** @description How to handle post-warmup JIT compilation events. (one of: error, warn) (default: warn) (--jit-monitor-mode) */
+            jit_monitor_mode?: string | null;
+            /** @description Log every monitored JIT compile with runtime details. (default: false) (--jit-monitor-verbose) */
+            jit_monitor_verbose?: boolean | null;
+            /**
+             * Format: int64
+             * @description Maximum number of tokens that can be processed in a single iteration. (--max-num-batched-tokens)
              */
             max_num_batched_tokens?: number | null;
             /**
              * Format: int64
-             * @description Maximum number of sequences processed in one iteration (--max-num-seqs)
+             * @description Maximum number of tokens that the scheduler may issue in a single iteration. (--max-num-scheduled-tokens)
+             */
+            max_num_scheduled_tokens?: number | null;
+            /**
+             * Format: int64
+             * @description Maximum number of sequences to be processed in a single iteration. (--max-num-seqs)
              */
             max_num_seqs?: number | null;
             /**
              * Format: int64
-             * @description For chunked prefill, the max number of concurrent partial prefills (--max-num-partial-prefills)
+             * @description Maximum number of requests the scheduler admits into RUNNING. (--max-num-active-seqs)
+             */
+            max_num_active_seqs?: number | null;
+            /**
+             * Format: int64
+             * @description Maximum number of requests that can be in-flight (waiting or running) at the same time, or None for no limit. (--max-num-queued-reqs)
+             */
+            max_num_queued_reqs?: number | null;
+            /**
+             * Format: int64
+             * @description Maximum total prompt tokens of requests currently in the prefill phase, or None for no limit. (--max-num-queued-tokens)
+             */
+            max_num_queued_tokens?: number | null;
+            /**
+             * Format: int64
+             * @description For chunked prefill, a request is considered long if the prompt is longer than this number of tokens. (default: 0) (--long-prefill-token-threshold)
+             */
+            long_prefill_token_threshold?: number | null;
+            /** @description Floor the effective long prefill token threshold at a fair share of the token budget: max_num_batched_tokens divided by the number of queued and running requests. (default: false) (--long-prefill-token-threshold-adaptive) */
+            long_prefill_token_threshold_adaptive?: boolean | null;
+            /** @description The scheduling policy to use (one of: fcfs, priority) (default: fcfs) (--scheduling-policy) */
+            scheduling_policy?: string | null;
+            /** @description If True, prefill requests can be chunked based on the remaining `max_num_batched_tokens`. (--enable-chunked-prefill) */
+            enable_chunked_prefill?: boolean | null;
+            /** @description If set to true and chunked prefill is enabled, we do not want to partially schedule a multimodal item. (default: false) (--disable-chunked-mm-input) */
+            disable_chunked_mm_input?: boolean | null;
+            /** @description The scheduler class to use. (--scheduler-cls) */
+            scheduler_cls?: string | null;
+            /** @description If True, the scheduler checks whether the full input sequence length fits in the KV cache before admitting a new request, rather than only checking the first chunk. (default: true) (--scheduler-reserve-full-isl) */
+            scheduler_reserve_full_isl?: boolean | null;
+            /**
+             * Format: double
+             * @description Fraction of total KV cache blocks to keep free (the watermark) when admitting waiting or preempted requests into the running queue. (default: 0.0) (--watermark)
+             */
+            watermark?: number | null;
+            /**
+             * Format: int64
+             * @description For data-parallel deployments, only admit new prefill requests once every N engine steps, aligned across DP ranks, to better balance per-step forward-pass times. (default: 1) (--prefill-schedule-interval)
+             */
+            prefill_schedule_interval?: number | null;
+            /** @description If set to True, KV cache manager will allocate the same size of KV cache for all attention layers even if there are multiple type of attention layers like full attention and sliding window attention. (--disable-hybrid-kv-cache-manager) */
+            disable_hybrid_kv_cache_manager?: boolean | null;
+            /** @description If set to False, disable async scheduling. (--async-scheduling) */
+            async_scheduling?: boolean | null;
+            /**
+             * Format: int64
+             * @description The interval (or buffer size) for streaming in terms of token length. (default: 1) (--stream-interval)
+             */
+            stream_interval?: number | null;
+            /** @description Sizes to capture cudagraph. (--cudagraph-capture-sizes) */
+            cudagraph_capture_sizes?: string[] | null;
+            /**
+             * Format: int64
+             * @description The maximum cudagraph capture size. (--max-cudagraph-capture-size)
+             */
+            max_cudagraph_capture_size?: number | null;
+            /** @description vLLM IR op priority for dispatching/lowering during the forward pass. (JSON) (--ir-op-priority) */
+            ir_op_priority?: string | null;
+            /** @description If True, run FlashInfer autotuning during kernel warmup. (--enable-flashinfer-autotune) */
+            enable_flashinfer_autotune?: boolean | null;
+            /** @description Backend for MoE expert computation kernels. (default: auto) (--moe-backend) */
+            moe_backend?: string | null;
+            /** @description Backend for linear layer GEMM kernels. (default: auto) (--linear-backend) */
+            linear_backend?: string | null;
+            /** @description Backend for the DSA sparse indexer decode top-k kernel. (one of: aiter, auto, cooperative, deep_select, flashinfer, per_row, persistent, torch) (default: auto) (--sparse-indexer-topk-backend) */
+            sparse_indexer_topk_backend?: string | null;
+            /** @description Speculative decoding configuration. (JSON) (--speculative-config) */
+            speculative_config?: string | null;
+            /** @description The name of the speculative method to use. (--spec-method) */
+            spec_method?: string | null;
+            /** @description The name of the draft model, eagle head, or additional weights, if provided. (--spec-model) */
+            spec_model?: string | null;
+            /**
+             * Format: int64
+             * @description The number of speculative tokens, if provided. (--spec-tokens)
+             */
+            spec_tokens?: number | null;
+            /** @description Text watermarking configuration. (JSON) (--watermark-config) */
+            watermark_config?: string | null;
+            /** @description Diffusion LLM (dLLM) configuration. (JSON) (--diffusion-config) */
+            diffusion_config?: string | null;
+            /** @description The configurations for distributed KV cache transfer. (JSON) (--kv-transfer-config) */
+            kv_transfer_config?: string | null;
+            /** @description The configurations for event publishing. (JSON) (--kv-events-config) */
+            kv_events_config?: string | null;
+            /** @description The configurations for distributed EC cache transfer. (JSON) (--ec-transfer-config) */
+            ec_transfer_config?: string | null;
+            /** @description The configurations for custom encoder cache manager. (JSON) (--ec-manager-config) */
+            ec_manager_config?: string | null;
+            /** @description `torch.compile` and cudagraph capture configuration for the model. (JSON) (--compilation-config) */
+            compilation_config?: string | null;
+            /** @description Attention configuration. (JSON) (--attention-config) */
+            attention_config?: string | null;
+            /** @description N-gram embedding storage and sharding settings. (JSON) (--engram-config) */
+            engram_config?: string | null;
+            /** @description The configurations for reasoning model. (JSON) (--reasoning-config) */
+            reasoning_config?: string | null;
+            /** @description Kernel configuration. (JSON) (--kernel-config) */
+            kernel_config?: string | null;
+            /** @description Additional config for specified platform. (JSON) (--additional-config) */
+            additional_config?: string | null;
+            /** @description Structured outputs configuration. (JSON) (--structured-outputs-config) */
+            structured_outputs_config?: string | null;
+            /** @description Execution auxiliary output configuration. (JSON) (--aux-output-config) */
+            aux_output_config?: string | null;
+            /** @description Profiling configuration. (JSON) (--profiler-config) */
+            profiler_config?: string | null;
+            /** @description The optimization level. (default: 2) (--optimization-level) */
+            optimization_level?: string | null;
+            /** @description Performance mode for runtime behavior, 'balanced' is the default. (one of: balanced, interactivity, throughput) (--performance-mode) */
+            performance_mode?: string | null;
+            /** @description The configurations for weight transfer during RL training. (JSON) (--weight-transfer-config) */
+            weight_transfer_config?: string | null;
+            /** @description Disable logging statistics. (--disable-log-stats) */
+            disable_log_stats?: boolean | null;
+            /** @description Log aggregate rather than per-engine statistics when using data parallelism. (--aggregate-engine-logging) */
+            aggregate_engine_logging?: boolean | null;
+            /** @description If set, the engine will raise an error if environment validation fails. (default: false) (--fail-on-environ-validation) */
+            fail_on_environ_validation?: boolean | null;
+            /**
+             * Format: int64
+             * @description Shutdown timeout in seconds. (default: 0) (--shutdown-timeout)
+             */
+            shutdown_timeout?: number | null;
+            /** @description Select GDN prefill backend. (one of: flashinfer, triton, cutedsl, aiter_flydsl) (--gdn-prefill-backend) */
+            gdn_prefill_backend?: string | null;
+            /** @description Select KDA prefill backend. (one of: auto, triton, flashkda, flashinfer, fused) (--kda-prefill-backend) */
+            kda_prefill_backend?: string | null;
+            /** @description Select KDA decode backend. (one of: auto, native, flashinfer, triton) (--kda-decode-backend) */
+            kda_decode_backend?: string | null;
+            /** @description Enable logging request information, dependent on log level (default: false) (--enable-log-requests) */
+            enable_log_requests?: boolean | null;
+            /** @description The task to use the model for (older vLLM; newer: --runner and --convert) (--task) */
+            task?: string | null;
+            /** @description Run the OpenAI frontend server in the same process as the model serving engine (older vLLM) (--disable-frontend-multiprocessing) */
+            disable_frontend_multiprocessing?: boolean | null;
+            /**
+             * Format: double
+             * @description CPU swap space size per GPU in GiB (older vLLM) (--swap-space)
+             */
+            swap_space?: number | null;
+            /** @description Compute k_scale and v_scale dynamically when kv_cache_dtype is fp8 (older vLLM) (--calculate-kv-scales) */
+            calculate_kv_scales?: boolean | null;
+            /** @description Enable bias for LoRA adapters (older vLLM) (--enable-lora-bias) */
+            enable_lora_bias?: boolean | null;
+            /**
+             * Format: int64
+             * @description Maximum size of extra vocabulary in LoRA adapters (older vLLM) (--lora-extra-vocab-size)
+             */
+            lora_extra_vocab_size?: number | null;
+            /**
+             * Format: int64
+             * @description For chunked prefill, the max number of concurrent partial prefills (older vLLM) (--max-num-partial-prefills)
              */
             max_num_partial_prefills?: number | null;
             /**
              * Format: int64
-             * @description For chunked prefill, the max number of long prompts prefilled concurrently (--max-long-partial-prefills)
+             * @description For chunked prefill, the max number of long prompts prefilled concurrently (older vLLM) (--max-long-partial-prefills)
              */
             max_long_partial_prefills?: number | null;
             /**
              * Format: int64
-             * @description For chunked prefill, a prompt is long if it has more tokens than this (--long-prefill-token-threshold)
-             */
-            long_prefill_token_threshold?: number | null;
-            /**
-             * Format: int64
-             * @description Number of slots to allocate per sequence per step, beyond the known token ids (--num-lookahead-slots)
+             * @description Number of slots to allocate per sequence per step, beyond the known token ids (older vLLM) (--num-lookahead-slots)
              */
             num_lookahead_slots?: number | null;
-            /** @description Scheduling policy: fcfs or priority (--scheduling-policy) */
-            scheduling_policy?: string | null;
-            /** @description Chunk prefill requests by max_num_batched_tokens (false emits --no-enable-chunked-prefill) (--enable-chunked-prefill) */
-            enable_chunked_prefill?: boolean | null;
-            /** @description Schedule asynchronously to reduce CPU overhead (--async-scheduling) */
-            async_scheduling?: boolean | null;
-            /** @description JSON object configuring speculative decoding (--speculative-config) */
-            speculative_config?: string | null;
-            /** @description torch.compile and CUDA graph configuration: an optimisation level or a JSON object (--compilation-config) */
-            compilation_config?: string | null;
-            /** @description JSON object configuring distributed KV cache transfer (--kv-transfer-config) */
-            kv_transfer_config?: string | null;
-            /** @description JSON object of additional config for the platform (--additional-config) */
-            additional_config?: string | null;
-            /** @description JSON object configuring structured outputs (--structured-outputs-config) */
-            structured_outputs_config?: string | null;
             /** @description Engine for guided decoding (older vLLM; newer: --structured-outputs-config) (--guided-decoding-backend) */
             guided_decoding_backend?: string | null;
-            /** @description Target URL to which OpenTelemetry traces are sent (--otlp-traces-endpoint) */
-            otlp_traces_endpoint?: string | null;
-            /** @description Modules to collect detailed traces for: model, worker, all (--collect-detailed-traces) */
-            collect_detailed_traces?: string | null;
-            /** @description Re-enable metrics hidden since this version (--show-hidden-metrics-for-version) */
-            show_hidden_metrics_for_version?: string | null;
             /** @description Device type for vLLM execution (older vLLM; detected automatically) (--device) */
             device?: string | null;
-            /** @description JSON object of RoPE scaling configuration (--rope-scaling) */
+            /** @description JSON object of RoPE scaling configuration (older vLLM; newer: --hf-overrides) (--rope-scaling) */
             rope_scaling?: string | null;
             /**
              * Format: double
-             * @description RoPE theta (--rope-theta)
+             * @description RoPE theta (older vLLM; newer: --hf-overrides) (--rope-theta)
              */
             rope_theta?: number | null;
             /** @description Flags Corral does not model: key = flag without dashes (snake_case or kebab-case), never one of the options above, value = its argument, or "" / "true" / true for a bare switch. Emitted as --kebab-key value. */
