@@ -1,14 +1,14 @@
 //! Instances: the definitions (options with defaults), the registry, persistence and ports.
 //!
-//! - [`registry`]: the engine's instances and their lifecycle operations (create, update,
+//! - `registry`: the engine's instances and their lifecycle operations (create, update,
 //!   start, stop, restart, delete), each serialized per instance.
-//! - [`catalogue`]: names, aliases and port ownership, behind the registry's short lock.
-//! - [`instance`]: one instance, its marks and its definition file.
-//! - [`lifecycle`]: what may be done with an instance now, read from one snapshot.
-//! - [`routing`]: the instance a request's `model` names, started on demand and leased.
-//! - [`scheduler`]: LRU eviction, the idle reaper and unloads, which take running slots back.
-//! - [`launch`]: what one start runs.
-//! - [`events`]: the change feed; [`store`]: the definition files; [`usage`]: requests in
+//! - `catalogue`: names, aliases and port ownership, behind the registry's short lock.
+//! - `instance`: one instance, its marks and its definition file.
+//! - `lifecycle`: what may be done with an instance now, read from one snapshot.
+//! - `routing`: the instance a request's `model` names, started on demand and leased.
+//! - `scheduler`: LRU eviction, the idle reaper and unloads, which take running slots back.
+//! - `launch`: what one start runs.
+//! - `events`: the change feed; `store`: the definition files; `usage`: requests in
 //!   flight and token counters.
 
 mod catalogue;
