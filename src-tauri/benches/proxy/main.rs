@@ -4,7 +4,9 @@
 //!
 //! `CORRAL_BENCH_SECONDS` (default 5) sets the length of each load run, `CORRAL_BENCH_ROUNDS`
 //! (default 3) how often every path is loaded in turn; `CORRAL_BENCH_ONLY`
-//! (`load,stream,on-demand,memory,memory-body`, comma-separated) picks sections. With
+//! (`load,stream,on-demand,memory,memory-body,shipped,soak`, comma-separated) picks sections;
+//! `CORRAL_BENCH_SOAK_SECONDS` (default 60) and `CORRAL_BENCH_SOAK_STREAMS` (default 500) size
+//! the soak. With
 //! `CORRAL_LLAMA_SERVER` and `CORRAL_TEST_MODEL` set, on-demand start uses the real llama-server;
 //! with `CORRAL_MLX_SERVER` / `CORRAL_VLLM` and `CORRAL_TEST_HF_MODEL`, the real mlx_lm.server and
 //! vllm serve too (`CORRAL_BENCH_ON_DEMAND_RUNS`, default 5, runs of each).
@@ -14,6 +16,7 @@ mod load;
 mod memory_body;
 mod nginx;
 mod on_demand;
+mod soak;
 mod streaming;
 mod upstream;
 
@@ -71,7 +74,7 @@ async fn run() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         memory_body(tmp.path(), &fake).await?;
     }
-    if !["load", "stream", "on-demand", "memory"]
+    if !["load", "stream", "on-demand", "memory", "shipped", "soak"]
         .into_iter()
         .any(wanted)
     {
@@ -79,6 +82,24 @@ async fn run() -> anyhow::Result<()> {
     }
     let nginx_bin = bench_deps().await?;
     let tmp = tempfile::tempdir()?;
+    if wanted("shipped") || wanted("soak") {
+        shipped(
+            tmp.path(),
+            &fake,
+            &nginx_bin,
+            Duration::from_secs(seconds),
+            rounds,
+            wanted("shipped"),
+            wanted("soak"),
+        )
+        .await?;
+        if !["load", "stream", "on-demand", "memory"]
+            .into_iter()
+            .any(wanted)
+        {
+            return Ok(());
+        }
+    }
 
     // One engine whose `fast` instance is the fixed-answer upstream; direct and nginx reach the
     // same process on its port.
@@ -580,6 +601,98 @@ async fn on_demand_case(
             );
         }
     }
+    Ok(())
+}
+
+/// The shipped `corral serve` binary, its request log going to a file as users run it: wrk
+/// against it and nginx in front of the same upstream, then the SSE soak.
+async fn shipped(
+    tmp: &Path,
+    fake: &Backend,
+    nginx_bin: &str,
+    run_for: Duration,
+    rounds: u64,
+    load: bool,
+    soak: bool,
+) -> anyhow::Result<()> {
+    let data_dir = subdir(tmp, "shipped")?;
+    let log = data_dir.join("corral.log");
+    let serve = soak::Shipped::start(&data_dir, fake, &log).await?;
+    let corral = format!("{}/v1/chat/completions", serve.management.base);
+    let direct = format!("http://{}/v1/chat/completions", serve.upstream);
+    if load {
+        let nginx = nginx::Nginx::start(
+            nginx_bin,
+            &subdir(tmp, "shipped-nginx")?,
+            &serve.upstream,
+            free_port()?,
+        )?;
+        let targets = vec![
+            ("direct", direct.clone()),
+            (
+                "nginx",
+                format!("http://{}/v1/chat/completions", nginx.authority),
+            ),
+            ("`corral serve` /v1 (log to a file)", corral.clone()),
+        ];
+        let corral_pid = serve.pid;
+        let pids = |label: &str| match label {
+            "direct" => Vec::new(),
+            "nginx" => nginx.pids(),
+            _ => vec![corral_pid],
+        };
+        println!("\nThe shipped binary: `corral serve`, its default request log written to a file");
+        proxy_overhead(&targets, &pids, serve.upstream_pid, tmp, run_for, rounds).await?;
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        println!(
+            "(its log file holds {} request lines)",
+            logged.matches("inference request").count()
+        );
+    }
+    if soak {
+        let seconds = env_number("CORRAL_BENCH_SOAK_SECONDS", 60);
+        let streams = usize::try_from(env_number("CORRAL_BENCH_SOAK_STREAMS", 500)).unwrap_or(500);
+        println!(
+            "\nStreaming soak: {streams} concurrent SSE streams for {seconds} s each way, {} chunks 10 ms apart per stream",
+            upstream::STREAM_CHUNKS
+        );
+        println!(
+            "{:<34} {:>9} {:>8} {:>10} {:>10} {:>11} {:>13}",
+            "path", "streams", "dropped", "gap p50 ms", "gap p99 ms", "RSS peak MiB", "RSS end MiB"
+        );
+        let mut p99s = Vec::new();
+        for (label, url, pid) in [
+            ("direct", direct.as_str(), None),
+            ("`corral serve` /v1", corral.as_str(), Some(serve.pid)),
+        ] {
+            let mut run =
+                soak::soak(url, STREAM_BODY, streams, Duration::from_secs(seconds), pid).await?;
+            let p99 = soak::percentile_ms(&mut run.gaps_us, 99.0);
+            let mib = |kib: Option<u64>| {
+                kib.map_or("-".to_owned(), |kib| format!("{:.1}", kib as f64 / 1024.0))
+            };
+            println!(
+                "{:<34} {:>9} {:>8} {:>10.2} {:>10.2} {:>11} {:>13}",
+                label,
+                run.streams,
+                run.dropped,
+                soak::percentile_ms(&mut run.gaps_us, 50.0),
+                p99,
+                mib(run.rss_peak_kib),
+                mib(run.rss_last_kib)
+            );
+            p99s.push((p99, run.dropped));
+        }
+        if let [(direct_p99, _), (corral_p99, dropped)] = p99s[..] {
+            println!(
+                "none dropped: {}; gap p99 within 2 ms of direct (+{:.2} ms): {}",
+                verdict(dropped == 0),
+                corral_p99 - direct_p99,
+                verdict(corral_p99 - direct_p99 <= 2.0)
+            );
+        }
+    }
+    serve.stop().await;
     Ok(())
 }
 

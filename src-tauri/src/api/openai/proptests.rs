@@ -8,7 +8,10 @@
 use proptest::prelude::*;
 use serde_json::Value;
 
+use super::request_log::{finish_tap, tap_chunk, TappedBody, MAX_SSE_EVENT};
 use super::*;
+use crate::instances::TokenUsage;
+use crate::sse::SseParser;
 
 /// Keys of OpenAI and Anthropic requests, answers and stream events.
 const KEYS: &[&str] = &[

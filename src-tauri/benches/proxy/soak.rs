@@ -1,0 +1,233 @@
+//! The shipped binary under load: `corral serve` as users run it (a child process, its request
+//! log at the default level written to a file) in front of the fixed-answer upstream. Loaded
+//! with wrk beside nginx, and soaked with many concurrent SSE streams: every stream must arrive
+//! whole, the gaps between chunks are compared with the upstream's own, and the engine's memory
+//! is sampled throughout.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::engine::{is_ready, status_kib, Backend, Management};
+use crate::upstream::STREAM_CHUNKS;
+
+/// `corral serve` with its default logging, stderr (the log) into `log`.
+pub struct Shipped {
+    child: tokio::process::Child,
+    pub pid: u32,
+    pub management: Management,
+    /// `host:port` of the instance's upstream.
+    pub upstream: String,
+    /// The upstream's pid.
+    pub upstream_pid: u32,
+}
+
+impl Shipped {
+    /// Starts `corral serve` over `data_dir` with a llama.cpp backend that is `upstream`, and
+    /// one ready instance `fast`.
+    pub async fn start(data_dir: &Path, upstream: &Backend, log: &Path) -> anyhow::Result<Self> {
+        let config = data_dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "backends:\n  llama-cpp:\n    command: {}\n    args: {}\ninstances:\n  port_range: [28200, 28249]\nauth:\n  require_management_auth: false\n  require_inference_auth: false\n",
+                serde_json::to_string(&upstream.command.display().to_string())?,
+                serde_json::to_string(&upstream.args)?,
+            ),
+        )?;
+        let log = std::fs::File::create(log).context("creating the engine's log file")?;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting corral serve")?;
+        let stdout = child.stdout.take().context("corral's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split(" on http://").nth(1) {
+                    return Ok(format!("http://{}", rest.trim()));
+                }
+            }
+            bail!("corral exited before printing its address")
+        })
+        .await
+        .context("corral did not start within 60 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let pid = child.id().context("corral's pid")?;
+        let management = Management::new(base);
+        let created = management
+            .create("fast", json!({"model": "/dev/null"}))
+            .await?;
+        management.wait_for("fast", is_ready).await?;
+        let port = created["options"]["backend_options"]["port"]
+            .as_u64()
+            .context("the instance has no port")?;
+        let ready = management
+            .wait_for("fast", |v: &Value| v["pid"].as_u64().is_some())
+            .await?;
+        let upstream_pid = ready["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .context("the instance has no pid")?;
+        Ok(Shipped {
+            child,
+            pid,
+            management,
+            upstream: format!("127.0.0.1:{port}"),
+            upstream_pid,
+        })
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub async fn stop(mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+/// What a soak saw.
+pub struct Soak {
+    /// Streams that arrived whole.
+    pub streams: u64,
+    /// Streams that failed, broke off or came short.
+    pub dropped: u64,
+    /// Gaps between consecutive chunks, in µs, all streams together.
+    pub gaps_us: Vec<u32>,
+    /// The engine's resident memory, sampled every second: the highest and the last, in KiB.
+    pub rss_peak_kib: Option<u64>,
+    pub rss_last_kib: Option<u64>,
+}
+
+/// `concurrency` clients, each sending streamed chats to `url` one after another, until `run_for`
+/// has passed; samples `rss_pid`'s memory meanwhile.
+pub async fn soak(
+    url: &str,
+    body: &'static str,
+    concurrency: usize,
+    run_for: Duration,
+    rss_pid: Option<u32>,
+) -> anyhow::Result<Soak> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let deadline = Instant::now() + run_for;
+    let streams = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let sampler = rss_pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut peak = 0u64;
+            let mut last = 0u64;
+            while Instant::now() < deadline {
+                if let Ok(rss) = status_kib(pid, "VmRSS") {
+                    peak = peak.max(rss);
+                    last = rss;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            (peak, last)
+        })
+    });
+    let mut clients = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let http = http.clone();
+        let url = url.to_owned();
+        let streams = Arc::clone(&streams);
+        let dropped = Arc::clone(&dropped);
+        clients.push(tokio::spawn(async move {
+            let mut gaps = Vec::new();
+            while Instant::now() < deadline {
+                match one_stream(&http, &url, body, &mut gaps).await {
+                    Ok(()) => streams.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            gaps
+        }));
+    }
+    let mut gaps_us = Vec::new();
+    for client in clients {
+        gaps_us.extend(client.await?);
+    }
+    let (rss_peak_kib, rss_last_kib) = match sampler {
+        Some(sampler) => {
+            let (peak, last) = sampler.await?;
+            (Some(peak), Some(last))
+        }
+        None => (None, None),
+    };
+    Ok(Soak {
+        streams: streams.load(Ordering::Relaxed),
+        dropped: dropped.load(Ordering::Relaxed),
+        gaps_us,
+        rss_peak_kib,
+        rss_last_kib,
+    })
+}
+
+/// One streamed chat: whole when every chunk and the closing `[DONE]` arrived.
+async fn one_stream(
+    http: &reqwest::Client,
+    url: &str,
+    body: &'static str,
+    gaps: &mut Vec<u32>,
+) -> anyhow::Result<()> {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    let mut chunks = response.bytes_stream();
+    let mut last: Option<Instant> = None;
+    let mut events = 0usize;
+    let mut done = false;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if chunk.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        if let Some(last) = last {
+            gaps.push(u32::try_from((now - last).as_micros()).unwrap_or(u32::MAX));
+        }
+        last = Some(now);
+        events += chunk.windows(6).filter(|w| w == b"data: ").count();
+        done |= chunk.windows(6).any(|w| w == b"[DONE]");
+    }
+    if !done || events != STREAM_CHUNKS + 1 {
+        bail!("the stream came short: {events} events, done: {done}");
+    }
+    Ok(())
+}
+
+/// The `pct` percentile of `samples`, in ms.
+pub fn percentile_ms(samples: &mut [u32], pct: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let rank = ((pct / 100.0) * samples.len() as f64).ceil() as usize;
+    f64::from(samples[rank.clamp(1, samples.len()) - 1]) / 1000.0
+}
