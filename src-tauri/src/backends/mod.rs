@@ -3,6 +3,7 @@
 //! single source of option names, flags, aliases, types and help; argv building, parse-command
 //! and the OpenAPI schema all read it.
 
+mod argv;
 mod descriptor;
 mod llama;
 mod llama_table;
@@ -10,6 +11,7 @@ mod mlx;
 mod parse;
 mod schema;
 mod secret;
+mod values;
 mod vllm;
 mod vllm_table;
 
@@ -19,8 +21,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use descriptor::{Descriptor, ModelName, Readiness};
-pub use schema::{fields, label, FieldType, OptionField};
+pub use schema::{fields, label, options_schema, FieldType, OptionField};
 pub use secret::{BackendSecret, SecretHandover};
+pub(crate) use values::whole;
+use values::{extra_args_from_json, value_from_json};
 
 #[derive(
     Debug,
@@ -290,12 +294,6 @@ fn describe_json(value: &serde_json::Value) -> String {
     }
 }
 
-/// Go's `FormatFloat(f, 'f', -1, 64)`: shortest exact digits, never an exponent. Rust's `Display`
-/// for f64 does exactly that.
-fn format_float(value: f64) -> String {
-    format!("{value}")
-}
-
 impl BackendOptions {
     /// No option set.
     pub fn empty(backend: BackendType) -> Self {
@@ -430,75 +428,6 @@ impl BackendOptions {
         }
     }
 
-    /// What a start passes: [`Self::to_args`], plus `--host 127.0.0.1` when the user chose no
-    /// host. llama-server and mlx_lm.server already default to loopback, but `vllm serve`
-    /// listens on every interface without `--host`, which would put an instance on the LAN
-    /// that the user never asked for.
-    pub fn launch_args(&self) -> Vec<String> {
-        let mut args = self.to_args();
-        if self.host().is_none() {
-            args.extend(["--host".to_owned(), "127.0.0.1".to_owned()]);
-        }
-        args
-    }
-
-    /// The arguments after the configured command and its configured args, as the user wrote
-    /// them (parse-command gives these back).
-    pub fn to_args(&self) -> Vec<String> {
-        let table = Backend::of(self.backend);
-        let mut args = Vec::new();
-        if table.model == PositionalModel::First {
-            if let Some(model) = self.model() {
-                args.push(model.to_string());
-            }
-        }
-        for spec in table.specs {
-            if table.model == PositionalModel::First && spec.name == "model" {
-                continue;
-            }
-            let Some(value) = self.values.get(spec.name) else {
-                continue;
-            };
-            match value {
-                OptionValue::Bool(true) => args.push(spec.flag.to_string()),
-                OptionValue::Bool(false) => {
-                    if let Some(negation) = table.negation(spec.name) {
-                        args.push(negation.to_string());
-                    }
-                }
-                OptionValue::Int(i) => args.extend([spec.flag.to_string(), i.to_string()]),
-                OptionValue::Float(f) => args.extend([spec.flag.to_string(), format_float(*f)]),
-                OptionValue::String(s) if table.is_two_values(spec.name) => {
-                    args.push(spec.flag.to_string());
-                    args.extend(s.split_whitespace().map(str::to_string));
-                }
-                OptionValue::String(s) => args.extend([spec.flag.to_string(), s.clone()]),
-                OptionValue::StringList(list) if table.json_lists.contains(&spec.name) => {
-                    let array = serde_json::Value::from(list.clone());
-                    args.extend([spec.flag.to_string(), array.to_string()]);
-                }
-                OptionValue::StringList(list) if table.repeat_in_one_flag.contains(&spec.name) => {
-                    if !list.is_empty() {
-                        args.push(spec.flag.to_string());
-                        args.extend(list.iter().cloned());
-                    }
-                }
-                OptionValue::StringList(list) => {
-                    for item in list {
-                        args.extend([spec.flag.to_string(), item.clone()]);
-                    }
-                }
-            }
-        }
-        for (key, value) in &self.extra_args {
-            args.push(format!("--{}", key.replace('_', "-")));
-            if !is_bare_switch(value) {
-                args.push(value.clone());
-            }
-        }
-        args
-    }
-
     /// Path polled for readiness (`/health`).
     pub fn health_path(&self) -> &'static str {
         self.backend.descriptor().health_path
@@ -570,194 +499,6 @@ pub enum StopSignal {
     Terminate,
 }
 
-/// An extra_args value that means "the flag alone": `""` or `"true"` (what parse-command stores
-/// for a bare unknown flag, as llamactl does).
-fn is_bare_switch(value: &str) -> bool {
-    value.is_empty() || value == "true"
-}
-
-fn value_from_json(
-    table: &Backend,
-    spec: &'static OptionSpec,
-    key: &str,
-    raw: &serde_json::Value,
-) -> Result<Option<OptionValue>, OptionsError> {
-    let wrong = || OptionsError::WrongType {
-        key: key.to_string(),
-        expected: kind_expects(spec.kind),
-        found: describe_json(raw),
-    };
-    let value = match spec.kind {
-        OptionKind::Bool => OptionValue::Bool(raw.as_bool().ok_or_else(wrong)?),
-        OptionKind::Int => {
-            let int = match raw {
-                serde_json::Value::Number(n) if n.is_i64() => n.as_i64().ok_or_else(wrong)?,
-                serde_json::Value::Number(n) if n.is_u64() => {
-                    return Err(OptionsError::OutOfRange {
-                        key: key.to_string(),
-                        value: n.to_string(),
-                        allowed: format!("up to {}", i64::MAX),
-                    });
-                }
-                // `5.0` is the integer 5 in JSON (and in JSON Schema), as clients may write it
-                serde_json::Value::Number(n) => n.as_f64().and_then(whole).ok_or_else(wrong)?,
-                _ => return Err(wrong()),
-            };
-            return check_int(spec, key, int);
-        }
-        OptionKind::Float => OptionValue::Float(raw.as_f64().ok_or_else(wrong)?),
-        OptionKind::String => {
-            // llamactl stored flash_attn as a bool before llama.cpp made it on|off|auto
-            let text = match (raw, spec.name) {
-                (serde_json::Value::Bool(b), "flash_attn") => {
-                    (if *b { "on" } else { "off" }).to_string()
-                }
-                (serde_json::Value::String(s), _) => s.clone(),
-                _ => return Err(wrong()),
-            };
-            check_string(table, spec, key, text)?
-        }
-        OptionKind::StringList => {
-            let items = raw.as_array().ok_or_else(wrong)?;
-            let list = items
-                .iter()
-                .map(|item| item.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(wrong)?;
-            if list.iter().any(|item| item.contains('\0')) {
-                return Err(no_nul(key));
-            }
-            OptionValue::StringList(list)
-        }
-    };
-    Ok(Some(value))
-}
-
-/// A NUL byte can never reach a program's argv: refused here rather than failing the start.
-fn no_nul(key: &str) -> OptionsError {
-    OptionsError::WrongType {
-        key: key.to_string(),
-        expected: "text without NUL characters",
-        found: "a NUL character".into(),
-    }
-}
-
-/// `value` as an i64 when it is a whole number that a float spells exactly (up to 2^53): past
-/// that, a float may be an integer literal out of range that JSON parsing rounded.
-pub(crate) fn whole(value: f64) -> Option<i64> {
-    const EXACT: f64 = 9_007_199_254_740_992.0;
-    (value.fract() == 0.0 && (-EXACT..=EXACT).contains(&value)).then_some(value as i64)
-}
-
-/// Range rules for ints: a port is 1..=65535, and 0 means "assign one" (so: not set).
-fn check_int(
-    spec: &OptionSpec,
-    key: &str,
-    value: i64,
-) -> Result<Option<OptionValue>, OptionsError> {
-    if spec.name == "port" {
-        if value == 0 {
-            return Ok(None);
-        }
-        if !(1..=65535).contains(&value) {
-            return Err(OptionsError::OutOfRange {
-                key: key.to_string(),
-                value: value.to_string(),
-                allowed: "1-65535, or 0 to assign one".into(),
-            });
-        }
-    }
-    Ok(Some(OptionValue::Int(value)))
-}
-
-fn check_string(
-    table: &Backend,
-    spec: &OptionSpec,
-    key: &str,
-    value: String,
-) -> Result<OptionValue, OptionsError> {
-    if value.contains('\0') {
-        return Err(no_nul(key));
-    }
-    if let Some(choices) = table.choices(spec.name) {
-        if !choices.contains(&value.as_str()) {
-            return Err(OptionsError::NotAChoice {
-                key: key.to_string(),
-                value,
-                allowed: choices.join(", "),
-            });
-        }
-    }
-    if table.is_two_values(spec.name) && value.split_whitespace().count() != 2 {
-        return Err(OptionsError::WrongType {
-            key: key.to_string(),
-            expected: "two words separated by a space (START END)",
-            found: format!("the string {value:?}"),
-        });
-    }
-    Ok(OptionValue::String(value))
-}
-
-fn extra_args_from_json(
-    table: &Backend,
-    raw: &serde_json::Value,
-) -> Result<BTreeMap<String, String>, OptionsError> {
-    let object = match raw {
-        serde_json::Value::Null => return Ok(BTreeMap::new()),
-        serde_json::Value::Object(object) => object,
-        other => {
-            return Err(OptionsError::ExtraArgs(format!(
-                "must be an object of flag -> value, not {}",
-                describe_json(other)
-            )));
-        }
-    };
-    let mut extra = BTreeMap::new();
-    for (key, value) in object {
-        let normalized = validate_extra_key(table, key).map_err(OptionsError::ExtraArgs)?;
-        let text = match value {
-            serde_json::Value::String(s) if s.contains('\0') => {
-                return Err(OptionsError::ExtraArgs(format!(
-                    "`{key}` must be text without NUL characters"
-                )));
-            }
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Bool(true) => "true".to_string(),
-            serde_json::Value::Number(n) => n.to_string(),
-            other => {
-                return Err(OptionsError::ExtraArgs(format!(
-                    "`{key}` must be a string, a number or true (a bare switch), not {}",
-                    describe_json(other)
-                )));
-            }
-        };
-        extra.insert(normalized, text);
-    }
-    Ok(extra)
-}
-
-/// A flag name for extra_args in snake_case (`beta-mode` -> `beta_mode`), or why it is refused.
-fn validate_extra_key(table: &Backend, key: &str) -> Result<String, String> {
-    let valid = !key.is_empty()
-        && !key.starts_with('-')
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !valid {
-        return Err(format!(
-            "`{key}` is not a flag name; write it without dashes, e.g. `n_cpu_moe` for --n-cpu-moe"
-        ));
-    }
-    let normalized = key.replace('-', "_");
-    if let Some(spec) = table.lookup(&normalized) {
-        return Err(format!(
-            "`{key}` is the option `{}`; set it directly",
-            spec.name
-        ));
-    }
-    Ok(normalized)
-}
-
 /// Parses a shell command line (`llama-server -m x.gguf --port 8080`) into options.
 pub fn parse_command(backend: BackendType, command: &str) -> Result<BackendOptions, ParseError> {
     parse::parse_command(backend, command)
@@ -767,87 +508,6 @@ pub fn parse_command(backend: BackendType, command: &str) -> Result<BackendOptio
 pub fn specs(backend: BackendType) -> &'static [OptionSpec] {
     Backend::of(backend).specs
 }
-
-/// What the options schema of a backend that checks keys says about Corral's own.
-const BACKEND_KEY_NOTE: &str = " Corral gives each start of the backend a secret key of its own, \
-     which only Corral's proxy sends: a request straight to the backend's port without it is \
-     refused. A key set with `api_key` keeps working beside it.";
-
-/// JSON Schema (OpenAPI 3.1 flavour) of `backend_options` for `backend`, built from `specs`:
-/// exactly what `BackendOptions::from_json` accepts (null for any option means "not set").
-pub fn options_schema(backend: BackendType) -> serde_json::Value {
-    use serde_json::json;
-    let table = Backend::of(backend);
-    let mut properties = serde_json::Map::new();
-    for spec in table.specs {
-        let description = format!("{} ({})", spec.help, spec.flag);
-        let mut property = match spec.kind {
-            OptionKind::Bool => json!({"type": ["boolean", "null"]}),
-            OptionKind::Int if spec.name == "port" => {
-                json!({"type": ["integer", "null"], "minimum": 0, "maximum": 65535})
-            }
-            OptionKind::Int => json!({
-                "type": ["integer", "null"],
-                "format": "int64",
-                "minimum": i64::MIN,
-                "maximum": i64::MAX,
-            }),
-            OptionKind::Float => json!({"type": ["number", "null"], "format": "double"}),
-            OptionKind::String if table.is_two_values(spec.name) => json!({
-                "type": ["string", "null"],
-                "pattern": "^\\s*[^\\s\\x00]+\\s+[^\\s\\x00]+\\s*$",
-            }),
-            OptionKind::String => json!({"type": ["string", "null"], "pattern": NO_NUL}),
-            OptionKind::StringList => json!({
-                "type": ["array", "null"],
-                "items": {"type": "string", "pattern": NO_NUL},
-            }),
-        };
-        if let Some(choices) = table.choices(spec.name) {
-            let mut allowed: Vec<serde_json::Value> = choices.iter().map(|c| json!(c)).collect();
-            allowed.push(serde_json::Value::Null);
-            if spec.name == "flash_attn" {
-                // llamactl stored it as a bool before llama.cpp made it on|off|auto
-                allowed.extend([json!(true), json!(false)]);
-                property["type"] = json!(["string", "boolean", "null"]);
-            }
-            property["enum"] = serde_json::Value::Array(allowed);
-        }
-        property["description"] = json!(description);
-        properties.insert(spec.name.to_owned(), property);
-    }
-    properties.insert(
-        "extra_args".to_owned(),
-        json!({
-            "type": ["object", "null"],
-            "description": "Flags Corral does not model: key = flag without dashes (snake_case or kebab-case), \
-                never one of the options above, value = its argument, or \"\" / \"true\" / true for a bare \
-                switch. Emitted as --kebab-key value.",
-            "propertyNames": {"pattern": "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$"},
-            "additionalProperties": {"anyOf": [
-                {"type": "string", "pattern": NO_NUL},
-                {"type": "number"},
-                {"const": true},
-            ]},
-        }),
-    );
-    json!({
-        "type": "object",
-        "description": format!(
-            "Options of {}; only set options appear.{}",
-            backend.as_str(),
-            match backend {
-                BackendType::MlxLm => mlx::NO_KEY_NOTE,
-                BackendType::LlamaCpp | BackendType::Vllm => BACKEND_KEY_NOTE,
-            }
-        ),
-        "properties": properties,
-        "additionalProperties": false,
-    })
-}
-
-/// Text that can reach argv: without NUL characters.
-const NO_NUL: &str = "^[^\\x00]*$";
 
 #[cfg(test)]
 mod proptests;

@@ -66,7 +66,7 @@ pub(super) fn parse_command(
                     continue;
                 }
                 // the key must survive the JSON the API stores (same rule as extra_args there)
-                if super::validate_extra_key(table, &key).is_err() {
+                if super::values::validate_extra_key(table, &key).is_err() {
                     return Err(ParseError::MalformedFlag(word.clone()));
                 }
                 let value = match inline {

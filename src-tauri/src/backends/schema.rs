@@ -130,6 +130,87 @@ fn default_from_help(table: &Backend, spec: &OptionSpec) -> serde_json::Value {
     }
 }
 
+/// What the options schema of a backend that checks keys says about Corral's own.
+const BACKEND_KEY_NOTE: &str = " Corral gives each start of the backend a secret key of its own, \
+     which only Corral's proxy sends: a request straight to the backend's port without it is \
+     refused. A key set with `api_key` keeps working beside it.";
+
+/// JSON Schema (OpenAPI 3.1 flavour) of `backend_options` for `backend`, built from `specs`:
+/// exactly what `BackendOptions::from_json` accepts (null for any option means "not set").
+pub fn options_schema(backend: BackendType) -> serde_json::Value {
+    use serde_json::json;
+    let table = Backend::of(backend);
+    let mut properties = serde_json::Map::new();
+    for spec in table.specs {
+        let description = format!("{} ({})", spec.help, spec.flag);
+        let mut property = match spec.kind {
+            OptionKind::Bool => json!({"type": ["boolean", "null"]}),
+            OptionKind::Int if spec.name == "port" => {
+                json!({"type": ["integer", "null"], "minimum": 0, "maximum": 65535})
+            }
+            OptionKind::Int => json!({
+                "type": ["integer", "null"],
+                "format": "int64",
+                "minimum": i64::MIN,
+                "maximum": i64::MAX,
+            }),
+            OptionKind::Float => json!({"type": ["number", "null"], "format": "double"}),
+            OptionKind::String if table.is_two_values(spec.name) => json!({
+                "type": ["string", "null"],
+                "pattern": "^\\s*[^\\s\\x00]+\\s+[^\\s\\x00]+\\s*$",
+            }),
+            OptionKind::String => json!({"type": ["string", "null"], "pattern": NO_NUL}),
+            OptionKind::StringList => json!({
+                "type": ["array", "null"],
+                "items": {"type": "string", "pattern": NO_NUL},
+            }),
+        };
+        if let Some(choices) = table.choices(spec.name) {
+            let mut allowed: Vec<serde_json::Value> = choices.iter().map(|c| json!(c)).collect();
+            allowed.push(serde_json::Value::Null);
+            if spec.name == "flash_attn" {
+                // llamactl stored it as a bool before llama.cpp made it on|off|auto
+                allowed.extend([json!(true), json!(false)]);
+                property["type"] = json!(["string", "boolean", "null"]);
+            }
+            property["enum"] = serde_json::Value::Array(allowed);
+        }
+        property["description"] = json!(description);
+        properties.insert(spec.name.to_owned(), property);
+    }
+    properties.insert(
+        "extra_args".to_owned(),
+        json!({
+            "type": ["object", "null"],
+            "description": "Flags Corral does not model: key = flag without dashes (snake_case or kebab-case), \
+                never one of the options above, value = its argument, or \"\" / \"true\" / true for a bare \
+                switch. Emitted as --kebab-key value.",
+            "propertyNames": {"pattern": "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$"},
+            "additionalProperties": {"anyOf": [
+                {"type": "string", "pattern": NO_NUL},
+                {"type": "number"},
+                {"const": true},
+            ]},
+        }),
+    );
+    json!({
+        "type": "object",
+        "description": format!(
+            "Options of {}; only set options appear.{}",
+            backend.as_str(),
+            match backend {
+                BackendType::MlxLm => super::mlx::NO_KEY_NOTE,
+                BackendType::LlamaCpp | BackendType::Vllm => BACKEND_KEY_NOTE,
+            }
+        ),
+        "properties": properties,
+        "additionalProperties": false,
+    })
+}
+
+/// Text that can reach argv: without NUL characters.
+const NO_NUL: &str = "^[^\\x00]*$";
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
