@@ -27,11 +27,9 @@ sys.argv = ["vllm", "--help"]
 # Actions that print and exit: a supervised server never wants them.
 SKIP = {"--help", "--version"}
 
-# Shapes kept where vLLM's parser says otherwise, because parse-command cases and stored
-# definitions depend on them: `--served-model-name` takes several names, but llamactl keeps one;
-# `--collect-detailed-traces` took one word in older vLLM, and definitions saved with one must
-# still load (`all` covers both modules).
-KIND_OVERRIDES = {"served_model_name": "String", "collect_detailed_traces": "String"}
+# llamactl's shapes where vLLM's parser says otherwise (its parse-command cases and stored
+# definitions depend on them): `--served-model-name` takes several names, but llamactl keeps one.
+KIND_OVERRIDES = {"served_model_name": "String"}
 
 # Spellings vLLM's FlexibleArgumentParser rewrites before argparse sees them: `-O <n>`, `-O<n>` and
 # `-O=<n>` mean `--optimization-level <n>`.

@@ -256,7 +256,7 @@ pub(super) static SPECS: &[OptionSpec] = &[
     OptionSpec { name: "log_config_file", flag: "--log-config-file", aliases: &[], kind: OptionKind::String, help: "--log-config-file is deprecated and will be removed in v0.33.0." },
     OptionSpec { name: "show_hidden_metrics_for_version", flag: "--show-hidden-metrics-for-version", aliases: &[], kind: OptionKind::String, help: "Enable deprecated Prometheus metrics that have been hidden since the specified version." },
     OptionSpec { name: "otlp_traces_endpoint", flag: "--otlp-traces-endpoint", aliases: &[], kind: OptionKind::String, help: "Target URL to which OpenTelemetry traces will be sent." },
-    OptionSpec { name: "collect_detailed_traces", flag: "--collect-detailed-traces", aliases: &[], kind: OptionKind::String, help: "It makes sense to set this only if `--otlp-traces-endpoint` is set. (one of: all, model, worker)" },
+    OptionSpec { name: "collect_detailed_traces", flag: "--collect-detailed-traces", aliases: &[], kind: OptionKind::StringList, help: "It makes sense to set this only if `--otlp-traces-endpoint` is set. (one of: all, model, worker)" },
     OptionSpec { name: "per_request_spec_decode_metrics", flag: "--per-request-spec-decode-metrics", aliases: &[], kind: OptionKind::String, help: "Include per-request speculative-decoding acceptance metrics in the response under `metrics.speculative_decoding`. (one of: detailed, none, summary) (default: none)" },
     OptionSpec { name: "kv_cache_metrics", flag: "--kv-cache-metrics", aliases: &[], kind: OptionKind::Bool, help: "Enable KV cache residency metrics (lifetime, idle time, reuse gaps). (default: false)" },
     OptionSpec { name: "kv_cache_metrics_sample", flag: "--kv-cache-metrics-sample", aliases: &[], kind: OptionKind::Float, help: "Sampling rate for KV cache metrics (0.0, 1.0]. (default: 0.01)" },
@@ -446,6 +446,7 @@ pub(super) static REPEAT_IN_ONE_FLAG: &[&str] = &[
     "cpu_offload_params",
     "offload_params",
     "lora_target_modules",
+    "collect_detailed_traces",
     "cudagraph_capture_sizes",
 ];
 

@@ -2546,7 +2546,7 @@ export interface components {
             /** @description Target URL to which OpenTelemetry traces will be sent. (--otlp-traces-endpoint) */
             otlp_traces_endpoint?: string | null;
             /** @description It makes sense to set this only if `--otlp-traces-endpoint` is set. (one of: all, model, worker) (--collect-detailed-traces) */
-            collect_detailed_traces?: string | null;
+            collect_detailed_traces?: string[] | null;
             /** @description Include per-request speculative-decoding acceptance metrics in the response under `metrics.speculative_decoding`. (one of: detailed, none, summary) (default: none) (--per-request-spec-decode-metrics) */
             per_request_spec_decode_metrics?: string | null;
             /** @description Enable KV cache residency metrics (lifetime, idle time, reuse gaps). (default: false) (--kv-cache-metrics) */
