@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use descriptor::{Descriptor, ModelName, Readiness};
 pub use schema::{fields, label, options_schema, FieldType, OptionField};
 pub use secret::{BackendSecret, SecretHandover};
+pub use values::lists_from_strings;
 pub(crate) use values::whole;
 use values::{extra_args_from_json, value_from_json};
 

@@ -188,3 +188,21 @@ pub(super) fn validate_extra_key(table: &Backend, key: &str) -> Result<String, S
     }
     Ok(normalized)
 }
+
+/// In a definition saved by an earlier version: a string where the backend's option is now a
+/// list becomes a list of that one string (vLLM made `--collect-detailed-traces` take several
+/// words). Anything else is left for [`super::BackendOptions::from_json`] to check.
+pub fn lists_from_strings(
+    backend: super::BackendType,
+    options: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let table = Backend::of(backend);
+    for (key, value) in options.iter_mut() {
+        let is_list = table
+            .lookup(key)
+            .is_some_and(|spec| spec.kind == OptionKind::StringList);
+        if let (true, serde_json::Value::String(one)) = (is_list, &*value) {
+            *value = serde_json::Value::Array(vec![serde_json::Value::String(one.clone())]);
+        }
+    }
+}

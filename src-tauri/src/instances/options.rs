@@ -87,13 +87,27 @@ impl InstanceOptions {
     }
 
     /// A definition saved on disk: numbers past today's maxima (saved by a version that had
-    /// none) are brought down to them instead of refused, so no user's instance is dropped at
-    /// load for a limit it predates.
+    /// none) are brought down to them instead of refused, and one string where a backend now
+    /// takes a list (vLLM's `collect_detailed_traces`) becomes a one-item list, so no user's
+    /// instance is dropped at load for a shape it predates.
     pub fn from_stored_json(
         value: &serde_json::Value,
         defaults: &InstancesConfig,
     ) -> Result<Self, InstanceError> {
-        Self::parse(value, defaults, OutOfRange::Clamp)
+        let mut value = value.clone();
+        let backend = value
+            .get("backend_type")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|name| parse_backend_type(name).ok());
+        if let (Some(backend), Some(options)) = (
+            backend,
+            value
+                .get_mut("backend_options")
+                .and_then(serde_json::Value::as_object_mut),
+        ) {
+            crate::backends::lists_from_strings(backend, options);
+        }
+        Self::parse(&value, defaults, OutOfRange::Clamp)
     }
 
     fn parse(
@@ -493,6 +507,27 @@ mod tests {
             ),
             (10_000, 86_400, 525_600)
         );
+    }
+
+    #[test]
+    fn a_stored_string_where_the_backend_now_takes_a_list_loads_as_a_one_item_list() {
+        // Saved when Corral typed vLLM's --collect-detailed-traces as one string.
+        let body = json!({"backend_type": "vllm",
+            "backend_options": {"model": "/m", "collect_detailed_traces": "all"}});
+        let config = crate::config::Config::with_data_dir("/data".into());
+        assert!(InstanceOptions::from_json(&body, &config.instances).is_err());
+        let stored = InstanceOptions::from_stored_json(&body, &config.instances).unwrap();
+        assert_eq!(
+            stored.backend.get("collect_detailed_traces"),
+            Some(&crate::backends::OptionValue::StringList(
+                vec!["all".into()]
+            ))
+        );
+        assert!(stored
+            .backend
+            .to_args()
+            .windows(2)
+            .any(|pair| pair == ["--collect-detailed-traces", "all"]));
     }
 
     /// Found while writing the schema of aliases: the limit counted bytes while the error says
