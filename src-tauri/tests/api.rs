@@ -574,6 +574,21 @@ async fn a_corrupt_definition_is_skipped_and_left_untouched() {
 }
 
 #[tokio::test]
+async fn the_test_engine_starts_as_corral_serve_does_and_clears_a_crashed_engine_s_pid_files() {
+    let dir = data_dir();
+    let config = test_config(dir.path());
+    std::fs::create_dir_all(&config.instances.run_dir).unwrap();
+    let leftover = config.instances.run_dir.join("ghost.pid");
+    std::fs::write(&leftover, b"not a pid record").unwrap();
+    let engine = Engine::start(config).await;
+    assert!(
+        !leftover.exists(),
+        "start-up cleans the run folder before loading instances"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn a_crash_that_ends_in_failed_is_saved() {
     let dir = data_dir();
     let engine = Engine::start(test_config(dir.path())).await;
