@@ -29,6 +29,7 @@ impl Env for ProcessEnv {
 }
 
 /// A fixed environment, for tests.
+#[cfg(test)]
 impl<const N: usize> Env for [(&str, &str); N] {
     fn var(&self, name: &str) -> Option<(String, String)> {
         PREFIXES.iter().find_map(|prefix| {

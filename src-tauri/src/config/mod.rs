@@ -107,7 +107,8 @@ section! {
         pub max_inference_body_bytes: usize = 64 * 1024 * 1024,
         /// Allow listening on a non-loopback address without inference keys or management auth.
         pub allow_insecure_remote: bool = false,
-        /// `limits.head_timeout` as written; checked and converted by `Config::derive`.
+        /// `limits` as written: three deadlines in seconds and the connection cap, checked and
+        /// converted by `Config::derive`.
         request_head_timeout_seconds: f64 = ConnectionLimits::default().head_timeout.as_secs_f64(),
         request_body_idle_timeout_seconds: f64 =
             ConnectionLimits::default().body_idle_timeout.as_secs_f64(),
