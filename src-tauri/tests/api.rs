@@ -574,6 +574,21 @@ async fn a_corrupt_definition_is_skipped_and_left_untouched() {
 }
 
 #[tokio::test]
+async fn the_test_engine_starts_as_corral_serve_does_and_clears_a_crashed_engine_s_pid_files() {
+    let dir = data_dir();
+    let config = test_config(dir.path());
+    std::fs::create_dir_all(&config.instances.run_dir).unwrap();
+    let leftover = config.instances.run_dir.join("ghost.pid");
+    std::fs::write(&leftover, b"not a pid record").unwrap();
+    let engine = Engine::start(config).await;
+    assert!(
+        !leftover.exists(),
+        "start-up cleans the run folder before loading instances"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn a_crash_that_ends_in_failed_is_saved() {
     let dir = data_dir();
     let engine = Engine::start(test_config(dir.path())).await;
@@ -1787,38 +1802,57 @@ async fn log_stream_sends_the_last_lines_then_follows_new_ones_across_restarts()
     engine.create("chatty", llama(json!({}))).await;
     engine.wait_ready("chatty").await;
     engine.get("/api/v1/instances/chatty/proxy/before").await;
-    // The backend's line about /before reaches the log through a pipe reader, so it can land
-    // after the proxied response does; the tail is only fixed once it is there.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let expected = loop {
-        let tail = engine
+    let serving = &engine;
+    let tail = || async move {
+        serving
             .get("/api/v1/instances/chatty/logs?lines=3")
             .await
             .text()
             .await
-            .unwrap();
-        if tail.lines().last().is_some_and(|l| l.contains("/before")) {
-            break tail;
+            .unwrap()
+    };
+    // The backend's line about /before reaches the log through a pipe reader, so it can land
+    // after the proxied response does: wait until it is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = tail().await;
+        if lines.lines().any(|l| l.contains("/before")) {
+            break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no /before line: {tail}"
+            "no /before line: {lines}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let expected: Vec<&str> = expected.lines().collect();
-    assert_eq!(expected.len(), 3, "{expected:?}");
-
-    let mut stream = SseReader::new(
-        engine
-            .get("/api/v1/instances/chatty/logs/stream?lines=3")
-            .await,
-    );
-    for line in &expected {
-        let event = stream.next().await;
-        assert_eq!(event.event, "line");
-        assert_eq!(event.data, *line);
     }
+    // The health check (every 2 s) adds a line at any moment, so the stream's first lines are
+    // held to the tail only when the tail read just before the stream opened and the one read
+    // after its first lines are the same: no line came in between.
+    let mut stream = loop {
+        let expected = tail().await;
+        let mut stream = SseReader::new(
+            engine
+                .get("/api/v1/instances/chatty/logs/stream?lines=3")
+                .await,
+        );
+        let mut first = Vec::new();
+        for _ in 0..3 {
+            let event = stream.next().await;
+            assert_eq!(event.event, "line");
+            first.push(event.data);
+        }
+        let after = tail().await;
+        if after == expected {
+            let expected: Vec<&str> = expected.lines().collect();
+            assert_eq!(expected.len(), 3, "{expected:?}");
+            assert_eq!(first, expected);
+            break stream;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never stood still: {expected} then {after}"
+        );
+    };
 
     // A line the backend prints after the client connected arrives as it is written.
     engine

@@ -1,7 +1,7 @@
 //! The server under abuse, at the socket level: slow heads (slowloris), stalled bodies, idle
 //! keep-alive connections, the connection cap, oversized heads, and a backend that reads a
 //! request and dies without answering. Deadlines are shortened to about a second here; the
-//! defaults are in `config.rs`.
+//! defaults are in `config/mod.rs`.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;

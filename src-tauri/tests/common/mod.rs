@@ -6,20 +6,15 @@ pub mod binary;
 pub mod raw_http;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral::api::AppState;
-use corral::config::{
-    AuthConfig, BackendCommand, BackendsConfig, Config, ConnectionLimits, DesktopConfig,
-    InstancesConfig, ServerConfig,
-};
+use corral::config::{AuthConfig, BackendCommand, BackendsConfig, Config};
 use corral::instances::Registry;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 pub const MANAGEMENT_KEY: &str = "sk-management-test";
 pub const INFERENCE_KEY: &str = "sk-inference-test";
@@ -44,58 +39,29 @@ fn backend(command: &str, args: Vec<String>) -> BackendCommand {
     }
 }
 
-/// A configuration whose llama.cpp backend is the fake one and whose folders are in `data_dir`.
-/// Auth is off; tests that need it turn it on.
+/// The defaults, with the fake backend for every backend, folders in `data_dir`, an own slice of
+/// ports, any free port to listen on, auth off (tests that need it turn it on), small body limits
+/// and logs, and quick restarts.
 pub fn test_config(data_dir: &Path) -> Config {
     let first = NEXT_PORT_BLOCK.fetch_add(PORTS_PER_ENGINE, Ordering::SeqCst);
     let fake = backend("python3", vec![fake_backend_script().display().to_string()]);
-    Config {
-        server: ServerConfig {
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: 0,
-            allowed_origins: Vec::new(),
-            allowed_hosts: Vec::new(),
-            max_body_bytes: 64 * 1024,
-            max_inference_body_bytes: 1024 * 1024,
-            allow_insecure_remote: false,
-            limits: ConnectionLimits::default(),
-        },
-        backends: BackendsConfig {
-            llama_cpp: fake.clone(),
-            mlx: fake.clone(),
-            vllm: fake,
-        },
-        instances: InstancesConfig {
-            port_range: (first, first + PORTS_PER_ENGINE - 1),
-            data_dir: data_dir.to_path_buf(),
-            configs_dir: data_dir.join("instances"),
-            logs_dir: data_dir.join("logs"),
-            run_dir: data_dir.join("run"),
-            auto_create_dirs: true,
-            max_instances: None,
-            max_running_instances: None,
-            enable_lru_eviction: true,
-            default_auto_restart: true,
-            default_max_restarts: 3,
-            default_restart_delay: 1,
-            default_on_demand_start: true,
-            default_idle_timeout: 0,
-            on_demand_start_timeout: Duration::from_secs(60),
-            idle_timeout_unit: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(10),
-            log_max_bytes: 1024 * 1024,
-            log_keep_files: 2,
-        },
-        auth: AuthConfig {
-            require_inference_auth: false,
-            inference_keys: Vec::new(),
-            require_management_auth: false,
-            management_keys: Vec::new(),
-        },
-        desktop: DesktopConfig {
-            close_to_tray: true,
-        },
-    }
+    let mut config = Config::with_data_dir(data_dir.to_path_buf());
+    config.server.port = 0;
+    config.server.max_body_bytes = 64 * 1024;
+    config.server.max_inference_body_bytes = 1024 * 1024;
+    config.backends = BackendsConfig {
+        llama_cpp: fake.clone(),
+        mlx: fake.clone(),
+        vllm: fake,
+    };
+    config.instances.port_range = (first, first + PORTS_PER_ENGINE - 1);
+    config.instances.default_restart_delay = 1;
+    config.instances.on_demand_start_timeout = Duration::from_secs(60);
+    config.instances.log_max_bytes = 1024 * 1024;
+    config.instances.log_keep_files = 2;
+    config.auth.require_inference_auth = false;
+    config.auth.require_management_auth = false;
+    config
 }
 
 pub fn with_auth(mut config: Config) -> Config {
@@ -108,33 +74,22 @@ pub fn with_auth(mut config: Config) -> Config {
     config
 }
 
-/// A running engine. `stop` shuts its backends down; dropping it without `stop` still kills
-/// them when the test's runtime ends (the children are kill-on-drop).
+/// A running engine, started by the library's own `corral::Engine::start` as `corral serve`
+/// starts it. `stop` shuts its backends down; dropping it without `stop` still kills them when
+/// the test's runtime ends (the children are kill-on-drop).
 pub struct Engine {
     pub base: String,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
-    server: Option<oneshot::Sender<()>>,
+    engine: corral::Engine,
 }
 
 impl Engine {
     pub async fn start(config: Config) -> Engine {
-        let config = Arc::new(config);
-        let registry = Registry::open(Arc::clone(&config)).expect("registry opens");
-        let state = AppState {
-            registry: Arc::clone(&registry),
-            config: Arc::clone(&config),
-            desktop: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        // The engine's own server: the fast path for `/v1` and hyper with the router for the rest.
-        tokio::spawn(corral::server::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
+        let engine = corral::Engine::start(config).await.expect("engine starts");
+        let addr = engine.addr;
         Engine {
             base: format!("http://{addr}"),
             addr,
@@ -142,18 +97,15 @@ impl Engine {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
-            registry,
-            config,
-            server: Some(stop),
+            registry: Arc::clone(engine.registry()),
+            config: Arc::clone(&engine.config),
+            engine,
         }
     }
 
-    /// Stops the HTTP server and every backend, like the engine's exit.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.server.take() {
-            let _ = stop.send(());
-        }
-        self.registry.shutdown().await;
+    /// Stops the HTTP server and every backend: the engine's own exit.
+    pub async fn stop(self) {
+        self.engine.shutdown().await;
     }
 
     pub fn url(&self, path: &str) -> String {

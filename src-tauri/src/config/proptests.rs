@@ -19,6 +19,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_body_bytes",
             "max_inference_body_bytes",
             "allow_insecure_remote",
+            "request_head_timeout_seconds",
+            "request_body_idle_timeout_seconds",
+            "keep_alive_timeout_seconds",
+            "max_connections",
         ],
     ),
     (
@@ -69,40 +73,6 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("desktop", &["close_to_tray"]),
-];
-
-/// The environment variables the config reads (after `CORRAL_` or `LLAMACTL_`).
-const ENV_NAMES: &[&str] = &[
-    "ALLOWED_HOSTS",
-    "ALLOWED_ORIGINS",
-    "ALLOW_INSECURE_REMOTE",
-    "AUTO_CREATE_DATA_DIR",
-    "DEFAULT_AUTO_RESTART",
-    "DEFAULT_IDLE_TIMEOUT",
-    "DEFAULT_MAX_RESTARTS",
-    "DEFAULT_ON_DEMAND_START",
-    "DEFAULT_RESTART_DELAY",
-    "DESKTOP_CLOSE_TO_TRAY",
-    "ENABLE_LRU_EVICTION",
-    "HOST",
-    "IDLE_TIMEOUT_UNIT_SECONDS",
-    "INFERENCE_KEYS",
-    "INSTANCES_DIR",
-    "INSTANCE_PORT_RANGE",
-    "LLAMA_EXECUTABLE",
-    "LOGS_DIR",
-    "MANAGEMENT_KEYS",
-    "MAX_BODY_BYTES",
-    "MAX_INFERENCE_BODY_BYTES",
-    "MAX_INSTANCES",
-    "MAX_RUNNING_INSTANCES",
-    "MLX_LM_EXECUTABLE",
-    "ON_DEMAND_START_TIMEOUT",
-    "PORT",
-    "REQUIRE_INFERENCE_AUTH",
-    "REQUIRE_MANAGEMENT_AUTH",
-    "STOP_GRACE_SECONDS",
-    "VLLM_EXECUTABLE",
 ];
 
 /// YAML scalars, flows and blocks of every kind a user can write, edge values included.
@@ -205,9 +175,11 @@ fn load(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, text).unwrap();
     let file = read_file(&path)?;
-    let config = Config::build(file, env, PathBuf::from("/data"))?;
-    config.validate()?;
-    Ok(config)
+    let data = Overrides {
+        data_dir: Some(PathBuf::from("/data")),
+        ..Overrides::default()
+    };
+    Config::merge(file, env, &data)
 }
 
 /// Environment variables given as a list, for the properties.
@@ -227,7 +199,8 @@ impl Env for ListEnv {
 fn environment() -> impl Strategy<Value = ListEnv> {
     proptest::collection::vec(
         (
-            proptest::sample::select(ENV_NAMES.to_vec()).prop_map(|name| format!("CORRAL_{name}")),
+            proptest::sample::select(env::VARIABLES.iter().map(|v| v.name).collect::<Vec<_>>())
+                .prop_map(|name| format!("CORRAL_{name}")),
             prop_oneof![yaml_value(), any::<String>()],
         ),
         0..6,
