@@ -182,11 +182,19 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 clean_response_headers(&mut parts.headers);
                 tap.response(parts.status, &parts.headers);
+                let reuse = policy::reuse_after(
+                    parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default(),
+                );
                 let mut body = Streamed {
                     body,
                     connection: Some(connection),
                     pool: Arc::clone(&self.pool),
                     tap,
+                    reuse,
                 };
                 // An empty answer (204, HEAD, `Content-Length: 0`) is never polled.
                 if body.body.is_end_stream() {
@@ -371,6 +379,8 @@ struct Streamed<T> {
     connection: Option<Conn>,
     pool: Arc<Pool>,
     tap: T,
+    /// The connection may carry another request once this answer ended ([`policy::reuse_after`]).
+    reuse: bool,
 }
 
 impl<T> Streamed<T> {
@@ -378,7 +388,7 @@ impl<T> Streamed<T> {
     /// still can (the backend may close it after this answer) is checked when it is taken out.
     fn release(&mut self) {
         if let Some(conn) = self.connection.take() {
-            if !conn.closed && !conn.sender.is_closed() {
+            if self.reuse && !conn.closed && !conn.sender.is_closed() {
                 self.pool.checkin(conn);
             }
         }

@@ -76,6 +76,16 @@ pub fn backend_cookies<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
+/// Whether a backend connection may carry another request after an answer of `content_type`
+/// ended. Not after a stream (SSE): llama-server closes its connection right after every
+/// streamed answer, without saying so in the answer, and a request sent on it in that moment
+/// is lost (it was written, so it cannot be sent again safely). A stream lasts seconds; a new
+/// loopback connection costs a fraction of a millisecond.
+pub fn reuse_after(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    !media.eq_ignore_ascii_case("text/event-stream")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +132,14 @@ mod tests {
         ] {
             assert!(response_header_kept(name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_connection_is_reused_after_any_answer_but_a_stream() {
+        assert!(reuse_after("application/json"));
+        assert!(reuse_after(""));
+        assert!(!reuse_after("text/event-stream"));
+        assert!(!reuse_after("Text/Event-Stream; charset=utf-8"));
     }
 
     #[test]

@@ -296,7 +296,7 @@ impl FastPath {
         if body.ends_at_close() {
             return Next::Close;
         }
-        if reusable {
+        if reusable && policy::reuse_after(&head.content_type) {
             self.pool.checkin(&authority, upstream);
         }
         Next::KeepAlive
