@@ -12,7 +12,7 @@
 # Last runs (2026-12-01, vLLM cached, the shared machine under load): passed twice, 206 s and
 # 215 s including the test build; then, with the engine SIGKILLed at the end and a CI run beside
 # it, passed in 378 s (vLLM's on-demand start alone took 99 s); with the shell keeper, again beside
-# a CI run, in 265 s.
+# a CI run, in 265 s. 2026-12-02, with tests/vllm_argv.rs, on a quiet machine: 237 s.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
