@@ -194,23 +194,43 @@ pub struct Serve {
 
 impl Serve {
     /// Starts `corral serve` over `data_dir` with `args` and `env` added, once it printed its
-    /// address.
+    /// address; only warnings are logged, and dropped.
     pub async fn start(
         data_dir: &Path,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Serve> {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        Self::start_logging(data_dir, args, env, None).await
+    }
+
+    /// [`Serve::start`]; with `log`, as users run it: the default log level (a line per
+    /// request), its log (stderr) written to that file.
+    pub async fn start_logging(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> anyhow::Result<Serve> {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
             .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("CORRAL_REQUIRE_MANAGEMENT_AUTH", "false")
             .env("CORRAL_REQUIRE_INFERENCE_AUTH", "false")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        match log {
+            Some(log) => {
+                let file = std::fs::File::create(log).context("creating the engine's log file")?;
+                command.env_remove("RUST_LOG").stderr(file);
+            }
+            None => {
+                command.env("RUST_LOG", "warn").stderr(Stdio::null());
+            }
+        }
+        let mut child = command
+            .envs(env.iter().copied())
             .spawn()
             .context("starting corral serve")?;
         let stdout = child.stdout.take().context("corral's stdout")?;

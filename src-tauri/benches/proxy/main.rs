@@ -617,14 +617,15 @@ async fn shipped(
 ) -> anyhow::Result<()> {
     let data_dir = subdir(tmp, "shipped")?;
     let log = data_dir.join("corral.log");
-    let serve = soak::Shipped::start(&data_dir, fake, &log).await?;
+    let shipped = soak::Shipped::start(&data_dir, fake, &log).await?;
+    let serve = &shipped.serve;
     let corral = format!("{}/v1/chat/completions", serve.management.base);
-    let direct = format!("http://{}/v1/chat/completions", serve.upstream);
+    let direct = format!("http://{}/v1/chat/completions", shipped.upstream);
     if load {
         let nginx = nginx::Nginx::start(
             nginx_bin,
             &subdir(tmp, "shipped-nginx")?,
-            &serve.upstream,
+            &shipped.upstream,
             free_port()?,
         )?;
         let targets = vec![
@@ -642,7 +643,7 @@ async fn shipped(
             _ => vec![corral_pid],
         };
         println!("\nThe shipped binary: `corral serve`, its default request log written to a file");
-        proxy_overhead(&targets, &pids, serve.upstream_pid, tmp, run_for, rounds).await?;
+        proxy_overhead(&targets, &pids, shipped.upstream_pid, tmp, run_for, rounds).await?;
         let logged = std::fs::read_to_string(&log).unwrap_or_default();
         println!(
             "(its log file holds {} request lines)",
@@ -692,7 +693,7 @@ async fn shipped(
             );
         }
     }
-    serve.stop().await;
+    shipped.serve.stop().await;
     Ok(())
 }
 

@@ -5,24 +5,21 @@
 //! is sampled throughout.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 
-use crate::engine::{is_ready, status_kib, Backend, Management};
+use crate::engine::{is_ready, status_kib, Backend, Serve};
 use crate::upstream::STREAM_CHUNKS;
 
-/// `corral serve` with its default logging, stderr (the log) into `log`.
+/// `corral serve` as users run it (see [`Serve::start_logging`]), with one ready instance `fast`
+/// whose backend is the fixed-answer upstream.
 pub struct Shipped {
-    child: tokio::process::Child,
-    pub pid: u32,
-    pub management: Management,
+    pub serve: Serve,
     /// `host:port` of the instance's upstream.
     pub upstream: String,
     /// The upstream's pid.
@@ -30,77 +27,35 @@ pub struct Shipped {
 }
 
 impl Shipped {
-    /// Starts `corral serve` over `data_dir` with a llama.cpp backend that is `upstream`, and
-    /// one ready instance `fast`.
     pub async fn start(data_dir: &Path, upstream: &Backend, log: &Path) -> anyhow::Result<Self> {
         let config = data_dir.join("config.yaml");
         std::fs::write(
             &config,
             format!(
-                "backends:\n  llama-cpp:\n    command: {}\n    args: {}\ninstances:\n  port_range: [28200, 28249]\nauth:\n  require_management_auth: false\n  require_inference_auth: false\n",
+                "backends:\n  llama-cpp:\n    command: {}\n    args: {}\ninstances:\n  port_range: [28200, 28249]\n",
                 serde_json::to_string(&upstream.command.display().to_string())?,
                 serde_json::to_string(&upstream.args)?,
             ),
         )?;
-        let log = std::fs::File::create(log).context("creating the engine's log file")?;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting corral serve")?;
-        let stdout = child.stdout.take().context("corral's stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split(" on http://").nth(1) {
-                    return Ok(format!("http://{}", rest.trim()));
-                }
-            }
-            bail!("corral exited before printing its address")
-        })
-        .await
-        .context("corral did not start within 60 s")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let pid = child.id().context("corral's pid")?;
-        let management = Management::new(base);
-        let created = management
+        let config = config.display().to_string();
+        let serve = Serve::start_logging(data_dir, &["--config", &config], &[], Some(log)).await?;
+        let created = serve
+            .management
             .create("fast", json!({"model": "/dev/null"}))
             .await?;
-        management.wait_for("fast", is_ready).await?;
+        let ready = serve.management.wait_for("fast", is_ready).await?;
         let port = created["options"]["backend_options"]["port"]
             .as_u64()
             .context("the instance has no port")?;
-        let ready = management
-            .wait_for("fast", |v: &Value| v["pid"].as_u64().is_some())
-            .await?;
         let upstream_pid = ready["pid"]
             .as_u64()
             .and_then(|pid| u32::try_from(pid).ok())
             .context("the instance has no pid")?;
         Ok(Shipped {
-            child,
-            pid,
-            management,
+            serve,
             upstream: format!("127.0.0.1:{port}"),
             upstream_pid,
         })
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit.
-    pub async fn stop(mut self) {
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 }
 
