@@ -13,7 +13,7 @@ use super::store::{self, RecordOut};
 use super::usage::Usage;
 use super::InstanceError;
 use crate::backends::BackendSecret;
-use crate::supervisor::{RuntimeState, Status, Supervisor};
+use crate::supervisor::{Status, Supervisor};
 
 /// An instance of the registry. Its marks (`starting`, `removed`, ...) are read together, as a
 /// [`super::lifecycle::Lifecycle`], by whoever decides what to do with it.
@@ -61,12 +61,6 @@ pub(super) struct Instance {
 /// Poisoning only means another thread panicked mid-section; the data is still usable.
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The status written to disk: llamactl's status, in which a crashed instance waiting for its
-/// automatic restart still runs, so an engine killed during the delay restores it.
-fn persisted_status(state: &RuntimeState) -> Status {
-    state.status()
 }
 
 pub(super) fn now_unix() -> i64 {
@@ -183,7 +177,7 @@ impl Instance {
             status: if self.unloaded.load(Ordering::SeqCst) {
                 Status::Running
             } else {
-                persisted_status(&self.supervisor.state())
+                self.supervisor.state().status()
             },
             created: self.created,
             options: &options,
@@ -232,11 +226,13 @@ impl Instance {
     /// task never keeps an instance alive.
     fn watch_status(self: &Arc<Self>) {
         let mut changes = self.supervisor.subscribe();
-        let mut last = persisted_status(&changes.borrow());
+        // llamactl's status, in which a crashed instance waiting for its automatic restart still
+        // runs, so an engine killed during the delay restores it.
+        let mut last = changes.borrow().status();
         let instance: Weak<Self> = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                let status = persisted_status(&changes.borrow_and_update());
+                let status = changes.borrow_and_update().status();
                 let Some(instance) = instance.upgrade() else {
                     break;
                 };
