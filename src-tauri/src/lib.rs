@@ -1,21 +1,22 @@
-//! Corral's engine: the management API, the supervisor of backend processes and the proxy, in one
+//! Corral's engine: the management API, the supervisor of backend processes and the relay, in one
 //! process. [`Engine::start`] brings it up; the desktop shell and `corral serve` both use it.
 //!
 //! # Map
 //!
 //! The path of an inference request, `POST /v1/chat/completions` with `"model": "qwen"`:
 //!
-//! 1. [`server`] accepts the connection. Its fast path (`server::fast`) reads the head and body
-//!    as bytes and, when the instance `qwen` is ready, relays the exchange to a pooled backend
-//!    connection itself. Anything else goes to hyper and the axum router in [`api`].
+//! 1. [`server`] accepts the connection. Its fast path (`server::fast`) is a byte-level codec:
+//!    it reads the head and body and, when the instance `qwen` is ready, takes the request
+//!    itself. Anything else goes to hyper and the axum router in [`api`].
 //! 2. [`api`] checks the Host and the key (`api::host`, `api::auth`), then `api::openai` (or the
 //!    Ollama and Anthropic front ends over it) asks [`instances`] for a lease on `qwen`.
 //! 3. [`instances`] resolves the name (`catalogue`), starts the instance on demand (`routing`,
 //!    taking a running slot back from an idle one if needed: `scheduler`) and waits until its
 //!    [`supervisor`] reports it ready (`supervisor::InstanceState`).
-//! 4. [`proxy`] relays the request to the backend and streams the answer back; `proxy::policy`
-//!    says which headers pass, for both relays. The request log reads token counts from the
-//!    answer on the way ([`sse`] for streams).
+//! 4. [`relay`] sends the request to the backend over its pool and hands the answer back as it
+//!    arrives, to whichever of the two servers took the request; `relay::policy` says which
+//!    headers pass. The request log reads token counts from the answer on the way ([`sse`] for
+//!    streams).
 //!
 //! The other parts: [`backends`] (each backend's options, argv, parse-command and its
 //! `Descriptor`: readiness, stop signal, model name), [`config`] (settings from file and
@@ -33,7 +34,7 @@ pub mod instances;
 pub mod keys;
 pub mod logging;
 pub mod private_files;
-pub mod proxy;
+pub mod relay;
 pub mod server;
 pub mod sse;
 pub mod supervisor;

@@ -291,11 +291,11 @@ pub async fn proxy(State(api): State<Api>, mut request: Request) -> Answer<Respo
     // Health probes (the UI polls them) must not keep an instance from going idle.
     if is_health_probe(&path) {
         let upstream = api.registry.upstream(name)?;
-        return Ok(api.proxy.forward(request, &upstream, &target, ()).await);
+        return Ok(api.relay.forward(request, &upstream, &target, ()).await);
     }
     let (upstream, in_flight) = api.registry.lease_running(name)?;
     Ok(api
-        .proxy
+        .relay
         .forward(request, &upstream, &target, in_flight)
         .await)
 }

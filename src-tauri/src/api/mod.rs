@@ -31,7 +31,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Config;
 use crate::devices::{Devices, ProbeEnv};
 use crate::instances::Registry;
-use crate::proxy::Proxy;
+use crate::relay::Relay;
 use error::ApiError;
 
 /// What the engine hands the router.
@@ -43,12 +43,12 @@ pub struct AppState {
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
 }
 
-/// What the handlers see: the app state and the proxy's connection pool.
+/// What the handlers see: the app state and the relay to the backends.
 #[derive(Clone)]
 pub struct Api {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
-    pub proxy: Proxy,
+    pub relay: Relay,
     /// The system report and its caches.
     pub devices: Arc<Devices>,
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
@@ -65,11 +65,17 @@ impl FromRef<Api> for Arc<Config> {
 /// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, the
 /// web UI without auth at every other path, CORS, and the Host check.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Relay::new())
+}
+
+/// `router`, relaying through `relay` (the server shares it with the fast path: one pool of
+/// backend connections).
+pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
     let config = Arc::clone(&state.config);
     let api = Api {
         registry: state.registry,
         config: state.config,
-        proxy: Proxy::new(),
+        relay,
         devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
         desktop: state.desktop,
         passes: Arc::new(auth::ProxyPasses::default()),

@@ -2,7 +2,6 @@
 //! the fast path (`fast`), and hands every other connection to hyper and the axum router from
 //! the first request the fast path does not take.
 
-mod chunked;
 mod fast;
 
 use std::convert::Infallible;
@@ -29,6 +28,7 @@ use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::ConnectionLimits;
+use crate::relay::Relay;
 use fast::{FastPath, Outcome};
 
 /// The largest request head either path reads; a longer one is answered 431 and the connection
@@ -76,14 +76,16 @@ pub async fn serve_with(
     relays: Relays,
 ) {
     let limits = state.config.server.limits.clone();
+    let relay = Relay::new();
     let fast = match relays {
         Relays::FastPathFirst => Some(Arc::new(FastPath::new(
             Arc::clone(&state.config),
             Arc::clone(&state.registry),
+            relay.clone(),
         ))),
         Relays::RouterOnly => None,
     };
-    let app = api::router(state);
+    let app = api::router_with(state, relay);
     allow_descriptors(limits.max_connections);
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),

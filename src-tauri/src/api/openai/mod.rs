@@ -25,7 +25,7 @@ pub(crate) use request_log::RequestLog;
 
 use super::Api;
 use crate::instances::{ErrorKind, InstanceError, ModelEntry};
-use crate::proxy::ProxyError;
+use crate::relay::RelayError;
 use model_field::{encoded, model_in, spliced, Spliced};
 
 /// The body of every `/v1` error, in OpenAI's shape.
@@ -124,8 +124,8 @@ impl From<InstanceError> for OpenAiError {
     }
 }
 
-impl From<ProxyError> for OpenAiError {
-    fn from(error: ProxyError) -> Self {
+impl From<RelayError> for OpenAiError {
+    fn from(error: RelayError) -> Self {
         Self::new(error.status(), error.code(), error.to_string())
     }
 }
@@ -384,7 +384,7 @@ async fn route(
     // The body may have been rewritten; hyper sets the length from the new one.
     request.headers_mut().remove(header::CONTENT_LENGTH);
     let log = RequestLog::new(lease.guard, path, started);
-    api.proxy
+    api.relay
         .try_forward(request, &lease.upstream, path, log)
         .await
         .map_err(OpenAiError::from)

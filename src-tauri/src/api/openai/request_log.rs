@@ -4,11 +4,10 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 
 use crate::instances::{InFlight, TokenUsage};
-use crate::proxy::{ExchangeObserver, ProxyError};
+use crate::relay::{ExchangeObserver, RelayError};
 use crate::sse::SseParser;
 
 /// Largest JSON answer kept to read its `usage`; bigger ones (embeddings of long inputs) are
@@ -52,9 +51,16 @@ impl RequestLog {
 }
 
 impl RequestLog {
+    /// The request ended with Corral's own `status` instead of the backend's answer.
+    pub(crate) fn refused(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+}
+
+impl ExchangeObserver for RequestLog {
     /// The backend answered with `status`; its body is kept for the token counts if
     /// `content_type` says it has them.
-    pub(crate) fn answered(&mut self, status: StatusCode, content_type: &str) {
+    fn response(&mut self, status: StatusCode, content_type: &str) {
         self.status = Some(status);
         self.body = if content_type.starts_with("text/event-stream") {
             TappedBody::Sse(SseParser::new(MAX_SSE_EVENT))
@@ -65,31 +71,11 @@ impl RequestLog {
         };
     }
 
-    /// A piece of the answer's body on its way to the client.
-    pub(crate) fn body(&mut self, chunk: &[u8]) {
+    fn data(&mut self, chunk: &[u8]) {
         tap_chunk(&mut self.body, &mut self.tokens, chunk);
     }
 
-    /// The request ended with Corral's own `status` instead of the backend's answer.
-    pub(crate) fn refused(&mut self, status: StatusCode) {
-        self.status = Some(status);
-    }
-}
-
-impl ExchangeObserver for RequestLog {
-    fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
-        self.answered(status, content_type);
-    }
-
-    fn data(&mut self, chunk: &Bytes) {
-        self.body(chunk);
-    }
-
-    fn failed(&mut self, error: &ProxyError) {
+    fn failed(&mut self, error: &RelayError) {
         self.refused(error.status());
     }
 }

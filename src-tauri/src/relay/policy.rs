@@ -1,7 +1,5 @@
-//! The header policy of every relay to a backend: which of a client's request headers reach the
-//! backend and which of a backend's answer headers reach the client. The hyper relay
-//! ([`super::Proxy`]) and the byte-level fast path (`server::fast`) both ask these functions, so
-//! the two cannot drift apart on what they pass on.
+//! The header policy of the relay: which of a client's request headers reach the backend and
+//! which of a backend's answer headers reach the client, whichever server parsed the request.
 
 /// What happens to one header of a client's request on its way to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +35,9 @@ pub const HOP_BY_HOP: [&str; 8] = [
 /// hop-by-hop too; the caller checks those.
 pub fn request_header(name: &str) -> RequestHeader {
     let is = |other: &str| name.eq_ignore_ascii_case(other);
-    if HOP_BY_HOP.into_iter().any(is) {
+    // Corral answers a client's `Expect: 100-continue` itself and sends the body whole: the
+    // backend is not to be asked again.
+    if HOP_BY_HOP.into_iter().any(is) || is("expect") {
         RequestHeader::HopByHop
     } else if is("authorization") || is("x-api-key") {
         RequestHeader::ClientCredential
@@ -99,6 +99,7 @@ mod tests {
             ("Connection", R::HopByHop),
             ("Proxy-Authorization", R::HopByHop),
             ("TE", R::HopByHop),
+            ("Expect", R::HopByHop),
             ("Host", R::SetByCorral),
             ("X-Forwarded-Host", R::SetByCorral),
             ("x-forwarded-proto", R::SetByCorral),
