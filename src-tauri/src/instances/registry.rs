@@ -516,53 +516,6 @@ impl Registry {
             .count()
     }
 
-    /// The port `name` will use: the requested one if no other instance owns it and (unless it
-    /// is already `current`) nothing listens on it; else `current`; else the lowest free port of
-    /// the range.
-    fn assign_port(
-        &self,
-        table: &Catalogue,
-        name: &str,
-        requested: Option<u16>,
-        current: Option<u16>,
-    ) -> Result<u16, InstanceError> {
-        match (requested, current) {
-            (Some(port), _) => {
-                if let Some(owner) = table.port_owner(port).filter(|owner| *owner != name) {
-                    return Err(InstanceError::PortTaken {
-                        port,
-                        owner: owner.to_owned(),
-                    });
-                }
-                if Some(port) != current && !ports::is_free_at_os(port) {
-                    return Err(InstanceError::PortInUse(port));
-                }
-                Ok(port)
-            }
-            (None, Some(port)) => Ok(port),
-            (None, None) => table.free_port(self.config.instances.port_range),
-        }
-    }
-
-    /// Moves `instance` from `busy`, a port Corral chose for it that another program took, to
-    /// the lowest free port of the range.
-    fn move_port(&self, instance: &Instance, busy: u16) -> Result<(), InstanceError> {
-        let port = {
-            let mut table = lock(&self.table);
-            // `busy` is still this instance's in the table, so it is not picked again.
-            let port = table.free_port(self.config.instances.port_range)?;
-            table.release_port(busy, &instance.name);
-            table.reserve_port(port, &instance.name);
-            port
-        };
-        instance.set_port(port);
-        tracing::info!(
-            "instance '{}': port {busy} was taken by another program, using {port}",
-            instance.name
-        );
-        Ok(())
-    }
-
     /// Starts the process, first stopping the least recently used idle instance if the running
     /// limit is reached; the caller holds the instance's `op` lock.
     pub(super) async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
