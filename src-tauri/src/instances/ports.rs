@@ -21,24 +21,6 @@ pub fn lowest_free(range: (u16, u16), reserved: impl Fn(u16) -> bool) -> Option<
     (first..=last).find(|&port| port != 0 && !reserved(port) && is_free_at_os(port))
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_listening_port_is_not_free() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(!is_free_at_os(port));
-        assert_eq!(lowest_free((port, port), |_| false), None);
-        drop(listener);
-        assert!(is_free_at_os(port));
-        assert_eq!(lowest_free((port, port), |_| false), Some(port));
-        assert_eq!(lowest_free((port, port), |p| p == port), None);
-    }
-}
-
 impl Registry {
     /// The port `name` will use: the requested one if no other instance owns it and (unless it
     /// is already `current`) nothing listens on it; else `current`; else the lowest free port of
@@ -85,5 +67,23 @@ impl Registry {
             instance.name
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_port_is_not_free() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(!is_free_at_os(port));
+        assert_eq!(lowest_free((port, port), |_| false), None);
+        drop(listener);
+        assert!(is_free_at_os(port));
+        assert_eq!(lowest_free((port, port), |_| false), Some(port));
+        assert_eq!(lowest_free((port, port), |p| p == port), None);
     }
 }
