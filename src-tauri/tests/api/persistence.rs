@@ -1,0 +1,136 @@
+//! Definitions and states that outlive the engine: saved, reloaded, skipped when corrupt.
+
+use super::*;
+
+#[tokio::test]
+async fn definitions_come_back_after_an_engine_restart_and_running_ones_restart() {
+    let dir = data_dir();
+    let config = test_config(dir.path());
+    let engine = Engine::start(config.clone()).await;
+    let keeps = engine.create("keeps", llama(json!({}))).await;
+    engine
+        .create("manual", llama(json!({"auto_restart": false})))
+        .await;
+    engine.create("parked", llama(json!({}))).await;
+    engine.post("/api/v1/instances/parked/stop").await;
+    let pid = engine.wait_ready("keeps").await["pid"].as_u64().unwrap() as u32;
+    engine.stop().await;
+    assert!(!process_exists(pid), "engine exit stops the backends");
+
+    let engine = Engine::start(config).await;
+    let list: Value = engine.get("/api/v1/instances").await.json().await.unwrap();
+    assert_eq!(names(&list), ["keeps", "manual", "parked"]);
+    let restored = engine.wait_ready("keeps").await;
+    assert_eq!(restored["created"], keeps["created"]);
+    assert_eq!(restored["options"], keeps["options"]);
+    assert_eq!(engine.instance("manual").await["status"], "stopped");
+    assert_eq!(engine.instance("parked").await["status"], "stopped");
+
+    // Ports were re-reserved: a new instance gets none of theirs.
+    let fresh = engine.create("fresh", llama(json!({}))).await;
+    let fresh_port = &fresh["options"]["backend_options"]["port"];
+    for instance in list.as_array().unwrap() {
+        assert_ne!(&instance["options"]["backend_options"]["port"], fresh_port);
+    }
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_definition_is_skipped_and_left_untouched() {
+    let dir = data_dir();
+    let config = test_config(dir.path());
+    std::fs::create_dir_all(&config.instances.configs_dir).unwrap();
+    let broken = config.instances.configs_dir.join("broken.json");
+    std::fs::write(&broken, b"{\"name\": \"broken\", \"options\": ").unwrap();
+    let engine = Engine::start(config).await;
+
+    let list: Value = engine.get("/api/v1/instances").await.json().await.unwrap();
+    assert_eq!(list, json!([]));
+    // Creating that name would overwrite the user's file: refused.
+    let create = engine
+        .post_json("/api/v1/instances/broken", &llama(json!({})))
+        .await;
+    assert_error(create, 409, "instance_exists").await;
+    assert_eq!(
+        std::fs::read(&broken).unwrap(),
+        b"{\"name\": \"broken\", \"options\": "
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn the_test_engine_starts_as_corral_serve_does_and_clears_a_crashed_engine_s_pid_files() {
+    let dir = data_dir();
+    let config = test_config(dir.path());
+    std::fs::create_dir_all(&config.instances.run_dir).unwrap();
+    let leftover = config.instances.run_dir.join("ghost.pid");
+    std::fs::write(&leftover, b"not a pid record").unwrap();
+    let engine = Engine::start(config).await;
+    assert!(
+        !leftover.exists(),
+        "start-up cleans the run folder before loading instances"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_that_ends_in_failed_is_saved() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine
+        .create("crashy", llama(json!({"auto_restart": false})))
+        .await;
+    engine.wait_ready("crashy").await;
+    let crash = engine.get("/api/v1/instances/crashy/proxy/crash").await;
+    assert_eq!(crash.status(), 200);
+
+    let failed = engine
+        .wait_for("crashy", "failed", |i| i["status"] == "failed")
+        .await;
+    assert!(failed["error"].as_str().is_some(), "says why: {failed}");
+    let file = engine.definition_file("crashy");
+    eventually("the failed status is saved", || {
+        std::fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .is_some_and(|saved| saved["status"] == "failed")
+    })
+    .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_that_cannot_start_leaves_nothing_behind() {
+    let dir = data_dir();
+    let mut config = test_config(dir.path());
+    config.backends.llama_cpp.command = dir
+        .path()
+        .join("no-such-llama-server")
+        .display()
+        .to_string();
+    config.backends.llama_cpp.args.clear();
+    let engine = Engine::start(config).await;
+
+    let response = engine
+        .post_json("/api/v1/instances/doomed", &llama(json!({})))
+        .await;
+    let body = assert_error(response, 500, "start_failed").await;
+    assert!(
+        body["details"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-llama-server"),
+        "{body}"
+    );
+    assert_eq!(
+        engine
+            .get("/api/v1/instances")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!([])
+    );
+    assert!(!engine.definition_file("doomed").exists());
+    engine.stop().await;
+}
