@@ -65,7 +65,9 @@ pub struct Soak {
     pub streams: u64,
     /// Streams that failed, broke off or came short.
     pub dropped: u64,
-    /// Gaps between consecutive chunks, in µs, all streams together.
+    /// Gaps between the arrivals of consecutive events (a token each, to a user), in µs, all
+    /// streams together. An event arrives when its closing blank line does: one split over two
+    /// reads arrives once, at the second.
     pub gaps_us: Vec<u32>,
     /// The engine's resident memory, sampled every second: the highest and the last, in KiB.
     pub rss_peak_kib: Option<u64>,
@@ -158,19 +160,27 @@ async fn one_stream(
     let mut last: Option<Instant> = None;
     let mut events = 0usize;
     let mut done = false;
+    // The stream so far, for the markers that a read may split.
+    let mut seen = Vec::new();
+    let mut ended = 0usize;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         if chunk.is_empty() {
             continue;
         }
         let now = Instant::now();
-        if let Some(last) = last {
-            gaps.push(u32::try_from((now - last).as_micros()).unwrap_or(u32::MAX));
+        seen.extend_from_slice(&chunk);
+        let ends = seen.windows(2).filter(|w| w == b"\n\n").count();
+        for _ in ended..ends {
+            if let Some(last) = last {
+                gaps.push(u32::try_from((now - last).as_micros()).unwrap_or(u32::MAX));
+            }
+            last = Some(now);
         }
-        last = Some(now);
-        events += chunk.windows(6).filter(|w| w == b"data: ").count();
-        done |= chunk.windows(6).any(|w| w == b"[DONE]");
+        ended = ends;
     }
+    events += seen.windows(6).filter(|w| w == b"data: ").count();
+    done |= seen.windows(6).any(|w| w == b"[DONE]");
     if !done || events != STREAM_CHUNKS + 1 {
         bail!("the stream came short: {events} events, done: {done}");
     }
