@@ -14,7 +14,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::engine::{is_ready, status_kib, Backend, Serve};
-use crate::upstream::STREAM_CHUNKS;
+use crate::upstream::{self, STREAM_CHUNKS};
+use crate::{env_number, free_port, nginx, proxy_overhead, subdir, verdict, STREAM_BODY};
 
 /// `corral serve` as users run it (see [`Serve::start_logging`]), with one ready instance `fast`
 /// whose backend is the fixed-answer upstream.
@@ -195,4 +196,97 @@ pub fn percentile_ms(samples: &mut [u32], pct: f64) -> f64 {
     samples.sort_unstable();
     let rank = ((pct / 100.0) * samples.len() as f64).ceil() as usize;
     f64::from(samples[rank.clamp(1, samples.len()) - 1]) / 1000.0
+}
+
+/// The shipped `corral serve` binary, its request log going to a file as users run it: wrk
+/// against it and nginx in front of the same upstream, then the SSE soak.
+pub async fn shipped(
+    tmp: &Path,
+    fake: &Backend,
+    nginx_bin: &str,
+    run_for: Duration,
+    rounds: u64,
+    load: bool,
+    soak: bool,
+) -> anyhow::Result<()> {
+    let data_dir = subdir(tmp, "shipped")?;
+    let log = data_dir.join("corral.log");
+    let shipped = Shipped::start(&data_dir, fake, &log).await?;
+    let serve = &shipped.serve;
+    let corral = format!("{}/v1/chat/completions", serve.management.base);
+    let direct = format!("http://{}/v1/chat/completions", shipped.upstream);
+    if load {
+        let nginx = nginx::Nginx::start(
+            nginx_bin,
+            &subdir(tmp, "shipped-nginx")?,
+            &shipped.upstream,
+            free_port()?,
+        )?;
+        let targets = vec![
+            ("direct", direct.clone()),
+            (
+                "nginx",
+                format!("http://{}/v1/chat/completions", nginx.authority),
+            ),
+            ("`corral serve` /v1 (log to a file)", corral.clone()),
+        ];
+        let corral_pid = serve.pid;
+        let pids = |label: &str| match label {
+            "direct" => Vec::new(),
+            "nginx" => nginx.pids(),
+            _ => vec![corral_pid],
+        };
+        println!("\nThe shipped binary: `corral serve`, its default request log written to a file");
+        proxy_overhead(&targets, &pids, shipped.upstream_pid, tmp, run_for, rounds).await?;
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        println!(
+            "(its log file holds {} request lines)",
+            logged.matches("inference request").count()
+        );
+    }
+    if soak {
+        let seconds = env_number("CORRAL_BENCH_SOAK_SECONDS", 60);
+        let streams = usize::try_from(env_number("CORRAL_BENCH_SOAK_STREAMS", 500)).unwrap_or(500);
+        println!(
+            "\nStreaming soak: {streams} concurrent SSE streams for {seconds} s each way, {} chunks 10 ms apart per stream",
+            upstream::STREAM_CHUNKS
+        );
+        println!(
+            "{:<34} {:>9} {:>8} {:>10} {:>10} {:>11} {:>13}",
+            "path", "streams", "dropped", "gap p50 ms", "gap p99 ms", "RSS peak MiB", "RSS end MiB"
+        );
+        let mut p99s = Vec::new();
+        for (label, url, pid) in [
+            ("direct", direct.as_str(), None),
+            ("`corral serve` /v1", corral.as_str(), Some(serve.pid)),
+        ] {
+            let mut run =
+                self::soak(url, STREAM_BODY, streams, Duration::from_secs(seconds), pid).await?;
+            let p99 = percentile_ms(&mut run.gaps_us, 99.0);
+            let mib = |kib: Option<u64>| {
+                kib.map_or("-".to_owned(), |kib| format!("{:.1}", kib as f64 / 1024.0))
+            };
+            println!(
+                "{:<34} {:>9} {:>8} {:>10.2} {:>10.2} {:>11} {:>13}",
+                label,
+                run.streams,
+                run.dropped,
+                percentile_ms(&mut run.gaps_us, 50.0),
+                p99,
+                mib(run.rss_peak_kib),
+                mib(run.rss_last_kib)
+            );
+            p99s.push((p99, run.dropped));
+        }
+        if let [(direct_p99, _), (corral_p99, dropped)] = p99s[..] {
+            println!(
+                "none dropped: {}; gap p99 within 2 ms of direct (+{:.2} ms): {}",
+                verdict(dropped == 0),
+                corral_p99 - direct_p99,
+                verdict(corral_p99 - direct_p99 <= 2.0)
+            );
+        }
+    }
+    shipped.serve.stop().await;
+    Ok(())
 }
