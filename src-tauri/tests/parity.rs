@@ -343,6 +343,20 @@ fn cases() -> Vec<Case> {
             extra: Extra::Nothing,
         },
         Case {
+            // The first `Authorization` header is the one read: a valid key in a second one
+            // opens nothing on either path.
+            name: "valid key only in a second Authorization header",
+            before: Before::Nothing,
+            request: raw_http::post(
+                "/v1/chat/completions",
+                &plain,
+                &format!("Authorization: Basic x\r\nAuthorization: Bearer {INFERENCE_KEY}\r\n"),
+            ),
+            taken_by: Relay::Router,
+            status: 401,
+            extra: Extra::Nothing,
+        },
+        Case {
             name: "missing inference key",
             before: Before::Nothing,
             request: raw_http::post("/v1/chat/completions", &plain, ""),

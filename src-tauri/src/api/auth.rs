@@ -346,21 +346,39 @@ enum KeySource {
 
 /// The first key present: `Authorization: Bearer <key>`, `X-API-Key`, `?api_key=`.
 fn presented_key(request: &Request) -> Option<(String, KeySource)> {
-    let headers = request.headers();
-    if let Some(key) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-    {
-        return Some((key.to_owned(), KeySource::Header));
-    }
-    if let Some(key) = headers
-        .get("x-api-key")
-        .and_then(|value| value.to_str().ok())
-    {
-        return Some((key.to_owned(), KeySource::Header));
+    let headers = request.headers().iter();
+    if let Some(key) = header_key(headers.map(|(name, value)| (name.as_str(), value.as_bytes()))) {
+        // `header_key` takes visible ASCII only.
+        return Some((String::from_utf8_lossy(key).into_owned(), KeySource::Header));
     }
     query_value(request, "api_key").map(|key| (key, KeySource::Query))
+}
+
+/// The key a request's headers present, as the router and the fast path both read it: the
+/// first `Authorization` header's `Bearer` value, else the first `X-API-Key`. A value that is
+/// not visible ASCII is no key.
+pub(crate) fn header_key<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Option<&'a [u8]> {
+    let mut authorization = None;
+    let mut api_key = None;
+    for (name, value) in headers {
+        if authorization.is_none() && name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value);
+        } else if api_key.is_none() && name.eq_ignore_ascii_case("x-api-key") {
+            api_key = Some(value);
+        }
+    }
+    // What `HeaderValue::to_str` takes: tab and visible ASCII.
+    let text = |value: &&[u8]| {
+        value
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    };
+    authorization
+        .filter(text)
+        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .or(api_key.filter(text))
 }
 
 fn unauthorized(body: &'static str) -> Response {
@@ -412,6 +430,34 @@ mod pass_tests {
             passes.issue_ticket("a");
         }
         assert_eq!(lock(&passes.passes).len(), MAX_PASSES);
+    }
+
+    #[test]
+    fn the_key_is_the_first_authorization_bearer_else_the_first_x_api_key() {
+        fn key<'a>(headers: &[(&'a str, &'a [u8])]) -> Option<&'a [u8]> {
+            header_key(headers.iter().copied())
+        }
+        assert_eq!(
+            key(&[("Authorization", b"Bearer a"), ("X-API-Key", b"b")]),
+            Some(&b"a"[..])
+        );
+        assert_eq!(
+            key(&[("x-api-key", b"b"), ("x-api-key", b"c")]),
+            Some(&b"b"[..])
+        );
+        // The first `Authorization` decides: a second one is not looked for.
+        let basic_first = [
+            ("authorization", &b"Basic x"[..]),
+            ("authorization", b"Bearer a"),
+        ];
+        assert_eq!(key(&basic_first), None);
+        assert_eq!(
+            key(&[("Authorization", b"Basic x"), ("X-Api-Key", b"b")]),
+            Some(&b"b"[..])
+        );
+        assert_eq!(key(&[("Authorization", "Bearer é".as_bytes())]), None);
+        assert_eq!(key(&[("Authorization", b"bearer a")]), None);
+        assert_eq!(key(&[]), None);
     }
 
     #[test]

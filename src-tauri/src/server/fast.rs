@@ -23,14 +23,13 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at};
 
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
-use crate::api::auth::is_accepted;
+use crate::api::auth::{header_key, is_accepted};
 use crate::api::body::is_json_media_type;
 use crate::api::host::is_allowed;
 use crate::api::openai::{requested_model, with_backend_model, OpenAiError, RequestLog};
 use crate::config::Config;
 use crate::instances::{Lease, Registry};
 use crate::relay::codec::{self, RequestFraming};
-use crate::relay::policy::{self, RequestHeader};
 use crate::relay::{Client, ExchangeObserver, Failure, Outgoing, Relay};
 
 /// Request bodies larger than this go to hyper, which streams them.
@@ -306,8 +305,6 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
     }
     let mut body_len = None;
     let mut host = None;
-    let mut bearer = None;
-    let mut api_key = None;
     let mut expects_continue = false;
     let mut declares_json = false;
     for header in parsed.headers.iter() {
@@ -349,12 +346,6 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
         {
             // A streamed upload, a protocol switch and a web page's request (CORS) are hyper's.
             return Head::Other;
-        } else if policy::request_header(name) == RequestHeader::ClientCredential {
-            if is("authorization") {
-                bearer = bearer.or(header.value.strip_prefix(b"Bearer "));
-            } else {
-                api_key = api_key.or(Some(header.value));
-            }
         }
     }
     let Some(body_len) = body_len else {
@@ -369,8 +360,8 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
     let auth = &config.auth;
     if auth.require_inference_auth {
         let accepted = [&auth.inference_keys, &auth.management_keys];
-        if !bearer
-            .or(api_key)
+        let headers = parsed.headers.iter();
+        if !header_key(headers.map(|header| (header.name, header.value)))
             .is_some_and(|key| is_accepted(key, &accepted))
         {
             return Head::Other;
@@ -615,6 +606,14 @@ mod tests {
         other(CHAT.to_owned(), &config(&["sk-2"]));
         other(
             CHAT.replace("Authorization: Bearer sk-1", "Authorization: Basic sk-1"),
+            &config(&["sk-1"]),
+        );
+        // The first `Authorization` header is the one read, as the router reads it.
+        other(
+            CHAT.replace(
+                "Authorization: Bearer sk-1",
+                "Authorization: Basic x\r\nAuthorization: Bearer sk-1",
+            ),
             &config(&["sk-1"]),
         );
         let by_header = CHAT.replace("Authorization: Bearer", "X-Api-Key:");
