@@ -163,22 +163,22 @@ async fn one_stream(
     let mut done = false;
     // The stream so far, for the markers that a read may split.
     let mut seen = Vec::new();
-    let mut ended = 0usize;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         if chunk.is_empty() {
             continue;
         }
         let now = Instant::now();
+        // Only the new bytes and the one before them can hold a blank line not counted yet.
+        let from = seen.len().saturating_sub(1);
         seen.extend_from_slice(&chunk);
-        let ends = seen.windows(2).filter(|w| w == b"\n\n").count();
-        for _ in ended..ends {
+        let ends = seen[from..].windows(2).filter(|w| w == b"\n\n").count();
+        for _ in 0..ends {
             if let Some(last) = last {
                 gaps.push(u32::try_from((now - last).as_micros()).unwrap_or(u32::MAX));
             }
             last = Some(now);
         }
-        ended = ends;
     }
     events += seen.windows(6).filter(|w| w == b"data: ").count();
     done |= seen.windows(6).any(|w| w == b"[DONE]");

@@ -212,10 +212,7 @@ impl FastPath {
             Ok(exchange) => exchange,
             // Dropping the connection is what cancels the backend's work.
             Err(Failure::ClientGone) => return Next::Close,
-            Err(Failure::Relay(error)) => {
-                log.failed(&error);
-                return refuse(client, &mut log, error.into()).await;
-            }
+            Err(Failure::Relay(error)) => return refuse(client, &mut log, error.into()).await,
         };
         log.response(exchange.head.status, &exchange.head.content_type);
         // The head goes out with the first body bytes, in one write.
