@@ -33,6 +33,7 @@ mod fuzz;
 pub mod instances;
 pub mod keys;
 pub mod logging;
+pub mod models;
 pub mod private_files;
 pub mod relay;
 pub mod server;

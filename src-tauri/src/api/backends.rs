@@ -1,3 +1,4 @@
+//! `/api/v1/backends`: whether each backend is installed, and
 //! `/api/v1/backends/{backend}/parse-command`: a command line turned into instance options.
 
 use axum::extract::{Path, State};
@@ -9,7 +10,9 @@ use utoipa::ToSchema;
 use super::body::BoundedBody;
 use super::error::{ApiError, ErrorBody};
 use super::Api;
+use crate::backends::installed::{self, Installation};
 use crate::backends::{self, BackendType};
+use crate::devices::{SystemReport, Vendor};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ParseCommandRequest {
@@ -67,4 +70,46 @@ pub async fn parse_command(
         backend_type,
         backend_options: options.to_json(),
     }))
+}
+
+/// Each backend's installation: whether its configured command is found, where, its version and
+/// the devices it can use; when it is missing, how to install it on this OS.
+#[utoipa::path(get, path = "/api/v1/backends", tag = "backends",
+    responses((status = 200, description = "llama.cpp, mlx-lm and vLLM, in that order", body = Vec<Installation>)))]
+pub async fn list(State(api): State<Api>) -> Json<Vec<Installation>> {
+    let commands = &api.config.backends;
+    let (llama, mlx, vllm, report) = tokio::join!(
+        installed::check(BackendType::LlamaCpp, &commands.llama_cpp),
+        installed::check(BackendType::MlxLm, &commands.mlx),
+        installed::check(BackendType::Vllm, &commands.vllm),
+        api.devices.report(),
+    );
+    let mut all = vec![llama, mlx, vllm];
+    for installation in &mut all {
+        if installation.installed {
+            installation.devices = devices(installation.backend, &report);
+        }
+    }
+    Json(all)
+}
+
+/// What each backend can run on: llama.cpp what its own `--list-devices` reported; mlx-lm the
+/// Apple GPU; vLLM the NVIDIA and AMD GPUs; each the CPU when nothing else.
+fn devices(backend: BackendType, report: &SystemReport) -> Vec<String> {
+    let mut devices: Vec<String> = report
+        .accelerators
+        .iter()
+        .filter(|a| match backend {
+            BackendType::LlamaCpp => a.source == "llama-server",
+            BackendType::MlxLm => a.vendor == Vendor::Apple,
+            BackendType::Vllm => {
+                matches!(a.vendor, Vendor::Nvidia | Vendor::Amd) && a.source != "llama-server"
+            }
+        })
+        .map(|a| a.name.clone())
+        .collect();
+    if devices.is_empty() {
+        devices.push("CPU".to_owned());
+    }
+    devices
 }

@@ -10,6 +10,7 @@ mod events;
 pub mod host;
 mod instances;
 mod logs_stream;
+mod models;
 pub mod ollama;
 pub mod openai;
 pub mod openapi;
@@ -31,6 +32,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Config;
 use crate::devices::{Devices, ProbeEnv};
 use crate::instances::Registry;
+use crate::models::Library;
 use crate::relay::Relay;
 use error::ApiError;
 
@@ -54,6 +56,8 @@ pub struct Api {
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
     /// Tickets and sessions of backend pages opened through the per-instance proxy.
     pub passes: Arc<auth::ProxyPasses>,
+    /// The model library and what it has read of the model files.
+    pub library: Arc<Library>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -79,6 +83,7 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
         desktop: state.desktop,
         passes: Arc::new(auth::ProxyPasses::default()),
+        library: Arc::new(Library::new()),
     };
     let management_auth = auth::ManagementAuth {
         config: Arc::clone(&config),
@@ -91,6 +96,8 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/server/version", get(version::server_version))
         .route("/server/devices", get(version::devices))
         .route("/system", get(system::system))
+        .route("/backends", get(backends::list))
+        .route("/models", get(models::list))
         .route(
             "/backends/{backend}/parse-command",
             post(backends::parse_command),

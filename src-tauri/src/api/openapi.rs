@@ -7,7 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    backends, desktop, error, events, instances, logs_stream, openai, schema, system, version,
+    backends, desktop, error, events, instances, logs_stream, models, openai, schema, system,
+    version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -20,7 +21,9 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
         version::server_version,
         version::devices,
         system::system,
+        backends::list,
         backends::parse_command,
+        models::list,
         instances::list,
         instances::get,
         instances::create,

@@ -230,6 +230,12 @@ pub(super) const VARIABLES: &[Variable] = &[
         "auth.management_keys",
         auth.management_keys = list
     ),
+    var!("MODELS_DIRS", "models.dirs", models.dirs = paths),
+    var!(
+        "MODELS_SCAN_KNOWN_CACHES",
+        "models.scan_known_caches",
+        models.scan_known_caches = boolean
+    ),
     var!(
         "DESKTOP_CLOSE_TO_TRAY",
         "desktop.close_to_tray",
@@ -275,6 +281,11 @@ fn list(text: &str) -> Result<Vec<String>, String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect())
+}
+
+/// Comma-separated folders, blanks dropped.
+fn paths(text: &str) -> Result<Vec<PathBuf>, String> {
+    Ok(list(text)?.into_iter().map(PathBuf::from).collect())
 }
 
 /// Taken as it is: an executable's name may end in a space.

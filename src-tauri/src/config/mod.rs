@@ -84,6 +84,7 @@ pub struct Config {
     pub instances: InstancesConfig,
     pub auth: AuthConfig,
     pub desktop: DesktopConfig,
+    pub models: ModelsConfig,
 }
 
 section! {
@@ -219,6 +220,18 @@ section! {
         /// Closing the window keeps Corral running in the tray (the default); when false, closing
         /// the window quits. The app's settings page may override it (`<data_dir>/desktop.json`).
         pub close_to_tray: bool = true,
+    }
+}
+
+section! {
+    /// Where the model library (`GET /api/v1/models`) looks for models.
+    pub struct ModelsConfig from FileModels {
+        /// Folders scanned for models besides the caches of the other tools (GGUF files and
+        /// Hugging Face model folders anywhere below them).
+        pub dirs: Vec<PathBuf> = Vec::new(),
+        /// Also scan the caches other tools keep: Hugging Face's, llama.cpp's, LM Studio's and
+        /// Ollama's. Off, only `dirs` are scanned.
+        pub scan_known_caches: bool = true,
     }
 }
 

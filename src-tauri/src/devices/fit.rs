@@ -215,7 +215,7 @@ fn share(part: u64, of: u64, whole: u64) -> u64 {
     u64::try_from(share).unwrap_or(u64::MAX)
 }
 
-fn gib(bytes: u64) -> String {
+pub fn gib(bytes: u64) -> String {
     let gib = bytes as f64 / f64::from(1u32 << 30);
     if gib >= 10.0 {
         format!("{gib:.0} GiB")

@@ -1,0 +1,33 @@
+//! `GET /api/v1/models`: the model library — every model on this machine, from the caches of
+//! the other tools and `models.dirs`, with what its files say and whether it fits.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+
+use super::error::{ApiError, ErrorBody};
+use super::Api;
+use crate::models::{Locations, ModelEntry};
+
+/// Every model on this machine: GGUF files (split ones as one model, a projector beside a model
+/// paired with it), Hugging Face folders (safetensors or MLX), and Ollama's blobs, found in the
+/// Hugging Face cache, llama.cpp's cache, LM Studio's and Ollama's folders and `models.dirs`.
+/// Each says which backends can serve it and whether it fits in the GPUs' or the RAM's free
+/// memory now. A file that cannot be read is listed with its `error`.
+#[utoipa::path(get, path = "/api/v1/models", tag = "models",
+    responses(
+        (status = 200, description = "The models, by source then name", body = Vec<ModelEntry>),
+        (status = 500, description = "The scan failed", body = ErrorBody)))]
+pub async fn list(State(api): State<Api>) -> Result<Json<Vec<ModelEntry>>, ApiError> {
+    let available = api.devices.available().await;
+    let models = &api.config.models;
+    let sources = Locations::system().sources(models.scan_known_caches, &models.dirs);
+    let library = Arc::clone(&api.library);
+    let downloaded = HashSet::new();
+    tokio::task::spawn_blocking(move || library.list(&sources, &available, &downloaded))
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::internal("models_scan_failed", format!("the scan failed: {e}")))
+}
