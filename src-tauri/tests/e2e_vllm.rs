@@ -78,7 +78,7 @@ async fn real_vllm_serve_lives_its_whole_life_under_corral() {
     let data = tempfile::tempdir().expect("tempdir");
     let corral = start_corral(data.path(), (11500, 11549)).await;
 
-    // A model path that does not exist: vLLM exits after a while, and the start fails with why.
+    // A model path that does not exist is refused before vLLM is started at all.
     let (status, body) = corral
         .json(
             Method::POST,
@@ -87,18 +87,8 @@ async fn real_vllm_serve_lives_its_whole_life_under_corral() {
                         "backend_options": options("/nonexistent/model")})),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let failed = corral
-        .wait_for("nowhere", READY_LIMIT, |v| v["status"] == "failed")
-        .await;
-    let (_, logs) = corral
-        .call(Method::GET, "/api/v1/instances/nowhere/logs", None)
-        .await;
-    assert!(
-        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{failed}"
-    );
-    assert!(logs.contains("nonexistent"), "{logs}");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "model_not_found", "{body}");
     assert!(processes_of("nowhere").is_empty());
 
     // Created from the API; ready once vLLM opens its port.

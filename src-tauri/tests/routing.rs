@@ -180,7 +180,7 @@ async fn a_backend_that_fails_to_start_answers_503_with_its_output_at_once() {
         .put_json(
             "/api/v1/instances/broken",
             &json!({"backend_type": "llama_cpp", "auto_restart": false,
-                    "backend_options": {"model": "/models/exit-at-start.gguf"}}),
+                    "backend_options": {"model": fake_model("exit-at-start.gguf")}}),
         )
         .await;
     assert_eq!(update.status(), 200);
@@ -222,7 +222,7 @@ async fn requests_for_an_instance_still_starting_wait_until_it_is_ready() {
         .create(
             "slow",
             json!({"backend_type": "llama_cpp",
-                   "backend_options": {"model": "/models/slow-start.gguf"}}),
+                   "backend_options": {"model": fake_model("slow-start.gguf")}}),
         )
         .await;
     assert_eq!(created["health"], "starting");

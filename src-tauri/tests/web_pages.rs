@@ -287,7 +287,7 @@ async fn a_backend_gets_corrals_secret_and_never_the_clients_credentials() {
         .post(engine.url("/api/v1/instances/sec"))
         .bearer_auth(MANAGEMENT_KEY)
         .json(&llama(
-            json!({"backend_options": {"model": "/m.gguf", "api_key": "users-own"}}),
+            json!({"backend_options": {"model": fake_model("m.gguf"), "api_key": "users-own"}}),
         ))
         .send()
         .await

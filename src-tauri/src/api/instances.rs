@@ -13,7 +13,8 @@ use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::system::fit_warnings;
 use super::Api;
-use crate::backends::BackendOptions;
+use crate::backends::{installed, BackendOptions};
+use crate::config::Config;
 use crate::instances::{CreateInstanceOptions, InstanceOptions, InstanceView};
 use crate::supervisor::Status;
 
@@ -43,10 +44,11 @@ pub async fn get(State(api): State<Api>, Path(name): Path<String>) -> Answer<Jso
     request_body = CreateInstanceOptions,
     responses(
         (status = 201, description = "Created and started", body = InstanceView),
-        (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
+        (status = 400, description = "Invalid name, JSON or options; `model_not_found`: the model path does not exist", body = ErrorBody),
         (status = 409, description = "Name or port taken, or a limit reached", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "`backend_not_installed`: the backend's command is not found; the details say how to install it", body = ErrorBody),
         (status = 500, description = "The backend could not be started", body = ErrorBody)))]
 pub async fn create(
     State(api): State<Api>,
@@ -55,7 +57,10 @@ pub async fn create(
 ) -> Answer<(StatusCode, Json<InstanceView>)> {
     // Checked before the start, while the memory the model will take is still free.
     let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
-        Ok(options) => fit_warnings(&api, &options.backend, None).await,
+        Ok(options) => {
+            can_start(&api.config, &options.backend)?;
+            fit_warnings(&api, &options.backend, None).await
+        }
         // The registry refuses these options with the reason.
         Err(_) => Vec::new(),
     };
@@ -64,16 +69,56 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Refuses options that cannot start, before anything is saved or started: a backend whose
+/// command is not found (422, with how to install it: a fresh machine's first create) and a model
+/// path that does not exist (400). A relative `model` is a Hugging Face repo id for mlx-lm and
+/// vLLM, or a path the backend resolves in its own working folder: left to the backend.
+fn can_start(config: &Config, backend: &BackendOptions) -> Answer<()> {
+    let backend_type = backend.backend_type();
+    if let Err(why) = installed::locate(config.backends.command(backend_type)) {
+        let advice = installed::advice(
+            backend_type,
+            std::env::consts::OS,
+            cfg!(all(target_os = "macos", target_arch = "aarch64")),
+        );
+        let mut details = format!(
+            "{} is not installed: {why}. {}",
+            backend_type.as_str(),
+            advice.summary
+        );
+        if !advice.commands.is_empty() {
+            details.push_str(&format!(": {}", advice.commands.join(" && ")));
+        }
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "backend_not_installed",
+            details,
+        ));
+    }
+    if let Some(model) = backend.model() {
+        let path = std::path::Path::new(model);
+        if path.is_absolute() && !path.exists() {
+            return Err(ApiError::bad_request(
+                "model_not_found",
+                format!("no model at {model}: GET /api/v1/models lists the models on this machine"),
+            )
+            .with_field(Some("backend_options.model".to_owned())));
+        }
+    }
+    Ok(())
+}
+
 /// Replace an instance's options; a running instance is restarted with them.
 #[utoipa::path(put, path = "/api/v1/instances/{name}", tag = "instances",
     params(("name" = String, Path, description = "Instance name")),
     request_body = CreateInstanceOptions,
     responses(
         (status = 200, body = InstanceView),
-        (status = 400, description = "Invalid name, JSON or options", body = ErrorBody),
+        (status = 400, description = "Invalid name, JSON or options; `model_not_found`: the model path does not exist", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON (Content-Type: application/json)", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "Port or alias taken", body = ErrorBody),
+        (status = 422, description = "`backend_not_installed`: the backend's command is not found; the details say how to install it", body = ErrorBody),
         (status = 500, description = "A running instance could not be restarted with them", body = ErrorBody)))]
 pub async fn update(
     State(api): State<Api>,
@@ -82,7 +127,10 @@ pub async fn update(
 ) -> Answer<Json<InstanceView>> {
     let current = api.registry.get(&name)?;
     let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
-        Ok(options) => fit_warnings(&api, &options.backend, current.resources).await,
+        Ok(options) => {
+            can_start(&api.config, &options.backend)?;
+            fit_warnings(&api, &options.backend, current.resources).await
+        }
         Err(_) => Vec::new(),
     };
     let mut view = api.registry.update(&name, &body).await?;
@@ -107,9 +155,10 @@ pub async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Answer<
     params(("name" = String, Path, description = "Instance name")),
     responses(
         (status = 200, body = InstanceView),
-        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 400, description = "Invalid name; `model_not_found`: the model path does not exist", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "Running limit reached or port in use", body = ErrorBody),
+        (status = 422, description = "`backend_not_installed`: the backend's command is not found; the details say how to install it", body = ErrorBody),
         (status = 500, description = "The backend could not be started", body = ErrorBody)))]
 pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<InstanceView>> {
     let current = api.registry.get(&name)?;
@@ -120,7 +169,10 @@ pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<J
             current.options.backend_type,
             &current.options.backend_options,
         ) {
-            Ok(backend) => fit_warnings(&api, &backend, None).await,
+            Ok(backend) => {
+                can_start(&api.config, &backend)?;
+                fit_warnings(&api, &backend, None).await
+            }
             Err(_) => Vec::new(),
         }
     };

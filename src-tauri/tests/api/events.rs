@@ -18,7 +18,7 @@ async fn events_start_with_a_snapshot_then_follow_status_counters_and_deletion()
     assert_eq!(snapshot[0]["status"], "stopped");
     assert_eq!(
         snapshot[0]["options"]["backend_options"]["model"],
-        "/models/test.gguf"
+        test_model()
     );
 
     assert_eq!(

@@ -22,7 +22,7 @@ async fn created_instance_is_running_then_ready_with_defaults_and_a_port_filled_
     assert_eq!(options["on_demand_start"], true);
     assert_eq!(options["idle_timeout"], 0);
     assert_eq!(options["backend_type"], "llama_cpp");
-    assert_eq!(options["backend_options"]["model"], "/models/test.gguf");
+    assert_eq!(options["backend_options"]["model"], test_model());
     assert_eq!(options["backend_options"]["port"], first_port);
 
     let ready = engine.wait_ready("llama").await;
@@ -390,7 +390,7 @@ async fn update_replaces_options_restarts_a_running_instance_and_manages_ports()
     let updated = engine
         .put_json(
             "/api/v1/instances/up",
-            &json!({"backend_type": "llama_cpp", "backend_options": {"model": "/models/new.gguf"}}),
+            &json!({"backend_type": "llama_cpp", "backend_options": {"model": fake_model("new.gguf")}}),
         )
         .await;
     assert_eq!(updated.status(), 200);
@@ -398,7 +398,7 @@ async fn update_replaces_options_restarts_a_running_instance_and_manages_ports()
     assert_eq!(updated["options"]["max_restarts"], 3);
     assert_eq!(
         updated["options"]["backend_options"]["model"],
-        "/models/new.gguf"
+        fake_model("new.gguf")
     );
     assert_eq!(updated["options"]["backend_options"]["port"], port);
     assert_eq!(updated["created"], created["created"]);
@@ -414,7 +414,7 @@ async fn update_replaces_options_restarts_a_running_instance_and_manages_ports()
         .await
         .unwrap();
     assert!(
-        logs.contains("/models/new.gguf"),
+        logs.contains(&fake_model("new.gguf")),
         "the new options reach the backend: {logs}"
     );
 

@@ -99,8 +99,10 @@ async fn a_crash_that_ends_in_failed_is_saved() {
     engine.stop().await;
 }
 
+/// A fresh machine with no llama-server: the first create says what is missing and how to
+/// install it (llamactl answers 500 after a failed start), and saves nothing.
 #[tokio::test]
-async fn a_create_that_cannot_start_leaves_nothing_behind() {
+async fn a_create_whose_backend_is_not_installed_is_refused_with_advice_and_leaves_nothing() {
     let dir = data_dir();
     let mut config = test_config(dir.path());
     config.backends.llama_cpp.command = dir
@@ -114,14 +116,10 @@ async fn a_create_that_cannot_start_leaves_nothing_behind() {
     let response = engine
         .post_json("/api/v1/instances/doomed", &llama(json!({})))
         .await;
-    let body = assert_error(response, 500, "start_failed").await;
-    assert!(
-        body["details"]
-            .as_str()
-            .unwrap()
-            .contains("no-such-llama-server"),
-        "{body}"
-    );
+    let body = assert_error(response, 422, "backend_not_installed").await;
+    let details = body["details"].as_str().unwrap();
+    assert!(details.contains("no-such-llama-server"), "{body}");
+    assert!(details.contains("llama.cpp"), "the advice: {body}");
     assert_eq!(
         engine
             .get("/api/v1/instances")
@@ -132,5 +130,63 @@ async fn a_create_that_cannot_start_leaves_nothing_behind() {
         json!([])
     );
     assert!(!engine.definition_file("doomed").exists());
+    engine.stop().await;
+}
+
+/// A model path that does not exist is refused before anything starts or is saved: on create,
+/// on update, and on a start after the file went away.
+#[tokio::test]
+async fn a_model_that_is_not_there_is_refused_before_any_start() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let missing = dir.path().join("gone.gguf").display().to_string();
+    let body = json!({"backend_type": "llama_cpp", "backend_options": {"model": missing}});
+
+    let response = engine.post_json("/api/v1/instances/nowhere", &body).await;
+    let error = assert_error(response, 400, "model_not_found").await;
+    assert_eq!(error["field"], "backend_options.model");
+    assert!(
+        error["details"].as_str().unwrap().contains("gone.gguf"),
+        "{error}"
+    );
+    assert!(!engine.definition_file("nowhere").exists());
+
+    // Saved with a model that is there, stopped; then the file goes.
+    let model = dir.path().join("here.gguf");
+    std::fs::copy(test_model(), &model).unwrap();
+    let here = json!({"backend_type": "llama_cpp", "on_demand_start": true,
+                      "backend_options": {"model": model}});
+    assert_eq!(
+        engine
+            .post_json("/api/v1/instances/later", &here)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        engine.post("/api/v1/instances/later/stop").await.status(),
+        200
+    );
+    let response = engine.put_json("/api/v1/instances/later", &body).await;
+    assert_error(response, 400, "model_not_found").await;
+    assert_eq!(
+        engine.instance("later").await["options"]["backend_options"]["model"],
+        json!(model),
+        "a refused update changes nothing"
+    );
+    std::fs::remove_file(&model).unwrap();
+    let response = engine.post("/api/v1/instances/later/start").await;
+    assert_error(response, 400, "model_not_found").await;
+    assert_eq!(engine.instance("later").await["status"], "stopped");
+
+    // A relative model is the backend's to resolve (a Hugging Face repo id for vLLM): accepted.
+    let repo = json!({"backend_type": "vllm", "backend_options": {"model": "org/model"}});
+    assert_eq!(
+        engine
+            .post_json("/api/v1/instances/repo", &repo)
+            .await
+            .status(),
+        201
+    );
     engine.stop().await;
 }

@@ -193,11 +193,45 @@ impl Engine {
     }
 }
 
+/// The path of a model file named `name` for the fake backend, which goes only by the name
+/// (`exit-at-start`, `slow-stop`). A create refuses a model path that does not exist, so the
+/// file is there: a small valid GGUF, so the fit check finds it fits. Written once per name, in
+/// cargo's scratch folder for integration tests.
+pub fn fake_model(name: &str) -> String {
+    use corral::devices::gguf::writer::{gguf, Meta};
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-models");
+    let path = dir.join(name);
+    if !path.is_file() {
+        std::fs::create_dir_all(&dir).expect("fake model folder");
+        let bytes = gguf(
+            &[
+                ("general.architecture", Meta::Str("llama")),
+                ("llama.block_count", Meta::U32(1)),
+                ("llama.context_length", Meta::U32(256)),
+                ("llama.embedding_length", Meta::U32(8)),
+                ("llama.attention.head_count", Meta::U32(1)),
+            ],
+            &[("token_embd.weight", &[8, 8], 0)],
+            256,
+        );
+        // Tests run in parallel threads: written aside, then renamed into place whole.
+        let partial = dir.join(format!("{name}.{:?}.partial", std::thread::current().id()));
+        std::fs::write(&partial, bytes).expect("write fake model");
+        std::fs::rename(&partial, &path).expect("place fake model");
+    }
+    path.display().to_string()
+}
+
+/// The model path [`llama`] creates with.
+pub fn test_model() -> String {
+    fake_model("test.gguf")
+}
+
 /// A minimal valid create body for the fake llama.cpp backend.
 pub fn llama(extra: Value) -> Value {
     let mut body = serde_json::json!({
         "backend_type": "llama_cpp",
-        "backend_options": {"model": "/models/test.gguf"},
+        "backend_options": {"model": test_model()},
     });
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         for (key, value) in extra {

@@ -4,6 +4,26 @@
  */
 
 export interface paths {
+    "/api/v1/backends": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Each backend's installation: whether its configured command is found, where, its version and
+         *     the devices it can use; when it is missing, how to install it on this OS.
+         */
+        get: operations["list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/backends/{backend}/parse-command": {
         parameters: {
             query?: never;
@@ -291,6 +311,29 @@ export interface paths {
         put?: never;
         /** Stop an instance; a stopped one is returned as it is. */
         post: operations["stop"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every model on this machine: GGUF files (split ones as one model, a projector beside a model
+         *     paired with it), Hugging Face folders (safetensors or MLX), and Ollama's blobs, found in the
+         *     Hugging Face cache, llama.cpp's cache, LM Studio's and Ollama's folders and `models.dirs`.
+         *     Each says which backends can serve it and whether it fits in the GPUs' or the RAM's free
+         *     memory now. A file that cannot be read is listed with its `error`.
+         */
+        get: operations["list"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -623,16 +666,67 @@ export interface components {
          * @enum {string}
          */
         FieldType: "boolean" | "integer" | "number" | "string" | "string_list";
+        /** @description The fit verdict with its numbers. */
+        Fit: {
+            /**
+             * Format: int64
+             * @description The context (tokens) the KV cache was sized for: the model's own, at most [`FIT_CONTEXT`].
+             */
+            context: number;
+            detail: string;
+            gpu?: null | components["schemas"]["GpuFree"];
+            /**
+             * Format: int64
+             * @description Weights + KV cache (+ a paired projector); a lower bound, compute buffers not counted.
+             */
+            needed_bytes: number;
+            /** Format: int64 */
+            ram_free_bytes: number;
+            verdict: components["schemas"]["Verdict"];
+        };
         /**
          * @description A folder the app can show in the system's file manager.
          * @enum {string}
          */
         Folder: "data" | "logs";
         /**
+         * @description How a model is stored, which decides the backends that load it.
+         * @enum {string}
+         */
+        Format: "gguf" | "safetensors" | "mlx";
+        /** @description The GPUs the verdict counted. */
+        GpuFree: {
+            /** Format: int64 */
+            free_bytes: number;
+            name: string;
+        };
+        /**
          * @description Finer state beside `status`.
          * @enum {string}
          */
         Health: "starting" | "ready" | "unhealthy" | "restarting" | "stopping";
+        /** @description How to install a backend on this OS. */
+        InstallAdvice: {
+            /** @description Shell commands, in order. */
+            commands: string[];
+            summary: string;
+        };
+        /** @description One backend's installation. */
+        Installation: {
+            backend: components["schemas"]["BackendType"];
+            /** @description The command as configured (`llama-server`, or a path). */
+            command: string;
+            /** @description The devices it can run on (`CPU` when no accelerator is there for it). */
+            devices: string[];
+            /** @description Why it is not installed, or why its version could not be read. */
+            error?: string | null;
+            install?: null | components["schemas"]["InstallAdvice"];
+            /** @description The configured command was found and is executable. */
+            installed: boolean;
+            /** @description Where it was found. */
+            path?: string | null;
+            version?: string | null;
+        };
         /** @description One instance as the API returns it: llamactl's shape, plus the supervisor's finer state. */
         Instance: {
             /**
@@ -761,6 +855,55 @@ export interface components {
             /** @description Always `corral`. */
             owned_by: string;
         };
+        /** @description One model of the library. */
+        ModelEntry: {
+            architecture?: string | null;
+            /** @description The backends that can serve it, the best first. */
+            backends: components["schemas"]["BackendType"][];
+            /**
+             * Format: int64
+             * @description The context length the model was trained for, in tokens.
+             */
+            context_length?: number | null;
+            /** @description Corral downloaded it (and may delete it). */
+            downloaded: boolean;
+            /** @description Why the model's files could not be read; the entry is still listed. */
+            error?: string | null;
+            files: components["schemas"]["ModelFile"][];
+            fit: components["schemas"]["Fit"];
+            format: components["schemas"]["Format"];
+            /** @description Stable while the model stays where it is: its source and path. */
+            id: string;
+            /** @description A multimodal projector (`mmproj*.gguf`) found beside the model. */
+            mmproj?: string | null;
+            /** @description The model's own name (GGUF `general.name`), else its file or folder name. */
+            name: string;
+            /**
+             * Format: int64
+             * @description Parameters, counted from the tensors' shapes.
+             */
+            parameters?: number | null;
+            /** @description What to give a backend as `model`: the GGUF (its first part), or the folder. */
+            path: string;
+            quantization?: string | null;
+            /** @description `org/name` on Hugging Face (or LM Studio's `<publisher>/<model>`, Ollama's model). */
+            repo?: string | null;
+            /**
+             * Format: int64
+             * @description All files together (a paired projector not included).
+             */
+            size_bytes: number;
+            source: components["schemas"]["SourceKind"];
+            source_dir: string;
+            /** @description The quantisation (`Q4_K_M`), or Ollama's tag. */
+            tag?: string | null;
+        };
+        /** @description One file of a model. */
+        ModelFile: {
+            path: string;
+            /** Format: int64 */
+            size_bytes: number;
+        };
         /** @description OpenAI's model list. */
         ModelList: {
             data: components["schemas"]["Model"][];
@@ -883,6 +1026,11 @@ export interface components {
             vram_bytes?: number | null;
         };
         /**
+         * @description Who keeps a folder of models, which decides its layout.
+         * @enum {string}
+         */
+        SourceKind: "huggingface" | "llama_cpp" | "lm_studio" | "ollama" | "models_dir";
+        /**
          * @description llamactl's three statuses, unchanged on the wire.
          * @enum {string}
          */
@@ -908,6 +1056,11 @@ export interface components {
         };
         /** @enum {string} */
         Vendor: "nvidia" | "amd" | "intel" | "apple" | "other";
+        /**
+         * @description Where a model will run, judged against the memory free now.
+         * @enum {string}
+         */
+        Verdict: "gpu" | "cpu" | "none" | "unknown";
         /** @description Options of llama_cpp; only set options appear. Corral gives each start of the backend a secret key of its own, which only Corral's proxy sends: a request straight to the backend's port without it is refused. A key set with `api_key` keeps working beside it. */
         LlamaCppOptions: {
             /**
@@ -2801,6 +2954,35 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description llama.cpp, mlx-lm and vLLM, in that order */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Installation"][];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+        };
+    };
     parse_command: {
         parameters: {
             query?: never;
@@ -3195,7 +3377,7 @@ export interface operations {
                     "application/json": components["schemas"]["Instance"];
                 };
             };
-            /** @description Invalid name, JSON or options */
+            /** @description Invalid name, JSON or options; `model_not_found`: the model path does not exist */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3249,6 +3431,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `backend_not_installed`: the backend's command is not found; the details say how to install it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A running instance could not be restarted with them */
             500: {
                 headers: {
@@ -3285,7 +3476,7 @@ export interface operations {
                     "application/json": components["schemas"]["Instance"];
                 };
             };
-            /** @description Invalid name, JSON or options */
+            /** @description Invalid name, JSON or options; `model_not_found`: the model path does not exist */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3323,6 +3514,15 @@ export interface operations {
             };
             /** @description The body is not declared as JSON (Content-Type: application/json) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `backend_not_installed`: the backend's command is not found; the details say how to install it */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4107,7 +4307,7 @@ export interface operations {
                     "application/json": components["schemas"]["Instance"];
                 };
             };
-            /** @description Invalid name */
+            /** @description Invalid name; `model_not_found`: the model path does not exist */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4136,6 +4336,15 @@ export interface operations {
             };
             /** @description Running limit reached or port in use */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `backend_not_installed`: the backend's command is not found; the details say how to install it */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4202,6 +4411,44 @@ export interface operations {
                 };
             };
             /** @description The backend could not be stopped */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The models, by source then name */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelEntry"][];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description The scan failed */
             500: {
                 headers: {
                     [name: string]: unknown;
