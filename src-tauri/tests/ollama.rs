@@ -300,7 +300,12 @@ async fn tags_list_every_instance_ps_only_running_ones_and_show_describes_one() 
         )
         .await;
     engine
-        .create("sleepy", llama(json!({"on_demand_start": false})))
+        .create(
+            "sleepy",
+            // Relative: a path the backend resolves, so the create does not check it.
+            llama(json!({"on_demand_start": false,
+                         "backend_options": {"model": "missing/sleepy.gguf"}})),
+        )
         .await;
     assert_eq!(
         engine.post("/api/v1/instances/sleepy/stop").await.status(),

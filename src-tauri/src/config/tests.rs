@@ -443,6 +443,7 @@ fn each_variable_sets_the_same_field_as_its_file_setting() {
                 ("[x, y]", "x,y")
             }
             "data_dir" | "configs_dir" | "logs_dir" => ("/p", "/p"),
+            "dirs" => ("[/a, /b]", "/a,/b"),
             "llama-cpp.command" | "mlx.command" | "vllm.command" => ("/bin/b", "/bin/b"),
             _ if variable.name.ends_with("SECONDS") || variable.name.ends_with("TIMEOUT") => {
                 ("7", "7")
