@@ -116,6 +116,7 @@ pub fn read_header(path: &Path) -> Result<Header, GgufError> {
         path,
         file_size,
         nesting: 0,
+        position: 0,
     };
     reader.header()
 }
@@ -126,6 +127,9 @@ struct Reader<'a, R> {
     file_size: u64,
     /// Arrays being read, one inside the other.
     nesting: u32,
+    /// Bytes read or skipped so far. Counted here: asking the file (`stream_position`) is a
+    /// syscall, and a vocabulary skips one string per token.
+    position: u64,
 }
 
 impl<R: Read + Seek> Reader<'_, R> {
@@ -166,8 +170,7 @@ impl<R: Read + Seek> Reader<'_, R> {
                 .ok_or_else(|| self.malformed("general.alignment is not positive"))?,
             _ => DEFAULT_ALIGNMENT,
         };
-        let position = self.position()?;
-        let data_offset = position.div_ceil(alignment).saturating_mul(alignment);
+        let data_offset = self.position.div_ceil(alignment).saturating_mul(alignment);
         Ok(Header {
             version,
             metadata,
@@ -286,20 +289,19 @@ impl<R: Read + Seek> Reader<'_, R> {
     fn string(&mut self, len: u64) -> Result<String, GgufError> {
         let mut bytes = vec![0; usize::try_from(len).map_err(|_| self.malformed("huge string"))?];
         self.inner.read_exact(&mut bytes).map_err(|e| self.io(e))?;
+        self.position += len;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn skip(&mut self, len: u64) -> Result<(), GgufError> {
-        let len = i64::try_from(len).map_err(|_| self.malformed("huge value"))?;
-        self.inner.seek_relative(len).map_err(|e| self.io(e))?;
-        if self.position()? > self.file_size {
+        let end = self.position.saturating_add(len);
+        if end > self.file_size {
             return Err(self.malformed("a value runs past the end of the file"));
         }
+        let len = i64::try_from(len).map_err(|_| self.malformed("huge value"))?;
+        self.inner.seek_relative(len).map_err(|e| self.io(e))?;
+        self.position = end;
         Ok(())
-    }
-
-    fn position(&mut self) -> Result<u64, GgufError> {
-        self.inner.stream_position().map_err(|e| self.io(e))
     }
 
     fn u32(&mut self) -> Result<u32, GgufError> {
@@ -313,6 +315,7 @@ impl<R: Read + Seek> Reader<'_, R> {
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
         let mut buffer = [0; N];
         self.inner.read_exact(&mut buffer).map_err(|e| self.io(e))?;
+        self.position += N as u64;
         Ok(buffer)
     }
 
