@@ -182,6 +182,10 @@ try {
     await page.getByTestId('login-submit').click();
     await page.getByText('Run your first model').waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.key')), KEY);
+    // The guided start's steps link onwards, whatever the engine says of backends and models.
+    const guide = page.getByTestId('guided-start');
+    assert.equal(await guide.getByRole('link', { name: 'Create an instance' }).getAttribute('href'), '#/new');
+    assert.equal(await guide.getByRole('link', { name: 'Chat' }).getAttribute('href'), '#/chat');
   });
 
   await step('the form shows the server\'s message at the field', async () => {
@@ -301,7 +305,7 @@ try {
       entry('llama70', 'Llama-3.3-70B-Instruct-Q4_K_M', { source: 'ollama', size_bytes: 40 * GiB, parameters: 70.6e9, quantization: 'Q4_K_M', fit: fit('none', 43 * GiB, 'needs 43 GiB; the GPU has 11 GiB and RAM 26 GiB free') }),
       entry('phi4', 'Phi-4-mini-instruct', { format: 'safetensors', path: 'microsoft/Phi-4-mini-instruct', source: 'huggingface', size_bytes: 7.7 * GiB, parameters: 3.8e9, backends: ['vllm', 'mlx_lm'], fit: fit('cpu', 8.4 * GiB, 'does not fit the GPU\'s free memory: CPU only') }),
     ];
-    const job = { id: 'j1', repo: 'ggml-org/SmolLM2-135M-Instruct-GGUF', tag: 'Q8_0', format: 'gguf', state: 'running', files_total: 1, files_done: 0, bytes_total: 145 * 1024 ** 2, bytes_done: 61 * 1024 ** 2, speed_bytes_per_s: 12 * 1024 ** 2, eta_s: 7, error: null, created_at: 1, path: null };
+    const job = { id: 'j1', repo: 'ggml-org/SmolLM2-135M-Instruct-GGUF', tag: 'Q8_0', format: 'gguf', state: 'running', files_total: 1, files_done: 0, bytes_total: 145 * 1024 ** 2, bytes_done: 61 * 1024 ** 2, speed_bytes_per_s: 12 * 1024 ** 2, eta_s: 7, error: null, created_at: '2026-12-02T05:00:00Z', path: null };
     const served = { '/api/v1/models': library, '/api/v1/models/jobs': [job] };
     const servedHere = (url) => url.pathname in served;
     await context.route(servedHere, (route) =>
@@ -318,10 +322,12 @@ try {
         assert.ok(overflow <= 0, `#/models at ${size.width}px scrolls sideways by ${overflow}px`);
       }
       await page.setViewportSize({ width: 1280, height: 800 });
-      // A model's link fills the form: backend, path, context and all layers on the GPU.
+      // A model's link fills the form: backend, path, the context its fit was judged at, and all
+      // layers on the GPU.
       await page.getByTestId('create-from-qwen3-8b').click();
       await page.waitForFunction(() => document.querySelector('[data-testid="field-model"]')?.value === '/models/Qwen3-8B-Q4_K_M.gguf');
-      assert.equal(await page.getByTestId('field-ctx_size').inputValue(), '40960');
+      assert.equal(await page.getByTestId('field-ctx_size').inputValue(), '4096');
+      assert.equal(await page.getByTestId('field-gpu_layers').inputValue(), '999');
       assert.equal(await page.getByTestId('field-name').inputValue(), 'qwen3-8b-q4_k_m');
     } finally {
       await context.unroute(servedHere);

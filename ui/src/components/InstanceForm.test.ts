@@ -232,7 +232,7 @@ describe('InstanceForm, with the model library', () => {
   it('explains a backend that is not installed, with the engine\'s advice', async () => {
     fakeEngine({
       'POST /api/v1/instances/v': () =>
-        json({ error: 'backend_not_installed', details: 'vllm was not found on PATH. Install it: pip install vllm' }, 422),
+        json({ error: 'backend_not_installed', details: 'vllm is not installed: `vllm` is not on PATH. Install vLLM with pip: pip install vllm' }, 422),
     });
     render(InstanceForm, { schema: schemaFixture });
     await fireEvent.change(screen.getByTestId('field-backend_type'), { target: { value: 'vllm' } });
@@ -241,7 +241,7 @@ describe('InstanceForm, with the model library', () => {
     await fireEvent.click(screen.getByTestId('save-instance'));
     const notice = await screen.findByTestId('backend-not-installed');
     expect(notice.textContent).toContain('vLLM is not installed on this machine.');
-    expect(notice.textContent).toContain('Install it: pip install vllm');
+    expect(notice.textContent).toContain('Install vLLM with pip: pip install vllm');
     expect(location.hash).toBe('#/new');
   });
 

@@ -77,7 +77,7 @@ describe('ModelsPage', () => {
         jobs = [job({ state: 'queued', bytes_done: 0, speed_bytes_per_s: 0, eta_s: null })];
         return json({ job_id: 'j1', repo: 'ggml-org/SmolLM2-135M-Instruct-GGUF', tag: 'Q8_0' }, 202);
       },
-      'DELETE /api/v1/models/jobs/j2': () => new Response(null, { status: 204 }),
+      'DELETE /api/v1/models/jobs/j2': () => json(job({ id: 'j2', repo: 'org/big', tag: null, state: 'cancelled', created_at: '2026-12-02T05:01:40Z' })),
     });
     render(ModelsPage, { download: 'ggml-org/SmolLM2-135M-Instruct-GGUF:Q8_0' });
     await screen.findByTestId('model-qwen');
@@ -101,7 +101,7 @@ describe('ModelsPage', () => {
     expect(await screen.findByTestId('model-smol')).toBeTruthy();
     expect(within(row).queryByRole('button', { name: 'Cancel' })).toBeNull();
 
-    applyEvent('download', JSON.stringify(job({ id: 'j2', repo: 'org/big', tag: null, created_at: 1700000100 })));
+    applyEvent('download', JSON.stringify(job({ id: 'j2', repo: 'org/big', tag: null, created_at: '2026-12-02T05:01:40Z' })));
     await fireEvent.click(await screen.findByTestId('download-cancel-j2'));
     await waitFor(() => expect(screen.getByTestId('download-job-j2').textContent).toContain('cancelled'));
     expect(seen.some((r) => r.method === 'DELETE' && r.path === '/api/v1/models/jobs/j2')).toBe(true);

@@ -21,7 +21,7 @@ export function replaceJobs(list: DownloadJob[]): void {
   downloads.byId = next;
 }
 
-/** The newest first. */
+/** The newest first (RFC 3339 times of one engine sort as text). */
 export function sortedJobs(): DownloadJob[] {
-  return Object.values(downloads.byId).sort((a, b) => String(b.created_at).localeCompare(String(a.created_at), undefined, { numeric: true }));
+  return Object.values(downloads.byId).sort((a, b) => b.created_at.localeCompare(a.created_at));
 }

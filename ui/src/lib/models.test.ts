@@ -11,6 +11,11 @@ describe('prefillFor', () => {
     });
   });
 
+  it('asks for no more context than the fit was judged at', () => {
+    const long = model({ id: 'l', name: 'l', context_length: 131072, fit: { ...library[0].fit, context: 32768 } });
+    expect(prefillFor(long).backend_options.ctx_size).toBe('32768');
+  });
+
   it('keeps a model that does not fit the GPU off it, and leaves an unknown context to the backend', () => {
     const cpu = model({ id: 'c', name: 'c', context_length: null, fit: { ...library[0].fit, verdict: 'cpu' } });
     expect(prefillFor(cpu).backend_options).toEqual({ model: '/models/c.gguf', gpu_layers: '0' });

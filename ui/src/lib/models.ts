@@ -65,7 +65,8 @@ export interface DownloadJob {
   speed_bytes_per_s: number;
   eta_s: number | null;
   error: string | null;
-  created_at: number | string;
+  /** RFC 3339. */
+  created_at: string;
   path: string | null;
 }
 
@@ -99,7 +100,8 @@ export const modelsApi = {
       headers: { 'Content-Type': 'application/json' },
     }),
   jobs: () => json<DownloadJob[]>('/models/jobs'),
-  cancel: (id: string) => json<void>(`/models/jobs/${encodeURIComponent(id)}`, { method: 'DELETE' }),
+  /** Answers the job, cancelled. */
+  cancel: (id: string) => json<DownloadJob>(`/models/jobs/${encodeURIComponent(id)}`, { method: 'DELETE' }),
   backends: () => json<BackendInfo[]>('/backends'),
 };
 
@@ -122,12 +124,16 @@ export const FIT_LABELS: Record<Fit['verdict'], string> = {
   unknown: 'Fit unknown',
 };
 
-/** The instance form filled from a model: its first backend, the path, and what the fit allows. */
+/**
+ * The instance form filled from a model: its first backend, the path, and what the fit allows.
+ * The context is the model's own, but no more than the fit was judged at (the engine caps it):
+ * a verdict of "fits on the GPU" holds for that context, not for a 128k one.
+ */
 export function prefillFor(model: Model): Prefill {
   const backend = model.backends[0] ?? (model.format === 'gguf' ? 'llama_cpp' : 'vllm');
   const options: Record<string, string> = { model: model.path };
   if (backend === 'llama_cpp') {
-    if (model.context_length) options.ctx_size = String(model.context_length);
+    if (model.context_length) options.ctx_size = String(Math.min(model.context_length, model.fit.context || model.context_length));
     if (model.mmproj) options.mmproj = model.mmproj;
     // 999 layers is "all of them" to llama-server; 0 keeps it off a GPU it would not fit.
     options.gpu_layers = model.fit.verdict === 'gpu' ? '999' : '0';

@@ -74,7 +74,7 @@ export function job(overrides: Partial<DownloadJob> = {}): DownloadJob {
     speed_bytes_per_s: 5 * 1024 ** 2,
     eta_s: 15,
     error: null,
-    created_at: 1700000000,
+    created_at: '2026-12-02T05:00:00Z',
     path: null,
     ...overrides,
   };
