@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { fireEvent, render, screen, waitFor } from '@testing-library/svelte';
-import ChatPage from './ChatPage.svelte';
+import ChatPage, { resetChat } from './ChatPage.svelte';
 import { instances, upsert } from '../lib/instances.svelte';
 import type { Instance } from '../lib/types';
 import { fakeEngine, json, liveSse, sse } from '../test/engine';
@@ -27,6 +27,7 @@ async function ask(text: string) {
 
 describe('ChatPage', () => {
   beforeEach(() => {
+    resetChat();
     instances.byName = {};
     instances.loaded = true;
     upsert(instance('tiny', 'running'));
@@ -121,6 +122,19 @@ describe('ChatPage', () => {
     await ask('hi');
     const alert = await screen.findByRole('alert');
     expect(alert.textContent).toBe('instance sleepy failed to start (HTTP 503)');
+  });
+
+  it('keeps the conversation and settings when the page is left and opened again', async () => {
+    fakeEngine({ 'POST /v1/chat/completions': () => sse([chunk({ content: 'Kept.' }), usage(1)], false) });
+    const first = render(ChatPage, { name: 'tiny' });
+    await fireEvent.input(screen.getByTestId('chat-system'), { target: { value: 'Be brief.' } });
+    await ask('Remember me');
+    await screen.findByTestId('chat-stats');
+    first.unmount();
+    render(ChatPage, { name: 'tiny' });
+    expect(screen.getByTestId('chat-user').textContent).toContain('Remember me');
+    expect(screen.getByTestId('chat-assistant').textContent).toContain('Kept.');
+    expect((screen.getByTestId('chat-system') as HTMLTextAreaElement).value).toBe('Be brief.');
   });
 
   it('says when the chosen instance cannot answer', async () => {
