@@ -1,8 +1,8 @@
 // End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
 // `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
 // instances through the form (llama.cpp and MLX) and through import-from-command, watches them
-// run, reads live logs, stops and deletes them, and saves a screenshot of every main screen (to
-// docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
+// run, reads live logs, chats with one, stops and deletes them, and saves a screenshot of every
+// main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
 //   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... \
 //   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... node e2e/run.mjs
@@ -182,6 +182,10 @@ try {
     await page.getByTestId('login-submit').click();
     await page.getByText('Run your first model').waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.key')), KEY);
+    // The guided start's steps link onwards, whatever the engine says of backends and models.
+    const guide = page.getByTestId('guided-start');
+    assert.equal(await guide.getByRole('link', { name: 'Create an instance' }).getAttribute('href'), '#/new');
+    assert.equal(await guide.getByRole('link', { name: 'Chat' }).getAttribute('href'), '#/chat');
   });
 
   await step('the form shows the server\'s message at the field', async () => {
@@ -263,8 +267,75 @@ try {
     await page.keyboard.press('t');
   });
 
+  await step('the chat streams a reply from llama-server and shows its speed', async () => {
+    await page.getByTestId('nav-chat').click();
+    await page.getByTestId('chat-instance').selectOption('tiny');
+    await page.waitForURL(/#\/chat\/tiny$/);
+    const settings = page.locator('summary', { hasText: 'Settings' });
+    await settings.click();
+    await page.getByTestId('chat-max_tokens').fill('24');
+    await page.getByTestId('chat-seed').fill('1');
+    await page.getByTestId('chat-input').fill('Write a short poem about a corral.');
+    await page.getByTestId('chat-input').press('Enter');
+    const stats = page.getByTestId('chat-stats');
+    await stats.waitFor({ timeout: SLOW });
+    assert.match(await stats.textContent(), /first token \d+ ms · ≈?[\d.]+ tokens\/s · \d+ tokens/);
+    const reply = (await page.getByTestId('chat-assistant').textContent()).replace('tiny', '').trim();
+    assert.ok(reply.length > 0, 'the reply has text');
+    await settings.click();
+    await shot(page, 'chat');
+  });
+
+  await step('the Models page says when the engine has no library yet', async () => {
+    await page.getByTestId('nav-models').click();
+    await page.getByText('no model library yet').waitFor();
+  });
+
+  await step('the Models page lays out a library (its endpoints served by this test until the engine has them)', async () => {
+    const GiB = 1024 ** 3;
+    const fit = (verdict, needed, detail) => ({ verdict, context: 4096, needed_bytes: needed, gpu: { name: 'NVIDIA GeForce RTX 4070', free_bytes: 11 * GiB }, ram_free_bytes: 26 * GiB, detail });
+    const entry = (id, name, extra) => ({
+      id, name, repo: null, tag: null, format: 'gguf', path: `/models/${name}.gguf`, files: [], size_bytes: GiB, architecture: 'llama',
+      parameters: null, quantization: null, context_length: 4096, mmproj: null, source: 'models_dir', source_dir: '/models',
+      backends: ['llama_cpp'], downloaded: false, error: null, fit: fit('gpu', 1.4 * GiB, 'all layers on the GPU'), ...extra,
+    });
+    const library = [
+      entry('qwen3-8b', 'Qwen3-8B-Q4_K_M', { repo: 'Qwen/Qwen3-8B-GGUF', tag: 'Q4_K_M', source: 'huggingface', downloaded: true, size_bytes: 5 * GiB, parameters: 8.2e9, quantization: 'Q4_K_M', architecture: 'qwen3', context_length: 40960, fit: fit('gpu', 6.1 * GiB, 'all 37 layers on the GPU') }),
+      entry('gemma3-4b', 'gemma-3-4b-it-Q4_K_M', { source: 'lm_studio', size_bytes: 2.5 * GiB, parameters: 3.9e9, quantization: 'Q4_K_M', architecture: 'gemma3', mmproj: '/models/mmproj-gemma-3-4b.gguf', fit: fit('gpu', 3.2 * GiB, 'all layers on the GPU') }),
+      entry('llama70', 'Llama-3.3-70B-Instruct-Q4_K_M', { source: 'ollama', size_bytes: 40 * GiB, parameters: 70.6e9, quantization: 'Q4_K_M', fit: fit('none', 43 * GiB, 'needs 43 GiB; the GPU has 11 GiB and RAM 26 GiB free') }),
+      entry('phi4', 'Phi-4-mini-instruct', { format: 'safetensors', path: 'microsoft/Phi-4-mini-instruct', source: 'huggingface', size_bytes: 7.7 * GiB, parameters: 3.8e9, backends: ['vllm', 'mlx_lm'], fit: fit('cpu', 8.4 * GiB, 'does not fit the GPU\'s free memory: CPU only') }),
+    ];
+    const job = { id: 'j1', repo: 'ggml-org/SmolLM2-135M-Instruct-GGUF', tag: 'Q8_0', format: 'gguf', state: 'running', files_total: 1, files_done: 0, bytes_total: 145 * 1024 ** 2, bytes_done: 61 * 1024 ** 2, speed_bytes_per_s: 12 * 1024 ** 2, eta_s: 7, error: null, created_at: '2026-12-02T05:00:00Z', path: null };
+    const served = { '/api/v1/models': library, '/api/v1/models/jobs': [job] };
+    const servedHere = (url) => url.pathname in served;
+    await context.route(servedHere, (route) =>
+      route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(served[new URL(route.request().url()).pathname]) }));
+    try {
+      await page.reload();
+      await page.getByTestId('model-qwen3-8b').waitFor();
+      assert.equal(await page.getByTestId('fit-llama70').textContent(), "Won't fit");
+      assert.match(await page.getByTestId('download-job-j1').textContent(), /61\.0 MiB of 145 MiB · file 1 of 1 · 12\.0 MiB\/s · 7s left/);
+      await shot(page, 'models');
+      for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
+        await page.setViewportSize(size);
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `#/models at ${size.width}px scrolls sideways by ${overflow}px`);
+      }
+      await page.setViewportSize({ width: 1280, height: 800 });
+      // A model's link fills the form: backend, path, the context its fit was judged at, and all
+      // layers on the GPU.
+      await page.getByTestId('create-from-qwen3-8b').click();
+      await page.waitForFunction(() => document.querySelector('[data-testid="field-model"]')?.value === '/models/Qwen3-8B-Q4_K_M.gguf');
+      assert.equal(await page.getByTestId('field-ctx_size').inputValue(), '4096');
+      assert.equal(await page.getByTestId('field-gpu_layers').inputValue(), '999');
+      assert.equal(await page.getByTestId('field-name').inputValue(), 'qwen3-8b-q4_k_m');
+    } finally {
+      await context.unroute(servedHere);
+    }
+  });
+
   await step('every screen fits 1024x640 and a 390px phone without sideways scrolling', async () => {
-    const screens = ['#/', '#/new', '#/logs/tiny', '#/system', '#/connect'];
+    const screens = ['#/', '#/new', '#/logs/tiny', '#/chat', '#/models', '#/system', '#/connect'];
     for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
       await page.setViewportSize(size);
       for (const hash of screens) {

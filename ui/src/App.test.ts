@@ -81,6 +81,32 @@ describe('App', () => {
   });
 });
 
+describe('App, navigation', () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    location.hash = '#/';
+  });
+
+  it('numbers the pages in the order of the navigation', async () => {
+    fakeEngine({ 'GET /api/v1/events': () => liveSse().response, 'GET /api/v1/schema': () => json(schemaFixture) });
+    render(App);
+    const nav = screen.getByRole('navigation', { name: 'Main' });
+    expect([...nav.querySelectorAll('a')].map((a) => a.textContent)).toEqual(['Instances', 'Models', 'Chat', 'System', 'Connect']);
+    for (const [key, hash, heading] of [
+      ['2', '#/models', 'Models'],
+      ['3', '#/chat', 'Chat'],
+      ['4', '#/system', 'System'],
+      ['5', '#/connect', 'Connect'],
+      ['1', '#/', 'Instances'],
+    ]) {
+      await fireEvent.keyDown(window, { key });
+      await waitFor(() => expect(screen.getByRole('heading', { level: 1 }).textContent).toBe(heading));
+      expect(location.hash).toBe(hash);
+      expect(nav.querySelector('[aria-current="page"]')?.textContent).toBe(heading);
+    }
+  });
+});
+
 describe('App, failures', () => {
   afterEach(() => {
     vi.unstubAllGlobals();

@@ -1,8 +1,10 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { fireEvent, render, screen, waitFor } from '@testing-library/svelte';
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
 import InstanceForm from './InstanceForm.svelte';
 import { schemaFixture } from '../test/schema.fixture';
 import { fakeEngine, json } from '../test/engine';
+import { library } from '../test/models.fixture';
+import { prefillFor } from '../lib/models';
 
 const created = (name: string, body: Record<string, unknown>) => ({
   name,
@@ -64,7 +66,7 @@ describe('InstanceForm', () => {
     await fireEvent.click(screen.getByTestId('save-instance'));
 
     await waitFor(() => expect(location.hash).toBe('#/'));
-    expect(seen[0].body).toEqual({
+    expect(seen.find((r) => r.method === 'POST')?.body).toEqual({
       backend_type: 'llama_cpp',
       backend_options: { model: '/models/qwen.gguf', ctx_size: 4096, jinja: true },
       aliases: ['gpt-4o', 'qwen-latest'],
@@ -114,13 +116,14 @@ describe('InstanceForm', () => {
   });
 
   it('catches a bad number before asking the engine', async () => {
-    const { fetchMock } = fakeEngine({});
+    const { seen } = fakeEngine({});
     render(InstanceForm, { schema: schemaFixture });
     await fireEvent.input(screen.getByTestId('field-name'), { target: { value: 'ok' } });
     await fireEvent.input(screen.getByTestId('field-ctx_size'), { target: { value: '4k' } });
     await fireEvent.click(screen.getByTestId('save-instance'));
     expect(screen.getByText('Enter a whole number.')).toBeTruthy();
-    expect(fetchMock).not.toHaveBeenCalled();
+    // Only the model picker's look at the library: nothing was sent.
+    expect(seen.filter((r) => r.method !== 'GET')).toEqual([]);
   });
 
   it('fills the form from an imported command line', async () => {
@@ -144,7 +147,7 @@ describe('InstanceForm', () => {
     await fireEvent.click(screen.getByTestId('import-command-apply'));
 
     await waitFor(() => expect(screen.queryByTestId('import-command-text')).toBeNull());
-    expect(seen[0].body).toEqual({ command: text });
+    expect(seen.find((r) => r.method === 'POST')?.body).toEqual({ command: text });
     expect((screen.getByTestId('field-model') as HTMLInputElement).value).toBe('/models/Qwen3-8B-Q4_K_M.gguf');
     expect((screen.getByTestId('field-ctx_size') as HTMLInputElement).value).toBe('8192');
     expect((screen.getByTestId('field-flash_attn') as HTMLSelectElement).value).toBe('on');
@@ -164,6 +167,95 @@ describe('InstanceForm', () => {
     await fireEvent.input(screen.getByTestId('import-command-text'), { target: { value: 'vllm serve m --bogus' } });
     await fireEvent.click(screen.getByTestId('import-command-apply'));
     expect(await screen.findByText('unknown flag --bogus')).toBeTruthy();
+  });
+});
+
+describe('InstanceForm, with the model library', () => {
+  beforeEach(() => {
+    location.hash = '#/new';
+  });
+  afterEach(() => vi.unstubAllGlobals());
+
+  it('starts filled from a model of the library', async () => {
+    const { seen } = fakeEngine({
+      'GET /api/v1/models': () => json(library),
+      'POST /api/v1/instances/qwen3-8b-q4_k_m': (req) => json(created('qwen3-8b-q4_k_m', req.body as Record<string, unknown>), 201),
+    });
+    const schema = structuredClone(schemaFixture);
+    schema.backends.llama_cpp.options.push(
+      { name: 'gpu_layers', flag: '--gpu-layers', aliases: ['-ngl'], type: 'string', default: null, help: 'layers on the GPU', common: true, choices: null },
+      { name: 'mmproj', flag: '--mmproj', aliases: [], type: 'string', default: null, help: 'vision projector', common: false, choices: null },
+    );
+    render(InstanceForm, { schema, prefill: prefillFor(library[0]) });
+    await waitFor(() => expect((screen.getByTestId('field-model') as HTMLInputElement).value).toBe('/models/Qwen3-8B-Q4_K_M.gguf'));
+    expect((screen.getByTestId('field-name') as HTMLInputElement).value).toBe('qwen3-8b-q4_k_m');
+    expect((screen.getByTestId('field-ctx_size') as HTMLInputElement).value).toBe('8192');
+    expect((screen.getByTestId('field-gpu_layers') as HTMLInputElement).value).toBe('999');
+    expect((screen.getByTestId('field-mmproj') as HTMLInputElement).value).toBe('/hf/qwen/mmproj.gguf');
+    await fireEvent.click(screen.getByTestId('save-instance'));
+    await waitFor(() => expect(seen.some((r) => r.method === 'POST')).toBe(true));
+    expect(seen.find((r) => r.method === 'POST')?.body).toMatchObject({
+      backend_type: 'llama_cpp',
+      backend_options: { model: '/models/Qwen3-8B-Q4_K_M.gguf', ctx_size: 8192, gpu_layers: '999', mmproj: '/hf/qwen/mmproj.gguf' },
+    });
+  });
+
+  it('picks the model from the library, offering only what the backend can serve', async () => {
+    fakeEngine({ 'GET /api/v1/models': () => json(library) });
+    render(InstanceForm, { schema: schemaFixture });
+    const pick = await screen.findByTestId('pick-model');
+    expect(pick.textContent?.trim()).toBe('Library (2)');
+    await fireEvent.click(pick);
+    const dialog = screen.getByRole('dialog');
+    expect(within(dialog).queryByTestId('pick-phi-mlx')).toBeNull();
+    await fireEvent.input(within(dialog).getByTestId('pick-model-search'), { target: { value: '70b' } });
+    expect(within(dialog).queryByTestId('pick-qwen')).toBeNull();
+    await fireEvent.click(within(dialog).getByTestId('pick-llama70'));
+    expect(screen.queryByRole('dialog')).toBeNull();
+    expect((screen.getByTestId('field-model') as HTMLInputElement).value).toBe('/models/Llama-3.3-70B-Q4_K_M.gguf');
+    expect((screen.getByTestId('field-name') as HTMLInputElement).value).toBe('llama-3-3-70b-q4_k_m');
+    // A typed path is still a path.
+    await fireEvent.input(screen.getByTestId('field-model'), { target: { value: '/elsewhere/m.gguf' } });
+    expect((screen.getByTestId('field-model') as HTMLInputElement).value).toBe('/elsewhere/m.gguf');
+  });
+
+  it('has no picker on an engine without a library', async () => {
+    const { seen } = fakeEngine({});
+    render(InstanceForm, { schema: schemaFixture });
+    await waitFor(() => expect(seen.some((r) => r.path === '/api/v1/models')).toBe(true));
+    // Let the 404 settle (a macrotask: the fake's answer and its handlers are microtasks).
+    await new Promise((r) => setTimeout(r, 0));
+    expect(screen.getByTestId('field-model')).toBeTruthy();
+    expect(screen.queryByTestId('pick-model')).toBeNull();
+  });
+
+  it('explains a backend that is not installed, with the engine\'s advice', async () => {
+    fakeEngine({
+      'POST /api/v1/instances/v': () =>
+        json({ error: 'backend_not_installed', details: 'vllm is not installed: `vllm` is not on PATH. Install vLLM with pip: pip install vllm' }, 422),
+    });
+    render(InstanceForm, { schema: schemaFixture });
+    await fireEvent.change(screen.getByTestId('field-backend_type'), { target: { value: 'vllm' } });
+    await fireEvent.input(screen.getByTestId('field-name'), { target: { value: 'v' } });
+    await fireEvent.input(screen.getByTestId('field-model'), { target: { value: 'Qwen/Qwen3-8B' } });
+    await fireEvent.click(screen.getByTestId('save-instance'));
+    const notice = await screen.findByTestId('backend-not-installed');
+    expect(notice.textContent).toContain('vLLM is not installed on this machine.');
+    expect(notice.textContent).toContain('Install vLLM with pip: pip install vllm');
+    expect(location.hash).toBe('#/new');
+  });
+
+  it('shows a model that is not there at the model field', async () => {
+    fakeEngine({
+      'POST /api/v1/instances/m': () => json({ error: 'model_not_found', details: 'no file at /models/gone.gguf' }, 400),
+    });
+    render(InstanceForm, { schema: schemaFixture });
+    await fireEvent.input(screen.getByTestId('field-name'), { target: { value: 'm' } });
+    await fireEvent.input(screen.getByTestId('field-model'), { target: { value: '/models/gone.gguf' } });
+    await fireEvent.click(screen.getByTestId('save-instance'));
+    const field = screen.getByTestId('field-model');
+    await waitFor(() => expect(field.getAttribute('aria-invalid')).toBe('true'));
+    expect(document.getElementById(field.getAttribute('aria-describedby')!)?.textContent).toBe('no file at /models/gone.gguf');
   });
 });
 

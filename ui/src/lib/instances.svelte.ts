@@ -1,8 +1,11 @@
 // The instances the UI shows, kept current by the engine's event stream (`/api/v1/events`):
 // a snapshot on every (re)connection, then one event per change. Engines without the stream get
-// a gentle poll instead.
+// a gentle poll instead. The same stream carries model downloads (`download`), kept in
+// downloads.svelte.ts.
 
 import { api, API } from './api';
+import { upsertJob } from './downloads.svelte';
+import type { DownloadJob } from './models';
 import { followStream, type StreamState } from './sse';
 import { toast } from './toasts.svelte';
 import type { Instance } from './types';
@@ -51,6 +54,9 @@ export function applyEvent(event: string, data: string): boolean {
     }
     case 'deleted':
       forget((JSON.parse(data) as { name: string }).name);
+      return true;
+    case 'download':
+      upsertJob(JSON.parse(data) as DownloadJob);
       return true;
     default:
       return false;

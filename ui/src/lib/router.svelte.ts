@@ -1,27 +1,50 @@
-// Hash routes (`#/`, `#/new`, `#/edit/<name>`, `#/logs/<name>`, `#/system`, `#/connect`): they
-// work the same from the embedded files, the dev server and the desktop window.
+// Hash routes (`#/`, `#/new`, `#/edit/<name>`, `#/logs/<name>`, `#/chat[/<name>]`, `#/models`,
+// `#/system`, `#/connect`): they work the same from the embedded files, the dev server and the
+// desktop window.
 
 import { takeKeyFromHash } from './auth.svelte';
 
+/** A new instance's form filled in advance (from a model of the library): `#/new?backend=…&model=…`. */
+export interface Prefill {
+  backend_type: string;
+  /** Backend options as the form's inputs hold them (text). */
+  backend_options: Record<string, string>;
+}
+
 export type Route =
   | { page: 'dashboard' }
-  | { page: 'new'; import?: boolean }
+  | { page: 'new'; import?: boolean; prefill?: Prefill }
   | { page: 'edit'; name: string }
   | { page: 'logs'; name: string }
+  | { page: 'chat'; name?: string }
+  /** `download`: a repository to put in the download box (the guided start suggests one). */
+  | { page: 'models'; download?: string }
   | { page: 'system' }
   | { page: 'connect' };
 
 export function parseRoute(hash: string): Route {
   const [path, query = ''] = hash.replace(/^#\/?/, '').split('?');
+  const params = new URLSearchParams(query);
   const parts = path.split('/');
   const name = decodeURIComponent(parts[1] ?? '');
   switch (parts[0]) {
-    case 'new':
-      return { page: 'new', import: query.split('&').includes('import') };
+    case 'new': {
+      const backend = params.get('backend');
+      if (!backend) return { page: 'new', import: params.has('import') };
+      const backend_options: Record<string, string> = {};
+      for (const [key, value] of params) if (key !== 'backend') backend_options[key] = value;
+      return { page: 'new', prefill: { backend_type: backend, backend_options } };
+    }
     case 'edit':
       return name ? { page: 'edit', name } : { page: 'dashboard' };
     case 'logs':
       return name ? { page: 'logs', name } : { page: 'dashboard' };
+    case 'chat':
+      return name ? { page: 'chat', name } : { page: 'chat' };
+    case 'models': {
+      const download = params.get('download');
+      return download ? { page: 'models', download } : { page: 'models' };
+    }
     case 'system':
       return { page: 'system' };
     case 'connect':
@@ -36,10 +59,18 @@ export function href(route: Route): string {
     case 'dashboard':
       return '#/';
     case 'new':
+      if (route.prefill) {
+        const params = new URLSearchParams({ backend: route.prefill.backend_type, ...route.prefill.backend_options });
+        return `#/new?${params}`;
+      }
       return route.import ? '#/new?import' : '#/new';
     case 'edit':
     case 'logs':
       return `#/${route.page}/${encodeURIComponent(route.name)}`;
+    case 'chat':
+      return route.name ? `#/chat/${encodeURIComponent(route.name)}` : '#/chat';
+    case 'models':
+      return route.download ? `#/models?${new URLSearchParams({ download: route.download })}` : '#/models';
     default:
       return `#/${route.page}`;
   }

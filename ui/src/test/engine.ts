@@ -46,7 +46,7 @@ export function fakeEngine(routes: Record<string, Handler>) {
 }
 
 /** An event stream the test writes to as it goes. */
-export function liveSse(): { response: Response; push: (chunk: string) => void } {
+export function liveSse(): { response: Response; push: (chunk: string) => void; close: () => void } {
   const encoder = new TextEncoder();
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   const body = new ReadableStream<Uint8Array>({
@@ -57,5 +57,6 @@ export function liveSse(): { response: Response; push: (chunk: string) => void }
   return {
     response: new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }),
     push: (chunk) => controller.enqueue(encoder.encode(chunk)),
+    close: () => controller.close(),
   };
 }

@@ -24,3 +24,5 @@ if (!('ResizeObserver' in window)) {
     disconnect() {}
   };
 }
+// The chat follows its reply down the page; jsdom has no layout to scroll.
+window.scrollTo = () => {};

@@ -1,0 +1,88 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { setKey } from './auth.svelte';
+import { ChatError, streamChat } from './chat';
+import { fakeEngine, json, sse } from '../test/engine';
+
+const chunk = (delta: Record<string, string>, extra: Record<string, unknown> = {}) =>
+  `data: ${JSON.stringify({ choices: [{ index: 0, delta, finish_reason: null }], ...extra })}\n\n`;
+
+/** A clock that moves 100 ms each time it is read. */
+function ticking() {
+  let t = 0;
+  return () => (t += 100);
+}
+
+describe('streamChat', () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    setKey('');
+  });
+
+  it('sends the instance as the model with the key and settings, and times the reply by its usage', async () => {
+    setKey('k1');
+    const { seen } = fakeEngine({
+      'POST /v1/chat/completions': () =>
+        sse(
+          [
+            chunk({ reasoning_content: 'hmm' }),
+            chunk({ content: 'Hel' }),
+            chunk({ content: 'lo' }),
+            `data: ${JSON.stringify({ choices: [], usage: { prompt_tokens: 7, completion_tokens: 5 } })}\n\n`,
+            'data: [DONE]\n\n',
+          ],
+          false,
+        ),
+    });
+    const updates: string[] = [];
+    const reply = await streamChat('tiny', [{ role: 'user', content: 'Hi' }], { temperature: 0.2, seed: 3 }, {
+      now: ticking(),
+      onUpdate: (r) => updates.push(r.content),
+    });
+    expect(seen[0].headers.authorization).toBe('Bearer k1');
+    expect(seen[0].body).toEqual({
+      model: 'tiny',
+      messages: [{ role: 'user', content: 'Hi' }],
+      stream: true,
+      stream_options: { include_usage: true },
+      temperature: 0.2,
+      seed: 3,
+    });
+    expect(reply.content).toBe('Hello');
+    expect(reply.reasoning).toBe('hmm');
+    expect(updates).toContain('Hel');
+    // Sent at 100; tokens at 200, 300, 400: the first after 100 ms, then 4 more tokens in 200 ms.
+    expect(reply.stats).toEqual({ ttftMs: 100, tokensPerSecond: 20, completionTokens: 5, promptTokens: 7, fromUsage: true });
+  });
+
+  it('counts the chunks when the backend sends no usage', async () => {
+    fakeEngine({ 'POST /v1/chat/completions': () => sse([chunk({ content: 'a' }), chunk({ content: 'b' }), chunk({ content: 'c' })], false) });
+    const reply = await streamChat('tiny', [], {}, { now: ticking() });
+    expect(reply.stats).toMatchObject({ completionTokens: 3, tokensPerSecond: 10, fromUsage: false });
+  });
+
+  it('reports the engine\'s error for an unknown model', async () => {
+    fakeEngine({
+      'POST /v1/chat/completions': () => json({ error: { message: 'no instance named ghost', type: 'invalid_request_error' } }, 404),
+    });
+    const failure = await streamChat('ghost', [], {}).catch((e) => e);
+    expect(failure).toBeInstanceOf(ChatError);
+    expect(failure).toMatchObject({ status: 404, message: 'no instance named ghost' });
+  });
+
+  it('reports an error the backend sends in the middle of the stream', async () => {
+    fakeEngine({
+      'POST /v1/chat/completions': () => sse([chunk({ content: 'par' }), `data: ${JSON.stringify({ error: { message: 'context full' } })}\n\n`], false),
+    });
+    await expect(streamChat('tiny', [], {})).rejects.toThrow('context full');
+  });
+
+  it('keeps what arrived when it is stopped', async () => {
+    fakeEngine({ 'POST /v1/chat/completions': () => sse([chunk({ content: 'partial' })]) });
+    const controller = new AbortController();
+    const reply = await streamChat('tiny', [], {}, {
+      signal: controller.signal,
+      onUpdate: (r) => r.content && controller.abort(),
+    });
+    expect(reply.content).toBe('partial');
+  });
+});

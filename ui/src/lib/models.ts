@@ -1,0 +1,155 @@
+// The model library and the backends, as the engine reports them (`/api/v1/models`,
+// `/api/v1/models/jobs`, `/api/v1/backends`), and what the UI derives from them: the fit in
+// words, and the instance form filled from a model.
+//
+// These endpoints are newer than the engine's OpenAPI document in ./api/openapi.json, so the types
+// are written here; once the engine publishes them, they become aliases in ./types.ts like the rest.
+
+import { request } from './api';
+import type { Prefill } from './router.svelte';
+
+export type ModelBackend = 'llama_cpp' | 'mlx_lm' | 'vllm';
+export type ModelFormat = 'gguf' | 'safetensors' | 'mlx';
+export type ModelSource = 'huggingface' | 'llama_cpp' | 'lm_studio' | 'ollama' | 'models_dir';
+
+/** Whether a model fits this machine at `context` tokens, and why. */
+export interface Fit {
+  verdict: 'gpu' | 'cpu' | 'none' | 'unknown';
+  context: number;
+  needed_bytes: number;
+  gpu: { name: string; free_bytes: number } | null;
+  ram_free_bytes: number;
+  detail: string;
+}
+
+/** A model found on this machine (`GET /api/v1/models`). */
+export interface Model {
+  id: string;
+  name: string;
+  repo: string | null;
+  tag: string | null;
+  format: ModelFormat;
+  /** The value for `backend_options.model`. */
+  path: string;
+  files: { path: string; size_bytes: number }[];
+  size_bytes: number;
+  architecture: string | null;
+  parameters: number | null;
+  quantization: string | null;
+  context_length: number | null;
+  /** The vision projector paired with the model, if any. */
+  mmproj: string | null;
+  source: ModelSource;
+  source_dir: string;
+  /** The backends that can serve it, the best first. */
+  backends: ModelBackend[];
+  /** Corral downloaded it, so Corral may delete it. */
+  downloaded: boolean;
+  error: string | null;
+  fit: Fit;
+}
+
+export type JobState = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+/** A download (`GET /api/v1/models/jobs`; live as `download` events on `/api/v1/events`). */
+export interface DownloadJob {
+  id: string;
+  repo: string;
+  tag: string | null;
+  format: ModelFormat | null;
+  state: JobState;
+  files_total: number;
+  files_done: number;
+  bytes_total: number;
+  bytes_done: number;
+  speed_bytes_per_s: number;
+  eta_s: number | null;
+  error: string | null;
+  /** RFC 3339. */
+  created_at: string;
+  path: string | null;
+}
+
+/** A backend and whether this machine has it (`GET /api/v1/backends`). */
+export interface BackendInfo {
+  backend: ModelBackend;
+  installed: boolean;
+  command: string;
+  path: string | null;
+  version: string | null;
+  error: string | null;
+  install: { summary: string; commands: string[] } | null;
+}
+
+async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
+  const response = await request(path, init);
+  return response.status === 204 ? (undefined as T) : ((await response.json()) as T);
+}
+
+export const modelsApi = {
+  list: () => json<Model[]>('/models'),
+  remove: (model: Pick<Model, 'repo' | 'tag'>) => {
+    const query = new URLSearchParams({ repo: model.repo ?? '' });
+    if (model.tag) query.set('tag', model.tag);
+    return json<void>(`/models?${query}`, { method: 'DELETE' });
+  },
+  download: (repo: string, format?: 'gguf' | 'safetensors') =>
+    json<{ job_id: string; repo: string; tag: string | null }>('/models/download', {
+      method: 'POST',
+      body: JSON.stringify(format ? { repo, format } : { repo }),
+      headers: { 'Content-Type': 'application/json' },
+    }),
+  jobs: () => json<DownloadJob[]>('/models/jobs'),
+  /** Answers the job, cancelled. */
+  cancel: (id: string) => json<DownloadJob>(`/models/jobs/${encodeURIComponent(id)}`, { method: 'DELETE' }),
+  backends: () => json<BackendInfo[]>('/backends'),
+};
+
+/** The guided start's suggestion: small enough to download in seconds and run on any CPU. */
+export const STARTER_MODEL = 'ggml-org/SmolLM2-135M-Instruct-GGUF:Q8_0';
+
+export const BACKEND_LABELS: Record<ModelBackend, string> = { llama_cpp: 'llama.cpp', mlx_lm: 'MLX', vllm: 'vLLM' };
+export const SOURCE_LABELS: Record<ModelSource, string> = {
+  huggingface: 'Hugging Face cache',
+  llama_cpp: 'llama.cpp cache',
+  lm_studio: 'LM Studio',
+  ollama: 'Ollama',
+  models_dir: 'Models folder',
+};
+
+export const FIT_LABELS: Record<Fit['verdict'], string> = {
+  gpu: 'Fits on the GPU',
+  cpu: 'CPU only',
+  none: "Won't fit",
+  unknown: 'Fit unknown',
+};
+
+/**
+ * The instance form filled from a model: its first backend, the path, and what the fit allows.
+ * The context is the model's own, but no more than the fit was judged at (the engine caps it):
+ * a verdict of "fits on the GPU" holds for that context, not for a 128k one.
+ */
+export function prefillFor(model: Model): Prefill {
+  const backend = model.backends[0] ?? (model.format === 'gguf' ? 'llama_cpp' : 'vllm');
+  const options: Record<string, string> = { model: model.path };
+  if (backend === 'llama_cpp') {
+    if (model.context_length) options.ctx_size = String(Math.min(model.context_length, model.fit.context || model.context_length));
+    if (model.mmproj) options.mmproj = model.mmproj;
+    // 999 layers is "all of them" to llama-server; 0 keeps it off a GPU it would not fit.
+    options.gpu_layers = model.fit.verdict === 'gpu' ? '999' : '0';
+  }
+  return { backend_type: backend, backend_options: options };
+}
+
+/** `1234567890` parameters as people say them: `1.2B`. */
+export function parameterCount(n: number | null): string | null {
+  if (n == null) return null;
+  if (n >= 1e9) return `${(n / 1e9).toFixed(n >= 1e10 ? 0 : 1)}B`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
+  return String(n);
+}
+
+/** True for a job that is not over yet. */
+export function active(job: DownloadJob): boolean {
+  return job.state === 'queued' || job.state === 'running';
+}
