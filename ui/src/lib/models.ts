@@ -2,52 +2,22 @@
 // `/api/v1/models/jobs`, `/api/v1/backends`), and what the UI derives from them: the fit in
 // words, and the instance form filled from a model.
 //
-// These endpoints are newer than the engine's OpenAPI document in ./api/openapi.json, so the types
-// are written here; once the engine publishes them, they become aliases in ./types.ts like the rest.
+// The library's and the backends' types are the engine's (./api/schema.d.ts); the download jobs'
+// are written here until the engine's document has them.
 
 import { request } from './api';
+import type { components } from './api/schema';
 import type { Prefill } from './router.svelte';
 
-export type ModelBackend = 'llama_cpp' | 'mlx_lm' | 'vllm';
-export type ModelFormat = 'gguf' | 'safetensors' | 'mlx';
-export type ModelSource = 'huggingface' | 'llama_cpp' | 'lm_studio' | 'ollama' | 'models_dir';
+type Schemas = components['schemas'];
 
+export type ModelBackend = Schemas['BackendType'];
+export type ModelFormat = Schemas['Format'];
+export type ModelSource = Schemas['SourceKind'];
 /** Whether a model fits this machine at `context` tokens, and why. */
-export interface Fit {
-  verdict: 'gpu' | 'cpu' | 'none' | 'unknown';
-  context: number;
-  needed_bytes: number;
-  gpu: { name: string; free_bytes: number } | null;
-  ram_free_bytes: number;
-  detail: string;
-}
-
+export type Fit = Schemas['Fit'];
 /** A model found on this machine (`GET /api/v1/models`). */
-export interface Model {
-  id: string;
-  name: string;
-  repo: string | null;
-  tag: string | null;
-  format: ModelFormat;
-  /** The value for `backend_options.model`. */
-  path: string;
-  files: { path: string; size_bytes: number }[];
-  size_bytes: number;
-  architecture: string | null;
-  parameters: number | null;
-  quantization: string | null;
-  context_length: number | null;
-  /** The vision projector paired with the model, if any. */
-  mmproj: string | null;
-  source: ModelSource;
-  source_dir: string;
-  /** The backends that can serve it, the best first. */
-  backends: ModelBackend[];
-  /** Corral downloaded it, so Corral may delete it. */
-  downloaded: boolean;
-  error: string | null;
-  fit: Fit;
-}
+export type Model = Schemas['ModelEntry'];
 
 export type JobState = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
 
@@ -71,15 +41,7 @@ export interface DownloadJob {
 }
 
 /** A backend and whether this machine has it (`GET /api/v1/backends`). */
-export interface BackendInfo {
-  backend: ModelBackend;
-  installed: boolean;
-  command: string;
-  path: string | null;
-  version: string | null;
-  error: string | null;
-  install: { summary: string; commands: string[] } | null;
-}
+export type BackendInfo = Schemas['Installation'];
 
 async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
   const response = await request(path, init);
@@ -142,7 +104,7 @@ export function prefillFor(model: Model): Prefill {
 }
 
 /** `1234567890` parameters as people say them: `1.2B`. */
-export function parameterCount(n: number | null): string | null {
+export function parameterCount(n: number | null | undefined): string | null {
   if (n == null) return null;
   if (n >= 1e9) return `${(n / 1e9).toFixed(n >= 1e10 ? 0 : 1)}B`;
   if (n >= 1e6) return `${Math.round(n / 1e6)}M`;

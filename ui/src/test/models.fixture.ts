@@ -48,13 +48,14 @@ export const library: Model[] = [
 ];
 
 export const backendsFixture: BackendInfo[] = [
-  { backend: 'llama_cpp', installed: true, command: 'llama-server', path: '/usr/bin/llama-server', version: 'b6000', error: null, install: null },
+  { backend: 'llama_cpp', installed: true, command: 'llama-server', path: '/usr/bin/llama-server', version: 'b6000', devices: ['CPU'], error: null, install: null },
   {
     backend: 'vllm',
     installed: false,
     command: 'vllm',
     path: null,
     version: null,
+    devices: [],
     error: 'not found on PATH',
     install: { summary: 'vLLM is a Python package; it needs an NVIDIA GPU.', commands: ['pip install vllm'] },
   },
