@@ -12,7 +12,7 @@
 // fixes the engine's port so that server can proxy to it.
 
 import { spawn } from 'node:child_process';
-import { appendFile, mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -61,6 +61,44 @@ async function step(name, fn) {
   }
 }
 
+/**
+ * The tiny model laid out as each tool keeps its models, under a home folder of its own: the
+ * Hugging Face cache (a snapshot symlink to a blob), llama.cpp's cache, LM Studio's folders,
+ * Ollama's store (a blob named by its digest, and its manifest) and a models.dirs folder.
+ * Answers the environment that points the engine's library at them.
+ */
+async function layOutModels(dir) {
+  const home = join(dir, 'home');
+  const place = async (path) => {
+    await mkdir(dirname(path), { recursive: true });
+    await copyFile(model, path);
+  };
+  const repo = join(home, '.cache/huggingface/hub/models--corral--tiny-GGUF');
+  await place(join(repo, 'blobs/0123abcd'));
+  await mkdir(join(repo, 'snapshots/c0ffee'), { recursive: true });
+  await symlink('../../blobs/0123abcd', join(repo, 'snapshots/c0ffee/tiny-F32.gguf'));
+  await mkdir(join(repo, 'refs'), { recursive: true });
+  await writeFile(join(repo, 'refs/main'), 'c0ffee');
+  await place(join(home, '.cache/llama.cpp/corral_tiny-GGUF_tiny-F32.gguf'));
+  await place(join(home, '.lmstudio/models/corral/tiny-GGUF/tiny-F32.gguf'));
+  const digest = '7e57'.padStart(64, '0');
+  await place(join(home, `.ollama/models/blobs/sha256-${digest}`));
+  const manifest = join(home, '.ollama/models/manifests/registry.ollama.ai/library/tiny/latest');
+  await mkdir(dirname(manifest), { recursive: true });
+  await writeFile(manifest, JSON.stringify({ layers: [{ mediaType: 'application/vnd.ollama.image.model', digest: `sha256:${digest}` }] }));
+  await place(join(dir, 'my-models/tiny.gguf'));
+  const cache = join(home, '.cache');
+  return {
+    HOME: home,
+    XDG_CACHE_HOME: cache,
+    HF_HOME: join(cache, 'huggingface'),
+    HF_HUB_CACHE: join(cache, 'huggingface/hub'),
+    LLAMA_CACHE: join(cache, 'llama.cpp'),
+    OLLAMA_MODELS: join(home, '.ollama/models'),
+    CORRAL_MODELS_DIRS: join(dir, 'my-models'),
+  };
+}
+
 /** `corral serve` on a free port over a fresh data folder; resolves to its base URL. */
 async function startEngine(dir) {
   const config = join(dir, 'config.yaml');
@@ -85,8 +123,10 @@ async function startEngine(dir) {
       '',
     ].join('\n'),
   );
+  const env = { ...process.env, ...(await layOutModels(dir)) };
   const child = spawn(corralBin, ['serve', '--port', process.env.E2E_ENGINE_PORT ?? '0', '--config', config, '--data-dir', join(dir, 'data')], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env,
   });
   const log = [];
   child.stderr.on('data', (chunk) => log.push(String(chunk)));
@@ -286,52 +326,33 @@ try {
     await shot(page, 'chat');
   });
 
-  await step('the Models page says when the engine has no library yet', async () => {
+  await step('the Models page lists the tiny model from every source layout', async () => {
     await page.getByTestId('nav-models').click();
-    await page.getByText('no model library yet').waitFor();
+    const entries = page.locator('[data-testid^="model-"]');
+    await until(async () => (await entries.count()) === 5, 'five library entries are listed', SLOW);
+    const text = await page.locator('main').textContent();
+    for (const source of ['Hugging Face cache', 'llama.cpp cache', 'LM Studio', 'Ollama', 'Models folder']) {
+      assert.ok(text.includes(source), `the page names the source ${source}`);
+    }
+    const library = await (await fetch(`${engine.base}/api/v1/models`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    for (const m of library) {
+      const verdict = await page.getByTestId(`fit-${m.id}`).textContent();
+      assert.ok(['Fits on the GPU', 'CPU only'].includes(verdict.trim()), `${m.id} fits: ${verdict}`);
+    }
+    await shot(page, 'models');
   });
 
-  await step('the Models page lays out a library (its endpoints served by this test until the engine has them)', async () => {
-    const GiB = 1024 ** 3;
-    const fit = (verdict, needed, detail) => ({ verdict, context: 4096, needed_bytes: needed, gpu: { name: 'NVIDIA GeForce RTX 4070', free_bytes: 11 * GiB }, ram_free_bytes: 26 * GiB, detail });
-    const entry = (id, name, extra) => ({
-      id, name, repo: null, tag: null, format: 'gguf', path: `/models/${name}.gguf`, files: [], size_bytes: GiB, architecture: 'llama',
-      parameters: null, quantization: null, context_length: 4096, mmproj: null, source: 'models_dir', source_dir: '/models',
-      backends: ['llama_cpp'], downloaded: false, error: null, fit: fit('gpu', 1.4 * GiB, 'all layers on the GPU'), ...extra,
-    });
-    const library = [
-      entry('qwen3-8b', 'Qwen3-8B-Q4_K_M', { repo: 'Qwen/Qwen3-8B-GGUF', tag: 'Q4_K_M', source: 'huggingface', downloaded: true, size_bytes: 5 * GiB, parameters: 8.2e9, quantization: 'Q4_K_M', architecture: 'qwen3', context_length: 40960, fit: fit('gpu', 6.1 * GiB, 'all 37 layers on the GPU') }),
-      entry('gemma3-4b', 'gemma-3-4b-it-Q4_K_M', { source: 'lm_studio', size_bytes: 2.5 * GiB, parameters: 3.9e9, quantization: 'Q4_K_M', architecture: 'gemma3', mmproj: '/models/mmproj-gemma-3-4b.gguf', fit: fit('gpu', 3.2 * GiB, 'all layers on the GPU') }),
-      entry('llama70', 'Llama-3.3-70B-Instruct-Q4_K_M', { source: 'ollama', size_bytes: 40 * GiB, parameters: 70.6e9, quantization: 'Q4_K_M', fit: fit('none', 43 * GiB, 'needs 43 GiB; the GPU has 11 GiB and RAM 26 GiB free') }),
-      entry('phi4', 'Phi-4-mini-instruct', { format: 'safetensors', path: 'microsoft/Phi-4-mini-instruct', source: 'huggingface', size_bytes: 7.7 * GiB, parameters: 3.8e9, backends: ['vllm', 'mlx_lm'], fit: fit('cpu', 8.4 * GiB, 'does not fit the GPU\'s free memory: CPU only') }),
-    ];
-    const job = { id: 'j1', repo: 'ggml-org/SmolLM2-135M-Instruct-GGUF', tag: 'Q8_0', format: 'gguf', state: 'running', files_total: 1, files_done: 0, bytes_total: 145 * 1024 ** 2, bytes_done: 61 * 1024 ** 2, speed_bytes_per_s: 12 * 1024 ** 2, eta_s: 7, error: null, created_at: '2026-12-02T05:00:00Z', path: null };
-    const served = { '/api/v1/models': library, '/api/v1/models/jobs': [job] };
-    const servedHere = (url) => url.pathname in served;
-    await context.route(servedHere, (route) =>
-      route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(served[new URL(route.request().url()).pathname]) }));
-    try {
-      await page.reload();
-      await page.getByTestId('model-qwen3-8b').waitFor();
-      assert.equal(await page.getByTestId('fit-llama70').textContent(), "Won't fit");
-      assert.match(await page.getByTestId('download-job-j1').textContent(), /61\.0 MiB of 145 MiB · file 1 of 1 · 12\.0 MiB\/s · 7s left/);
-      await shot(page, 'models');
-      for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
-        await page.setViewportSize(size);
-        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-        assert.ok(overflow <= 0, `#/models at ${size.width}px scrolls sideways by ${overflow}px`);
-      }
-      await page.setViewportSize({ width: 1280, height: 800 });
-      // A model's link fills the form: backend, path, the context its fit was judged at, and all
-      // layers on the GPU.
-      await page.getByTestId('create-from-qwen3-8b').click();
-      await page.waitForFunction(() => document.querySelector('[data-testid="field-model"]')?.value === '/models/Qwen3-8B-Q4_K_M.gguf');
-      assert.equal(await page.getByTestId('field-ctx_size').inputValue(), '4096');
-      assert.equal(await page.getByTestId('field-gpu_layers').inputValue(), '999');
-      assert.equal(await page.getByTestId('field-name').inputValue(), 'qwen3-8b-q4_k_m');
-    } finally {
-      await context.unroute(servedHere);
-    }
+  await step('an instance created from a library entry (an Ollama blob) runs and chats', async () => {
+    const library = await (await fetch(`${engine.base}/api/v1/models`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    const ollama = library.find((m) => m.source === 'ollama');
+    await page.getByTestId(`create-from-${ollama.id}`).click();
+    await page.waitForFunction((p) => document.querySelector('[data-testid="field-model"]')?.value === p, ollama.path);
+    await page.getByTestId('field-name').fill('from-library');
+    await page.getByTestId('save-instance').click();
+    await card('from-library').waitFor();
+    await waitStatus('from-library', 'running');
+    await until(async () => (await getInstance('from-library')).health === 'ready', 'from-library is ready', SLOW);
+    await chat('from-library');
   });
 
   await step('every screen fits 1024x640 and a 390px phone without sideways scrolling', async () => {
@@ -465,6 +486,9 @@ try {
     await page.getByTestId('delete-imported').click();
     await page.getByTestId('confirm-delete').click();
     await card('imported').waitFor({ state: 'detached' });
+    await page.getByTestId('delete-from-library').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('from-library').waitFor({ state: 'detached' });
     await page.getByText('Run your first model').waitFor();
     const left = await (await fetch(`${engine.base}/api/v1/instances`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
     assert.deepEqual(left, []);
