@@ -1,10 +1,11 @@
-//! The HTTP API: management routes under /api/v1, the inference routes under /v1, auth, errors
-//! and the OpenAPI document.
+//! The HTTP API: management routes under /api/v1 (instances, backends, system, model downloads),
+//! the inference routes under /v1, auth, errors and the OpenAPI document.
 
 pub mod auth;
 mod backends;
 pub mod body;
 pub mod desktop;
+mod downloads;
 pub mod error;
 mod events;
 pub mod host;
@@ -24,12 +25,13 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::devices::{Devices, ProbeEnv};
+use crate::downloads::Downloads;
 use crate::instances::Registry;
 use crate::relay::Relay;
 use error::ApiError;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The desktop app's controls when the engine runs inside it; `None` when headless.
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
+    /// Model downloads from Hugging Face.
+    pub downloads: Arc<Downloads>,
 }
 
 /// What the handlers see: the app state and the relay to the backends.
@@ -54,6 +58,8 @@ pub struct Api {
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
     /// Tickets and sessions of backend pages opened through the per-instance proxy.
     pub passes: Arc<auth::ProxyPasses>,
+    /// Model downloads: the jobs, their events, what Corral downloaded.
+    pub downloads: Arc<Downloads>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -79,6 +85,7 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
         desktop: state.desktop,
         passes: Arc::new(auth::ProxyPasses::default()),
+        downloads: state.downloads,
     };
     let management_auth = auth::ManagementAuth {
         config: Arc::clone(&config),
@@ -119,6 +126,13 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
+        .route("/models", delete(downloads::delete_model))
+        .route("/models/download", post(downloads::download))
+        .route("/models/jobs", get(downloads::jobs))
+        .route(
+            "/models/jobs/{id}",
+            get(downloads::job).delete(downloads::cancel),
+        )
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/events", get(events::events))
         .route("/schema", get(schema::schema))

@@ -83,6 +83,7 @@ pub struct Engine {
     pub client: reqwest::Client,
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
+    pub downloads: Arc<corral::downloads::Downloads>,
     engine: corral::Engine,
 }
 
@@ -99,6 +100,7 @@ impl Engine {
                 .unwrap(),
             registry: Arc::clone(engine.registry()),
             config: Arc::clone(&engine.config),
+            downloads: Arc::clone(engine.downloads()),
             engine,
         }
     }
