@@ -239,7 +239,20 @@ impl Writer {
             let mut file = open(&path)?;
             let mut length = hash_prefix(&mut file, have, &mut hasher)?;
             let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-            while let Some(chunk) = chunks.blocking_recv() {
+            loop {
+                // Buffered while chunks queue up; flushed whenever the queue runs dry, so a
+                // crash loses at most one buffer of what arrived.
+                let chunk = match chunks.try_recv() {
+                    Ok(chunk) => chunk,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        out.flush()?;
+                        match chunks.blocking_recv() {
+                            Some(chunk) => chunk,
+                            None => break,
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                };
                 match chunk {
                     Chunk::Data(bytes) => {
                         out.write_all(&bytes)?;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod fake_hub;
 pub mod raw_http;
 
 use std::collections::BTreeMap;
