@@ -150,7 +150,7 @@ impl Hub {
                 .await?;
             let status = response.status();
             let headers = response.headers();
-            let etag = header(headers, "x-linked-etag").or_else(|| header(headers, ETAG.as_str()));
+            let linked = header(headers, "x-linked-etag");
             if status.is_redirection() {
                 let location = header(headers, LOCATION.as_str()).ok_or_else(|| {
                     DownloadError::Protocol(format!("a redirect without Location for {file}"))
@@ -164,9 +164,9 @@ impl Hub {
                         next.scheme()
                     )));
                 }
-                // The LFS redirect to the CDN carries the metadata; a plain one (a renamed
-                // repository) is followed.
-                if let Some(etag) = etag {
+                // The LFS redirect to the CDN carries the metadata; any other (a renamed
+                // repository, the hub's resolve cache) is followed.
+                if let Some(etag) = linked {
                     let size = header(headers, "x-linked-size").ok_or_else(|| {
                         DownloadError::Protocol(format!("no X-Linked-Size for {file}"))
                     })?;
@@ -180,8 +180,9 @@ impl Hub {
                 continue;
             }
             check_status(status, repo, Some(file))?;
-            let etag =
-                etag.ok_or_else(|| DownloadError::Protocol(format!("no ETag for {file}")))?;
+            let etag = linked
+                .or_else(|| header(headers, ETAG.as_str()))
+                .ok_or_else(|| DownloadError::Protocol(format!("no ETag for {file}")))?;
             let size = header(headers, "x-linked-size")
                 .or_else(|| header(headers, CONTENT_LENGTH.as_str()))
                 .ok_or_else(|| DownloadError::Protocol(format!("no size for {file}")))?;

@@ -28,6 +28,9 @@ pub struct FakeFile {
     /// Served through the CDN redirect, with the sha256 as `X-Linked-Etag`; otherwise inline
     /// with the git blob id as `ETag`.
     pub lfs: bool,
+    /// Hashed once: the bench serves files of hundreds of MiB.
+    sha256: String,
+    git_sha1: String,
 }
 
 impl FakeFile {
@@ -39,22 +42,24 @@ impl FakeFile {
         let bytes: Vec<u8> = (0..size)
             .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) ^ (i >> 11) as u8)
             .collect();
+        let mut git = sha1::Sha1::new();
+        git.update(format!("blob {}\0", bytes.len()).as_bytes());
+        git.update(&bytes);
         FakeFile {
             name: name.to_owned(),
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            git_sha1: hex::encode(git.finalize()),
             bytes: bytes.into(),
             lfs,
         }
     }
 
     pub fn sha256(&self) -> String {
-        hex::encode(sha2::Sha256::digest(&self.bytes))
+        self.sha256.clone()
     }
 
     pub fn git_sha1(&self) -> String {
-        let mut hasher = sha1::Sha1::new();
-        hasher.update(format!("blob {}\0", self.bytes.len()).as_bytes());
-        hasher.update(&self.bytes);
-        hex::encode(hasher.finalize())
+        self.git_sha1.clone()
     }
 
     /// The blob's name in the cache.
@@ -296,11 +301,13 @@ fn serve_bytes(hub: &Hub, file: &FakeFile, headers: &HeaderMap) -> Response {
         .unwrap()
         .push((file.name.clone(), start.unwrap_or(0) as u64));
     let offset = start.unwrap_or(0);
-    let mut bytes = file.bytes.slice(offset..).to_vec();
+    let mut bytes = file.bytes.slice(offset..);
     if hub.knobs.corrupt.lock().unwrap().contains(&file.name) {
-        for byte in bytes.iter_mut().step_by(997) {
+        let mut flipped = bytes.to_vec();
+        for byte in flipped.iter_mut().step_by(997) {
             *byte ^= 0xff;
         }
+        bytes = flipped.into();
     }
     let cut = {
         let mut cut = hub.knobs.cut_once.lock().unwrap();
@@ -314,7 +321,7 @@ fn serve_bytes(hub: &Hub, file: &FakeFile, headers: &HeaderMap) -> Response {
         }
     };
     let knobs = Arc::clone(&hub.knobs);
-    let body = futures_util::stream::unfold((Bytes::from(bytes), 0usize), move |(bytes, sent)| {
+    let body = futures_util::stream::unfold((bytes, 0usize), move |(bytes, sent)| {
         let knobs = Arc::clone(&knobs);
         async move {
             if sent >= bytes.len() {
