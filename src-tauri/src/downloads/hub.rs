@@ -21,8 +21,9 @@ const MAX_REDIRECTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct Hub {
     client: reqwest::Client,
-    /// `HF_ENDPOINT`, without a trailing slash.
-    endpoint: Url,
+    /// `HF_ENDPOINT`. One that is no http(s) URL fails each download with the reason, rather
+    /// than the engine's start.
+    endpoint: Result<Url, String>,
     /// `HF_TOKEN`: sent to the endpoint only, never to the CDN it redirects to.
     token: Option<String>,
 }
@@ -60,9 +61,10 @@ impl Hub {
         let endpoint = Url::parse(endpoint.trim_end_matches('/'))
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
-            .ok_or_else(|| {
-                DownloadError::Settings(format!("HF_ENDPOINT {endpoint:?} is not an http(s) URL"))
-            })?;
+            .ok_or_else(|| format!("HF_ENDPOINT {endpoint:?} is not an http(s) URL"));
+        if let Err(why) = &endpoint {
+            tracing::warn!("{why}: downloads will fail");
+        }
         let client = reqwest::Client::builder()
             // Redirects are read by hand: the token must not follow one to another host, and
             // the LFS redirect carries the file's metadata.
@@ -80,17 +82,24 @@ impl Hub {
     }
 
     fn url(&self, path: &str) -> Result<Url, DownloadError> {
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_err(|why| DownloadError::Settings(why.clone()))?;
         // Every part of `path` was checked or percent-encoded by the caller.
         Url::parse(&format!(
             "{}{path}",
-            self.endpoint.as_str().trim_end_matches('/')
+            endpoint.as_str().trim_end_matches('/')
         ))
         .map_err(|e| DownloadError::Protocol(format!("bad URL {path:?}: {e}")))
     }
 
     /// A GET or HEAD with the token when it goes to the endpoint itself.
     fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        let same_origin = url.origin() == self.endpoint.origin();
+        let same_origin = self
+            .endpoint
+            .as_ref()
+            .is_ok_and(|endpoint| endpoint.origin() == url.origin());
         let request = self.client.request(method, url);
         match &self.token {
             Some(token) if same_origin => request.header(AUTHORIZATION, format!("Bearer {token}")),
@@ -276,5 +285,49 @@ fn check_status(
             status: status.as_u16(),
             what: file.map_or_else(|| format!("the model info of {repo}"), str::to_owned),
         }),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    fn sent_token(hub: &Hub, url: &str) -> Option<String> {
+        let request = hub
+            .request(reqwest::Method::GET, Url::parse(url).unwrap())
+            .build()
+            .unwrap();
+        request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|value| value.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn the_token_goes_to_the_endpoint_and_never_to_another_origin() {
+        let hub = Hub::new("https://hub.test/", Some("hf_secret".into())).unwrap();
+        assert_eq!(
+            sent_token(&hub, "https://hub.test/api/models/a/b").as_deref(),
+            Some("Bearer hf_secret")
+        );
+        for elsewhere in [
+            "https://cdn.hub.test/blob",
+            "https://hub.test:8443/blob",
+            "http://hub.test/blob",
+        ] {
+            assert_eq!(sent_token(&hub, elsewhere), None, "{elsewhere}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_is_no_http_url_fails_the_request_not_the_engine() {
+        for bad in ["file:///etc", "not a url", "ftp://hub.test"] {
+            let hub = Hub::new(bad, None).unwrap();
+            assert!(
+                matches!(hub.url("/api/models/a/b"), Err(DownloadError::Settings(_))),
+                "{bad}"
+            );
+        }
     }
 }
