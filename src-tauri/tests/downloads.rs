@@ -303,8 +303,9 @@ async fn a_tagged_gguf_download_takes_the_split_parts_and_mmproj_with_progress_e
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    // Deleting it by its tag takes the whole repository folder (nothing else was there).
-    let (status, body) = setup.delete_model(&format!("repo={GGUF}&tag=q4_k_m")).await;
+    // Deleting it by its tag (any case, as the tag matched) takes the whole repository folder:
+    // nothing else was there.
+    let (status, body) = setup.delete_model(&format!("repo={GGUF}&tag=Q4_K_M")).await;
     assert_eq!(status, 204, "{body}");
     assert!(!setup.repo_dir(GGUF).exists());
     assert_eq!(setup.stored()["models"], json!([]));
@@ -386,7 +387,7 @@ async fn a_cancelled_download_continues_from_its_partial_file_when_asked_again()
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["state"], "cancelled");
     let kept = job["bytes_done"].as_u64().unwrap();
-    assert!(kept > 0 && kept < 600_000, "{job}");
+    assert!(kept > 0 && kept < 1_100_000, "{job}");
     assert_eq!(setup.job(&id).await["state"], "cancelled");
     let partial: Vec<PathBuf> = files_below(&setup.repo_dir(GGUF).join("blobs"))
         .into_iter()

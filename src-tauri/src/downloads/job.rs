@@ -13,7 +13,8 @@ use super::select::{self, ModelFormat};
 use super::store::PendingJob;
 use super::transfer::{self, stoppable};
 use super::{
-    lock, now, DownloadError, DownloadJob, DownloadedModel, Downloads, Job, JobState, Stop,
+    lock, now, same_tag, DownloadError, DownloadJob, DownloadedModel, Downloads, Job, JobState,
+    Stop,
 };
 
 /// Progress events of one job are at least this far apart (state changes go out at once).
@@ -135,7 +136,7 @@ async fn fetch(
     state
         .stored
         .models
-        .retain(|old| !(old.repo == model.repo && old.tag == model.tag));
+        .retain(|old| !(old.repo == model.repo && same_tag(&old.tag, &model.tag)));
     state.stored.models.push(model);
     state.stored.pending.retain(|job| job.id != pending.id);
     state.stored.save(&downloads.store_path())

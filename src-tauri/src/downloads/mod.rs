@@ -323,7 +323,7 @@ impl Downloads {
             let mut state = lock(&self.state);
             if let Some((id, _)) = state.jobs.iter().find(|(_, job)| {
                 let view = &lock(&job.view).view;
-                view.state.is_active() && view.repo == repo.as_str() && view.tag == tag
+                view.state.is_active() && view.repo == repo.as_str() && same_tag(&view.tag, &tag)
             }) {
                 return Err(DownloadError::InProgress {
                     repo: repo.to_string(),
@@ -422,7 +422,7 @@ impl Downloads {
             .stored
             .models
             .iter()
-            .position(|model| model.repo == repo.as_str() && model.tag == tag);
+            .position(|model| model.repo == repo.as_str() && same_tag(&model.tag, &tag));
         if let Some(index) = ours {
             let model = state.stored.models.remove(index);
             // The files another record of the same repository still uses stay.
@@ -552,6 +552,15 @@ impl Downloads {
     /// The lock of one blob's writer.
     fn blob_lock(&self, blob: &Path) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(lock(&self.blobs).entry(blob.to_path_buf()).or_default())
+    }
+}
+
+/// Tags match as llama.cpp matches them to file names: ignoring case.
+fn same_tag(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
