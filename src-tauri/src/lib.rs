@@ -21,9 +21,8 @@
 //! The other parts: [`backends`] (each backend's options, argv, parse-command and its
 //! `Descriptor`: readiness, stop signal, model name), [`config`] (settings from file and
 //! environment), [`keys`] and [`private_files`] (generated keys, owner-only files), [`devices`]
-//! (the system report and per-instance resources), [`downloads`] (models from Hugging
-//! Face into its cache), [`logging`], and [`desktop`] (the Tauri shell,
-//! feature `desktop`).
+//! (the system report and per-instance resources), [`downloads`] (models from Hugging Face into
+//! its cache), [`logging`], and [`desktop`] (the Tauri shell, feature `desktop`).
 pub mod api;
 pub mod backends;
 pub mod config;
@@ -108,8 +107,6 @@ impl Engine {
             tracing::warn!("{line}");
         }
         let registry = Registry::open(config.clone())?;
-        let downloads =
-            downloads::Downloads::open(downloads::Settings::from_env(&config.instances.data_dir))?;
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -117,6 +114,9 @@ impl Engine {
         let addr = listener
             .local_addr()
             .map_err(|source| EngineError::Bind { addr, source })?;
+        // Opened once the engine is sure to run: it continues unfinished downloads at once.
+        let downloads =
+            downloads::Downloads::open(downloads::Settings::from_env(&config.instances.data_dir))?;
         let state = api::AppState {
             registry: registry.clone(),
             config: config.clone(),

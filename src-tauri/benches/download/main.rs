@@ -6,7 +6,8 @@
 //! `CORRAL_BENCH_DOWNLOAD_MIB` (default 512) sizes the file, `CORRAL_BENCH_ROUNDS` (default 3)
 //! how often each client fetches it, in turn. Corral's time runs from the job's start to its
 //! `completed` (model info, the file's metadata, the bytes, the sha256 check, the rename and
-//! the snapshot link); curl's is the whole `curl -sSfL -o FILE URL`, redirect included.
+//! the snapshot link); curl's is the whole `curl -sSfL -o FILE URL`, redirect included, and
+//! "curl, then sha256sum" adds the check Corral makes, as a user would run it.
 
 #[allow(dead_code, clippy::unwrap_used)] // the tests' fake hub, shared as it is
 #[path = "../../tests/common/fake_hub.rs"]
@@ -41,16 +42,18 @@ async fn run() -> anyhow::Result<()> {
     .await;
     let dir = tempfile::tempdir()?;
     let url = format!("{}/{REPO}/resolve/main/{FILE}", hub.endpoint());
-    let (mut curl, mut corral) = (Vec::new(), Vec::new());
+    let out = dir.path().join("curl.bin");
+    let (mut curl, mut checked, mut corral) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        curl.push(with_curl(&url, &dir.path().join("curl.bin"), size).await?);
+        curl.push(with_curl(&url, &out, size, false).await?);
+        checked.push(with_curl(&url, &out, size, true).await?);
         corral.push(with_corral(&hub, &dir.path().join(format!("round-{round}"))).await?);
     }
     let median = |times: &mut Vec<Duration>| {
         times.sort();
         times[times.len() / 2]
     };
-    let (curl, corral) = (median(&mut curl), median(&mut corral));
+    let (curl, checked, corral) = (median(&mut curl), median(&mut checked), median(&mut corral));
     let rate = |time: Duration| size as f64 / (1024.0 * 1024.0) / time.as_secs_f64();
     println!("download of {mib} MiB from a local fake hub, median of {rounds} rounds");
     println!("| client | time | MiB/s | vs curl |");
@@ -61,6 +64,12 @@ async fn run() -> anyhow::Result<()> {
         rate(curl)
     );
     println!(
+        "| curl -sSfL, then sha256sum | {:.3} s | {:.0} | {:.2}x |",
+        checked.as_secs_f64(),
+        rate(checked),
+        rate(checked) / rate(curl)
+    );
+    println!(
         "| Corral (job start to completed, sha256 checked) | {:.3} s | {:.0} | {:.2}x |",
         corral.as_secs_f64(),
         rate(corral),
@@ -69,7 +78,8 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn with_curl(url: &str, out: &Path, size: usize) -> anyhow::Result<Duration> {
+/// One `curl` of `url` into `out`, and with `check` a `sha256sum` of it.
+async fn with_curl(url: &str, out: &Path, size: usize, check: bool) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let status = tokio::process::Command::new("curl")
         .args(["-sSfL", "-o"])
@@ -78,10 +88,21 @@ async fn with_curl(url: &str, out: &Path, size: usize) -> anyhow::Result<Duratio
         .status()
         .await
         .context("run curl")?;
-    let elapsed = started.elapsed();
     if !status.success() || std::fs::metadata(out)?.len() != size as u64 {
         bail!("curl failed: {status}");
     }
+    if check {
+        let hashed = tokio::process::Command::new("sha256sum")
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .context("run sha256sum")?;
+        if !hashed.success() {
+            bail!("sha256sum failed: {hashed}");
+        }
+    }
+    let elapsed = started.elapsed();
     std::fs::remove_file(out)?;
     Ok(elapsed)
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sha1::Digest as _;
 use tokio::sync::{mpsc, watch};
 
 use super::hub::{Hub, RemoteFile};
@@ -24,8 +23,13 @@ use super::{io_error, DownloadError, Stop};
 const MAX_ATTEMPTS: u32 = 6;
 /// A transfer that sends nothing for this long is dropped and tried again.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Chunks waiting for the disk; at about 16 KiB each, a few MiB in flight.
-const QUEUE: usize = 256;
+/// Batches waiting for the disk.
+const QUEUE: usize = 16;
+/// The network's chunks (16 to 64 KiB) go to the writer in batches of this size, or this old:
+/// one hand-over per chunk cost more than the hashing. The age keeps a slow transfer's bytes
+/// reaching the disk (and a crash's resume point) steadily.
+const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_AGE: Duration = Duration::from_millis(50);
 const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The `.incomplete` file of a blob, as the hub's Python client names it.
@@ -103,6 +107,7 @@ async fn receive(
 ) -> Result<(), DownloadError> {
     let mut offset = have;
     let mut attempt = 0;
+    let mut batch = Batch::default();
     while offset < remote.size {
         attempt += 1;
         let outcome = stoppable(stop, async {
@@ -127,12 +132,19 @@ async fn receive(
                     });
                 }
                 offset += bytes.len() as u64;
-                send(chunks, Chunk::Data(bytes)).await?;
+                batch.push(bytes);
+                if batch.len >= BATCH_BYTES || batch.since.elapsed() >= BATCH_AGE {
+                    send(chunks, Chunk::Data(batch.take())).await?;
+                }
                 progress(offset);
             }
             Ok(())
         })
         .await;
+        // Whatever the outcome, what arrived is kept: a resume starts after it.
+        if batch.len > 0 {
+            send(chunks, Chunk::Data(batch.take())).await?;
+        }
         match outcome {
             Ok(()) if offset == remote.size => return Ok(()),
             // The body ended early: the connection was cut.
@@ -181,43 +193,68 @@ async fn send(chunks: &mpsc::Sender<Chunk>, chunk: Chunk) -> Result<(), Download
         .map_err(|_| DownloadError::Internal("the file writer stopped".into()))
 }
 
+/// Chunks from the network not handed to the writer yet.
+struct Batch {
+    parts: Vec<Bytes>,
+    len: usize,
+    /// When the first of them arrived.
+    since: std::time::Instant,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            parts: Vec::new(),
+            len: 0,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Batch {
+    fn push(&mut self, bytes: Bytes) {
+        if self.parts.is_empty() {
+            self.since = std::time::Instant::now();
+        }
+        self.len += bytes.len();
+        self.parts.push(bytes);
+    }
+
+    fn take(&mut self) -> Vec<Bytes> {
+        self.len = 0;
+        std::mem::take(&mut self.parts)
+    }
+}
+
 enum Chunk {
-    Data(Bytes),
+    Data(Vec<Bytes>),
     /// Truncate and hash from the start again.
     Restart,
 }
 
-/// The running hash of the file's bytes.
-enum Hasher {
-    Sha256(sha2::Sha256),
-    GitSha1(sha1::Sha1),
-}
+/// The running hash of the file's bytes, with ring's digests (assembly with SHA extensions:
+/// the hash is most of a download's CPU time).
+struct Hasher(ring::digest::Context);
 
 impl Hasher {
     fn new(digest: &Digest, size: u64) -> Hasher {
         match digest {
-            Digest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
+            Digest::Sha256(_) => Hasher(ring::digest::Context::new(&ring::digest::SHA256)),
             Digest::GitSha1(_) => {
                 // A git blob id hashes a header before the bytes.
-                let mut sha1 = sha1::Sha1::new();
+                let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
                 sha1.update(format!("blob {size}\0").as_bytes());
-                Hasher::GitSha1(sha1)
+                Hasher(sha1)
             }
         }
     }
 
     fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Hasher::Sha256(hasher) => hasher.update(bytes),
-            Hasher::GitSha1(hasher) => hasher.update(bytes),
-        }
+        self.0.update(bytes);
     }
 
     fn hex(self) -> String {
-        match self {
-            Hasher::Sha256(hasher) => hex::encode(hasher.finalize()),
-            Hasher::GitSha1(hasher) => hex::encode(hasher.finalize()),
-        }
+        hex::encode(self.0.finish())
     }
 }
 
@@ -254,10 +291,12 @@ impl Writer {
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 };
                 match chunk {
-                    Chunk::Data(bytes) => {
-                        out.write_all(&bytes)?;
-                        hasher.update(&bytes);
-                        length += bytes.len() as u64;
+                    Chunk::Data(parts) => {
+                        for bytes in parts {
+                            out.write_all(&bytes)?;
+                            hasher.update(&bytes);
+                            length += bytes.len() as u64;
+                        }
                     }
                     Chunk::Restart => {
                         out.flush()?;
