@@ -88,7 +88,12 @@ impl Setup {
             .join(&self.hub.repo(repo).commit)
     }
 
-    /// `corral serve` again over the same folders (after a crash).
+    /// SIGTERM: the engine must exit cleanly, its downloads stopped, within 30 s.
+    async fn terminate(&mut self) {
+        self.serve.take().expect("corral runs").terminate().await;
+    }
+
+    /// `corral serve` again over the same folders (after a crash or a stop).
     async fn restart(&mut self) {
         self.serve = Some(serve(self.dir.path(), &self.hub).await);
     }
@@ -416,8 +421,16 @@ async fn a_cancelled_download_continues_from_its_partial_file_when_asked_again()
     assert_linked(&setup, GGUF, PART_1);
 }
 
-#[tokio::test]
-async fn a_restarted_engine_continues_an_unfinished_download() {
+/// How the engine goes away mid-download.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    /// SIGKILL: nothing of it runs its shutdown.
+    Crash,
+    /// SIGTERM: it stops its downloads and exits cleanly.
+    Stop,
+}
+
+async fn continues_after(exit: Exit) {
     let mut setup = Setup::start(vec![(GGUF, gguf_repo())]).await;
     setup.hub.knobs.set_throttle(200_000);
     let id = setup.start_job(&format!("{GGUF}:Q4_K_M")).await;
@@ -426,8 +439,10 @@ async fn a_restarted_engine_continues_an_unfinished_download() {
             job["bytes_done"].as_u64() >= Some(100_000)
         })
         .await;
-    // A crash: no shutdown of any kind.
-    setup.crash().await;
+    match exit {
+        Exit::Crash => setup.crash().await,
+        Exit::Stop => setup.terminate().await,
+    }
     setup.hub.knobs.set_throttle(0);
     setup.restart().await;
 
@@ -441,19 +456,29 @@ async fn a_restarted_engine_continues_an_unfinished_download() {
             .unwrap()
             .iter()
             .any(|job| job["id"] == id.as_str()),
-        "{jobs}"
+        "{exit:?}: {jobs}"
     );
     let job = setup.wait_ended(&id).await;
-    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["state"], "completed", "{exit:?}: {job}");
     let ranges = setup.hub.knobs.ranges_of(PART_1);
     assert!(
         ranges.iter().any(|start| *start > 0),
-        "no resume: {ranges:?}"
+        "{exit:?}: no resume: {ranges:?}"
     );
     for name in [PART_1, PART_2, MMPROJ] {
         assert_linked(&setup, GGUF, name);
     }
     assert_eq!(setup.stored()["pending"], json!([]));
+}
+
+#[tokio::test]
+async fn an_engine_restarted_after_a_crash_continues_an_unfinished_download() {
+    continues_after(Exit::Crash).await;
+}
+
+#[tokio::test]
+async fn an_engine_stopped_and_started_again_continues_an_unfinished_download() {
+    continues_after(Exit::Stop).await;
 }
 
 #[tokio::test]
