@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Progress events of one job are at least this far apart (state changes go out at once).
-pub const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
+pub(super) const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
 
 pub(super) async fn run(
     downloads: Arc<Downloads>,

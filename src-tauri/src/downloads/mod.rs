@@ -387,8 +387,8 @@ impl Downloads {
         lock(&self.state).stored.models.clone()
     }
 
-    /// The `download` events: each job's JSON when its state changes, and at most
-    /// [`job::PROGRESS_PERIOD`] apart while bytes flow.
+    /// The `download` events: each job's JSON when its state changes, and at most 4 a second
+    /// while bytes flow (`job::PROGRESS_PERIOD` apart).
     pub fn subscribe(&self) -> broadcast::Receiver<DownloadJob> {
         self.events.subscribe()
     }
