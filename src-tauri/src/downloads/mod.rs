@@ -256,11 +256,14 @@ struct Progress {
 
 /// The download manager: jobs, their events, and the record of what Corral downloaded.
 pub struct Downloads {
+    /// Where files come from and go to, and where the record is kept.
     settings: Settings,
+    /// The HTTP client for the hub, shared by every job.
     hub: hub::Hub,
     /// Every job of this run, oldest first, and the file. A std Mutex: held only to read or
     /// change them, never across an await.
     state: Mutex<State>,
+    /// The `download` events; every subscriber of `/api/v1/events` holds a receiver.
     events: broadcast::Sender<DownloadJob>,
     /// Permits to move bytes; a job waits `queued` for one.
     running: Arc<Semaphore>,
@@ -269,7 +272,9 @@ pub struct Downloads {
 }
 
 struct State {
+    /// By id, in the order they were started (the listing's order).
     jobs: Vec<(String, Arc<Job>)>,
+    /// What `downloads.json` holds; written through on every change.
     stored: Stored,
 }
 
