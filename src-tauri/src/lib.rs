@@ -21,13 +21,14 @@
 //! The other parts: [`backends`] (each backend's options, argv, parse-command and its
 //! `Descriptor`: readiness, stop signal, model name), [`config`] (settings from file and
 //! environment), [`keys`] and [`private_files`] (generated keys, owner-only files), [`devices`]
-//! (the system report and per-instance resources), [`logging`], and [`desktop`] (the Tauri shell,
-//! feature `desktop`).
+//! (the system report and per-instance resources), [`downloads`] (models from Hugging Face into
+//! its cache), [`logging`], and [`desktop`] (the Tauri shell, feature `desktop`).
 pub mod api;
 pub mod backends;
 pub mod config;
 pub mod desktop;
 pub mod devices;
+pub mod downloads;
 #[cfg(test)]
 mod fuzz;
 pub mod instances;
@@ -63,6 +64,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Instances(#[from] instances::InstanceError),
+    #[error(transparent)]
+    Downloads(#[from] downloads::DownloadError),
 }
 
 /// A running engine: its address and keys, and the way to stop it.
@@ -72,6 +75,7 @@ pub struct Engine {
     /// The configuration in force, with generated keys filled in.
     pub config: Arc<Config>,
     registry: Arc<Registry>,
+    downloads: Arc<downloads::Downloads>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
 }
@@ -111,10 +115,14 @@ impl Engine {
         let addr = listener
             .local_addr()
             .map_err(|source| EngineError::Bind { addr, source })?;
+        // Opened once the engine is sure to run: it continues unfinished downloads at once.
+        let downloads =
+            downloads::Downloads::open(downloads::Settings::from_env(&config.instances.data_dir))?;
         let state = api::AppState {
             registry: registry.clone(),
             config: config.clone(),
             desktop,
+            downloads: Arc::clone(&downloads),
         };
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, state, async {
@@ -125,6 +133,7 @@ impl Engine {
             addr,
             config,
             registry,
+            downloads,
             shutdown: Some(tx),
             server,
         })
@@ -132,6 +141,11 @@ impl Engine {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The model downloads, for the model library.
+    pub fn downloads(&self) -> &Arc<downloads::Downloads> {
+        &self.downloads
     }
 
     /// Stops accepting requests, lets in-flight ones finish, then stops every backend.
@@ -149,6 +163,8 @@ impl Engine {
         {
             self.server.abort();
         }
+        // Unfinished downloads stay recorded and continue at the next start.
+        self.downloads.shutdown().await;
         self.registry.shutdown().await;
     }
 }

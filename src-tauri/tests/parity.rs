@@ -158,6 +158,7 @@ impl Paths {
             registry: std::sync::Arc::clone(&engine.registry),
             config: std::sync::Arc::clone(&engine.config),
             desktop: None,
+            downloads: std::sync::Arc::clone(&engine.downloads),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let router_only = listener.local_addr().unwrap();

@@ -345,8 +345,15 @@ try {
   await step('an instance created from a library entry (an Ollama blob) runs and chats', async () => {
     const library = await (await fetch(`${engine.base}/api/v1/models`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
     const ollama = library.find((m) => m.source === 'ollama');
+    const lmStudio = library.find((m) => m.source === 'lm_studio');
     await page.getByTestId(`create-from-${ollama.id}`).click();
     await page.waitForFunction((p) => document.querySelector('[data-testid="field-model"]')?.value === p, ollama.path);
+    // The form's own picker chooses from the same library; typing a path stays possible.
+    await page.getByTestId('pick-model').click();
+    await page.getByTestId('pick-model-search').fill('lmstudio');
+    await page.getByTestId(`pick-${lmStudio.id}`).click();
+    await page.waitForFunction((p) => document.querySelector('[data-testid="field-model"]')?.value === p, lmStudio.path);
+    await page.getByTestId('field-model').fill(ollama.path);
     await page.getByTestId('field-name').fill('from-library');
     await page.getByTestId('save-instance').click();
     await card('from-library').waitFor();

@@ -1,5 +1,5 @@
 //! `/api/v1/events`: the live state of every instance as server-sent events — a snapshot first,
-//! then each change — so the UI never polls.
+//! then each change — and the progress of model downloads, so the UI never polls.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::Api;
+use crate::downloads::DownloadJob;
 use crate::instances::{InstanceEvent, Registry};
 
 /// How often an idle stream sends a comment, so proxies and browsers keep it open.
@@ -19,25 +20,42 @@ pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Live instance events: `snapshot` (array of instances) first, then `instance` (one instance,
 /// whenever anything in it changes; counters at most once a second) and `deleted`
 /// (`{"name": ...}`). A client that falls behind gets a new `snapshot` instead of the events it
-/// missed.
+/// missed. Model downloads send `download` (a job, as `/models/jobs/{id}` shows it) when a job's
+/// state changes and about 4 times a second while its bytes flow.
 #[utoipa::path(get, path = "/api/v1/events", tag = "instances",
-    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `download`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
 pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the snapshot is taken, so no change falls between the two.
     let changes = api.registry.subscribe();
+    let downloads = api.downloads.subscribe();
     let first = snapshot(&api.registry);
     let stream = futures_util::stream::unfold(
-        (Arc::clone(&api.registry), changes, Some(first)),
-        |(registry, mut changes, pending)| async move {
+        (Arc::clone(&api.registry), changes, downloads, Some(first)),
+        |(registry, mut changes, mut downloads, pending)| async move {
             if let Some(event) = pending {
-                return Some((Ok(event), (registry, changes, None)));
+                return Some((Ok(event), (registry, changes, downloads, None)));
             }
-            let event = next_event(&registry, &mut changes).await?;
-            Some((Ok(event), (registry, changes, None)))
+            let event = tokio::select! {
+                event = next_event(&registry, &mut changes) => event?,
+                Some(job) = next_download(&mut downloads) => json_event("download", &job),
+            };
+            Some((Ok(event), (registry, changes, downloads, None)))
         },
     );
     let stream = stream.take_until(api.registry.streams_ended());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+}
+
+/// The next job to send; a client that fell behind skips to the newest (progress supersedes
+/// itself, and `GET /models/jobs` has the rest). `None` once the manager is gone.
+async fn next_download(downloads: &mut Receiver<DownloadJob>) -> Option<DownloadJob> {
+    loop {
+        match downloads.recv().await {
+            Ok(job) => return Some(job),
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return None,
+        }
+    }
 }
 
 /// The next event for the client; `None` once the registry is gone.

@@ -1,10 +1,11 @@
-//! The HTTP API: management routes under /api/v1, the inference routes under /v1, auth, errors
-//! and the OpenAPI document.
+//! The HTTP API: management routes under /api/v1 (instances, backends, system, model downloads),
+//! the inference routes under /v1, auth, errors and the OpenAPI document.
 
 pub mod auth;
 mod backends;
 pub mod body;
 pub mod desktop;
+mod downloads;
 pub mod error;
 mod events;
 pub mod host;
@@ -31,6 +32,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::devices::{Devices, ProbeEnv};
+use crate::downloads::Downloads;
 use crate::instances::Registry;
 use crate::models::Library;
 use crate::relay::Relay;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The desktop app's controls when the engine runs inside it; `None` when headless.
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
+    /// Model downloads from Hugging Face.
+    pub downloads: Arc<Downloads>,
 }
 
 /// What the handlers see: the app state and the relay to the backends.
@@ -58,6 +62,8 @@ pub struct Api {
     pub passes: Arc<auth::ProxyPasses>,
     /// The model library and what it has read of the model files.
     pub library: Arc<Library>,
+    /// Model downloads: the jobs, their events, what Corral downloaded.
+    pub downloads: Arc<Downloads>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -84,6 +90,7 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         desktop: state.desktop,
         passes: Arc::new(auth::ProxyPasses::default()),
         library: Arc::new(Library::new()),
+        downloads: state.downloads,
     };
     let management_auth = auth::ManagementAuth {
         config: Arc::clone(&config),
@@ -97,7 +104,7 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/server/devices", get(version::devices))
         .route("/system", get(system::system))
         .route("/backends", get(backends::list))
-        .route("/models", get(models::list))
+        .route("/models", get(models::list).delete(downloads::delete_model))
         .route(
             "/backends/{backend}/parse-command",
             post(backends::parse_command),
@@ -126,6 +133,12 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
+        .route("/models/download", post(downloads::download))
+        .route("/models/jobs", get(downloads::jobs))
+        .route(
+            "/models/jobs/{id}",
+            get(downloads::job).delete(downloads::cancel),
+        )
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/events", get(events::events))
         .route("/schema", get(schema::schema))

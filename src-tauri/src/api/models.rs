@@ -2,6 +2,7 @@
 //! the other tools and `models.dirs`, with what its files say and whether it fits.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,7 +10,7 @@ use axum::Json;
 
 use super::error::{ApiError, ErrorBody};
 use super::Api;
-use crate::models::{Locations, ModelEntry};
+use crate::models::{Locations, ModelEntry, Source, SourceKind};
 
 /// Every model on this machine: GGUF files (split ones as one model, a projector beside a model
 /// paired with it), Hugging Face folders (safetensors or MLX), and Ollama's blobs, found in the
@@ -23,9 +24,25 @@ use crate::models::{Locations, ModelEntry};
 pub async fn list(State(api): State<Api>) -> Result<Json<Vec<ModelEntry>>, ApiError> {
     let available = api.devices.available().await;
     let models = &api.config.models;
-    let sources = Locations::system().sources(models.scan_known_caches, &models.dirs);
+    let mut sources = Locations::system().sources(models.scan_known_caches, &models.dirs);
+    // Corral's own downloads are listed even when the other tools' caches are not scanned.
+    let hub = api.downloads.cache_dir().to_path_buf();
+    if !sources.iter().any(|source| source.dir == hub) {
+        sources.insert(
+            0,
+            Source {
+                kind: SourceKind::Huggingface,
+                dir: hub,
+            },
+        );
+    }
     let library = Arc::clone(&api.library);
-    let downloaded = HashSet::new();
+    let downloaded: HashSet<PathBuf> = api
+        .downloads
+        .downloaded()
+        .into_iter()
+        .map(|model| model.path)
+        .collect();
     tokio::task::spawn_blocking(move || library.list(&sources, &available, &downloaded))
         .await
         .map(Json)

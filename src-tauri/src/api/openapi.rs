@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    backends, desktop, error, events, instances, logs_stream, models, openai, schema, system,
-    version,
+    backends, desktop, downloads, error, events, instances, logs_stream, models, openai, schema,
+    system, version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -45,6 +45,11 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
         desktop::settings,
         desktop::update_settings,
         desktop::open,
+        downloads::download,
+        downloads::jobs,
+        downloads::job,
+        downloads::cancel,
+        downloads::delete_model,
     ),
     components(schemas(error::ErrorBody, openai::OpenAiErrorBody)),
     modifiers(&Security),
@@ -124,6 +129,10 @@ fn conform(document: &mut Value) {
         (
             "deleted",
             "`{\"name\": ...}` of an instance that was deleted (JSON).",
+        ),
+        (
+            "download",
+            "One model download job, as `GET /models/jobs/{id}` shows it (JSON).",
         ),
     ]);
     schemas["LogEvent"] = sse_event(&[

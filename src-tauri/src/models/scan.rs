@@ -65,13 +65,13 @@ pub(super) fn scan(source: &Source) -> Vec<Found> {
             hub_cache(source, &source.dir, &mut found, &mut budget);
             let mut walk = Walk::new(source, &mut found, &mut budget, RepoFrom::Nothing);
             walk.skip_hub_folders = true;
-            walk.dir(&source.dir, 0);
+            walk.dir(&source.dir, 0, None);
         }
         SourceKind::LmStudio => {
-            Walk::new(source, &mut found, &mut budget, RepoFrom::FirstTwo).dir(&source.dir, 0)
+            Walk::new(source, &mut found, &mut budget, RepoFrom::FirstTwo).dir(&source.dir, 0, None)
         }
         SourceKind::ModelsDir => {
-            Walk::new(source, &mut found, &mut budget, RepoFrom::Nothing).dir(&source.dir, 0)
+            Walk::new(source, &mut found, &mut budget, RepoFrom::Nothing).dir(&source.dir, 0, None)
         }
         SourceKind::Ollama => ollama(source, &mut found),
     }
@@ -96,7 +96,7 @@ fn hub_cache(source: &Source, root: &Path, found: &mut Vec<Found>, budget: &mut 
         let Some(snapshot) = hub_snapshot(&dir) else {
             continue;
         };
-        Walk::new(source, found, budget, RepoFrom::Fixed(repo)).dir(&snapshot, 0);
+        Walk::new(source, found, budget, RepoFrom::Fixed(repo)).dir(&snapshot, 0, None);
     }
 }
 
@@ -156,7 +156,9 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn dir(&mut self, dir: &Path, depth: usize) {
+    /// `inherited` is a projector found in a folder above, within one repo: Hugging Face repos
+    /// keep `mmproj-*.gguf` at the top and the quantisations in folders below it.
+    fn dir(&mut self, dir: &Path, depth: usize, inherited: Option<PathBuf>) {
         if depth > MAX_DEPTH || *self.budget == 0 {
             return;
         }
@@ -198,14 +200,24 @@ impl<'a> Walk<'a> {
         }
         files.sort();
         subdirs.sort();
-        self.note_models(dir, depth, &files);
+        let mmproj = self.note_models(dir, depth, &files, inherited);
+        let passed_down = match self.repo {
+            RepoFrom::Fixed(_) => mmproj,
+            _ => None,
+        };
         for subdir in subdirs {
-            self.dir(&subdir, depth + 1);
+            self.dir(&subdir, depth + 1, passed_down.clone());
         }
     }
 
-    /// The models made of one folder's files.
-    fn note_models(&mut self, dir: &Path, depth: usize, files: &[(String, PathBuf)]) {
+    /// The models made of one folder's files; answers the projector they were paired with.
+    fn note_models(
+        &mut self,
+        dir: &Path,
+        depth: usize,
+        files: &[(String, PathBuf)],
+        inherited: Option<PathBuf>,
+    ) -> Option<PathBuf> {
         let repo = match &self.repo {
             RepoFrom::Nothing => None,
             RepoFrom::Fixed(repo) => Some(repo.clone()),
@@ -245,7 +257,8 @@ impl<'a> Walk<'a> {
         let mmproj = projectors
             .iter()
             .max_by_key(|(_, path)| fs::metadata(path).map(|m| m.len()).unwrap_or(0))
-            .map(|(_, path)| path.clone());
+            .map(|(_, path)| path.clone())
+            .or(inherited);
         let mut splits: BTreeMap<String, Vec<(u32, PathBuf)>> = BTreeMap::new();
         for (name, path) in models {
             match split_part(name) {
@@ -271,6 +284,7 @@ impl<'a> Walk<'a> {
                 .collect();
             self.found.push(found(FoundKind::Folder, files, None));
         }
+        mmproj
     }
 }
 

@@ -100,6 +100,13 @@ fn fixture() -> Fixture {
         "mmproj-tiny-f16.gguf",
         &tiny_gguf("proj", 0, 1, 300),
     );
+    // As ggml-org lays out repos: the projector at the top, each quantisation in its folder.
+    hub_file(
+        &hub,
+        "org/Big-GGUF",
+        "mmproj-big-f16.gguf",
+        &tiny_gguf("proj", 0, 1, 300),
+    );
     for part in 1..=2 {
         let name = format!("Q4_K_M/big-Q4_K_M-0000{part}-of-00002.gguf");
         hub_file(
@@ -259,7 +266,11 @@ fn every_layout_is_listed_with_what_its_files_say() {
         big.files.iter().map(|f| f.size_bytes).sum::<u64>()
     );
     assert_eq!(big.parameters, Some(2 * (256 * 1000 + 256 * 24)));
-    assert_eq!(big.mmproj, None);
+    assert!(big
+        .mmproj
+        .as_ref()
+        .unwrap()
+        .ends_with("models--org--Big-GGUF/snapshots/abc123/mmproj-big-f16.gguf"));
     assert!(!entries.iter().any(|e| e.name == "proj"));
 
     let hf = by_name(&entries, "tiny-hf");
@@ -307,7 +318,8 @@ fn the_fit_verdict_counts_weights_and_the_kv_cache_at_the_capped_context() {
     // Trained for 32k; judged at 8k: 4 layers × 8192 tokens × (K + V: 4 heads × 64 × 2 bytes).
     assert_eq!(big.fit.context, FIT_CONTEXT);
     let kv = 4 * 8192 * 2 * 4 * 64 * 2;
-    assert!(big.fit.needed_bytes > kv && big.fit.needed_bytes < kv + big.size_bytes);
+    let projector = fs::metadata(big.mmproj.as_ref().unwrap()).unwrap().len();
+    assert!(big.fit.needed_bytes > kv && big.fit.needed_bytes < kv + big.size_bytes + projector);
     assert_eq!(big.fit.verdict, Verdict::Gpu);
     assert!(big.fit.detail.contains("Test GPU"), "{}", big.fit.detail);
 
@@ -410,4 +422,24 @@ fn quantisations_are_read_from_file_names() {
     assert_eq!(q("model.IQ3_XS").as_deref(), Some("IQ3_XS"));
     assert_eq!(q("gemma-2b-f16").as_deref(), Some("F16"));
     assert_eq!(q("Qwen3-8B"), None);
+}
+
+#[test]
+fn a_projector_pairs_with_models_below_it_only_inside_one_repo() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("mmproj-a-f16.gguf"),
+        &tiny_gguf("proj", 0, 1, 10),
+    );
+    write(
+        &dir.path().join("sub/model-Q4_0.gguf"),
+        &tiny_gguf("Below", 512, 2, 10),
+    );
+    let sources = [Source {
+        kind: SourceKind::ModelsDir,
+        dir: dir.path().to_path_buf(),
+    }];
+    let entries = Library::new().list(&sources, &plenty(), &HashSet::new());
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].mmproj, None, "a models folder is not one repo");
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod fake_hub;
 pub mod raw_http;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,7 @@ pub struct Engine {
     pub client: reqwest::Client,
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
+    pub downloads: Arc<corral::downloads::Downloads>,
     engine: corral::Engine,
 }
 
@@ -99,6 +101,7 @@ impl Engine {
                 .unwrap(),
             registry: Arc::clone(engine.registry()),
             config: Arc::clone(&engine.config),
+            downloads: Arc::clone(engine.downloads()),
             engine,
         }
     }

@@ -87,7 +87,8 @@ export interface paths {
          * Live instance events: `snapshot` (array of instances) first, then `instance` (one instance,
          *     whenever anything in it changes; counters at most once a second) and `deleted`
          *     (`{"name": ...}`). A client that falls behind gets a new `snapshot` instead of the events it
-         *     missed.
+         *     missed. Model downloads send `download` (a job, as `/models/jobs/{id}` shows it) when a job's
+         *     state changes and about 4 times a second while its bytes flow.
          */
         get: operations["events"];
         put?: never;
@@ -334,7 +335,70 @@ export interface paths {
         get: operations["list"];
         put?: never;
         post?: never;
+        /**
+         * Delete a model from the Hugging Face cache: its snapshot files, the blobs nothing else links
+         *     to, and the repository's folder once empty. A model Corral did not download needs
+         *     `confirm=true`.
+         */
+        delete: operations["delete_model"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/download": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start downloading a model from Hugging Face into its cache (`HF_HUB_CACHE`). The job runs in
+         *     the background; follow it at `/models/jobs/{id}` or as `download` events on `/events`.
+         */
+        post: operations["download"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every download job since the engine started (unfinished ones from before included). */
+        get: operations["jobs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/jobs/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One download job. */
+        get: operations["job"];
+        put?: never;
+        post?: never;
+        /**
+         * Cancel a queued or running job. What was fetched is kept: downloading the model again
+         *     continues from there.
+         */
+        delete: operations["cancel"];
         options?: never;
         head?: never;
         patch?: never;
@@ -638,6 +702,53 @@ export interface components {
             close_to_tray?: boolean | null;
             start_at_login?: boolean | null;
         };
+        /** @description `202` to a download request, in llamactl's shape. */
+        DownloadAccepted: {
+            job_id: string;
+            repo: string;
+            tag?: string | null;
+        };
+        /** @description A download job, as the API shows it and the `download` event sends it. */
+        DownloadJob: {
+            /**
+             * Format: int64
+             * @description Bytes on disk, partial files from earlier attempts included.
+             */
+            bytes_done: number;
+            /** Format: int64 */
+            bytes_total: number;
+            /** @description RFC 3339. */
+            created_at: string;
+            error?: string | null;
+            /**
+             * Format: int64
+             * @description Seconds left at the current speed; `null` until there is a speed.
+             */
+            eta_s?: number | null;
+            files_done: number;
+            files_total: number;
+            format?: null | components["schemas"]["ModelFormat"];
+            id: string;
+            /** @description The main `.gguf` file of a GGUF job, or the snapshot folder; once known. */
+            path?: string | null;
+            /** @description `org/name`. */
+            repo: string;
+            /** Format: int64 */
+            speed_bytes_per_s: number;
+            state: components["schemas"]["JobState"];
+            /** @description The quant asked for (`Q4_K_M`), if any. */
+            tag?: string | null;
+        };
+        /** @description A download request. */
+        DownloadRequest: {
+            format?: null | components["schemas"]["ModelFormat"];
+            /**
+             * @description `org/name`, or `org/name:tag` with a quant tag (`Q4_K_M`) that picks GGUF files as
+             *     llama.cpp's `-hf` does.
+             * @example unsloth/Qwen3-0.6B-GGUF:Q4_K_M
+             */
+            repo: string;
+        };
         /** @description About the engine answering. */
         EngineInfo: {
             /** @description The configured llama-server command. */
@@ -826,6 +937,11 @@ export interface components {
             backend_type?: "vllm";
             backend_options?: components["schemas"]["VllmOptions"];
         });
+        /**
+         * @description Where a job is in its life.
+         * @enum {string}
+         */
+        JobState: "queued" | "running" | "completed" | "failed" | "cancelled";
         MemoryInfo: {
             /**
              * Format: int64
@@ -904,6 +1020,11 @@ export interface components {
             /** Format: int64 */
             size_bytes: number;
         };
+        /**
+         * @description What the download is for: one GGUF model (llama.cpp), or a whole safetensors folder.
+         * @enum {string}
+         */
+        ModelFormat: "gguf" | "safetensors";
         /** @description OpenAI's model list. */
         ModelList: {
             data: components["schemas"]["Model"][];
@@ -2929,10 +3050,10 @@ export interface components {
                 type: "authentication_error";
             };
         };
-        /** @description One server-sent event. `snapshot`: Every instance, as `GET /instances` lists them (JSON). `instance`: One instance that changed, as `GET /instances/{name}` shows it (JSON). `deleted`: `{"name": ...}` of an instance that was deleted (JSON). Keep-alive comments carry no event. */
+        /** @description One server-sent event. `snapshot`: Every instance, as `GET /instances` lists them (JSON). `instance`: One instance that changed, as `GET /instances/{name}` shows it (JSON). `deleted`: `{"name": ...}` of an instance that was deleted (JSON). `download`: One model download job, as `GET /models/jobs/{id}` shows it (JSON). Keep-alive comments carry no event. */
         InstancesEvent: {
             /** @enum {string} */
-            event: "snapshot" | "instance" | "deleted";
+            event: "snapshot" | "instance" | "deleted" | "download";
             data: string;
             id?: string;
             retry?: number;
@@ -3255,7 +3376,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Server-sent events: `snapshot`, `instance`, `deleted`; a `keep-alive` comment every 15 s */
+            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `download`; a `keep-alive` comment every 15 s */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -4450,6 +4571,255 @@ export interface operations {
             };
             /** @description The scan failed */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_model: {
+        parameters: {
+            query: {
+                /** @description `org/name` */
+                repo: string;
+                /** @description The tag it was downloaded with, if any */
+                tag?: string;
+                /** @description `true` deletes a model Corral did not download, too */
+                confirm?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid repository or tag */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description No such model in the cache */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not downloaded by Corral (add confirm=true), or being downloaded */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    download: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DownloadRequest"];
+            };
+        };
+        responses: {
+            /** @description The job started */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DownloadAccepted"];
+                };
+            };
+            /** @description Invalid repository, tag or format */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description The model is already being downloaded */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON (`Content-Type: application/json` or `+json`) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    jobs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The jobs, oldest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DownloadJob"][];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+        };
+    };
+    job: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DownloadJob"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description No such job */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The job, cancelled */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DownloadJob"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description No such job */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The job has already ended */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
