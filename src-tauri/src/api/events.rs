@@ -1,5 +1,5 @@
 //! `/api/v1/events`: the live state of every instance as server-sent events — a snapshot first,
-//! then each change — so the UI never polls.
+//! then each change — and of the backends' installs, so the UI never polls.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::Api;
+use crate::backends::install::InstallJob;
 use crate::instances::{InstanceEvent, Registry};
 
 /// How often an idle stream sends a comment, so proxies and browsers keep it open.
@@ -19,21 +20,25 @@ pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Live instance events: `snapshot` (array of instances) first, then `instance` (one instance,
 /// whenever anything in it changes; counters at most once a second) and `deleted`
 /// (`{"name": ...}`). A client that falls behind gets a new `snapshot` instead of the events it
-/// missed.
+/// missed. `backend_install` carries a backend install's job at each change.
 #[utoipa::path(get, path = "/api/v1/events", tag = "instances",
-    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `backend_install` (an InstallJob); a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
 pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the snapshot is taken, so no change falls between the two.
     let changes = api.registry.subscribe();
+    let installs = api.registry.installs().subscribe();
     let first = snapshot(&api.registry);
     let stream = futures_util::stream::unfold(
-        (Arc::clone(&api.registry), changes, Some(first)),
-        |(registry, mut changes, pending)| async move {
+        (Arc::clone(&api.registry), changes, installs, Some(first)),
+        |(registry, mut changes, mut installs, pending)| async move {
             if let Some(event) = pending {
-                return Some((Ok(event), (registry, changes, None)));
+                return Some((Ok(event), (registry, changes, installs, None)));
             }
-            let event = next_event(&registry, &mut changes).await?;
-            Some((Ok(event), (registry, changes, None)))
+            let event = tokio::select! {
+                event = next_event(&registry, &mut changes) => event?,
+                job = next_install(&mut installs) => json_event("backend_install", &job?),
+            };
+            Some((Ok(event), (registry, changes, installs, None)))
         },
     );
     let stream = stream.take_until(api.registry.streams_ended());
@@ -68,6 +73,18 @@ async fn next_change(changes: &mut Receiver<InstanceEvent>) -> Option<Next> {
             Some(Next::Snapshot)
         }
         Err(RecvError::Closed) => None,
+    }
+}
+
+/// The next change of an install; one that fell behind skips to the newest, which carries the
+/// whole job.
+async fn next_install(installs: &mut Receiver<InstallJob>) -> Option<InstallJob> {
+    loop {
+        match installs.recv().await {
+            Ok(job) => return Some(job),
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return None,
+        }
     }
 }
 
