@@ -49,7 +49,10 @@ fn main() -> anyhow::Result<()> {
     println!("model library scan: {files} model files, {listed} models, {rounds} rounds (median, min, max)");
     println!("| scan | median | min | max |");
     println!("|---|---|---|---|");
-    for (name, times) in [("cold (every header read)", &mut cold), ("warm (cached)", &mut warm)] {
+    for (name, times) in [
+        ("cold (every header read)", &mut cold),
+        ("warm (cached)", &mut warm),
+    ] {
         times.sort();
         println!(
             "| {name} | {} | {} | {} |",
@@ -79,7 +82,10 @@ fn model(name: &str, vocabulary: &[&str], data: u64) -> Vec<u8> {
             ("llama.attention.head_count_kv", Meta::U32(8)),
             ("tokenizer.ggml.tokens", Meta::StrArray(vocabulary)),
         ],
-        &[("token_embd.weight", &[4096, 32000], 12), ("output.weight", &[4096, 32000], 12)],
+        &[
+            ("token_embd.weight", &[4096, 32000], 12),
+            ("output.weight", &[4096, 32000], 12),
+        ],
         data,
     )
 }
@@ -125,12 +131,18 @@ fn fixture(root: &Path) -> anyhow::Result<(Vec<Source>, usize)> {
         files += 1;
     }
     for i in 0..200 {
-        let path = root.join(format!("lmstudio/pub{}/model{i}-GGUF/model{i}-Q4_K_M.gguf", i % 20));
+        let path = root.join(format!(
+            "lmstudio/pub{}/model{i}-GGUF/model{i}-Q4_K_M.gguf",
+            i % 20
+        ));
         write(&path, &bytes)?;
         files += 1;
     }
     for i in 0..100 {
-        write(&root.join(format!("llama/org_model{i}_model{i}-Q4_K_M.gguf")), &bytes)?;
+        write(
+            &root.join(format!("llama/org_model{i}_model{i}-Q4_K_M.gguf")),
+            &bytes,
+        )?;
         files += 1;
     }
     for i in 0..100 {
@@ -138,13 +150,18 @@ fn fixture(root: &Path) -> anyhow::Result<(Vec<Source>, usize)> {
         write(&root.join(format!("ollama/blobs/sha256-{digest}")), &bytes)?;
         let manifest = serde_json::json!({"layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{digest}")}]});
         write(
-            &root.join(format!("ollama/manifests/registry.ollama.ai/library/model{i}/latest")),
+            &root.join(format!(
+                "ollama/manifests/registry.ollama.ai/library/model{i}/latest"
+            )),
             manifest.to_string().as_bytes(),
         )?;
         files += 1;
     }
     for i in 0..60 {
-        write(&root.join(format!("mine/dir{}/model{i}-Q8_0.gguf", i % 6)), &bytes)?;
+        write(
+            &root.join(format!("mine/dir{}/model{i}-Q8_0.gguf", i % 6)),
+            &bytes,
+        )?;
         files += 1;
     }
     for i in 0..20 {
