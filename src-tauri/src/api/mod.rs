@@ -109,6 +109,12 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
             "/backends/{backend}/parse-command",
             post(backends::parse_command),
         )
+        .route(
+            "/backends/{backend}/install",
+            get(backends::install_job)
+                .post(backends::install)
+                .delete(backends::cancel_install),
+        )
         .route("/instances", get(instances::list))
         .route("/instances/", get(instances::list))
         .route(

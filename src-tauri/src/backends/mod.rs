@@ -5,6 +5,7 @@
 
 mod argv;
 mod descriptor;
+pub mod install;
 pub mod installed;
 mod llama;
 mod llama_table;

@@ -1,5 +1,6 @@
-//! What one start of an instance runs: the backend's configured command, the instance's own
-//! arguments, and a fresh key for the backend to require from Corral.
+//! What one start of an instance runs: the backend's configured command (or, when that is not
+//! found, the one Corral installed), the instance's own arguments, and a fresh key for the
+//! backend to require from Corral.
 
 use std::path::PathBuf;
 
@@ -17,8 +18,11 @@ impl Registry {
 
     /// Program, arguments and environment from the backend's configured command, plus the
     /// instance's own arguments; a fresh secret for the backend is part of each start's spec.
+    /// The program is the configured one, searched by the spawn as always, unless only Corral's
+    /// own install of the backend is found.
     pub(super) fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
         let command = self.config.backends.command(options.backend_type());
+        let program = self.installs().program(options.backend_type(), command);
         let secret = options.backend.secret_handover(
             BackendSecret::generate(),
             self.key_file(name),
@@ -42,7 +46,7 @@ impl Registry {
             }
         }
         LaunchSpec {
-            program: command.command.clone(),
+            program,
             args,
             env: command
                 .environment

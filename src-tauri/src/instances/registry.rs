@@ -20,6 +20,7 @@ use super::lifecycle::Lifecycle;
 use super::options::{InstanceOptions, InstanceView};
 use super::store;
 use super::{name::validate_name, ports, InstanceError};
+use crate::backends::install::Installs;
 use crate::backends::BackendSecret;
 use crate::config::Config;
 use crate::devices::ResourceMonitor;
@@ -64,6 +65,9 @@ pub struct Registry {
     streams_closed: tokio::sync::watch::Sender<bool>,
     /// Samples the running backends' CPU and memory when a view is asked for.
     resources: Arc<ResourceMonitor>,
+    /// The backends Corral installed, which a start runs when the configured command is not
+    /// found, and the install jobs.
+    installs: Arc<Installs>,
 }
 
 impl Drop for Registry {
@@ -100,6 +104,7 @@ impl Registry {
             restart_reset_after: RESTART_RESET_AFTER,
         });
         let resources = Arc::new(ResourceMonitor::new());
+        let installs = Arc::new(Installs::open(&dirs.data_dir));
         let registry = Arc::new(Registry {
             config,
             settings,
@@ -111,6 +116,7 @@ impl Registry {
             sampler: Mutex::new(None),
             streams_closed: tokio::sync::watch::Sender::new(false),
             resources,
+            installs,
         });
         let to_start = registry.load();
         registry.spawn_reaper();
@@ -127,6 +133,11 @@ impl Registry {
             });
         }
         Ok(registry)
+    }
+
+    /// The backends Corral installed, and their install jobs.
+    pub fn installs(&self) -> &Arc<Installs> {
+        &self.installs
     }
 
     /// Loads the definitions; returns the names to start again.
@@ -491,6 +502,7 @@ impl Registry {
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.end_streams();
+        self.installs.shutdown().await;
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
         }

@@ -12,13 +12,42 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Each backend's installation: whether its configured command is found, where, its version and
-         *     the devices it can use; when it is missing, how to install it on this OS.
+         * Each backend's installation: whether its configured command (else the one Corral installed,
+         *     `managed`) is found, where, its version and the devices it can use; when it is missing, how to
+         *     install it on this OS.
          */
         get: operations["list"];
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/backends/{backend}/install": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The latest install of a backend, running or ended. */
+        get: operations["install_job"];
+        put?: never;
+        /**
+         * Install a backend: mlx-lm into a virtualenv of Corral's own, or llama-server built from
+         *     llama.cpp's source, under the data folder. Runs in the background; follow it with
+         *     `GET` on this route or the `backend_install` events of `/api/v1/events`. Once completed,
+         *     the backend runs the installed executable whenever its configured command is not found.
+         */
+        post: operations["install"];
+        /**
+         * Cancel a backend's running install: its processes are killed, nothing is recorded, and a
+         *     half-made virtualenv is removed (llama.cpp's build tree is kept, so the next install resumes
+         *     it). Answers the job once it has ended (`completed` when it finished first).
+         */
+        delete: operations["cancel_install"];
         options?: never;
         head?: never;
         patch?: never;
@@ -88,7 +117,8 @@ export interface paths {
          *     whenever anything in it changes; counters at most once a second) and `deleted`
          *     (`{"name": ...}`). A client that falls behind gets a new `snapshot` instead of the events it
          *     missed. Model downloads send `download` (a job, as `/models/jobs/{id}` shows it) when a job's
-         *     state changes and about 4 times a second while its bytes flow.
+         *     state changes and about 4 times a second while its bytes flow; backend installs send
+         *     `backend_install` (an InstallJob) at each change.
          */
         get: operations["events"];
         put?: never;
@@ -822,6 +852,35 @@ export interface components {
             commands: string[];
             summary: string;
         };
+        /**
+         * @description One install of a backend: `POST /api/v1/backends/{backend}/install` starts it, the
+         *     `backend_install` event carries it at every change.
+         */
+        InstallJob: {
+            backend: components["schemas"]["BackendType"];
+            /** @description Why it failed. */
+            error?: string | null;
+            /** @description RFC 3339; `null` while running. */
+            finished_at?: string | null;
+            /** @description Tells this install from the backend's earlier ones. */
+            id: string;
+            /** @description The whole log of this install. */
+            log_path: string;
+            /** @description The log's last lines. */
+            log_tail: string[];
+            /** @description The installed executable, once completed. */
+            path?: string | null;
+            /**
+             * Format: double
+             * @description How far the step is, 0 to 1, when its output says (the build's `[n/m]`).
+             */
+            progress?: number | null;
+            /** @description RFC 3339. */
+            started_at: string;
+            state: components["schemas"]["JobState"];
+            /** @description What it is doing, in words (`creating the virtualenv`, `building 37%`). */
+            step: string;
+        };
         /** @description One backend's installation. */
         Installation: {
             backend: components["schemas"]["BackendType"];
@@ -832,8 +891,10 @@ export interface components {
             /** @description Why it is not installed, or why its version could not be read. */
             error?: string | null;
             install?: null | components["schemas"]["InstallAdvice"];
-            /** @description The configured command was found and is executable. */
+            /** @description The configured command, or the one Corral installed, was found and is executable. */
             installed: boolean;
+            /** @description Corral installed what runs (the configured command is not found). */
+            managed: boolean;
             /** @description Where it was found. */
             path?: string | null;
             version?: string | null;
@@ -3104,6 +3165,154 @@ export interface operations {
             };
         };
     };
+    install_job: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description llama-cpp or mlx */
+                backend: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstallJob"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description Unknown backend, or no install of it since Corral started */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    install: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description llama-cpp or mlx */
+                backend: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Started */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstallJob"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description Unknown backend */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `install_running`: an install of this backend is running; `backend_installed`: its command is found already */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `not_installable`: Corral does not install this backend (vLLM) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The install log could not be created */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel_install: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description llama-cpp or mlx */
+                backend: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstallJob"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description Unknown backend, or no install of it since Corral started */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     parse_command: {
         parameters: {
             query?: never;
@@ -3376,7 +3585,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `download`; a `keep-alive` comment every 15 s */
+            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `download`, `backend_install`; a `keep-alive` comment every 15 s */
             200: {
                 headers: {
                     [name: string]: unknown;
