@@ -198,9 +198,10 @@ pub async fn stop(State(api): State<Api>, Path(name): Path<String>) -> Answer<Js
     params(("name" = String, Path, description = "Instance name")),
     responses(
         (status = 200, body = InstanceView),
-        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 400, description = "Invalid name; `model_not_found`: the model path does not exist", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "Running limit reached or port in use", body = ErrorBody),
+        (status = 422, description = "`backend_not_installed`: the backend's command is not found; the details say how to install it", body = ErrorBody),
         (status = 500, description = "The backend could not be started", body = ErrorBody)))]
 pub async fn restart(
     State(api): State<Api>,
@@ -211,7 +212,12 @@ pub async fn restart(
         current.options.backend_type,
         &current.options.backend_options,
     ) {
-        Ok(backend) => fit_warnings(&api, &backend, current.resources).await,
+        Ok(backend) => {
+            // Checked before the running process is stopped: a restart that cannot start
+            // leaves the instance as it was.
+            can_start(&api, &backend)?;
+            fit_warnings(&api, &backend, current.resources).await
+        }
         Err(_) => Vec::new(),
     };
     let mut view = api.registry.restart(&name).await?;

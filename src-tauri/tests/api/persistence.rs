@@ -134,7 +134,7 @@ async fn a_create_whose_backend_is_not_installed_is_refused_with_advice_and_leav
 }
 
 /// A model path that does not exist is refused before anything starts or is saved: on create,
-/// on update, and on a start after the file went away.
+/// on update, and on a restart or start after the file went away.
 #[tokio::test]
 async fn a_model_that_is_not_there_is_refused_before_any_start() {
     let dir = data_dir();
@@ -174,7 +174,19 @@ async fn a_model_that_is_not_there_is_refused_before_any_start() {
         json!(model),
         "a refused update changes nothing"
     );
+    assert_eq!(
+        engine.post("/api/v1/instances/later/start").await.status(),
+        200
+    );
     std::fs::remove_file(&model).unwrap();
+    // A restart is refused before the running backend is stopped: it keeps running.
+    let response = engine.post("/api/v1/instances/later/restart").await;
+    assert_error(response, 400, "model_not_found").await;
+    assert_eq!(engine.instance("later").await["status"], "running");
+    assert_eq!(
+        engine.post("/api/v1/instances/later/stop").await.status(),
+        200
+    );
     let response = engine.post("/api/v1/instances/later/start").await;
     assert_error(response, 400, "model_not_found").await;
     assert_eq!(engine.instance("later").await["status"], "stopped");

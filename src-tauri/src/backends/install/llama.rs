@@ -8,7 +8,6 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-
 use super::run::Ctx;
 use super::InstallError;
 

@@ -4570,7 +4570,7 @@ export interface operations {
                     "application/json": components["schemas"]["Instance"];
                 };
             };
-            /** @description Invalid name */
+            /** @description Invalid name; `model_not_found`: the model path does not exist */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4599,6 +4599,15 @@ export interface operations {
             };
             /** @description Running limit reached or port in use */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `backend_not_installed`: the backend's command is not found; the details say how to install it */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
