@@ -105,9 +105,15 @@ instances:
 auth:
   management_keys: ["$key"]
   inference_keys: ["sk-inference-schema"]
+models:
+  scan_known_caches: false
+  dirs: ["$work/models"]
 EOF
 
-"$CORRAL_BIN" serve --config "$work/config.yaml" --data-dir "$work/data" >"$work/corral.log" 2>&1 &
+# Downloads go nowhere (a closed local port) and into the temp folder, even where no network
+# namespace could be made: generated repo names must never reach huggingface.co.
+HF_ENDPOINT=http://127.0.0.1:9 HF_HUB_CACHE=$work/hub HF_TOKEN= \
+    "$CORRAL_BIN" serve --config "$work/config.yaml" --data-dir "$work/data" >"$work/corral.log" 2>&1 &
 server_pid=$!
 curl_api() { curl -sS -H "Authorization: Bearer $key" "$@"; }
 for _ in $(seq 100); do
@@ -118,9 +124,12 @@ done
 curl_api -f -o /dev/null "$base/api/v1/version" || die "corral serve did not answer"
 
 # One instance, created (which starts it) and stopped, so the routes that take a name have a
-# real one to reach besides the generated ones.
+# real one to reach besides the generated ones. Its model file must exist (a create checks); the
+# fake backend never reads it.
+mkdir -p "$work/models"
+: >"$work/models/fake.gguf"
 curl_api -f -o /dev/null -X POST -H 'Content-Type: application/json' \
-    -d '{"backend_type": "llama_cpp", "on_demand_start": false, "backend_options": {"model": "/models/fake.gguf"}}' \
+    -d '{"backend_type": "llama_cpp", "on_demand_start": false, "backend_options": {"model": "'"$work"'/models/fake.gguf"}}' \
     "$base/api/v1/instances/fake" || die "cannot create the instance"
 curl_api -f -o /dev/null -X POST "$base/api/v1/instances/fake/stop" || die "cannot stop the instance"
 

@@ -7,7 +7,7 @@
 //! cold figure pays for the pass over it. `CORRAL_BENCH_ROUNDS` (default 5) sets the rounds;
 //! each round scans a new fixture's library cold, then warm.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,11 +36,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         let library = Library::new();
         let start = Instant::now();
-        let entries = library.list(&sources, &available, &HashSet::new());
+        let entries = library.list(&sources, &available, &HashMap::new());
         let json = serde_json::to_vec(&entries)?;
         cold.push(start.elapsed());
         let start = Instant::now();
-        let entries = library.list(&sources, &available, &HashSet::new());
+        let entries = library.list(&sources, &available, &HashMap::new());
         let json_again = serde_json::to_vec(&entries)?;
         warm.push(start.elapsed());
         anyhow::ensure!(json == json_again, "the warm scan listed something else");

@@ -119,9 +119,8 @@ pub async fn list(State(api): State<Api>) -> Json<Vec<Installation>> {
     params(("backend" = String, Path, description = "llama-cpp or mlx")),
     responses(
         (status = 202, description = "Started", body = InstallJob),
-        (status = 404, description = "Unknown backend", body = ErrorBody),
+        (status = 404, description = "Unknown backend; `not_installable`: Corral does not install this backend (vLLM)", body = ErrorBody),
         (status = 409, description = "`install_running`: an install of this backend is running; `backend_installed`: its command is found already", body = ErrorBody),
-        (status = 422, description = "`not_installable`: Corral does not install this backend (vLLM)", body = ErrorBody),
         (status = 500, description = "The install log could not be created", body = ErrorBody)))]
 pub async fn install(
     State(api): State<Api>,
@@ -135,9 +134,9 @@ pub async fn install(
         .start(backend, command)
         .map_err(|e| {
             let (status, code) = match &e {
-                StartError::NotInstallable(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "not_installable")
-                }
+                // There is no install of vLLM to start: as for an unknown backend, the
+                // resource is not there (and a well-formed request is never "unprocessable").
+                StartError::NotInstallable(_) => (StatusCode::NOT_FOUND, "not_installable"),
                 StartError::AlreadyInstalled { .. } => (StatusCode::CONFLICT, "backend_installed"),
                 StartError::Running(_) => (StatusCode::CONFLICT, "install_running"),
                 StartError::Log { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "install_failed"),

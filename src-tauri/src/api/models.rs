@@ -1,7 +1,7 @@
 //! `GET /api/v1/models`: the model library — every model on this machine, from the caches of
 //! the other tools and `models.dirs`, with what its files say and whether it fits.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,11 +37,11 @@ pub async fn list(State(api): State<Api>) -> Result<Json<Vec<ModelEntry>>, ApiEr
         );
     }
     let library = Arc::clone(&api.library);
-    let downloaded: HashSet<PathBuf> = api
+    let downloaded: HashMap<PathBuf, Option<String>> = api
         .downloads
         .downloaded()
         .into_iter()
-        .map(|model| model.path)
+        .map(|model| (model.path, model.tag))
         .collect();
     tokio::task::spawn_blocking(move || library.list(&sources, &available, &downloaded))
         .await

@@ -106,12 +106,13 @@ impl Library {
     }
 
     /// Every model in `sources`, sorted by source then name, with its fit against `available`;
-    /// `downloaded` are the paths of the models Corral downloaded. Blocking: file system work.
+    /// `downloaded` are the models Corral downloaded, by path, with the tag each was asked for
+    /// (the one `DELETE /models` finds it by). Blocking: file system work.
     pub fn list(
         &self,
         sources: &[Source],
         available: &Available,
-        downloaded: &HashSet<PathBuf>,
+        downloaded: &HashMap<PathBuf, Option<String>>,
     ) -> Vec<ModelEntry> {
         let mut seen = HashSet::new();
         let mut live = HashSet::new();
@@ -125,8 +126,8 @@ impl Library {
                     continue;
                 }
                 live.extend(found.files.iter().cloned());
-                let downloaded = downloaded.contains(&path);
-                entries.push(self.entry(found, path, available, downloaded));
+                let download = downloaded.get(&path);
+                entries.push(self.entry(found, path, available, download));
             }
         }
         entries.sort_by(|a, b| (a.source, &a.name, &a.path).cmp(&(b.source, &b.name, &b.path)));
@@ -139,7 +140,7 @@ impl Library {
         found: Found,
         path: PathBuf,
         available: &Available,
-        downloaded: bool,
+        download: Option<&Option<String>>,
     ) -> ModelEntry {
         let files: Vec<ModelFile> = found
             .files
@@ -172,7 +173,13 @@ impl Library {
         ModelEntry {
             id: format!("{}:{}", source_name(found.source), path.display()),
             name: described.name,
-            tag: found.tag.clone().or_else(|| described.quantization.clone()),
+            // A download's tag names it as the user asked for it; the file's own type may be
+            // spelled otherwise (a `Q8_0` request of a file whose header says `F16`).
+            tag: download
+                .cloned()
+                .flatten()
+                .or_else(|| found.tag.clone())
+                .or_else(|| described.quantization.clone()),
             repo: found.repo.clone(),
             format: described.format,
             path,
@@ -186,7 +193,7 @@ impl Library {
             source: found.source,
             source_dir: found.source_dir.clone(),
             backends: described.backends,
-            downloaded,
+            downloaded: download.is_some(),
             error: described.error,
             fit,
         }

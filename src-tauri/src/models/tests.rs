@@ -217,7 +217,7 @@ fn by_name<'a>(entries: &'a [ModelEntry], name: &str) -> &'a ModelEntry {
 #[test]
 fn every_layout_is_listed_with_what_its_files_say() {
     let fixture = fixture();
-    let entries = Library::new().list(&fixture.sources, &plenty(), &HashSet::new());
+    let entries = Library::new().list(&fixture.sources, &plenty(), &HashMap::new());
     let names: Vec<(&str, SourceKind)> = entries
         .iter()
         .map(|e| (e.name.as_str(), e.source))
@@ -312,7 +312,7 @@ fn every_layout_is_listed_with_what_its_files_say() {
 fn the_fit_verdict_counts_weights_and_the_kv_cache_at_the_capped_context() {
     let fixture = fixture();
     let library = Library::new();
-    let list = |available: &Available| library.list(&fixture.sources, available, &HashSet::new());
+    let list = |available: &Available| library.list(&fixture.sources, available, &HashMap::new());
     let entries = list(&plenty());
     let big = by_name(&entries, "Big");
     // Trained for 32k; judged at 8k: 4 layers × 8192 tokens × (K + V: 4 heads × 64 × 2 bytes).
@@ -353,7 +353,7 @@ fn a_second_scan_reads_only_files_that_changed() {
     let fixture = fixture();
     let library = Library::new();
     let sources = &fixture.sources[3..4]; // Ollama's blob: a plain file
-    let first = library.list(sources, &plenty(), &HashSet::new());
+    let first = library.list(sources, &plenty(), &HashMap::new());
     assert_eq!(first[0].context_length, Some(8192));
 
     // Same size and modification time: the cached reading stands, nothing is read.
@@ -369,7 +369,7 @@ fn a_second_scan_reads_only_files_that_changed() {
         .unwrap()
         .set_modified(modified)
         .unwrap();
-    let second = library.list(sources, &plenty(), &HashSet::new());
+    let second = library.list(sources, &plenty(), &HashMap::new());
     assert_eq!(second[0].context_length, Some(8192));
 
     // A newer modification time: read again.
@@ -379,7 +379,7 @@ fn a_second_scan_reads_only_files_that_changed() {
         .unwrap()
         .set_modified(modified + std::time::Duration::from_secs(5))
         .unwrap();
-    let third = library.list(sources, &plenty(), &HashSet::new());
+    let third = library.list(sources, &plenty(), &HashMap::new());
     assert_eq!(third[0].context_length, Some(1024));
 }
 
@@ -392,11 +392,21 @@ fn a_model_reached_twice_is_listed_once_and_downloads_are_marked() {
         kind: SourceKind::ModelsDir,
         dir: fixture.root.join("hub"),
     });
-    let first = Library::new().list(&sources[..1], &plenty(), &HashSet::new());
-    let downloaded: HashSet<PathBuf> = first.iter().take(1).map(|e| e.path.clone()).collect();
+    let first = Library::new().list(&sources[..1], &plenty(), &HashMap::new());
+    let downloaded: HashMap<PathBuf, Option<String>> = first
+        .iter()
+        .take(1)
+        .map(|e| (e.path.clone(), Some("asked-as".to_owned())))
+        .collect();
     let entries = Library::new().list(&sources, &plenty(), &downloaded);
     assert_eq!(entries.len(), 9);
-    assert_eq!(entries.iter().filter(|e| e.downloaded).count(), 1);
+    let mine: Vec<&ModelEntry> = entries.iter().filter(|e| e.downloaded).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        mine[0].tag.as_deref(),
+        Some("asked-as"),
+        "the tag it was downloaded by"
+    );
 }
 
 #[test]
@@ -411,7 +421,7 @@ fn a_symlink_loop_ends_the_walk() {
         kind: SourceKind::ModelsDir,
         dir: dir.path().to_path_buf(),
     }];
-    let entries = Library::new().list(&sources, &plenty(), &HashSet::new());
+    let entries = Library::new().list(&sources, &plenty(), &HashMap::new());
     assert_eq!(entries.len(), 1);
 }
 
@@ -439,7 +449,7 @@ fn a_projector_pairs_with_models_below_it_only_inside_one_repo() {
         kind: SourceKind::ModelsDir,
         dir: dir.path().to_path_buf(),
     }];
-    let entries = Library::new().list(&sources, &plenty(), &HashSet::new());
+    let entries = Library::new().list(&sources, &plenty(), &HashMap::new());
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].mmproj, None, "a models folder is not one repo");
 }

@@ -3235,7 +3235,7 @@ export interface operations {
                     "application/json": components["schemas"]["AuthErrorBody"];
                 };
             };
-            /** @description Unknown backend */
+            /** @description Unknown backend; `not_installable`: Corral does not install this backend (vLLM) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3246,15 +3246,6 @@ export interface operations {
             };
             /** @description `install_running`: an install of this backend is running; `backend_installed`: its command is found already */
             409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description `not_installable`: Corral does not install this backend (vLLM) */
-            422: {
                 headers: {
                     [name: string]: unknown;
                 };
