@@ -2,11 +2,12 @@
 // `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
 // instances through the form (llama.cpp and MLX) and through import-from-command, watches them
 // run, reads live logs, chats with one, downloads a model from a fake Hugging Face (startFakeHub)
-// and runs it, stops and deletes them, and saves a screenshot of every
+// and runs it, stops and deletes them, installs mlx-lm from the guided start of a second engine that
+// lacks it (pip offline, from the test wheelhouse), and saves a screenshot of every
 // main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
 //   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... \
-//   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... node e2e/run.mjs
+//   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... CORRAL_MLX_WHEELS=... node e2e/run.mjs
 //
 // E2E_UI_ORIGIN points the browser at another server of the same UI (e.g. `npm run dev`, which
 // proxies the API to this engine) instead of the engine's embedded copy; E2E_ENGINE_PORT then
@@ -44,6 +45,7 @@ const llamaServer = required('CORRAL_LLAMA_SERVER');
 const model = required('CORRAL_TEST_MODEL');
 const mlxServer = required('CORRAL_MLX_SERVER');
 const hfModel = required('CORRAL_TEST_HF_MODEL');
+const mlxWheels = required('CORRAL_MLX_WHEELS');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const KEY = 'e2e-management-key';
 /** Generous: two cores shared with other builds make everything slow now and then. */
@@ -165,8 +167,12 @@ async function startFakeHub() {
   return { server, endpoint: `http://127.0.0.1:${server.address().port}`, repoId };
 }
 
-/** `corral serve` on a free port over a fresh data folder; resolves to its base URL. */
-async function startEngine(dir, hubEndpoint) {
+/**
+ * `corral serve` on a free port over a fresh data folder; resolves to its base URL. `mlxCommand`
+ * is what the config names for mlx_lm.server, `env` more of the engine's environment.
+ */
+async function startEngine(dir, { hubEndpoint, mlxCommand = mlxServer, env: more = {} }) {
+  await mkdir(dir, { recursive: true });
   const config = join(dir, 'config.yaml');
   await writeFile(
     config,
@@ -175,7 +181,7 @@ async function startEngine(dir, hubEndpoint) {
       '  llama-cpp:',
       `    command: ${llamaServer}`,
       '  mlx:',
-      `    command: ${mlxServer}`,
+      `    command: ${mlxCommand}`,
       '    environment:',
       '      HF_HUB_OFFLINE: "1"',
       `      HF_HOME: ${join(dir, 'hf-home')}`,
@@ -189,7 +195,7 @@ async function startEngine(dir, hubEndpoint) {
       '',
     ].join('\n'),
   );
-  const env = { ...process.env, ...(await layOutModels(dir)), HF_ENDPOINT: hubEndpoint };
+  const env = { ...process.env, ...(await layOutModels(dir)), HF_ENDPOINT: hubEndpoint, ...more };
   const child = spawn(corralBin, ['serve', '--port', process.env.E2E_ENGINE_PORT ?? '0', '--config', config, '--data-dir', join(dir, 'data')], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env,
@@ -220,7 +226,7 @@ async function shot(page, name) {
 const dir = await mkdtemp(join(tmpdir(), 'corral-ui-e2e-'));
 await mkdir(shots, { recursive: true });
 const hub = await startFakeHub();
-const engine = await startEngine(dir, hub.endpoint);
+const engine = await startEngine(dir, { hubEndpoint: hub.endpoint });
 const origin = process.env.E2E_UI_ORIGIN ?? engine.base;
 console.log(`corral at ${engine.base}; browser at ${origin}`);
 
@@ -611,6 +617,46 @@ try {
     await page.getByText('Run your first model').waitFor();
     const left = await (await fetch(`${engine.base}/api/v1/instances`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
     assert.deepEqual(left, []);
+  });
+
+  await step('an engine without mlx-lm installs it from the guided start', async () => {
+    const home = join(dir, 'no-mlx');
+    // pip never reaches PyPI: the wheels scripts/test-backends-py.sh keeps are all it sees.
+    const other = await startEngine(home, {
+      hubEndpoint: hub.endpoint,
+      mlxCommand: join(home, 'nowhere', 'mlx_lm.server'),
+      env: { PIP_NO_INDEX: '1', PIP_FIND_LINKS: mlxWheels },
+    });
+    const tab = await context.newPage();
+    try {
+      await tab.goto(`${other.base}/#key=${encodeURIComponent(KEY)}`);
+      await tab.getByTestId('install-mlx_lm').waitFor();
+      assert.match(await tab.getByTestId('step-backends').textContent(), /llama\.cpp/, 'llama.cpp is found, mlx-lm is not');
+      await tab.getByTestId('install-start-mlx_lm').click();
+      await tab.getByTestId('install-step-mlx_lm').waitFor();
+      // pip's output takes a while of the install: the picture shows it, under the live step.
+      await tab.getByTestId('install-log-mlx_lm').waitFor({ state: 'attached', timeout: SLOW });
+      await tab.getByText('Last log lines').click();
+      await shot(tab, 'install');
+      // The install ends in one of two ways: the list of installed backends names it, or an error.
+      const ended = await tab.waitForFunction(
+        () =>
+          document.querySelector('[data-testid="install-error-mlx_lm"]')?.textContent ||
+          (/MLX[^;]*installed by Corral/.test(document.querySelector('[data-testid="step-backends"]')?.textContent ?? '') && 'installed'),
+        null,
+        { timeout: 5 * 60_000 },
+      );
+      assert.equal(await ended.jsonValue(), 'installed');
+      const backends = await (await fetch(`${other.base}/api/v1/backends`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+      const mlx = backends.find((b) => b.backend === 'mlx_lm');
+      assert.equal(mlx.installed, true);
+      assert.equal(mlx.managed, true);
+      assert.ok(mlx.path.startsWith(join(home, 'data')), `Corral's own mlx_lm.server: ${mlx.path}`);
+    } finally {
+      await tab.close();
+      other.child.kill('SIGTERM');
+      await new Promise((r) => (other.child.exitCode !== null ? r() : other.child.on('exit', r)));
+    }
   });
 
   await step('a key that stops working brings the login back', async () => {
