@@ -638,6 +638,11 @@ try {
       await tab.getByTestId('install-log-mlx_lm').waitFor({ state: 'attached', timeout: SLOW });
       await tab.getByText('Last log lines').click();
       await shot(tab, 'install');
+      for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
+        await tab.setViewportSize(size);
+        const overflow = await tab.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `the install at ${size.width}px scrolls sideways by ${overflow}px`);
+      }
       // The install ends in one of two ways: the list of installed backends names it, or an error.
       const ended = await tab.waitForFunction(
         () =>

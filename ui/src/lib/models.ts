@@ -45,9 +45,6 @@ export type BackendInfo = Schemas['Installation'];
 /** An install of a backend by Corral (live as `backend_install` events on `/api/v1/events`). */
 export type InstallJob = Schemas['InstallJob'];
 
-/** The backends Corral installs itself; vLLM only has advice. */
-export const INSTALLABLE: readonly ModelBackend[] = ['llama_cpp', 'mlx_lm'];
-
 async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
   const response = await request(path, init);
   return response.status === 204 ? (undefined as T) : ((await response.json()) as T);
