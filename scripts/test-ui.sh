@@ -8,6 +8,7 @@
 #   CORRAL_BIN        the corral binary (default: <target dir>/debug/corral, built here, headless)
 #   CORRAL_LLAMA_SERVER, CORRAL_TEST_MODEL   the real llama-server (default: scripts/test-backend.sh)
 #   CORRAL_MLX_SERVER, CORRAL_TEST_HF_MODEL  the real mlx_lm.server (default: scripts/test-backends-py.sh)
+#   CORRAL_MLX_WHEELS the wheels pip installs mlx-lm from, offline (default: the same script)
 #   CHROMIUM          the browser (default: /usr/bin/chromium)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +23,7 @@ if [[ -z ${CORRAL_LLAMA_SERVER:-} || -z ${CORRAL_TEST_MODEL:-} ]]; then
     backend_env=$(bash scripts/test-backend.sh)
     eval "$backend_env"
 fi
-if [[ -z ${CORRAL_MLX_SERVER:-} || -z ${CORRAL_TEST_HF_MODEL:-} ]]; then
+if [[ -z ${CORRAL_MLX_SERVER:-} || -z ${CORRAL_TEST_HF_MODEL:-} || -z ${CORRAL_MLX_WHEELS:-} ]]; then
     backends_py_env=$(bash scripts/test-backends-py.sh mlx)
     eval "$backends_py_env"
 fi
@@ -44,7 +45,8 @@ if [[ -z ${CORRAL_BIN:-} ]]; then
     CORRAL_BIN=${CARGO_TARGET_DIR:-target}/debug/corral
 fi
 
-echo "--- end to end (chromium, corral serve, llama-server, mlx_lm.server)"
+echo "--- end to end (chromium, corral serve, llama-server, mlx_lm.server, an offline mlx-lm install)"
 CORRAL_BIN=$(realpath "$CORRAL_BIN") CORRAL_LLAMA_SERVER=$CORRAL_LLAMA_SERVER \
     CORRAL_TEST_MODEL=$CORRAL_TEST_MODEL CORRAL_MLX_SERVER=$CORRAL_MLX_SERVER \
-    CORRAL_TEST_HF_MODEL=$CORRAL_TEST_HF_MODEL CHROMIUM=$chromium node ui/e2e/run.mjs
+    CORRAL_TEST_HF_MODEL=$CORRAL_TEST_HF_MODEL CORRAL_MLX_WHEELS=$CORRAL_MLX_WHEELS \
+    CHROMIUM=$chromium node ui/e2e/run.mjs

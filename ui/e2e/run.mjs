@@ -1,17 +1,21 @@
 // End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
 // `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
 // instances through the form (llama.cpp and MLX) and through import-from-command, watches them
-// run, reads live logs, chats with one, stops and deletes them, and saves a screenshot of every
+// run, reads live logs, chats with one, downloads a model from a fake Hugging Face (startFakeHub)
+// and runs it, stops and deletes them, installs mlx-lm from the guided start of a second engine that
+// lacks it (pip offline, from the test wheelhouse), and saves a screenshot of every
 // main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
 //   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... \
-//   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... node e2e/run.mjs
+//   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... CORRAL_MLX_WHEELS=... node e2e/run.mjs
 //
 // E2E_UI_ORIGIN points the browser at another server of the same UI (e.g. `npm run dev`, which
 // proxies the API to this engine) instead of the engine's embedded copy; E2E_ENGINE_PORT then
 // fixes the engine's port so that server can proxy to it.
 
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createServer } from 'node:http';
 import { appendFile, copyFile, mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,6 +45,7 @@ const llamaServer = required('CORRAL_LLAMA_SERVER');
 const model = required('CORRAL_TEST_MODEL');
 const mlxServer = required('CORRAL_MLX_SERVER');
 const hfModel = required('CORRAL_TEST_HF_MODEL');
+const mlxWheels = required('CORRAL_MLX_WHEELS');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const KEY = 'e2e-management-key';
 /** Generous: two cores shared with other builds make everything slow now and then. */
@@ -99,8 +104,75 @@ async function layOutModels(dir) {
   };
 }
 
-/** `corral serve` on a free port over a fresh data folder; resolves to its base URL. */
-async function startEngine(dir) {
+/**
+ * A Hugging Face hub on 127.0.0.1 with one repository, `corral/tiny-dl-GGUF`, whose one GGUF file
+ * `tiny-dl-F16.gguf` is the tiny model (named for its type, F16: the library reads the tag of a
+ * download from the file, and deleting it names that tag): the requests the engine makes (src-tauri/src/downloads/
+ * hub.rs) answered as huggingface.co does (src-tauri/tests/common/fake_hub.rs): the model info,
+ * `HEAD` of `resolve` with the LFS redirect to the CDN carrying the metadata, and the CDN's bytes
+ * from a `Range`, sent slowly enough that the UI's progress is there to see.
+ */
+async function startFakeHub() {
+  const repoId = 'corral/tiny-dl-GGUF';
+  const file = 'tiny-dl-F16.gguf';
+  const commit = 'c0ffee'.padEnd(40, '0');
+  const bytes = await readFile(model);
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  const gitSha1 = createHash('sha1').update(`blob ${bytes.length}\0`).update(bytes).digest('hex');
+  /** 128 KiB every 100 ms: the 9 MB model takes about 7 s, long enough to watch. */
+  const CHUNK = 128 * 1024;
+  const PAUSE_MS = 100;
+  const server = createServer((req, res) => {
+    const url = new URL(req.url, 'http://hub');
+    const path = decodeURIComponent(url.pathname);
+    if (req.method === 'GET' && (path === `/api/models/${repoId}` || path === `/api/models/${repoId}/revision/${commit}` || path === `/api/models/${repoId}/revision/main`)) {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ id: repoId, modelId: repoId, sha: commit, siblings: [{ rfilename: file }] }));
+    } else if (path === `/${repoId}/resolve/${commit}/${file}` || path === `/${repoId}/resolve/main/${file}`) {
+      // An LFS file: a redirect to the CDN, the file's metadata on the redirect itself.
+      res.writeHead(302, {
+        Location: `http://${req.headers.host}/cdn/${file}`,
+        'X-Repo-Commit': commit,
+        'X-Linked-Etag': `"${sha256}"`,
+        'X-Linked-Size': String(bytes.length),
+        ETag: `"${gitSha1}"`,
+      });
+      res.end();
+    } else if (req.method === 'GET' && path === `/cdn/${file}`) {
+      const start = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
+      if (start >= bytes.length) {
+        res.writeHead(416).end();
+        return;
+      }
+      res.writeHead(req.headers.range ? 206 : 200, {
+        'Content-Length': String(bytes.length - start),
+        'Accept-Ranges': 'bytes',
+        ...(req.headers.range ? { 'Content-Range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` } : {}),
+      });
+      let sent = start;
+      const timer = setInterval(() => {
+        res.write(bytes.subarray(sent, sent + CHUNK));
+        sent += CHUNK;
+        if (sent >= bytes.length) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, PAUSE_MS);
+      res.on('close', () => clearInterval(timer));
+    } else {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('Repository not found');
+    }
+  });
+  await new Promise((ready) => server.listen(0, '127.0.0.1', ready));
+  return { server, endpoint: `http://127.0.0.1:${server.address().port}`, repoId };
+}
+
+/**
+ * `corral serve` on a free port over a fresh data folder; resolves to its base URL. `mlxCommand`
+ * is what the config names for mlx_lm.server, `env` more of the engine's environment.
+ */
+async function startEngine(dir, { hubEndpoint, mlxCommand = mlxServer, env: more = {} }) {
+  await mkdir(dir, { recursive: true });
   const config = join(dir, 'config.yaml');
   await writeFile(
     config,
@@ -109,7 +181,7 @@ async function startEngine(dir) {
       '  llama-cpp:',
       `    command: ${llamaServer}`,
       '  mlx:',
-      `    command: ${mlxServer}`,
+      `    command: ${mlxCommand}`,
       '    environment:',
       '      HF_HUB_OFFLINE: "1"',
       `      HF_HOME: ${join(dir, 'hf-home')}`,
@@ -123,7 +195,7 @@ async function startEngine(dir) {
       '',
     ].join('\n'),
   );
-  const env = { ...process.env, ...(await layOutModels(dir)) };
+  const env = { ...process.env, ...(await layOutModels(dir)), HF_ENDPOINT: hubEndpoint, ...more };
   const child = spawn(corralBin, ['serve', '--port', process.env.E2E_ENGINE_PORT ?? '0', '--config', config, '--data-dir', join(dir, 'data')], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env,
@@ -153,7 +225,8 @@ async function shot(page, name) {
 
 const dir = await mkdtemp(join(tmpdir(), 'corral-ui-e2e-'));
 await mkdir(shots, { recursive: true });
-const engine = await startEngine(dir);
+const hub = await startFakeHub();
+const engine = await startEngine(dir, { hubEndpoint: hub.endpoint });
 const origin = process.env.E2E_UI_ORIGIN ?? engine.base;
 console.log(`corral at ${engine.base}; browser at ${origin}`);
 
@@ -339,7 +412,52 @@ try {
       const verdict = await page.getByTestId(`fit-${m.id}`).textContent();
       assert.ok(['Fits on the GPU', 'CPU only'].includes(verdict.trim()), `${m.id} fits: ${verdict}`);
     }
+  });
+
+  await step('a download from the hub shows its progress, joins the library, runs, and is deleted', async () => {
+    await page.getByTestId('download-repo').fill(`${hub.repoId}:F16`);
+    await page.getByTestId('download-start').click();
+    // "1.3 MiB of 8.6 MiB · file 1 of 1 · 1.2 MiB/s", then a later figure of the same line.
+    const line = '[data-testid^="download-job-"].running .detail';
+    const first = await (
+      await page.waitForFunction((sel) => {
+        const text = document.querySelector(sel)?.textContent ?? '';
+        return /^[\d.]+ \S+ of [\d.]+ \S+ · file 1 of 1 · [\d.]+ \S+\/s/.test(text) && !text.startsWith('0 B') && text;
+      }, line, { timeout: SLOW })
+    ).jsonValue();
+    await page.waitForFunction(([sel, before]) => {
+      const text = document.querySelector(sel)?.textContent;
+      return text && text !== before && text.includes('/s');
+    }, [line, first], { timeout: SLOW });
     await shot(page, 'models');
+    await page.locator('[data-testid^="download-job-"].completed').waitFor({ timeout: SLOW });
+    // The library is read again when the download completes.
+    let entry;
+    await until(async () => {
+      const library = await (await fetch(`${engine.base}/api/v1/models`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+      entry = library.find((m) => m.repo === hub.repoId);
+      return entry && (await page.getByTestId(`model-${entry.id}`).count()) === 1;
+    }, 'the downloaded model is listed');
+    assert.equal(entry.downloaded, true);
+    const listed = page.getByTestId(`model-${entry.id}`);
+    assert.match(await listed.textContent(), /Corral's download/);
+    await page.getByTestId(`create-from-${entry.id}`).click();
+    await page.waitForFunction((p) => document.querySelector('[data-testid="field-model"]')?.value === p, entry.path);
+    await page.getByTestId('field-name').fill('downloaded');
+    await page.getByTestId('save-instance').click();
+    await card('downloaded').waitFor();
+    await waitStatus('downloaded', 'running');
+    await until(async () => (await getInstance('downloaded')).health === 'ready', 'downloaded is ready', SLOW);
+    await chat('downloaded');
+    await page.getByTestId('delete-downloaded').click();
+    await page.getByTestId('confirm-delete').click();
+    await card('downloaded').waitFor({ state: 'detached' });
+    await page.getByTestId('nav-models').click();
+    await page.getByTestId(`delete-model-${entry.id}`).click();
+    await page.getByTestId('confirm-delete-model').click();
+    await listed.waitFor({ state: 'detached' });
+    const library = await (await fetch(`${engine.base}/api/v1/models`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    assert.ok(!library.some((m) => m.repo === hub.repoId), 'the download is gone from the library');
   });
 
   await step('an instance created from a library entry (an Ollama blob) runs and chats', async () => {
@@ -501,6 +619,51 @@ try {
     assert.deepEqual(left, []);
   });
 
+  await step('an engine without mlx-lm installs it from the guided start', async () => {
+    const home = join(dir, 'no-mlx');
+    // pip never reaches PyPI: the wheels scripts/test-backends-py.sh keeps are all it sees.
+    const other = await startEngine(home, {
+      hubEndpoint: hub.endpoint,
+      mlxCommand: join(home, 'nowhere', 'mlx_lm.server'),
+      env: { PIP_NO_INDEX: '1', PIP_FIND_LINKS: mlxWheels },
+    });
+    const tab = await context.newPage();
+    try {
+      await tab.goto(`${other.base}/#key=${encodeURIComponent(KEY)}`);
+      await tab.getByTestId('install-mlx_lm').waitFor();
+      assert.match(await tab.getByTestId('step-backends').textContent(), /llama\.cpp/, 'llama.cpp is found, mlx-lm is not');
+      await tab.getByTestId('install-start-mlx_lm').click();
+      await tab.getByTestId('install-step-mlx_lm').waitFor();
+      // pip's output takes a while of the install: the picture shows it, under the live step.
+      await tab.getByTestId('install-log-mlx_lm').waitFor({ state: 'attached', timeout: SLOW });
+      await tab.getByText('Last log lines').click();
+      await shot(tab, 'install');
+      for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
+        await tab.setViewportSize(size);
+        const overflow = await tab.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `the install at ${size.width}px scrolls sideways by ${overflow}px`);
+      }
+      // The install ends in one of two ways: the list of installed backends names it, or an error.
+      const ended = await tab.waitForFunction(
+        () =>
+          document.querySelector('[data-testid="install-error-mlx_lm"]')?.textContent ||
+          (/MLX[^;]*installed by Corral/.test(document.querySelector('[data-testid="step-backends"]')?.textContent ?? '') && 'installed'),
+        null,
+        { timeout: 5 * 60_000 },
+      );
+      assert.equal(await ended.jsonValue(), 'installed');
+      const backends = await (await fetch(`${other.base}/api/v1/backends`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+      const mlx = backends.find((b) => b.backend === 'mlx_lm');
+      assert.equal(mlx.installed, true);
+      assert.equal(mlx.managed, true);
+      assert.ok(mlx.path.startsWith(join(home, 'data')), `Corral's own mlx_lm.server: ${mlx.path}`);
+    } finally {
+      await tab.close();
+      other.child.kill('SIGTERM');
+      await new Promise((r) => (other.child.exitCode !== null ? r() : other.child.on('exit', r)));
+    }
+  });
+
   await step('a key that stops working brings the login back', async () => {
     await page.evaluate(() => sessionStorage.setItem('corral.key', 'revoked'));
     await page.reload();
@@ -527,6 +690,7 @@ try {
 } finally {
   await context.close().catch(() => {});
   engine.child.kill('SIGTERM');
+  hub.server.close();
   await new Promise((r) => (engine.child.exitCode !== null ? r() : engine.child.on('exit', r)));
   if (!process.exitCode) await rm(dir, { recursive: true, force: true });
 }

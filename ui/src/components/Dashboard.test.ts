@@ -17,7 +17,9 @@ describe('Dashboard, empty', () => {
     render(Dashboard, { schema: null });
     const backends = await screen.findByTestId('step-backends');
     expect(backends.textContent).toContain('llama.cpp (b6000)');
-    expect(backends.textContent).toContain('Install vLLM');
+    expect(backends.textContent).toContain('vLLM is not installed');
+    // Corral does not install vLLM: no button, only the advice.
+    expect(screen.queryByTestId('install-start-vllm')).toBeNull();
     expect(backends.textContent).toContain('pip install vllm');
     const models = await screen.findByTestId('step-models');
     expect(models.textContent).toContain('3 models found');

@@ -22,7 +22,9 @@ describe('ModelsPage', () => {
     const totals = screen.getByRole('list', { name: 'Size per source' });
     expect(totals.textContent).toContain('Hugging Face cache 2 · 7.0 GiB');
     expect(totals.textContent).toContain('Models folder 1 · 40.0 GiB');
-    // Only what Corral downloaded can be deleted.
+    // Only what Corral downloaded is marked as its own, and can be deleted.
+    expect(screen.getByTestId('model-qwen').textContent).toContain("Corral's download");
+    expect(screen.getByTestId('model-llama70').textContent).not.toContain("Corral's download");
     expect(screen.getByTestId('delete-model-qwen')).toBeTruthy();
     expect(screen.queryByTestId('delete-model-llama70')).toBeNull();
     expect(screen.getByTestId('create-from-qwen').getAttribute('href')).toBe(

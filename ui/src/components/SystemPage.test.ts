@@ -48,6 +48,27 @@ describe('SystemPage', () => {
     expect(await screen.findByText(/CUDA0/)).toBeTruthy();
   });
 
+  it('lists the backends, which installed one Corral made, and offers to install a missing one', async () => {
+    fakeEngine({
+      'GET /api/v1/version': text('Version: 0.1.0\n'),
+      'GET /api/v1/server/version': text('version: 6000 (abcdef)\n'),
+      'GET /api/v1/server/devices': text('Available devices:\n'),
+      'GET /api/v1/backends': () =>
+        json([
+          { backend: 'llama_cpp', installed: true, managed: true, command: 'llama-server', path: '/data/backends/llama.cpp/bin/llama-server', version: 'b6000', devices: ['CPU'], error: null, install: null },
+          { backend: 'mlx_lm', installed: false, managed: false, command: 'mlx_lm.server', devices: [], error: 'not found on PATH', install: { summary: 'pip install mlx-lm', commands: ['pip install mlx-lm'] } },
+        ]),
+      'GET /api/v1/backends/mlx/install': () => json({ error: 'not_found', details: 'none' }, 404),
+    });
+    render(SystemPage);
+    const llama = await screen.findByTestId('backend-llama_cpp');
+    expect(llama.textContent).toContain('b6000 · installed by Corral · runs on CPU');
+    expect(llama.textContent).toContain('/data/backends/llama.cpp/bin/llama-server');
+    const mlx = screen.getByTestId('backend-mlx_lm');
+    expect(mlx.textContent).toContain('mlx-lm is not installed');
+    expect(screen.getByRole('button', { name: 'Install mlx-lm' })).toBeTruthy();
+  });
+
   it('falls back to llama-server\'s own report on an engine without /system', async () => {
     fakeEngine({
       'GET /api/v1/version': text('Version: 0.1.0\n'),

@@ -1,11 +1,12 @@
 // The instances the UI shows, kept current by the engine's event stream (`/api/v1/events`):
 // a snapshot on every (re)connection, then one event per change. Engines without the stream get
 // a gentle poll instead. The same stream carries model downloads (`download`), kept in
-// downloads.svelte.ts.
+// downloads.svelte.ts, and backend installs (`backend_install`), kept in installs.svelte.ts.
 
 import { api, API } from './api';
 import { upsertJob } from './downloads.svelte';
-import type { DownloadJob } from './models';
+import { upsertInstall } from './installs.svelte';
+import type { DownloadJob, InstallJob } from './models';
 import { followStream, type StreamState } from './sse';
 import { toast } from './toasts.svelte';
 import type { Instance } from './types';
@@ -57,6 +58,9 @@ export function applyEvent(event: string, data: string): boolean {
       return true;
     case 'download':
       upsertJob(JSON.parse(data) as DownloadJob);
+      return true;
+    case 'backend_install':
+      upsertInstall(JSON.parse(data) as InstallJob);
       return true;
     default:
       return false;

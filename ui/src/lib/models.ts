@@ -1,11 +1,11 @@
 // The model library and the backends, as the engine reports them (`/api/v1/models`,
-// `/api/v1/models/jobs`, `/api/v1/backends`), and what the UI derives from them: the fit in
+// `/api/v1/models/jobs`, `/api/v1/backends` and its installs), and what the UI derives from them: the fit in
 // words, and the instance form filled from a model.
 //
 // The library's and the backends' types are the engine's (./api/schema.d.ts); the download jobs'
 // are written here until the engine's document has them.
 
-import { request } from './api';
+import { parseSegment, request } from './api';
 import type { components } from './api/schema';
 import type { Prefill } from './router.svelte';
 
@@ -42,6 +42,8 @@ export interface DownloadJob {
 
 /** A backend and whether this machine has it (`GET /api/v1/backends`). */
 export type BackendInfo = Schemas['Installation'];
+/** An install of a backend by Corral (live as `backend_install` events on `/api/v1/events`). */
+export type InstallJob = Schemas['InstallJob'];
 
 async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
   const response = await request(path, init);
@@ -65,7 +67,14 @@ export const modelsApi = {
   /** Answers the job, cancelled. */
   cancel: (id: string) => json<DownloadJob>(`/models/jobs/${encodeURIComponent(id)}`, { method: 'DELETE' }),
   backends: () => json<BackendInfo[]>('/backends'),
+  install: (backend: ModelBackend) => json<InstallJob>(installPath(backend), { method: 'POST' }),
+  /** The backend's latest install; 404 when there was none since the engine started. */
+  latestInstall: (backend: ModelBackend) => json<InstallJob>(installPath(backend)),
+  /** Answers the job, cancelled. */
+  cancelInstall: (backend: ModelBackend) => json<InstallJob>(installPath(backend), { method: 'DELETE' }),
 };
+
+const installPath = (backend: ModelBackend) => `/backends/${parseSegment(backend)}/install`;
 
 /** The guided start's suggestion: small enough to download in seconds and run on any CPU. */
 export const STARTER_MODEL = 'ggml-org/SmolLM2-135M-Instruct-GGUF:Q8_0';

@@ -48,10 +48,11 @@ export const library: Model[] = [
 ];
 
 export const backendsFixture: BackendInfo[] = [
-  { backend: 'llama_cpp', installed: true, command: 'llama-server', path: '/usr/bin/llama-server', version: 'b6000', devices: ['CPU'], error: null, install: null },
+  { backend: 'llama_cpp', installed: true, managed: false, command: 'llama-server', path: '/usr/bin/llama-server', version: 'b6000', devices: ['CPU'], error: null, install: null },
   {
     backend: 'vllm',
     installed: false,
+    managed: false,
     command: 'vllm',
     path: null,
     version: null,
