@@ -502,6 +502,30 @@ async fn an_engine_stopped_and_started_again_continues_an_unfinished_download() 
     continues_after(Exit::Stop).await;
 }
 
+/// A hub may announce any size: one larger than the disk has free fails the job before a byte
+/// is fetched, so a download cannot fill the disk.
+#[tokio::test]
+async fn a_download_larger_than_the_free_disk_fails_before_any_byte_is_fetched() {
+    let setup = Setup::start(vec![(GGUF, gguf_repo())]).await;
+    setup
+        .hub
+        .knobs
+        .announced_size
+        .lock()
+        .unwrap()
+        .push((PART_2.to_owned(), 1 << 60));
+    let id = setup.start_job(&format!("{GGUF}:Q4_K_M")).await;
+    let job = setup.wait_ended(&id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("not enough disk space"), "{job}");
+    assert!(
+        setup.hub.knobs.gets.lock().unwrap().is_empty(),
+        "no bytes fetched"
+    );
+    assert!(!setup.repo_dir(GGUF).join("blobs").exists());
+}
+
 #[tokio::test]
 async fn file_names_from_a_hostile_hub_are_refused_and_nothing_is_written_outside() {
     let hostile = [

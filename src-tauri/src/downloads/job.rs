@@ -10,6 +10,7 @@ use super::cache::RepoDir;
 use super::hub::RemoteFile;
 use super::names::{self, RepoId};
 use super::select::{self, ModelFormat};
+use super::space;
 use super::store::PendingJob;
 use super::transfer::{self, stoppable};
 use super::{
@@ -85,6 +86,11 @@ async fn fetch(
     for name in &selection.files {
         remotes.push(stoppable(stop, hub.file(repo, &commit, name)).await?);
     }
+    let needed = remotes
+        .iter()
+        .map(|remote| space::still_needed(&dir.blob(remote.digest.blob_name()), remote.size))
+        .fold(0u64, u64::saturating_add);
+    space::ensure_room(&downloads.settings.cache_dir, needed)?;
     let main = match selection.format {
         ModelFormat::Gguf => dir
             .snapshot(&commit)

@@ -12,6 +12,7 @@ mod hub;
 mod job;
 pub mod names;
 pub mod select;
+mod space;
 mod store;
 mod transfer;
 
@@ -65,6 +66,12 @@ pub enum DownloadError {
         action: &'static str,
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("not enough disk space in {}: the download needs {} more and {} are free (Corral leaves {} free)", dir.display(), crate::devices::fit::gib(*needed), crate::devices::fit::gib(*free), crate::devices::fit::gib(space::RESERVE_BYTES))]
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        free: u64,
     },
     #[error("download settings: {0}")]
     Settings(String),

@@ -109,6 +109,9 @@ pub struct Knobs {
     pub corrupt: Mutex<Vec<String>>,
     /// Every GET of file bytes: the file and the start of its range (0 without one).
     pub gets: Mutex<Vec<(String, u64)>>,
+    /// Files whose announced size (`X-Linked-Size`) is this instead of their own: a hub that
+    /// claims more than any disk has.
+    pub announced_size: Mutex<Vec<(String, u64)>>,
 }
 
 impl Knobs {
@@ -241,7 +244,17 @@ async fn resolve(
             )
             .header("x-repo-commit", &repo.commit)
             .header("x-linked-etag", format!("\"{}\"", found.sha256()))
-            .header("x-linked-size", found.bytes.len().to_string())
+            .header(
+                "x-linked-size",
+                hub.knobs
+                    .announced_size
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(name, _)| *name == file)
+                    .map_or(found.bytes.len() as u64, |(_, size)| *size)
+                    .to_string(),
+            )
             .header(header::ETAG, format!("\"{}\"", found.git_sha1()))
             .body(Body::empty())
             .unwrap();
