@@ -1,8 +1,8 @@
 //! Corral installing backends itself, against the real `corral serve`, the real pip, Python and
 //! cmake, offline: pip gets `PIP_NO_INDEX=1` and `PIP_FIND_LINKS` at the folders the test
 //! scripts filled, so nothing reaches PyPI. mlx-lm is installed into Corral's own virtualenv and
-//! serves chat; llama-server is built from source and serves chat (behind
-//! `CORRAL_TEST_BUILD_LLAMA=1`: minutes of compiling, `scripts/test-install.sh`). Also: the
+//! serves chat; llama-server is built from source and serves chat (ignored by default:
+//! minutes of compiling; `scripts/test-install.sh` runs it). Also: the
 //! management key is required, a cancel kills the install's whole process tree and records
 //! nothing, a machine without Python and a tampered sdist fail with a clear error.
 //!
@@ -401,12 +401,10 @@ async fn without_python_or_with_a_tampered_source_an_install_fails_and_says_why(
     corral.terminate().await;
 }
 
+// Ignored, so the normal suite reports it as not run instead of passing it unrun.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds llama.cpp from source (about 7 minutes on 2 cores): scripts/test-install.sh runs it"]
 async fn llama_server_built_by_corral_offline_serves_chat() {
-    if std::env::var_os("CORRAL_TEST_BUILD_LLAMA").is_none() {
-        eprintln!("skipped: the build takes minutes; scripts/test-install.sh runs it");
-        return;
-    }
     let sdists = std::env::var("CORRAL_LLAMA_SDISTS").expect("CORRAL_LLAMA_SDISTS");
     let tools = required_dir("CORRAL_BUILD_TOOLS");
     let model = required_file("CORRAL_TEST_MODEL");
