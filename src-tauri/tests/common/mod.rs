@@ -217,8 +217,13 @@ pub fn fake_model(name: &str) -> String {
             &[("token_embd.weight", &[8, 8], 0)],
             256,
         );
-        // Tests run in parallel threads: written aside, then renamed into place whole.
-        let partial = dir.join(format!("{name}.{:?}.partial", std::thread::current().id()));
+        // Tests run in parallel threads, and test binaries may run at once: written aside
+        // under a name of this process and thread, then renamed into place whole.
+        let partial = dir.join(format!(
+            "{name}.{}.{:?}.partial",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::write(&partial, bytes).expect("write fake model");
         std::fs::rename(&partial, &path).expect("place fake model");
     }
