@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::scan::{split_part, Found, FoundKind};
-use super::Format;
+use super::{Format, ModelFile};
 use crate::backends::{BackendOptions, BackendType};
 use crate::devices::fit::{self, Available};
 use crate::devices::gguf::{self, Header, Value};
@@ -17,6 +17,16 @@ use crate::devices::gguf::{self, Header, Value};
 /// The context the fit is judged at when the model's own is longer: what a user starts with
 /// (LM Studio's and Ollama's defaults are 4k-8k), not a 128k training context few load.
 pub const FIT_CONTEXT: u64 = 8192;
+/// llama.cpp options of a one-token context on the CPU: the fit check's estimate at them is the
+/// KV cache per token. Built once; the option table takes both values, so the fallback (no
+/// options) is never used.
+static ONE_TOKEN: std::sync::LazyLock<BackendOptions> = std::sync::LazyLock::new(|| {
+    BackendOptions::from_json(
+        BackendType::LlamaCpp,
+        &serde_json::json!({"ctx_size": 1, "gpu_layers": 0}),
+    )
+    .unwrap_or_else(|_| BackendOptions::empty(BackendType::LlamaCpp))
+});
 /// Strings in a GGUF header longer than this (chat templates, licences) are not kept.
 const KEPT_STRING: usize = 256;
 /// A safetensors header larger than this is not one (real ones are a few hundred KiB).
@@ -172,7 +182,7 @@ impl Described {
     pub fn from_facts(
         found: &Found,
         facts: &[std::sync::Arc<FileFacts>],
-        size_bytes: u64,
+        files: &[ModelFile],
         mmproj_bytes: u64,
     ) -> Self {
         let error = facts.iter().find_map(|f| match f.as_ref() {
@@ -180,8 +190,8 @@ impl Described {
             _ => None,
         });
         let mut described = match found.kind {
-            FoundKind::Gguf => gguf_model(found, facts, size_bytes),
-            FoundKind::Folder => folder_model(found, facts, size_bytes),
+            FoundKind::Gguf => gguf_model(found, facts, files),
+            FoundKind::Folder => folder_model(found, facts, files),
         };
         described.weights_bytes = described.weights_bytes.saturating_add(mmproj_bytes);
         described.unreadable = error.is_some() && described.architecture.is_none();
@@ -242,7 +252,12 @@ impl Described {
     }
 }
 
-fn gguf_model(found: &Found, facts: &[std::sync::Arc<FileFacts>], size_bytes: u64) -> Described {
+fn gguf_model(
+    found: &Found,
+    facts: &[std::sync::Arc<FileFacts>],
+    files: &[ModelFile],
+) -> Described {
+    let size_bytes: u64 = files.iter().map(|f| f.size_bytes).sum();
     let file_name = found
         .files
         .first()
@@ -300,21 +315,18 @@ fn gguf_model(found: &Found, facts: &[std::sync::Arc<FileFacts>], size_bytes: u6
     .or(described.quantization);
     described.context_length = header.arch_uint("context_length").filter(|c| *c > 0);
     // The KV cache per token, from the estimate the start's fit check uses, at one token.
-    let mut options = BackendOptions::empty(BackendType::LlamaCpp);
-    if let Ok(one) = BackendOptions::from_json(
-        BackendType::LlamaCpp,
-        &serde_json::json!({"ctx_size": 1, "gpu_layers": 0}),
-    ) {
-        options = one;
-    }
-    let estimate = fit::estimate(header, &options, false);
+    let estimate = fit::estimate(header, &ONE_TOKEN, false);
     described.kv_bytes_per_token = (estimate.layers > 0).then_some(estimate.kv_cache_bytes);
     // The header's own bytes are not loaded; for split models each part has one, a few KiB.
     described.weights_bytes = size_bytes.saturating_sub(header.data_offset);
     described
 }
 
-fn folder_model(found: &Found, facts: &[std::sync::Arc<FileFacts>], size_bytes: u64) -> Described {
+fn folder_model(
+    found: &Found,
+    facts: &[std::sync::Arc<FileFacts>],
+    files: &[ModelFile],
+) -> Described {
     let folder = found.model_path();
     let folder_name = folder
         .file_name()
@@ -407,14 +419,11 @@ fn folder_model(found: &Found, facts: &[std::sync::Arc<FileFacts>], size_bytes: 
             vec![BackendType::Vllm, BackendType::MlxLm]
         },
         error: None,
-        weights_bytes: found
-            .files
+        weights_bytes: files
             .iter()
-            .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum::<u64>()
-            .min(size_bytes),
+            .filter(|f| f.path.extension().is_some_and(|e| e == "safetensors"))
+            .map(|f| f.size_bytes)
+            .sum(),
         kv_bytes_per_token,
         unreadable: config.is_null(),
     }

@@ -142,33 +142,40 @@ impl Library {
         available: &Available,
         download: Option<&Option<String>>,
     ) -> ModelEntry {
+        // Each file is stat'ed once: its size is listed, and with its modification time it
+        // decides whether what the cache says of it still holds.
+        let stats: Vec<std::io::Result<std::fs::Metadata>> =
+            found.files.iter().map(std::fs::metadata).collect();
         let files: Vec<ModelFile> = found
             .files
             .iter()
-            .map(|file| ModelFile {
+            .zip(&stats)
+            .map(|(file, meta)| ModelFile {
                 path: file.clone(),
-                size_bytes: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+                size_bytes: meta.as_ref().map_or(0, |m| m.len()),
             })
             .collect();
         let size_bytes = files.iter().map(|file| file.size_bytes).sum();
-        let facts: Vec<Arc<FileFacts>> = match found.kind {
-            FoundKind::Gguf => found.files.iter().map(|file| self.facts(file)).collect(),
-            FoundKind::Folder => found
-                .files
-                .iter()
-                .filter(|file| {
-                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name == "config.json" || name.ends_with(".safetensors")
-                })
-                .map(|file| self.facts(file))
-                .collect(),
+        let read = |file: &Path| match found.kind {
+            FoundKind::Gguf => true,
+            FoundKind::Folder => {
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name == "config.json" || name.ends_with(".safetensors")
+            }
         };
+        let facts: Vec<Arc<FileFacts>> = found
+            .files
+            .iter()
+            .zip(&stats)
+            .filter(|(file, _)| read(file))
+            .map(|(file, meta)| self.facts(file, meta))
+            .collect();
         let mmproj_bytes = found
             .mmproj
             .as_deref()
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len());
-        let described = Described::from_facts(&found, &facts, size_bytes, mmproj_bytes);
+        let described = Described::from_facts(&found, &facts, &files, mmproj_bytes);
         let fit = described.fit(available);
         ModelEntry {
             id: format!("{}:{}", source_name(found.source), path.display()),
@@ -199,11 +206,11 @@ impl Library {
         }
     }
 
-    /// What `path` says, read once per size and modification time.
-    fn facts(&self, path: &Path) -> Arc<FileFacts> {
-        let (size, modified) = match std::fs::metadata(path) {
+    /// What `path` (whose metadata is `meta`) says, read once per size and modification time.
+    fn facts(&self, path: &Path, meta: &std::io::Result<std::fs::Metadata>) -> Arc<FileFacts> {
+        let (size, modified) = match meta {
             Ok(meta) => (meta.len(), meta.modified().ok()),
-            Err(e) => return Arc::new(FileFacts::unreadable(path, &e)),
+            Err(e) => return Arc::new(FileFacts::unreadable(path, e)),
         };
         {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
