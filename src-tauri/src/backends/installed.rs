@@ -3,13 +3,13 @@
 //! to install it on this OS.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::BackendType;
 use crate::config::BackendCommand;
+use crate::devices::{CommandRunner, SystemRunner};
 
 /// A version query runs a Python interpreter or the executable itself; one that hangs is a
 /// broken install, not a slow one.
@@ -251,41 +251,25 @@ fn interpreter(script: &Path) -> Option<String> {
         .then(|| interpreter.to_owned())
 }
 
-/// Runs `program args extra` with the backend's environment; its stdout and stderr.
+/// Runs `program args extra` with the backend's environment (through the runner the device
+/// probes use: stdin closed, killed at the timeout); its stdout and stderr.
 async fn run(
     program: &Path,
     args: &[String],
     extra: &[&str],
     command: &BackendCommand,
 ) -> Result<String, String> {
-    let shown = format!("{} {}", program.display(), extra.join(" "));
-    let mut child = tokio::process::Command::new(program);
-    child
-        .args(args)
-        .args(extra)
-        .envs(&command.environment)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(VERSION_TIMEOUT, child.output())
+    let mut argv = args.to_vec();
+    argv.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let env: Vec<(String, String)> = command
+        .environment
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    SystemRunner
+        .run(&program.to_string_lossy(), &argv, &env, VERSION_TIMEOUT)
         .await
-        .map_err(|_| {
-            format!(
-                "`{shown}` did not answer within {} s",
-                VERSION_TIMEOUT.as_secs()
-            )
-        })?
-        .map_err(|e| format!("`{shown}` could not be run: {e}"))?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    if !output.status.success() {
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        return Err(format!("`{shown}` failed ({}): {last}", output.status));
-    }
-    Ok(text)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
