@@ -119,31 +119,14 @@ async fn tools(ctx: &Ctx, python: &Path, dir: &Path) -> Result<Tools, InstallErr
     let venv = dir.join("build-venv");
     let bin = venv.join("bin");
     if !bin.join("cmake").is_file() {
-        ctx.run(
-            "creating a virtualenv for cmake and ninja",
+        ctx.venv_with(
+            (
+                "creating a virtualenv for cmake and ninja",
+                "installing cmake and ninja",
+            ),
             python,
-            &["-m".into(), "venv".into(), venv.clone().into()],
-            &[],
-            None,
-        )
-        .await?;
-        let mut args: Vec<OsString> = [
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-        ]
-        .map(OsString::from)
-        .into();
-        args.extend(BUILD_TOOLS.map(OsString::from));
-        ctx.run(
-            "installing cmake and ninja",
-            &bin.join("python"),
-            &args,
-            &[],
-            None,
+            &venv,
+            &BUILD_TOOLS,
         )
         .await?;
     }

@@ -1,6 +1,5 @@
 //! mlx-lm into a virtualenv of Corral's own: `<data_dir>/backends/mlx-lm/venv`.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::run::Ctx;
@@ -31,36 +30,11 @@ pub(super) async fn install(ctx: &Ctx, dir: &Path) -> Result<PathBuf, InstallErr
     let venv = venv(dir);
     // A folder left by an install that did not finish (Corral was killed during it).
     clean_up(dir)?;
-    ctx.run(
-        "creating the virtualenv",
+    ctx.venv_with(
+        ("creating the virtualenv", "installing mlx-lm"),
         &python,
-        &["-m".into(), "venv".into(), venv.clone().into()],
-        &[],
-        None,
-    )
-    .await?;
-    let mut args: Vec<OsString> = [
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect();
-    args.extend(
-        packages(std::env::consts::OS)
-            .into_iter()
-            .map(OsString::from),
-    );
-    ctx.run(
-        "installing mlx-lm",
-        &venv.join("bin/python"),
-        &args,
-        &[],
-        None,
+        &venv,
+        &packages(std::env::consts::OS),
     )
     .await?;
     let server = venv.join("bin/mlx_lm.server");

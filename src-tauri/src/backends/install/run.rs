@@ -199,6 +199,33 @@ impl Ctx {
     }
 
     /// `python3` from `PATH`, when it is Python 3.9 or newer.
+    /// Makes a virtualenv at `venv` with `python` and pip-installs `packages` into it, as the
+    /// job's steps `steps.0` and `steps.1`.
+    pub(super) async fn venv_with(
+        &self,
+        steps: (&str, &str),
+        python: &Path,
+        venv: &Path,
+        packages: &[&str],
+    ) -> Result<(), InstallError> {
+        let make = ["-m".into(), "venv".into(), venv.as_os_str().to_owned()];
+        self.run(steps.0, python, &make, &[], None).await?;
+        let install: Vec<OsString> = [
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+        ]
+        .iter()
+        .chain(packages)
+        .map(OsString::from)
+        .collect();
+        self.run(steps.1, &venv.join("bin/python"), &install, &[], None)
+            .await
+    }
+
     pub(super) async fn python(&self) -> Result<PathBuf, InstallError> {
         self.check_cancelled()?;
         self.begin("looking for Python");
