@@ -66,7 +66,8 @@ export async function request(path: string, init: RequestInit = {}): Promise<Res
   return response;
 }
 
-async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
+/** A request whose answer is JSON (nothing for a 204). */
+export async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
   const response = await request(path, init);
   if (response.status === 204) return undefined as T;
   return (await response.json()) as T;
@@ -76,7 +77,8 @@ async function text(path: string): Promise<string> {
   return (await request(path)).text();
 }
 
-function body(value: unknown): RequestInit {
+/** `value` as a JSON request body, declared as such. */
+export function body(value: unknown): RequestInit {
   return { body: JSON.stringify(value), headers: { 'Content-Type': 'application/json' } };
 }
 

@@ -5,7 +5,7 @@
 // The library's and the backends' types are the engine's (./api/schema.d.ts); the download jobs'
 // are written here until the engine's document has them.
 
-import { parseSegment, request } from './api';
+import { body, json, parseSegment } from './api';
 import type { components } from './api/schema';
 import type { Prefill } from './router.svelte';
 
@@ -45,11 +45,6 @@ export type BackendInfo = Schemas['Installation'];
 /** An install of a backend by Corral (live as `backend_install` events on `/api/v1/events`). */
 export type InstallJob = Schemas['InstallJob'];
 
-async function json<T>(path: string, init: RequestInit = {}): Promise<T> {
-  const response = await request(path, init);
-  return response.status === 204 ? (undefined as T) : ((await response.json()) as T);
-}
-
 export const modelsApi = {
   list: () => json<Model[]>('/models'),
   remove: (model: Pick<Model, 'repo' | 'tag'>) => {
@@ -60,8 +55,7 @@ export const modelsApi = {
   download: (repo: string, format?: 'gguf' | 'safetensors') =>
     json<{ job_id: string; repo: string; tag: string | null }>('/models/download', {
       method: 'POST',
-      body: JSON.stringify(format ? { repo, format } : { repo }),
-      headers: { 'Content-Type': 'application/json' },
+      ...body(format ? { repo, format } : { repo }),
     }),
   jobs: () => json<DownloadJob[]>('/models/jobs'),
   /** Answers the job, cancelled. */
