@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::DownloadError;
+use crate::models::{split_part, SplitPart};
 
 /// The tag llama.cpp takes when none is given.
 pub const DEFAULT_TAG: &str = "Q4_K_M";
@@ -75,7 +76,7 @@ pub fn select(
             })?,
     };
     let mut files = match split_part(main) {
-        Some((prefix, count)) => {
+        Some(SplitPart { prefix, count, .. }) => {
             let parts: Vec<String> = (1..=count)
                 .map(|n| format!("{prefix}-{n:05}-of-{count:05}.gguf"))
                 .collect();
@@ -116,19 +117,6 @@ fn has_tag(name: &str, tag: &str) -> bool {
         let after = name[at + tag.len()..].chars().next();
         matches!(before, None | Some('-' | '.' | '/')) && matches!(after, Some('-' | '.'))
     })
-}
-
-/// `prefix` and the number of parts of a split GGUF's part (`model-00001-of-00003.gguf`).
-fn split_part(name: &str) -> Option<(&str, u32)> {
-    let stem = name.strip_suffix(".gguf")?;
-    let (rest, count) = stem.rsplit_once("-of-")?;
-    let (prefix, index) = rest.rsplit_once('-')?;
-    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(count) || !digits(index) {
-        return None;
-    }
-    let count: u32 = count.parse().ok()?;
-    (count > 0).then_some((prefix, count))
 }
 
 #[cfg(test)]

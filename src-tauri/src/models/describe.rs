@@ -265,8 +265,8 @@ fn gguf_model(
         .and_then(|n| n.to_str())
         .unwrap_or("");
     let stem = split_part(file_name)
-        .map(|(stem, _)| stem)
-        .unwrap_or_else(|| file_name.trim_end_matches(".gguf").to_owned());
+        .map_or_else(|| file_name.trim_end_matches(".gguf"), |split| split.prefix)
+        .to_owned();
     let mut described = Described {
         name: match (&found.repo, &found.tag) {
             // Ollama's blobs have no names of their own.

@@ -23,6 +23,7 @@ use crate::backends::BackendType;
 use crate::devices::fit::Available;
 use describe::{Described, FileFacts};
 pub use describe::{Fit, GpuFree, Verdict, FIT_CONTEXT};
+pub use scan::{split_part, SplitPart};
 use scan::{Found, FoundKind};
 pub use sources::{Locations, Source, SourceKind};
 

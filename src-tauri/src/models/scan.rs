@@ -262,7 +262,10 @@ impl<'a> Walk<'a> {
         let mut splits: BTreeMap<String, Vec<(u32, PathBuf)>> = BTreeMap::new();
         for (name, path) in models {
             match split_part(name) {
-                Some((stem, part)) => splits.entry(stem).or_default().push((part, path.clone())),
+                Some(split) => splits
+                    .entry(split.prefix.to_owned())
+                    .or_default()
+                    .push((split.part, path.clone())),
                 None => self
                     .found
                     .push(found(FoundKind::Gguf, vec![path.clone()], mmproj.clone())),
@@ -288,18 +291,34 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// `name-00002-of-00003.gguf` → (`name`, 2): the parts llama.cpp's `gguf-split` writes.
-pub(super) fn split_part(file_name: &str) -> Option<(String, u32)> {
-    let stem = file_name
+/// One part of a split GGUF, as llama.cpp's `gguf-split` names them:
+/// `<prefix>-<part>-of-<count>.gguf`, both numbers five digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPart<'a> {
+    /// Everything before the numbers (a folder too, when a path is given).
+    pub prefix: &'a str,
+    pub part: u32,
+    pub count: u32,
+}
+
+/// The split part `name` (a file name or a path) is, if it is one. The library groups the parts
+/// by it, and a download takes every part of the one a tag picks.
+pub fn split_part(name: &str) -> Option<SplitPart<'_>> {
+    let stem = name
         .strip_suffix(".gguf")
-        .or_else(|| file_name.strip_suffix(".GGUF"))?;
+        .or_else(|| name.strip_suffix(".GGUF"))?;
     let (rest, count) = stem.rsplit_once("-of-")?;
     let (prefix, part) = rest.rsplit_once('-')?;
     let digits = |text: &str| text.len() == 5 && text.bytes().all(|b| b.is_ascii_digit());
     if !digits(part) || !digits(count) {
         return None;
     }
-    Some((prefix.to_owned(), part.parse().ok()?))
+    let count: u32 = count.parse().ok()?;
+    (count > 0).then_some(SplitPart {
+        prefix,
+        part: part.parse().ok()?,
+        count,
+    })
 }
 
 /// Ollama's store: each manifest (`manifests/<registry>/<namespace>/<model>/<tag>`) names its
@@ -407,7 +426,11 @@ mod tests {
     fn split_parts_are_named_as_gguf_split_writes_them() {
         assert_eq!(
             split_part("Qwen3-8B-Q4_K_M-00002-of-00003.gguf"),
-            Some(("Qwen3-8B-Q4_K_M".to_owned(), 2))
+            Some(SplitPart {
+                prefix: "Qwen3-8B-Q4_K_M",
+                part: 2,
+                count: 3
+            })
         );
         assert_eq!(split_part("model-Q4_K_M.gguf"), None);
         assert_eq!(split_part("model-2-of-3.gguf"), None);
