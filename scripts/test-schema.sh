@@ -105,6 +105,10 @@ instances:
 auth:
   management_keys: ["$key"]
   inference_keys: ["sk-inference-schema"]
+scheduler:
+  # A request for a model without room waits out the residency of a just-started instance;
+  # generated requests come faster than any user's, and each must answer within the time limit.
+  min_residency_seconds: 0
 models:
   scan_known_caches: false
   dirs: ["$work/models"]

@@ -362,23 +362,33 @@ async fn at_the_running_limit_the_least_recently_used_idle_instance_makes_room()
     assert_eq!(chat(&engine, "second").await.status(), 200);
     assert_eq!(engine.instance("pinned").await["status"], "stopped");
 
-    // An instance with a request in flight is never evicted: nothing can make room.
+    // An instance with a request in flight is never evicted: the request for another model
+    // waits for the stream to end (tests/scheduler.rs has the refusal when it cannot wait).
     let stream = engine
         .post_json(
             "/v1/slow_stream",
-            &json!({"model": "second", "chunks": 40, "interval": 0.1}),
+            &json!({"model": "second", "chunks": 10, "interval": 0.1}),
         )
         .await;
     assert_eq!(stream.status(), 200);
-    let message = assert_openai_error(
-        chat(&engine, "first").await,
-        503,
-        "max_running_instances_reached",
-    )
-    .await;
-    assert!(message.contains("max_running_instances"), "{message}");
+    let waiting = tokio::spawn({
+        let client = engine.client.clone();
+        let url = engine.url("/v1/chat/completions");
+        async move {
+            client
+                .post(url)
+                .json(&json!({"model": "first", "messages": []}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(engine.instance("second").await["status"], "running");
-    drop(stream);
+    stream.bytes().await.unwrap();
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(engine.instance("second").await["status"], "stopped");
     engine.stop().await;
 }
 

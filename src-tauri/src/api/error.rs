@@ -68,6 +68,8 @@ pub fn management_status(kind: ErrorKind) -> StatusCode {
         | ErrorKind::NotReady
         | ErrorKind::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::StartFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::InsufficientMemory => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -113,7 +115,10 @@ mod tests {
                 "model_not_found",
             ),
             (
-                || InstanceError::MaxRunning(2),
+                || InstanceError::MaxRunning {
+                    max: 2,
+                    reason: "limit".into(),
+                },
                 409,
                 "max_running_instances_reached",
                 503,

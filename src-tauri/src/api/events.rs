@@ -26,7 +26,7 @@ pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// state changes and about 4 times a second while its bytes flow; backend installs send
 /// `backend_install` (an InstallJob) at each change.
 #[utoipa::path(get, path = "/api/v1/events", tag = "instances",
-    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `download`, `backend_install`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `scheduler` (an eviction, a refusal or a full queue, with its reason), `download`, `backend_install`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
 pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the snapshot is taken, so no change falls between the two.
     let changes = api.registry.subscribe();
@@ -79,6 +79,9 @@ async fn next_event(registry: &Registry, changes: &mut Receiver<InstanceEvent>) 
         Next::Change(InstanceEvent::Changed(view)) => json_event("instance", view.as_ref()),
         Next::Change(InstanceEvent::Deleted { name }) => {
             json_event("deleted", &serde_json::json!({ "name": name }))
+        }
+        Next::Change(InstanceEvent::Decision(decision)) => {
+            json_event("scheduler", decision.as_ref())
         }
     })
 }

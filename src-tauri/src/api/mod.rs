@@ -31,7 +31,7 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
-use crate::devices::{Devices, ProbeEnv};
+use crate::devices::Devices;
 use crate::downloads::Downloads;
 use crate::instances::Registry;
 use crate::models::Library;
@@ -83,10 +83,10 @@ pub fn router(state: AppState) -> Router {
 pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
     let config = Arc::clone(&state.config);
     let api = Api {
+        devices: state.registry.devices(),
         registry: state.registry,
         config: state.config,
         relay,
-        devices: Arc::new(Devices::new(ProbeEnv::system(&config.backends.llama_cpp))),
         desktop: state.desktop,
         passes: Arc::new(auth::ProxyPasses::default()),
         library: Arc::new(Library::new()),

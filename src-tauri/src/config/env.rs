@@ -237,6 +237,41 @@ pub(super) const VARIABLES: &[Variable] = &[
         models.scan_known_caches = boolean
     ),
     var!(
+        "EXCLUSIVE_GROUPS",
+        "instances.exclusive_groups",
+        instances.exclusive_groups = list
+    ),
+    var!(
+        "SCHEDULER_MEMORY_AWARE",
+        "scheduler.memory_aware",
+        scheduler.memory_aware = boolean
+    ),
+    var!(
+        "SCHEDULER_MEMORY_HEADROOM_MIB",
+        "scheduler.memory_headroom_mib",
+        scheduler.memory_headroom_mib = parsed
+    ),
+    var!(
+        "SCHEDULER_RAM_BUDGET_MIB",
+        "scheduler.ram_budget_mib",
+        scheduler.ram_budget_mib = optional
+    ),
+    var!(
+        "SCHEDULER_GPU_BUDGET_MIB",
+        "scheduler.gpu_budget_mib",
+        scheduler.gpu_budget_mib = optional
+    ),
+    var!(
+        "SCHEDULER_MIN_RESIDENCY_SECONDS",
+        "scheduler.min_residency_seconds",
+        scheduler.min_residency_seconds = parsed
+    ),
+    var!(
+        "SCHEDULER_MAX_QUEUE",
+        "scheduler.max_queue",
+        scheduler.max_queue = parsed
+    ),
+    var!(
         "DESKTOP_CLOSE_TO_TRAY",
         "desktop.close_to_tray",
         desktop.close_to_tray = boolean
@@ -308,4 +343,15 @@ fn limit(text: &str) -> Result<Option<usize>, String> {
 
 fn start_timeout(text: &str) -> Result<std::time::Duration, String> {
     parsed(text).map(super::start_timeout)
+}
+
+/// A number, or nothing (an empty value) for "unset".
+fn optional<T: std::str::FromStr>(text: &str) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    parsed(text).map(Some)
 }

@@ -85,6 +85,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub desktop: DesktopConfig,
     pub models: ModelsConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 section! {
@@ -177,6 +178,12 @@ section! {
         #[serde(deserialize_with = "file_form::limit")]
         pub max_running_instances: Option<usize> = None,
         pub enable_lru_eviction: bool = true,
+        /// Running limits per instance group (llamactl's `group_limits`): at most this many
+        /// instances of the group run at once; a start at the limit stops the group's least
+        /// recently used idle member first.
+        pub group_limits: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new(),
+        /// Groups whose members run one at a time: a start stops the group's other members.
+        pub exclusive_groups: Vec<String> = Vec::new(),
         pub default_auto_restart: bool = true,
         pub default_max_restarts: u32 = 3,
         /// Seconds.
@@ -232,6 +239,31 @@ section! {
         /// Also scan the caches other tools keep: Hugging Face's, llama.cpp's, LM Studio's and
         /// Ollama's. Off, only `dirs` are scanned.
         pub scan_known_caches: bool = true,
+    }
+}
+
+section! {
+    /// How starts make room: memory-aware placement, residency and request queues.
+    pub struct SchedulerConfig from FileScheduler {
+        /// Place starts by memory: a start whose estimated footprint does not fit the free memory
+        /// of its device stops least recently used idle instances first, and is refused (507)
+        /// when even that cannot make room. Off, only the running limits apply.
+        pub memory_aware: bool = true,
+        /// Memory kept free on every device besides the instances' footprints, in MiB.
+        pub memory_headroom_mib: u64 = 512,
+        /// RAM the instances may use in all, in MiB, instead of what the system reports free
+        /// (other programs' use is then not counted). Unset: the system's available memory.
+        pub ram_budget_mib: Option<u64> = None,
+        /// GPU memory (all GPUs together) the instances may use, in MiB, instead of what the
+        /// GPUs report free.
+        pub gpu_budget_mib: Option<u64> = None,
+        /// Seconds an instance that just started is kept from being stopped to make room for
+        /// another, while the other can wait: alternating requests for two models that do not
+        /// fit together then swap at most once per this period instead of on every request.
+        pub min_residency_seconds: u64 = 5,
+        /// Requests an instance queues, beyond those it answers at once (`max_concurrent`),
+        /// before answering 429; an instance's `max_queue` overrides it.
+        pub max_queue: u32 = 64,
     }
 }
 

@@ -444,6 +444,8 @@ fn each_variable_sets_the_same_field_as_its_file_setting() {
             }
             "data_dir" | "configs_dir" | "logs_dir" => ("/p", "/p"),
             "dirs" => ("[/a, /b]", "/a,/b"),
+            "exclusive_groups" => ("[x, y]", "x,y"),
+            "memory_headroom_mib" | "ram_budget_mib" | "gpu_budget_mib" | "max_queue" => ("7", "7"),
             "llama-cpp.command" | "mlx.command" | "vllm.command" => ("/bin/b", "/bin/b"),
             _ if variable.name.ends_with("SECONDS") || variable.name.ends_with("TIMEOUT") => {
                 ("7", "7")

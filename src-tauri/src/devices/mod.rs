@@ -289,6 +289,13 @@ impl Devices {
         available_from(&self.report().await)
     }
 
+    /// Free memory for placing a start, and whether the GPU shares the RAM (Apple Silicon).
+    pub async fn placement_memory(&self) -> (fit::Available, bool) {
+        let report = self.report().await;
+        let unified = report.accelerators.iter().any(|a| a.unified);
+        (available_from(&report), unified)
+    }
+
     async fn collect(&self) -> SystemReport {
         let host = timed(host::probe());
         let nvidia = self.probe("nvidia", nvidia::probe(self));

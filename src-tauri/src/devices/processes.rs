@@ -77,6 +77,21 @@ impl ResourceMonitor {
     }
 }
 
+impl ResourceMonitor {
+    /// `usage` from a sample taken now: what a process holds once it has loaded, where a
+    /// cached sample may predate the load.
+    pub fn usage_now(&self, pids: &[u32]) -> HashMap<u32, Resources> {
+        if pids.is_empty() {
+            return HashMap::new();
+        }
+        let mut sampler = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        sampler.sample(pids);
+        pids.iter()
+            .filter_map(|pid| sampler.groups.get(pid).map(|usage| (*pid, *usage)))
+            .collect()
+    }
+}
+
 impl Sampler {
     fn sample(&mut self, roots: &[u32]) {
         // Every process, not only the roots: the tree's members are found through their parents.

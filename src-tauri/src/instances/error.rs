@@ -27,8 +27,9 @@ pub enum InstanceError {
     UnloadedDefinition { name: String, path: PathBuf },
     #[error("the maximum number of instances ({0}) is reached: delete an instance first or raise instances.max_instances")]
     MaxInstances(usize),
-    #[error("the maximum number of running instances ({0}) is reached: stop an instance first or raise instances.max_running_instances")]
-    MaxRunning(usize),
+    /// The running limit, with why no running instance can be stopped for the start.
+    #[error("{reason}")]
+    MaxRunning { max: usize, reason: String },
     #[error("port {port} is already used by instance '{owner}': choose another port or leave it out to get a free one")]
     PortTaken { port: u16, owner: String },
     #[error("port {0} is in use by another program: choose another port or leave it out to get a free one")]
@@ -76,6 +77,17 @@ pub enum InstanceError {
     AliasTaken { alias: String, owner: String },
     #[error("Corral is shutting down: no instance can be started or changed now")]
     ShuttingDown,
+    /// The model does not fit in memory even with every other stoppable instance stopped.
+    #[error("instance '{name}' cannot start: {reason}")]
+    InsufficientMemory { name: String, reason: String },
+    /// A group limit, an exclusive group or memory that running instances hold and cannot give
+    /// up now (or, for a request, before its deadline).
+    #[error("instance '{name}' cannot start now: {reason}")]
+    NoRoom { name: String, reason: String },
+    #[error(
+        "instance '{name}' has {limit} requests queued already (its max_queue): try again shortly"
+    )]
+    QueueFull { name: String, limit: u32 },
 }
 
 /// What kind of failure an error is, whoever asked.
@@ -99,6 +111,10 @@ pub enum ErrorKind {
     NotReady,
     /// The engine is stopping.
     ShuttingDown,
+    /// The model needs more memory than the machine can give it.
+    InsufficientMemory,
+    /// Too many requests wait already: try again shortly.
+    Overloaded,
     /// Corral itself failed: the disk, the logs, a stop.
     Internal,
 }
@@ -117,7 +133,9 @@ impl InstanceError {
             | E::PortInUse(_)
             | E::NoFreePort(..)
             | E::AliasTaken { .. } => K::Conflict,
-            E::MaxInstances(_) | E::MaxRunning(_) => K::LimitReached,
+            E::MaxInstances(_) | E::MaxRunning { .. } | E::NoRoom { .. } => K::LimitReached,
+            E::InsufficientMemory { .. } => K::InsufficientMemory,
+            E::QueueFull { .. } => K::Overloaded,
             E::NotRunning(_) => K::NotRunning,
             E::Failed { .. } => K::Failed,
             E::StartFailed { .. } => K::StartFailed,
@@ -139,7 +157,7 @@ impl InstanceError {
             E::NotFound(_) => "instance_not_found",
             E::AlreadyExists(_) | E::UnloadedDefinition { .. } => "instance_exists",
             E::MaxInstances(_) => "max_instances_reached",
-            E::MaxRunning(_) => "max_running_instances_reached",
+            E::MaxRunning { .. } => "max_running_instances_reached",
             E::PortTaken { .. } => "port_taken",
             E::PortInUse(_) => "port_in_use",
             E::NoFreePort(..) => "no_free_port",
@@ -153,6 +171,9 @@ impl InstanceError {
             E::NotReady { .. } => "instance_not_ready",
             E::AliasTaken { .. } => "alias_taken",
             E::ShuttingDown => "shutting_down",
+            E::InsufficientMemory { .. } => "insufficient_memory",
+            E::NoRoom { .. } => "no_room",
+            E::QueueFull { .. } => "queue_full",
         }
     }
 

@@ -26,6 +26,36 @@ pub enum InstanceEvent {
     Changed(Arc<InstanceView>),
     /// The instance was deleted.
     Deleted { name: String },
+    /// The scheduler stopped an instance to make room, refused a start or a request, or a
+    /// queue overflowed.
+    Decision(Arc<Decision>),
+}
+
+/// One decision of the scheduler, with its reason (the `scheduler` event of `/api/v1/events`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Decision {
+    /// `evicted`, `refused`, `waiting` or `queue_full`.
+    pub action: &'static str,
+    /// The instance the decision is about: the one stopped, refused or whose queue is full.
+    pub instance: String,
+    /// For an eviction, the instance it made room for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub for_instance: Option<String>,
+    pub reason: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+impl Decision {
+    pub(super) fn new(action: &'static str, instance: &str, reason: String) -> Self {
+        Self {
+            action,
+            instance: instance.to_owned(),
+            for_instance: None,
+            reason,
+            at: chrono::Utc::now().timestamp(),
+        }
+    }
 }
 
 /// The sending side of the feed, shared by the registry and every instance.
@@ -84,6 +114,15 @@ impl Feed {
         sent.insert(view.name.clone(), view.clone());
         // An error only means the last subscriber just left.
         let _ = self.sender.send(InstanceEvent::Changed(Arc::new(view)));
+    }
+
+    /// Announces a decision of the scheduler.
+    pub(super) fn decision(&self, decision: Decision) {
+        if self.listening() {
+            let _ = self
+                .sender
+                .send(InstanceEvent::Decision(Arc::new(decision)));
+        }
     }
 
     /// Announces a deletion; the caller has marked the instance removed.

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::events::Feed;
 use super::options::{InstanceOptions, InstanceView};
+use super::placement::Footprint;
 use super::store::{self, RecordOut};
 use super::usage::Usage;
 use super::InstanceError;
@@ -56,6 +58,28 @@ pub(super) struct Instance {
     /// The key the running backend accepts from Corral, new at each start; kept here only,
     /// never in the options, the view or a log.
     credential: Mutex<Option<BackendSecret>>,
+    /// The registry's wake-up for starts waiting for room: a request ending here or a change of
+    /// the process's state may have made some.
+    pub(super) room: Arc<Notify>,
+    /// Request slots (`max_concurrent`); `None` for no limit. Replaced when the options change:
+    /// requests holding a permit of the old one finish with it.
+    slots: Mutex<Option<Arc<Semaphore>>>,
+    /// Requests waiting for a slot; an instance with any is never stopped to make room.
+    pub(super) queued: AtomicU64,
+    /// When the running process was started, for the minimum residency.
+    pub(super) started: Mutex<Option<std::time::Instant>>,
+    /// What the scheduler expects this instance to take, and what it was seen taking.
+    pub(super) footprint: Mutex<FootprintRecord>,
+}
+
+/// The expected and the measured memory of an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct FootprintRecord {
+    /// Estimated from the model and the options, at the last start.
+    pub(super) estimated: Option<Footprint>,
+    /// The largest seen while the process ran (its tree's RSS, its VRAM); kept after a stop,
+    /// so that the next start expects what the last run took.
+    pub(super) measured: Option<Footprint>,
 }
 
 /// Poisoning only means another thread panicked mid-section; the data is still usable.
@@ -77,7 +101,9 @@ impl Instance {
         supervisor: Supervisor,
         file: PathBuf,
         feed: Arc<Feed>,
+        room: Arc<Notify>,
     ) -> Arc<Instance> {
+        let slots = Mutex::new(slots_for(&options));
         let instance = Arc::new(Instance {
             name: name.to_owned(),
             created,
@@ -96,6 +122,11 @@ impl Instance {
             watcher: Mutex::new(None),
             feed,
             credential: Mutex::new(None),
+            room,
+            slots,
+            queued: AtomicU64::new(0),
+            started: Mutex::new(None),
+            footprint: Mutex::new(FootprintRecord::default()),
         });
         instance.watch_status();
         instance
@@ -119,9 +150,27 @@ impl Instance {
         lock(&self.options).aliases.clone()
     }
 
-    /// Replaces the definition; the caller saves it.
+    /// Replaces the definition; the caller saves it. What was measured belongs to the old
+    /// options (another model, another context), so it is forgotten.
     pub(super) fn set_options(&self, options: InstanceOptions) {
-        *lock(&self.options) = options;
+        let mut current = lock(&self.options);
+        if current.concurrency() != options.concurrency() {
+            *lock(&self.slots) = slots_for(&options);
+        }
+        if current.backend != options.backend {
+            *lock(&self.footprint) = FootprintRecord::default();
+        }
+        *current = options;
+    }
+
+    /// The request slots in force.
+    pub(super) fn slots(&self) -> Option<Arc<Semaphore>> {
+        lock(&self.slots).clone()
+    }
+
+    /// Requests that may wait for a slot, from the options or the configured default.
+    pub(super) fn max_queue(&self, default: u32) -> u32 {
+        lock(&self.options).max_queue.unwrap_or(default)
     }
 
     pub(super) fn set_port(&self, port: u16) {
@@ -157,6 +206,12 @@ impl Instance {
         view.tokens_prompt = stats.tokens_prompt;
         view.tokens_completion = stats.tokens_completion;
         view.tokens_per_second = stats.tokens_per_second;
+        view.queued = self.queued.load(Ordering::SeqCst);
+        let footprint = *lock(&self.footprint);
+        view.footprint = super::options::FootprintView {
+            estimated: footprint.estimated,
+            measured: footprint.measured,
+        };
         view
     }
 
@@ -237,6 +292,7 @@ impl Instance {
                     break;
                 };
                 instance.publish();
+                instance.room.notify_waiters();
                 if status == last {
                     continue;
                 }
@@ -256,6 +312,12 @@ impl Instance {
             task.abort();
         }
     }
+}
+
+fn slots_for(options: &InstanceOptions) -> Option<Arc<Semaphore>> {
+    options
+        .concurrency()
+        .map(|n| Arc::new(Semaphore::new(n as usize)))
 }
 
 /// Clears `Instance::starting` however a start ends.

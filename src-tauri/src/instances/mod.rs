@@ -6,7 +6,10 @@
 //! - `instance`: one instance, its marks and its definition file.
 //! - `lifecycle`: what may be done with an instance now, read from one snapshot.
 //! - `routing`: the instance a request's `model` names, started on demand and leased.
-//! - `scheduler`: LRU eviction, the idle reaper and unloads, which take running slots back.
+//! - `scheduler`: making room for a start (eviction by running limits, groups and memory,
+//!   waiting in order for busy instances), the idle reaper and unloads.
+//! - `placement`: the scheduler's decision as a pure function; `footprint`: the memory a start
+//!   is expected to take.
 //! - `launch`: what one start runs.
 //! - `events`: the change feed; `store`: the definition files; `usage`: requests in
 //!   flight and token counters.
@@ -14,11 +17,13 @@
 mod catalogue;
 mod error;
 mod events;
+mod footprint;
 mod instance;
 mod launch;
 mod lifecycle;
 mod name;
 mod options;
+mod placement;
 mod ports;
 mod registry;
 mod routing;
@@ -28,12 +33,13 @@ mod usage;
 
 pub use catalogue::ModelEntry;
 pub use error::{ErrorKind, InstanceError};
-pub use events::InstanceEvent;
+pub use events::{Decision, InstanceEvent};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use options::{
     lifecycle_fields, CreateInstanceOptions, InstanceOptions, InstanceOptionsView, InstanceView,
     BACKEND_SCHEMA_NAMES,
 };
+pub use placement::Footprint;
 pub use registry::{Registry, Upstream};
 pub use routing::Lease;
 pub use usage::{InFlight, TokenUsage};

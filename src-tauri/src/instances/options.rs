@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
+use super::placement::Footprint;
 use super::InstanceError;
 use crate::backends::{BackendOptions, BackendType, FieldType, OptionField};
 use crate::config::InstancesConfig;
@@ -35,6 +36,22 @@ pub struct CreateInstanceOptions {
     /// Other model names `/v1` requests may use for this instance; unique across all instances
     /// and their names.
     pub aliases: Option<Vec<String>>,
+    /// The instance group (llamactl's `group`): `instances.group_limits` caps how many of a
+    /// group run at once, and a group in `instances.exclusive_groups` runs one at a time.
+    pub group: Option<String>,
+    /// Never stopped to make room for another instance (an idle timeout still applies).
+    pub persistent: Option<bool>,
+    /// Requests the backend answers at once; more wait in a queue. Unset: the backend's own slot
+    /// count where Corral knows it (llama-server's `parallel`, 4 when that is automatic;
+    /// vLLM's `max_num_seqs`), else no limit.
+    #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_concurrent: Option<i64>,
+    /// Requests that may wait for a free slot before the next one is answered 429 (0 = none
+    /// wait). Unset: `scheduler.max_queue`.
+    #[schema(maximum = 100_000)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_queue: Option<i64>,
     /// Required.
     #[schema(value_type = BackendType)]
     pub backend_type: Option<String>,
@@ -73,6 +90,11 @@ pub struct InstanceOptions {
     pub idle_timeout: u64,
     /// Other model names this instance answers to, trimmed and without repeats.
     pub aliases: Vec<String>,
+    pub group: Option<String>,
+    pub persistent: bool,
+    /// As given; [`InstanceOptions::concurrency`] is the limit in force.
+    pub max_concurrent: Option<u32>,
+    pub max_queue: Option<u32>,
     /// Carries the backend type; its port is always set once the registry accepted the instance.
     pub backend: BackendOptions,
 }
@@ -173,6 +195,15 @@ impl InstanceOptions {
         let max_restarts = at_most("max_restarts", request.max_restarts, MAX_RESTARTS)?;
         let restart_delay = at_most("restart_delay", request.restart_delay, MAX_RESTART_DELAY)?;
         let idle_timeout = at_most("idle_timeout", request.idle_timeout, MAX_IDLE_TIMEOUT)?;
+        let max_concurrent = at_most("max_concurrent", request.max_concurrent, MAX_CONCURRENT)?;
+        if max_concurrent.is_some_and(|n| n < 1) {
+            return Err(InstanceError::invalid_field(
+                "max_concurrent",
+                "max_concurrent must be at least 1; leave it out for the backend's own slot count",
+            ));
+        }
+        let max_queue = at_most("max_queue", request.max_queue, MAX_QUEUE)?;
+        let group = validate_group(request.group)?;
         Ok(Self {
             auto_restart: request
                 .auto_restart
@@ -184,8 +215,31 @@ impl InstanceOptions {
                 .unwrap_or(defaults.default_on_demand_start),
             idle_timeout: idle_timeout.map_or(defaults.default_idle_timeout, clamp_u64),
             aliases,
+            group,
+            persistent: request.persistent.unwrap_or(false),
+            max_concurrent: max_concurrent.map(clamp_u32),
+            max_queue: max_queue.map(clamp_u32),
             backend,
         })
+    }
+
+    /// Requests answered at once, `None` for no limit: `max_concurrent`, else the backend's own
+    /// slot count. llama-server answers `parallel` requests at once (4 when it is left to
+    /// choose) and makes the rest wait inside; queueing them here instead lets Corral see the
+    /// wait, bound it and keep an instance that has queued requests from being stopped.
+    pub fn concurrency(&self) -> Option<u32> {
+        if let Some(limit) = self.max_concurrent {
+            return Some(limit);
+        }
+        let slots = |name| match self.backend.get(name) {
+            Some(crate::backends::OptionValue::Int(n)) => u32::try_from(*n).ok(),
+            _ => None,
+        };
+        match self.backend_type() {
+            BackendType::LlamaCpp => Some(slots("parallel").filter(|n| *n >= 1).unwrap_or(4)),
+            BackendType::Vllm => slots("max_num_seqs").filter(|n| *n >= 1),
+            BackendType::MlxLm => None,
+        }
     }
 
     pub fn backend_type(&self) -> BackendType {
@@ -205,6 +259,10 @@ impl InstanceOptions {
             on_demand_start: self.on_demand_start,
             idle_timeout: self.idle_timeout,
             aliases: self.aliases.clone(),
+            group: self.group.clone(),
+            persistent: self.persistent,
+            max_concurrent: self.max_concurrent,
+            max_queue: self.max_queue,
             backend_type: self.backend_type(),
             backend_options: self.backend.to_json(),
         }
@@ -233,6 +291,22 @@ fn validate_aliases(aliases: Vec<String>) -> Result<Vec<String>, InstanceError> 
     Ok(valid)
 }
 
+/// A group is a name users type in the config's `group_limits`: 1 to 64 printable characters.
+fn validate_group(group: Option<String>) -> Result<Option<String>, InstanceError> {
+    let Some(group) = group else { return Ok(None) };
+    let group = group.trim();
+    if group.is_empty() {
+        return Ok(None);
+    }
+    if group.chars().count() > 64 || group.chars().any(char::is_control) {
+        return Err(InstanceError::invalid_field(
+            "group",
+            format!("group {group:?} must be 1 to 64 printable characters"),
+        ));
+    }
+    Ok(Some(group.to_owned()))
+}
+
 fn parse_backend_type(name: &str) -> Result<BackendType, InstanceError> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|_| InstanceError::UnknownBackendType(name.to_owned()))
@@ -244,6 +318,11 @@ const MAX_RESTARTS: (i64, &str) = (10_000, "restarts");
 
 /// A day, in seconds: a longer wait before a restart is a stop.
 const MAX_RESTART_DELAY: (i64, &str) = (86_400, "seconds (a day)");
+
+/// Past this a limit is no limit; it also keeps the semaphore's permit count small.
+const MAX_CONCURRENT: (i64, &str) = (100_000, "requests");
+
+const MAX_QUEUE: (i64, &str) = (100_000, "requests");
 
 /// A year, in minutes: a longer idle timeout is "never", which is 0.
 const MAX_IDLE_TIMEOUT: (i64, &str) = (525_600, "minutes (a year); 0 means never");
@@ -297,6 +376,18 @@ pub struct InstanceOptionsView {
     /// Other model names `/v1` routes to this instance; left out when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The instance group; left out when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Never stopped to make room for another; left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub persistent: bool,
+    /// Left out when unset (the backend's own slot count applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Left out when unset (`scheduler.max_queue` applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
     pub backend_type: BackendType,
     /// Only the options that are set; `port` is always there.
     #[schema(schema_with = backend_options_schema)]
@@ -338,6 +429,12 @@ pub struct InstanceView {
     /// CPU, RAM and GPU memory of the backend's process tree; null when it does not run.
     /// Sampled when read, at most once a second.
     pub resources: Option<Resources>,
+    /// Requests waiting for one of its slots (`max_concurrent`).
+    pub queued: u64,
+    /// The memory the scheduler places this instance by: estimated from its model and options
+    /// at its last start, and the largest it was seen taking while it ran (which the next start
+    /// expects instead of the estimate).
+    pub footprint: FootprintView,
     /// Only in the answers of create, update, start and restart: why the model may not fit in memory
     /// (the GGUF fit check). The start goes ahead regardless.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -363,9 +460,20 @@ impl InstanceView {
             tokens_completion: 0,
             tokens_per_second: None,
             resources: None,
+            queued: 0,
+            footprint: FootprintView::default(),
             warnings: Vec::new(),
         }
     }
+}
+
+/// An instance's expected and measured memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FootprintView {
+    /// Null when nothing could be estimated (a Hugging Face repo id, an unreadable file) or
+    /// placement by memory is off.
+    pub estimated: Option<Footprint>,
+    pub measured: Option<Footprint>,
 }
 
 /// Component names of the three `backend_options` schemas in the OpenAPI document.
@@ -438,6 +546,30 @@ pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
             FieldType::StringList,
             serde_json::json!([]),
             "Other model names /v1 requests may use for this instance; unique across all instances and their names.",
+        ),
+        field(
+            "group",
+            FieldType::String,
+            serde_json::Value::Null,
+            "Instance group: instances.group_limits caps how many of a group run at once; an exclusive group runs one at a time.",
+        ),
+        field(
+            "persistent",
+            FieldType::Boolean,
+            false.into(),
+            "Never stop this instance to make room for another (its idle timeout still applies).",
+        ),
+        field(
+            "max_concurrent",
+            FieldType::Integer,
+            serde_json::Value::Null,
+            "Requests answered at once; more wait in a queue. Empty: the backend's own slots (llama.cpp's parallel, 4 when automatic).",
+        ),
+        field(
+            "max_queue",
+            FieldType::Integer,
+            serde_json::Value::Null,
+            "Requests that may wait for a free slot before more are answered 429. Empty: scheduler.max_queue.",
         ),
     ]
 }

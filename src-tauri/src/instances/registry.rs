@@ -16,14 +16,14 @@ use super::catalogue::Catalogue;
 use super::events::{self, Feed, InstanceEvent};
 use super::instance::{lock, now_unix, Instance, StartingGuard};
 use super::launch::connect_host;
-use super::lifecycle::Lifecycle;
 use super::options::{InstanceOptions, InstanceView};
+use super::scheduler::RoomQueue;
 use super::store;
 use super::{name::validate_name, ports, InstanceError};
 use crate::backends::install::Installs;
 use crate::backends::BackendSecret;
 use crate::config::Config;
-use crate::devices::ResourceMonitor;
+use crate::devices::{Devices, ProbeEnv, ResourceMonitor};
 use crate::supervisor::{RestartPolicy, Status, Supervisor, SupervisorSettings};
 
 /// Healthy uptime after which a backend's restart counter starts again from zero.
@@ -64,10 +64,17 @@ pub struct Registry {
     /// server's graceful shutdown does not wait for them.
     streams_closed: tokio::sync::watch::Sender<bool>,
     /// Samples the running backends' CPU and memory when a view is asked for.
-    resources: Arc<ResourceMonitor>,
+    pub(super) resources: Arc<ResourceMonitor>,
     /// The backends Corral installed, which a start runs when the configured command is not
     /// found, and the install jobs.
     installs: Arc<Installs>,
+    /// The machine's devices: free memory for placement, and the system report.
+    pub(super) devices: Arc<Devices>,
+    /// Woken when room may have appeared (a request ended, a process changed state, a start
+    /// finished planning), for starts waiting for it.
+    pub(super) room: Arc<tokio::sync::Notify>,
+    /// The order in which waiting starts get room.
+    pub(super) room_queue: RoomQueue,
 }
 
 impl Drop for Registry {
@@ -104,6 +111,7 @@ impl Registry {
             restart_reset_after: RESTART_RESET_AFTER,
         });
         let resources = Arc::new(ResourceMonitor::new());
+        let config_backends_llama = config.backends.llama_cpp.clone();
         let installs = Arc::new(Installs::open(&dirs.data_dir));
         let registry = Arc::new(Registry {
             config,
@@ -117,6 +125,9 @@ impl Registry {
             streams_closed: tokio::sync::watch::Sender::new(false),
             resources,
             installs,
+            devices: Arc::new(Devices::new(ProbeEnv::system(&config_backends_llama))),
+            room: Arc::default(),
+            room_queue: RoomQueue::default(),
         });
         let to_start = registry.load();
         registry.spawn_reaper();
@@ -214,7 +225,13 @@ impl Registry {
             Supervisor::new(name, Arc::clone(&self.settings)),
             store::definition_path(&self.config.instances.configs_dir, name),
             Arc::clone(&self.feed),
+            Arc::clone(&self.room),
         )
+    }
+
+    /// The devices probe the scheduler places starts with; the system report shares it.
+    pub fn devices(&self) -> Arc<Devices> {
+        Arc::clone(&self.devices)
     }
 
     /// Follows every change of the instances: each event carries the whole new instance JSON
@@ -374,11 +391,6 @@ impl Registry {
                     return Err(InstanceError::MaxInstances(max));
                 }
             }
-            if let Some(max) = self.config.instances.max_running_instances {
-                if self.active_count(&table, None) >= max && !self.may_evict(&table, None) {
-                    return Err(InstanceError::MaxRunning(max));
-                }
-            }
             table.check_aliases(name, &options.aliases)?;
             let port = self.assign_port(&table, name, options.requested_port(), None)?;
             options.backend.set_port(port);
@@ -519,45 +531,23 @@ impl Registry {
         .await;
     }
 
-    /// Instances running or about to, `except` one.
-    pub(super) fn active_count(&self, table: &Catalogue, except: Option<&Arc<Instance>>) -> usize {
-        table
-            .instances()
-            .filter(|other| except.is_none_or(|except| !Arc::ptr_eq(other, except)))
-            .filter(|other| Lifecycle::of(other).holds_a_running_slot())
-            .count()
+    /// Starts the process once there is room for it (see [`Registry::make_room`]), answering
+    /// at once when there is none; the caller holds the instance's `op` lock.
+    pub(super) async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
+        self.start_locked_waiting(instance, None).await
     }
 
-    /// Starts the process, first stopping the least recently used idle instance if the running
-    /// limit is reached; the caller holds the instance's `op` lock.
-    pub(super) async fn start_locked(&self, instance: &Arc<Instance>) -> Result<(), InstanceError> {
+    /// `start_locked`, waiting for room until `deadline` when there is one.
+    pub(super) async fn start_locked_waiting(
+        &self,
+        instance: &Arc<Instance>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), InstanceError> {
         instance.unloaded.store(false, Ordering::SeqCst);
         if instance.supervisor.state().status() == Status::Running {
             return Ok(());
         }
-        // Each round either reserves a slot or stops one instance, so this ends.
-        let mut evictions_left = lock(&self.table).len();
-        loop {
-            // Checking and reserving under one lock keeps concurrent starts of different
-            // instances from both taking the last running slot.
-            let victim = {
-                let table = lock(&self.table);
-                match self.config.instances.max_running_instances {
-                    Some(max) if self.active_count(&table, Some(instance)) >= max => {
-                        match self.lock_lru_victim(&table, Some(instance)) {
-                            Some(victim) if evictions_left > 0 => victim,
-                            _ => return Err(InstanceError::MaxRunning(max)),
-                        }
-                    }
-                    _ => {
-                        instance.starting.store(true, Ordering::SeqCst);
-                        break;
-                    }
-                }
-            };
-            evictions_left -= 1;
-            self.evict(victim).await;
-        }
+        self.make_room(instance, deadline).await?;
         let _starting = StartingGuard(instance);
         let options = instance.options();
         if let Some(port) = options.backend.port() {
@@ -582,6 +572,7 @@ impl Registry {
             })?;
         // A fresh start counts as use: its idle time begins now.
         instance.usage.touch();
+        *lock(&instance.started) = Some(std::time::Instant::now());
         self.reaper_wake.notify_one();
         Ok(())
     }

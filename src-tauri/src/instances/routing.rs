@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::events::Decision;
 use super::instance::{lock, Instance};
 use super::launch::connect_host;
 use super::lifecycle::{ForRequest, Lifecycle};
@@ -15,6 +16,7 @@ use super::usage::InFlight;
 use super::ModelEntry;
 use super::{InstanceError, InstanceOptions};
 use crate::supervisor::{InstanceState, SupervisorError};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Log lines an error about a backend that did not become ready quotes.
 const ERROR_LOG_LINES: usize = 20;
@@ -55,8 +57,9 @@ impl Registry {
             match now.for_request() {
                 ForRequest::Gone => return Err(InstanceError::NotFound(model.to_owned())),
                 ForRequest::Lease => {
+                    let (slot, queued) = self.take_slot(&instance, deadline).await?;
                     if let Some(guard) = InFlight::enter(&instance, &self.reaper_wake) {
-                        return Ok(self.lease(&instance, guard));
+                        return Ok(self.lease(&instance, guard.with_slot(slot, queued)));
                     }
                 }
                 // The operation holds the instance's lock; once it is free, look again.
@@ -102,7 +105,7 @@ impl Registry {
                         return Err(self.not_ready(&instance, reason).await);
                     }
                     attempted = true;
-                    self.start_on_demand(&instance, model).await?;
+                    self.start_on_demand(&instance, model, deadline).await?;
                 }
             }
             if Instant::now() >= deadline {
@@ -119,8 +122,12 @@ impl Registry {
         if Lifecycle::of(&instance).for_request() != ForRequest::Lease {
             return None;
         }
+        let slot = match instance.slots() {
+            Some(slots) => Some(slots.try_acquire_owned().ok()?),
+            None => None,
+        };
         let guard = InFlight::enter(&instance, &self.reaper_wake)?;
-        Some(self.lease(&instance, guard))
+        Some(self.lease(&instance, guard.with_slot(slot, Duration::ZERO)))
     }
 
     /// Starts a stopped instance for a request, unless another request's attempt finished
@@ -129,6 +136,7 @@ impl Registry {
         &self,
         instance: &Arc<Instance>,
         model: &str,
+        deadline: Instant,
     ) -> Result<(), InstanceError> {
         let attempts = instance.start_attempts.load(Ordering::SeqCst);
         let _op = Arc::clone(&instance.op).lock_owned().await;
@@ -142,13 +150,56 @@ impl Registry {
         }
         self.refuse_when_shutting_down()?;
         tracing::info!("starting instance '{}' on demand", instance.name);
-        let started = self.start_locked(instance).await;
+        let started = self.start_locked_waiting(instance, Some(deadline)).await;
         *lock(&instance.last_start_error) = started.as_ref().err().map(ToString::to_string);
         instance.start_attempts.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = instance.persist().await {
             tracing::warn!("{e}");
         }
         started
+    }
+
+    /// One of the instance's request slots, waiting in its queue (bounded by `max_queue` and by
+    /// `deadline`) when all are taken; with the time waited. No slot when it has no limit.
+    async fn take_slot(
+        &self,
+        instance: &Arc<Instance>,
+        deadline: Instant,
+    ) -> Result<(Option<OwnedSemaphorePermit>, Duration), InstanceError> {
+        let Some(slots) = instance.slots() else {
+            return Ok((None, Duration::ZERO));
+        };
+        if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+            return Ok((Some(slot), Duration::ZERO));
+        }
+        let limit = instance.max_queue(self.config.scheduler.max_queue);
+        let Some(_queued) = Queued::join(instance, limit) else {
+            let error = InstanceError::QueueFull {
+                name: instance.name.clone(),
+                limit,
+            };
+            self.feed.decision(Decision::new(
+                "queue_full",
+                &instance.name,
+                error.to_string(),
+            ));
+            tracing::warn!("{error}");
+            return Err(error);
+        };
+        let waited = Instant::now();
+        match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
+            Ok(Ok(slot)) => Ok((Some(slot), waited.elapsed())),
+            // The semaphore is never closed; were it, the request goes without a slot.
+            Ok(Err(_)) => Ok((None, waited.elapsed())),
+            Err(_) => Err(InstanceError::NotReady {
+                name: instance.name.clone(),
+                reason: format!(
+                    "no request slot became free within {} s (instances.on_demand_start_timeout); the instance answers {} at once",
+                    self.config.instances.on_demand_start_timeout.as_secs(),
+                    instance.read_options(InstanceOptions::concurrency).unwrap_or(0)
+                ),
+            }),
+        }
     }
 
     /// `NotReady` with the reason and the backend's latest output.
@@ -194,6 +245,28 @@ impl Registry {
         let guard = InFlight::enter(&instance, &self.reaper_wake)
             .ok_or_else(|| InstanceError::NotRunning(name.to_owned()))?;
         Ok((upstream, guard))
+    }
+}
+
+/// A request counted in an instance's queue while it waits for a slot.
+struct Queued<'a>(&'a Instance);
+
+impl<'a> Queued<'a> {
+    /// Counts one in, or `None` when `limit` already wait.
+    fn join(instance: &'a Instance, limit: u32) -> Option<Self> {
+        let before = instance.queued.fetch_add(1, Ordering::SeqCst);
+        if before >= u64::from(limit) {
+            instance.queued.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(instance))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::SeqCst);
+        self.0.room.notify_waiters();
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::instance::{lock, Instance};
 
@@ -140,6 +140,10 @@ pub struct InFlight {
     instance: Arc<Instance>,
     /// Wakes the idle reaper: a deadline may have moved.
     reaper: Arc<Notify>,
+    /// The request's slot of the instance's `max_concurrent`, if it has a limit.
+    slot: Option<OwnedSemaphorePermit>,
+    /// How long the request waited for a slot.
+    queued: Duration,
 }
 
 impl InFlight {
@@ -148,12 +152,30 @@ impl InFlight {
         instance.usage.enter().then(|| Self {
             instance: Arc::clone(instance),
             reaper: Arc::clone(reaper),
+            slot: None,
+            queued: Duration::ZERO,
         })
+    }
+
+    /// Keeps `slot` (and how long it took to get) until the request ends.
+    pub(super) fn with_slot(
+        mut self,
+        slot: Option<OwnedSemaphorePermit>,
+        queued: Duration,
+    ) -> Self {
+        self.slot = slot;
+        self.queued = queued;
+        self
     }
 
     /// The instance answering.
     pub fn instance(&self) -> &str {
         &self.instance.name
+    }
+
+    /// How long the request waited for one of the instance's slots.
+    pub fn queued(&self) -> Duration {
+        self.queued
     }
 
     /// Counts this as an inference request in the instance's counters.
@@ -169,7 +191,13 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // The slot first: a queued request may take it at once.
+        drop(self.slot.take());
         self.instance.usage.leave();
+        if self.instance.usage.in_flight() == 0 {
+            // It may be stopped to make room now.
+            self.instance.room.notify_waiters();
+        }
         if self.instance.idle_timeout() > 0 {
             self.reaper.notify_one();
         }

@@ -60,6 +60,8 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.instances.on_demand_start_timeout = Duration::from_secs(60);
     config.instances.log_max_bytes = 1024 * 1024;
     config.instances.log_keep_files = 2;
+    // Swaps at once: the tests of the residency (tests/scheduler.rs) set their own.
+    config.scheduler.min_residency_seconds = 0;
     config.auth.require_inference_auth = false;
     config.auth.require_management_auth = false;
     config

@@ -14,7 +14,7 @@ const base: Instance = {
   },
   health: 'ready', restarts: 2, pid: 9, started_at: Math.floor(Date.now() / 1000) - 3700,
   requests: 1500, in_flight: 1, last_request_at: null, tokens_prompt: 0, tokens_completion: 0,
-  tokens_per_second: 33.33,
+  tokens_per_second: 33.33, queued: 0, footprint: {},
 };
 
 const text = () => screen.getByTestId('instance-card-qwen').textContent ?? '';
@@ -41,6 +41,18 @@ describe('InstanceCard', () => {
     expect(text()).toContain('151%');
     expect(text()).toContain('3.0 GiB');
     expect(text()).toContain('5.5 GiB');
+  });
+
+  it('shows queued requests and the memory the scheduler expects, measured over estimated', () => {
+    const estimated = { ram_bytes: 1024 ** 3, gpu_bytes: 0 };
+    const measured = { ram_bytes: 1024 ** 3, gpu_bytes: 2 * 1024 ** 3 };
+    const first = render(InstanceCard, { instance: { ...base, queued: 2, footprint: { estimated } }, backendLabel: 'llama.cpp', onDelete: () => {} });
+    expect(screen.getByTestId('queued-qwen').textContent).toContain('2 queued');
+    expect(screen.getByTestId('footprint-qwen').textContent).toBe('1.0 GiB');
+    first.unmount();
+    render(InstanceCard, { instance: { ...base, footprint: { estimated, measured } }, backendLabel: 'llama.cpp', onDelete: () => {} });
+    expect(screen.getByTestId('footprint-qwen').textContent).toContain('3.0 GiB');
+    expect(screen.getByTestId('footprint-qwen').textContent).toContain('2.0 GiB GPU');
   });
 
   it('says why a failed instance failed and offers to start it', () => {

@@ -50,6 +50,8 @@ pub struct OpenAiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header: the client may try again then.
+    pub retry_after: Option<u64>,
 }
 
 impl OpenAiError {
@@ -58,7 +60,13 @@ impl OpenAiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -83,7 +91,14 @@ impl OpenAiError {
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        (status, Json(self.body())).into_response()
+        let retry_after = self.retry_after;
+        let mut response = (status, Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -110,10 +125,24 @@ impl From<InstanceError> for OpenAiError {
             K::StartFailed | K::NotReady | K::Conflict => {
                 Self::new(unavailable, "instance_start_failed", error.to_string())
             }
-            // The client may try again later: 503, where the management API answers 409.
-            K::Failed | K::LimitReached | K::ShuttingDown => {
-                Self::new(unavailable, error.code(), error.to_string())
+            // Room may come once running instances finish: try again in a few seconds.
+            K::LimitReached => {
+                Self::new(unavailable, error.code(), error.to_string()).retry_after(5)
             }
+            // The client may try again later: 503, where the management API answers 409.
+            K::Failed | K::ShuttingDown => Self::new(unavailable, error.code(), error.to_string()),
+            // Waiting does not help: the model must get smaller or the machine freer.
+            K::InsufficientMemory => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                error.code(),
+                error.to_string(),
+            ),
+            K::Overloaded => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                error.code(),
+                error.to_string(),
+            )
+            .retry_after(1),
             K::Invalid => Self::new(StatusCode::BAD_REQUEST, error.code(), error.to_string()),
             K::Internal => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -690,6 +690,11 @@ export interface components {
             /** @description Required. */
             backend_type: components["schemas"]["BackendType"];
             /**
+             * @description The instance group (llamactl's `group`): `instances.group_limits` caps how many of a
+             *     group run at once, and a group in `instances.exclusive_groups` runs one at a time.
+             */
+            group?: string | null;
+            /**
              * Format: int64
              * @description Minutes without requests before the instance is stopped; 0 = never (negative = 0; at
              *     most a year).
@@ -697,11 +702,26 @@ export interface components {
             idle_timeout?: number | null;
             /**
              * Format: int64
+             * @description Requests the backend answers at once; more wait in a queue. Unset: the backend's own slot
+             *     count where Corral knows it (llama-server's `parallel`, 4 when that is automatic;
+             *     vLLM's `max_num_seqs`), else no limit.
+             */
+            max_concurrent?: number | null;
+            /**
+             * Format: int64
+             * @description Requests that may wait for a free slot before the next one is answered 429 (0 = none
+             *     wait). Unset: `scheduler.max_queue`.
+             */
+            max_queue?: number | null;
+            /**
+             * Format: int64
              * @description Automatic restarts allowed before the instance is `failed` (0 = never; negative = 0).
              */
             max_restarts?: number | null;
             /** @description Let `/v1` requests start the instance when it is stopped. */
             on_demand_start?: boolean | null;
+            /** @description Never stopped to make room for another instance (an idle timeout still applies). */
+            persistent?: boolean | null;
             /**
              * Format: int64
              * @description Seconds to wait before an automatic restart (negative = 0; at most a day).
@@ -830,6 +850,21 @@ export interface components {
          * @enum {string}
          */
         Folder: "data" | "logs";
+        /** @description Memory an instance takes or is expected to take, per pool. */
+        Footprint: {
+            /**
+             * Format: int64
+             * @description All GPUs together, as llama.cpp's default layer split spreads a model over them.
+             */
+            gpu_bytes: number;
+            /** Format: int64 */
+            ram_bytes: number;
+        };
+        /** @description An instance's expected and measured memory. */
+        FootprintView: {
+            estimated?: null | components["schemas"]["Footprint"];
+            measured?: null | components["schemas"]["Footprint"];
+        };
         /**
          * @description How a model is stored, which decides the backends that load it.
          * @enum {string}
@@ -908,6 +943,12 @@ export interface components {
             created: number;
             /** @description Why the instance failed, or why its last start failed. */
             error?: string | null;
+            /**
+             * @description The memory the scheduler places this instance by: estimated from its model and options
+             *     at its last start, and the largest it was seen taking while it ran (which the next start
+             *     expects instead of the estimate).
+             */
+            footprint: components["schemas"]["FootprintView"];
             health?: null | components["schemas"]["Health"];
             /**
              * Format: int64
@@ -923,6 +964,11 @@ export interface components {
             options: components["schemas"]["InstanceOptions"];
             /** Format: int32 */
             pid?: number | null;
+            /**
+             * Format: int64
+             * @description Requests waiting for one of its slots (`max_concurrent`).
+             */
+            queued: number;
             /**
              * Format: int64
              * @description Inference requests routed to it since the engine started.
@@ -972,14 +1018,28 @@ export interface components {
                 [key: string]: unknown;
             };
             backend_type: components["schemas"]["BackendType"];
+            /** @description The instance group; left out when it has none. */
+            group?: string | null;
             /**
              * Format: int64
              * @description Minutes; 0 = never.
              */
             idle_timeout: number;
+            /**
+             * Format: int32
+             * @description Left out when unset (the backend's own slot count applies).
+             */
+            max_concurrent?: number | null;
+            /**
+             * Format: int32
+             * @description Left out when unset (`scheduler.max_queue` applies).
+             */
+            max_queue?: number | null;
             /** Format: int32 */
             max_restarts: number;
             on_demand_start: boolean;
+            /** @description Never stopped to make room for another; left out when false. */
+            persistent?: boolean;
             /**
              * Format: int64
              * @description Seconds.
@@ -3576,7 +3636,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `download`, `backend_install`; a `keep-alive` comment every 15 s */
+            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `scheduler` (an eviction, a refusal or a full queue, with its reason), `download`, `backend_install`; a `keep-alive` comment every 15 s */
             200: {
                 headers: {
                     [name: string]: unknown;
