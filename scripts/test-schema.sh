@@ -102,6 +102,11 @@ instances:
   max_instances: 8
   max_running_instances: 2
   default_restart_delay: 1
+  # A response that stops a backend (restart, update, an eviction) lasts up to the grace when
+  # the backend does not exit on its stop signal, and generated options can make the fake one
+  # hang before it handles signals (resolving a generated `host` name, for one). The default
+  # 10 s equals the response-time limit; a backend that exits as it should takes milliseconds.
+  stop_grace_seconds: 2
 auth:
   management_keys: ["$key"]
   inference_keys: ["sk-inference-schema"]

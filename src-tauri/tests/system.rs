@@ -147,7 +147,7 @@ async fn a_running_instance_reports_its_cpu_and_memory_and_a_stopped_one_null() 
 }
 
 #[tokio::test]
-async fn a_model_too_large_for_memory_is_started_with_a_warning() {
+async fn a_model_too_large_for_memory_is_refused_with_the_numbers_or_started_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
@@ -157,8 +157,29 @@ async fn a_model_too_large_for_memory_is_started_with_a_warning() {
     // 2 layers × 512 tokens × 2 × 64 × 2 bytes = 256 KiB of KV cache, 1 MiB of weights.
     let small = models.join("small.gguf");
     write_gguf(&small, 2, 512, 64, 1 << 20);
-    let engine = Engine::start(test_config(dir.path())).await;
 
+    // Placed by memory (the default), a model that cannot fit even alone is refused at once.
+    let engine = Engine::start(test_config(dir.path())).await;
+    let refused = engine
+        .post_json("/api/v1/instances/huge", &with_model(&huge))
+        .await;
+    let body = assert_error(refused, 507, "insufficient_memory").await;
+    let details = body["details"].as_str().unwrap();
+    assert!(
+        details.contains("'huge' needs") && details.contains("of RAM") && details.contains("free"),
+        "{details}"
+    );
+    assert_eq!(
+        engine.get("/api/v1/instances/huge").await.status(),
+        404,
+        "nothing was kept"
+    );
+    engine.stop().await;
+
+    // With placement by memory off, the start goes ahead with the fit check's warning.
+    let mut config = test_config(dir.path());
+    config.scheduler.memory_aware = false;
+    let engine = Engine::start(config).await;
     let created = engine.create("huge", with_model(&huge)).await;
     assert_eq!(created["status"], "running", "the start goes ahead");
     let warnings = created["warnings"].as_array().unwrap();

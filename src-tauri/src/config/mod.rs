@@ -263,7 +263,7 @@ section! {
         pub min_residency_seconds: u64 = 5,
         /// Requests an instance queues, beyond those it answers at once (`max_concurrent`),
         /// before answering 429; an instance's `max_queue` overrides it.
-        pub max_queue: u32 = 64,
+        pub max_queue: u32 = 256,
     }
 }
 

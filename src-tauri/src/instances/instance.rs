@@ -92,7 +92,8 @@ pub(super) fn now_unix() -> i64 {
 }
 
 impl Instance {
-    /// A stopped instance, following its supervisor's state from now on.
+    /// A stopped instance, following its supervisor's state from now on; it reports to the
+    /// registry's change feed and wakes the starts waiting for room.
     pub(super) fn new(
         name: &str,
         created: i64,
@@ -100,8 +101,7 @@ impl Instance {
         op: Arc<tokio::sync::Mutex<()>>,
         supervisor: Supervisor,
         file: PathBuf,
-        feed: Arc<Feed>,
-        room: Arc<Notify>,
+        (feed, room): (Arc<Feed>, Arc<Notify>),
     ) -> Arc<Instance> {
         let slots = Mutex::new(slots_for(&options));
         let instance = Arc::new(Instance {

@@ -223,6 +223,9 @@ impl Unmet {
     }
 }
 
+/// Which occupants stopping would help meet a limit.
+type Helps<'a> = Box<dyn Fn(&Occupant) -> bool + 'a>;
+
 /// The victims (forced ones first) that make every limit hold, choosing among the occupants
 /// `allowed` accepts, least recently used first with resident ones last; or the first limit
 /// that cannot be met.
@@ -254,27 +257,26 @@ fn pick<'a>(
         };
         let unified = limits.memory.is_some_and(|m| m.unified);
         // Each unmet limit, with the candidates that help it.
-        let unmet: Option<(Unmet, Box<dyn Fn(&Occupant) -> bool>)> =
-            match (limits.group_limit, limits.max_running) {
-                (Some(max), _) if wanted.group.is_some() && group_left >= max => Some((
-                    Unmet::Group(max),
-                    Box::new(move |o: &Occupant| {
-                        wanted.group.is_some() && o.group.as_deref() == wanted.group
-                    }),
-                )),
-                _ if shortfall != Footprint::default() => Some((
-                    Unmet::Memory(shortfall),
-                    Box::new(move |o: &Occupant| {
-                        (shortfall.ram_bytes > 0
-                            && (o.footprint.ram_bytes > 0 || unified && o.footprint.gpu_bytes > 0))
-                            || (shortfall.gpu_bytes > 0 && o.footprint.gpu_bytes > 0)
-                    }),
-                )),
-                (_, Some(max)) if left >= max => {
-                    Some((Unmet::Count(max), Box::new(|_: &Occupant| true)))
-                }
-                _ => None,
-            };
+        let unmet: Option<(Unmet, Helps<'_>)> = match (limits.group_limit, limits.max_running) {
+            (Some(max), _) if wanted.group.is_some() && group_left >= max => Some((
+                Unmet::Group(max),
+                Box::new(move |o: &Occupant| {
+                    wanted.group.is_some() && o.group.as_deref() == wanted.group
+                }),
+            )),
+            _ if shortfall != Footprint::default() => Some((
+                Unmet::Memory(shortfall),
+                Box::new(move |o: &Occupant| {
+                    (shortfall.ram_bytes > 0
+                        && (o.footprint.ram_bytes > 0 || unified && o.footprint.gpu_bytes > 0))
+                        || (shortfall.gpu_bytes > 0 && o.footprint.gpu_bytes > 0)
+                }),
+            )),
+            (_, Some(max)) if left >= max => {
+                Some((Unmet::Count(max), Box::new(|_: &Occupant| true)))
+            }
+            _ => None,
+        };
         let Some((unmet, helps)) = unmet else {
             return Ok(victims);
         };

@@ -224,8 +224,7 @@ impl Registry {
             op,
             Supervisor::new(name, Arc::clone(&self.settings)),
             store::definition_path(&self.config.instances.configs_dir, name),
-            Arc::clone(&self.feed),
-            Arc::clone(&self.room),
+            (Arc::clone(&self.feed), Arc::clone(&self.room)),
         )
     }
 

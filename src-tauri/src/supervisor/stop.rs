@@ -26,6 +26,11 @@ pub(super) async fn stop(
     if let Ok(exit) = tokio::time::timeout(grace, running.child.wait()).await {
         return exit;
     }
+    tracing::warn!(
+        pid = running.pid,
+        "the backend did not exit within {} s of its stop signal (instances.stop_grace_seconds): killing it",
+        grace.as_secs_f32()
+    );
     signal_group(running.pid, GroupSignal::Kill);
     // Where there are no groups to signal this is the kill; elsewhere the group kill came first.
     let _ = running.child.start_kill();

@@ -290,7 +290,11 @@ async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_setti
             "restart_delay",
             "on_demand_start",
             "idle_timeout",
-            "aliases"
+            "aliases",
+            "group",
+            "persistent",
+            "max_concurrent",
+            "max_queue"
         ]
     );
     // Defaults are the configured ones.

@@ -101,6 +101,7 @@ impl Drop for RequestLog {
             path = %self.path,
             status,
             duration_ms = elapsed.as_millis() as u64,
+            queued_ms = self.guard.queued().as_millis() as u64,
             prompt_tokens = self.tokens.prompt,
             completion_tokens = self.tokens.completion,
             tokens_per_second = self.tokens.per_second,
