@@ -2,7 +2,8 @@
 //! the cost of a model swap. With room for one model (`max_running_instances: 1`), requests
 //! alternate between two instances A, B, A, B, ... so each one stops the other's llama-server
 //! and starts its own; that is set against the same stop + start + first answer done directly
-//! (SIGINT, wait for the exit, spawn, poll `/health`, one chat). The difference is Corral's
+//! (SIGINT, wait for the exit, spawn, poll `/health`, one chat, no keep-alive connection left
+//! open). The difference is Corral's
 //! overhead per swap. Also prints the estimated and measured memory of the model at a few
 //! context sizes. `CORRAL_BENCH_SWAPS` (default 20) swaps per side.
 
@@ -25,7 +26,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(server: &str, model: &str, swaps: usize) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    // Without idle connections kept: llama-server exits about 110 ms later while a keep-alive
+    // connection is open (Corral closes its own before a stop), which is not a swap's cost.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let direct = direct_swaps(&client, server, model, swaps).await?;
     let (corral, memory) = corral_swaps(&client, server, model, swaps).await?;
     let per = |total: Duration| total.as_secs_f64() * 1000.0 / swaps as f64;

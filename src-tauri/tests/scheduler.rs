@@ -502,3 +502,67 @@ async fn real_llama_server_is_placed_by_its_estimated_then_measured_memory() {
     }
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_streaming_request_hears_loading_comments_while_its_model_starts_then_its_answer() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    // The fake backend waits 2 s before it listens with this model name.
+    let slow = json!({"backend_type": "llama_cpp", "on_demand_start": true,
+                      "backend_options": {"model": fake_model("slow-start.gguf")}});
+    engine.create("slow", slow).await;
+    engine.post("/api/v1/instances/slow/stop").await;
+
+    let started = Instant::now();
+    let response = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "slow", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the head came before the start ended"
+    );
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(body.starts_with(": loading slow\n\n"), "{body}");
+    // Then the backend's answer (the fake backend echoes the request it got).
+    assert!(
+        body.contains("\"path\": \"/v1/chat/completions\""),
+        "{body}"
+    );
+    assert_eq!(engine.instance("slow").await["requests"], 1);
+
+    // A start that fails ends the stream with the error, in OpenAI's shape.
+    let broken = json!({"backend_type": "llama_cpp", "on_demand_start": true,
+                        "backend_options": {"model": fake_model("exit-at-start.gguf")}});
+    engine
+        .post_json(
+            "/api/v1/instances/broken",
+            &json!({"backend_type": "llama_cpp", "on_demand_start": true, "auto_restart": false,
+                    "backend_options": {"model": fake_model("ok-then-broken.gguf")}}),
+        )
+        .await;
+    engine.post("/api/v1/instances/broken/stop").await;
+    let updated = engine.put_json("/api/v1/instances/broken", &broken).await;
+    assert_eq!(updated.status(), 200);
+    let response = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "broken", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+    let last = body.trim_end().lines().last().unwrap();
+    let error: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "instance_start_failed", "{body}");
+
+    // A request that does not stream keeps waiting for the status line.
+    engine.post("/api/v1/instances/slow/stop").await;
+    let plain = chat(&engine, "slow").await;
+    assert_eq!(plain.headers()["content-type"], "application/json");
+    engine.stop().await;
+}

@@ -511,10 +511,28 @@ try {
     const ctx = page.getByTestId('field-ctx_size');
     await page.waitForFunction(() => document.querySelector('[data-testid="field-ctx_size"]')?.value === '512');
     await ctx.fill('1024');
+    // The scheduler's options are in the form too.
+    await page.getByTestId('field-group').fill('chat');
+    await page.getByTestId('field-persistent').check();
+    await page.getByTestId('field-max_concurrent').fill('2');
     await page.getByTestId('save-instance').click();
     await card('tiny').waitFor();
     await waitStatus('tiny', 'running');
-    assert.equal((await getInstance('tiny')).options.backend_options.ctx_size, 1024);
+    const edited = await getInstance('tiny');
+    assert.equal(edited.options.backend_options.ctx_size, 1024);
+    assert.equal(edited.options.group, 'chat');
+    assert.equal(edited.options.persistent, true);
+    assert.equal(edited.options.max_concurrent, 2);
+  });
+
+  await step('the dashboard shows each memory pool with the running instances in it', async () => {
+    // The footprint a start expects shows on the card; the panel places it in RAM (CPU only).
+    await page.evaluate(() => { location.hash = '#/'; });
+    await page.getByTestId('footprint-tiny').waitFor({ timeout: SLOW });
+    const pool = page.getByTestId('pool-ram');
+    await pool.waitFor({ timeout: SLOW });
+    assert.match(await pool.textContent(), /free of/);
+    assert.match(await pool.textContent(), /tiny/);
   });
 
   await step('the llama.cpp page opens through the engine, with no key in its address', async () => {

@@ -75,7 +75,8 @@ impl FromRef<Api> for Arc<Config> {
 /// The whole HTTP surface: `/api/v1` behind management auth, `/v1` behind inference auth, the
 /// web UI without auth at every other path, CORS, and the Host check.
 pub fn router(state: AppState) -> Router {
-    router_with(state, Relay::new())
+    let relay = state.registry.relay();
+    router_with(state, relay)
 }
 
 /// `router`, relaying through `relay` (the server shares it with the fast path: one pool of

@@ -24,6 +24,7 @@ use crate::backends::install::Installs;
 use crate::backends::BackendSecret;
 use crate::config::Config;
 use crate::devices::{Devices, ProbeEnv, ResourceMonitor};
+use crate::relay::Relay;
 use crate::supervisor::{RestartPolicy, Status, Supervisor, SupervisorSettings};
 
 /// Healthy uptime after which a backend's restart counter starts again from zero.
@@ -75,6 +76,9 @@ pub struct Registry {
     pub(super) room: Arc<tokio::sync::Notify>,
     /// The order in which waiting starts get room.
     pub(super) room_queue: RoomQueue,
+    /// The pool of connections to the backends both HTTP paths relay through: a stop closes its
+    /// backend's idle ones first.
+    relay: Relay,
 }
 
 impl Drop for Registry {
@@ -128,6 +132,7 @@ impl Registry {
             devices: Arc::new(Devices::new(ProbeEnv::system(&config_backends_llama))),
             room: Arc::default(),
             room_queue: RoomQueue::default(),
+            relay: Relay::new(),
         });
         let to_start = registry.load();
         registry.spawn_reaper();
@@ -226,6 +231,11 @@ impl Registry {
             store::definition_path(&self.config.instances.configs_dir, name),
             (Arc::clone(&self.feed), Arc::clone(&self.room)),
         )
+    }
+
+    /// The relay (and its connection pool) the HTTP servers forward through.
+    pub fn relay(&self) -> Relay {
+        self.relay.clone()
     }
 
     /// The devices probe the scheduler places starts with; the system report shares it.
@@ -521,6 +531,7 @@ impl Registry {
         for instance in &instances {
             // Otherwise the stops below would be saved as the user's wish.
             instance.stop_watching();
+            self.close_idle_connections(instance);
         }
         futures_util::future::join_all(
             instances
@@ -578,6 +589,7 @@ impl Registry {
 
     /// Stops the process; the caller holds the instance's `op` lock.
     pub(super) async fn stop_locked(&self, instance: &Instance) -> Result<(), InstanceError> {
+        self.close_idle_connections(instance);
         instance
             .supervisor
             .stop()
@@ -587,6 +599,15 @@ impl Registry {
                 name: instance.name.clone(),
                 source,
             })
+    }
+
+    /// Closes the relay's idle connections to the instance's backend, which is about to stop:
+    /// it then exits at once instead of at its HTTP server's next idle check.
+    fn close_idle_connections(&self, instance: &Instance) {
+        if let Some(port) = instance.port() {
+            let host = instance.read_options(|o| connect_host(o.backend.host()));
+            self.relay.close_idle(&format!("{host}:{port}"));
+        }
     }
 
     /// Removes the definition file first (if that fails, nothing changed), then stops the process
@@ -602,6 +623,7 @@ impl Registry {
             })??;
         instance.removed.store(true, Ordering::SeqCst);
         instance.stop_watching();
+        self.close_idle_connections(instance);
         instance.supervisor.shutdown().await;
         // The backend's key died with it; no need to keep it on disk.
         let key_file = self.key_file(&instance.name);

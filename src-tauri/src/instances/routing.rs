@@ -130,6 +130,19 @@ impl Registry {
         Some(self.lease(&instance, guard.with_slot(slot, Duration::ZERO)))
     }
 
+    /// Whether a request for `model` would wait for a start (or a stop, or readiness) before it
+    /// could be answered: known, and neither answering now nor refused at once.
+    pub fn must_wait(&self, model: &str) -> bool {
+        let Some(instance) = self.resolve(model) else {
+            return false;
+        };
+        match Lifecycle::of(&instance).for_request() {
+            ForRequest::WaitForOperation | ForRequest::WaitReady => true,
+            ForRequest::Start => instance.options().on_demand_start,
+            ForRequest::Gone | ForRequest::Lease | ForRequest::Failed => false,
+        }
+    }
+
     /// Starts a stopped instance for a request, unless another request's attempt finished
     /// while this one waited for the lock: then that attempt's outcome is shared.
     async fn start_on_demand(

@@ -161,6 +161,13 @@ impl Relay {
         Self::default()
     }
 
+    /// Closes the idle keep-alive connections to the backend at `authority`, before it is
+    /// stopped: llama-server's HTTP server only notices its shutdown on an open keep-alive
+    /// connection at its next idle check, which made every stop some 110 ms slower.
+    pub fn close_idle(&self, authority: &str) {
+        self.pool.forget(authority);
+    }
+
     /// Sends `head` and `body` to the backend at `authority` and reads the answer's head.
     /// `to_head` says the request is a `HEAD` (its answer has no body). A reused connection the
     /// backend closed meanwhile fails before a byte of the request left it: the request then

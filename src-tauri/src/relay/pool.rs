@@ -83,6 +83,11 @@ impl Pool {
         None
     }
 
+    /// Closes every idle connection to `authority`.
+    pub(crate) fn forget(&self, authority: &str) {
+        lock(&self.idle).remove(authority);
+    }
+
     pub(crate) fn checkin(&self, authority: &str, mut conn: Conn) {
         conn.read.clear();
         let now = Instant::now();
@@ -108,4 +113,37 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A stop closes its backend's idle connections: the backend sees them end (its read
+    /// returns EOF), and the other backends' stay.
+    #[tokio::test]
+    async fn forgetting_a_backend_closes_its_idle_connections_and_only_those() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let pool = Pool::default();
+        let conn = Conn::open(&authority).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        pool.checkin(&authority, conn);
+        let other = "127.0.0.1:9";
+        let listener2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority2 = listener2.local_addr().unwrap().to_string();
+        pool.checkin(&authority2, Conn::open(&authority2).await.unwrap());
+
+        pool.forget(&authority);
+        pool.forget(other);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), accepted.read(&mut byte))
+            .await
+            .expect("the connection is closed, not left open");
+        assert_eq!(read.unwrap(), 0, "EOF");
+        assert!(pool.checkout(&authority, false).is_none());
+        assert!(pool.checkout(&authority2, false).is_some());
+    }
 }

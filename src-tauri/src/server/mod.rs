@@ -28,7 +28,6 @@ use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::ConnectionLimits;
-use crate::relay::Relay;
 use fast::{FastPath, Outcome};
 
 /// The largest request head either path reads; a longer one is answered 431 and the connection
@@ -76,7 +75,7 @@ pub async fn serve_with(
     relays: Relays,
 ) {
     let limits = state.config.server.limits.clone();
-    let relay = Relay::new();
+    let relay = state.registry.relay();
     let fast = match relays {
         Relays::FastPathFirst => Some(Arc::new(FastPath::new(
             Arc::clone(&state.config),

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod loading;
 mod model_field;
 mod request_log;
 
@@ -377,8 +378,35 @@ async fn route(
     body: Payload,
 ) -> Result<Response, OpenAiError> {
     let started = Instant::now();
-    let lease = match api.registry.acquire(model).await {
-        Ok(lease) => lease,
+    // A client streaming its answer gets it at once as a stream of SSE comments while its model
+    // starts (or waits for room): clients with a read timeout shorter than a model's load
+    // (or a swap) would otherwise give up on a request that is going to succeed. Only `/v1`
+    // itself: Ollama's translation reads the answer, and errors there keep their statuses.
+    if let Payload::Raw { raw, .. } = &body {
+        if api.registry.must_wait(model) && wants_stream(raw) {
+            return Ok(loading::stream(
+                api.clone(),
+                model,
+                path,
+                headers,
+                body,
+                started,
+            ));
+        }
+    }
+    let lease = acquire_logged(api, model, path, started).await?;
+    forward(api, lease, path, headers, body, started).await
+}
+
+/// `acquire`, with a refusal logged.
+async fn acquire_logged(
+    api: &Api,
+    model: &str,
+    path: &str,
+    started: Instant,
+) -> Result<crate::instances::Lease, OpenAiError> {
+    match api.registry.acquire(model).await {
+        Ok(lease) => Ok(lease),
         Err(e) => {
             let error = OpenAiError::from(e);
             tracing::info!(
@@ -389,9 +417,20 @@ async fn route(
                 "inference request refused: {}",
                 error.message
             );
-            return Err(error);
+            Err(error)
         }
-    };
+    }
+}
+
+/// Sends the request to the instance `lease` holds and returns its answer as it comes.
+async fn forward(
+    api: &Api,
+    lease: crate::instances::Lease,
+    path: &str,
+    headers: HeaderMap,
+    body: Payload,
+    started: Instant,
+) -> Result<Response, OpenAiError> {
     lease.guard.count_request();
     let body = match (&lease.backend_model, body) {
         (None, Payload::Raw { raw, .. }) => Body::from(raw),
@@ -417,6 +456,16 @@ async fn route(
         .try_forward(request, &lease.upstream, path, log)
         .await
         .map_err(OpenAiError::from)
+}
+
+/// The body asks for a streamed answer (`"stream": true`).
+fn wants_stream(raw: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(default)]
+        stream: bool,
+    }
+    serde_json::from_slice::<Flag>(raw).is_ok_and(|flag| flag.stream)
 }
 
 #[cfg(test)]
