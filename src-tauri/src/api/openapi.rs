@@ -283,6 +283,10 @@ fn tie_backend_options(schema: &mut Value, response: bool) {
             "pattern": "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]{0,254}[^\\s\\x00-\\x1f\\x7f-\\x9f])?\\s*$",
         });
         schema["properties"]["aliases"]["uniqueItems"] = json!(true);
+        // Blank (no group), or 1 to 64 characters without control characters once trimmed.
+        schema["properties"]["group"]["pattern"] = json!(
+            "^\\s*(?:[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]{0,62}[^\\s\\x00-\\x1f\\x7f-\\x9f])?)?\\s*$"
+        );
     }
 }
 
