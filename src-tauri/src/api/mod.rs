@@ -103,6 +103,10 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/server/help", get(version::help))
         .route("/server/version", get(version::server_version))
         .route("/server/devices", get(version::devices))
+        // Where llamactl 0.6+ moved the three.
+        .route("/backends/llama-cpp/help", get(version::llama_help))
+        .route("/backends/llama-cpp/version", get(version::llama_version))
+        .route("/backends/llama-cpp/devices", get(version::llama_devices))
         .route("/system", get(system::system))
         .route("/backends", get(backends::list))
         .route("/models", get(models::list).delete(downloads::delete_model))

@@ -20,6 +20,9 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
         version::help,
         version::server_version,
         version::devices,
+        version::llama_help,
+        version::llama_version,
+        version::llama_devices,
         system::system,
         backends::list,
         backends::parse_command,
@@ -194,7 +197,7 @@ fn conform(document: &mut Value) {
                             "type": "string",
                             "minLength": 1,
                             "maxLength": MAX_NAME_LEN,
-                            "pattern": "^[A-Za-z0-9_-]+$",
+                            "pattern": "^[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?$",
                         });
                         names_instance = true;
                     }
@@ -283,6 +286,14 @@ fn tie_backend_options(schema: &mut Value, response: bool) {
             "pattern": "^\\s*[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]{0,254}[^\\s\\x00-\\x1f\\x7f-\\x9f])?\\s*$",
         });
         schema["properties"]["aliases"]["uniqueItems"] = json!(true);
+        // Names a process environment can hold; values without a NUL.
+        schema["properties"]["environment"]["propertyNames"] = json!({
+            "pattern": "^[^=\\x00-\\x1f\\x7f-\\x9f]{1,256}$",
+        });
+        schema["properties"]["environment"]["additionalProperties"] = json!({
+            "type": "string",
+            "pattern": "^[^\\x00]*$",
+        });
         // Blank (no group), or 1 to 64 characters without control characters once trimmed.
         schema["properties"]["group"]["pattern"] = json!(
             "^\\s*(?:[^\\s\\x00-\\x1f\\x7f-\\x9f](?:[^\\x00-\\x1f\\x7f-\\x9f]{0,62}[^\\s\\x00-\\x1f\\x7f-\\x9f])?)?\\s*$"

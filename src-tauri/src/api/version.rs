@@ -57,6 +57,33 @@ pub async fn devices(State(api): State<Api>) -> Result<Response, ApiError> {
     run_llama_server(&api, "--list-devices").await.map(text)
 }
 
+/// `GET /api/v1/server/help` where llamactl 0.6+ serves it.
+#[utoipa::path(get, path = "/api/v1/backends/llama-cpp/help", tag = "server",
+    responses(
+        (status = 200, description = "Help text", body = String, content_type = "text/plain"),
+        (status = 500, description = "The command could not be run", body = ErrorBody)))]
+pub async fn llama_help(api: State<Api>) -> Result<Response, ApiError> {
+    help(api).await
+}
+
+/// `GET /api/v1/server/version` where llamactl 0.6+ serves it.
+#[utoipa::path(get, path = "/api/v1/backends/llama-cpp/version", tag = "server",
+    responses(
+        (status = 200, description = "Version text", body = String, content_type = "text/plain"),
+        (status = 500, description = "The command could not be run", body = ErrorBody)))]
+pub async fn llama_version(api: State<Api>) -> Result<Response, ApiError> {
+    server_version(api).await
+}
+
+/// `GET /api/v1/server/devices` where llamactl 0.6+ serves it.
+#[utoipa::path(get, path = "/api/v1/backends/llama-cpp/devices", tag = "server",
+    responses(
+        (status = 200, description = "Device list", body = String, content_type = "text/plain"),
+        (status = 500, description = "The command could not be run", body = ErrorBody)))]
+pub async fn llama_devices(api: State<Api>) -> Result<Response, ApiError> {
+    devices(api).await
+}
+
 /// Runs the configured llama-server (its configured args, then `flag`) and returns stdout
 /// followed by stderr.
 async fn run_llama_server(api: &Api, flag: &str) -> Result<String, ApiError> {

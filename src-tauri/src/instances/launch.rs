@@ -23,22 +23,19 @@ impl Registry {
     pub(super) fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
         let command = self.config.backends.command(options.backend_type());
         let program = self.installs().program(options.backend_type(), command);
-        let secret = options.backend.secret_handover(
-            BackendSecret::generate(),
-            self.key_file(name),
-            &command.environment,
-        );
+        // The instance's variables over the configured command's; Corral's own (the backend's
+        // key) go over both at the spawn. A user's own vLLM key among them is the one presented.
+        let mut env = command.environment.clone();
+        env.extend(options.environment.clone());
+        let secret =
+            options
+                .backend
+                .secret_handover(BackendSecret::generate(), self.key_file(name), &env);
         let mut args = command.args.clone();
         args.extend(options.backend.launch_args());
         args.extend(secret.args.iter().cloned());
         let port = options.backend.port().unwrap_or_default();
-        let lookup = |name: &str| {
-            command
-                .environment
-                .get(name)
-                .cloned()
-                .or_else(|| std::env::var(name).ok())
-        };
+        let lookup = |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok());
         if let Some(folder) = options.backend_type().folder_to_create(lookup) {
             // Best effort: without it the backend still serves, only a listing fails.
             if let Err(e) = std::fs::create_dir_all(&folder) {
@@ -48,11 +45,7 @@ impl Registry {
         LaunchSpec {
             program,
             args,
-            env: command
-                .environment
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
+            env: env.into_iter().collect(),
             health_url: format!(
                 "http://{}:{port}{}",
                 connect_host(options.backend.host()),

@@ -5,7 +5,10 @@ use super::InstanceError;
 /// Longest accepted name, in bytes (llamactl's limit).
 pub const MAX_NAME_LEN: usize = 50;
 
-/// Accepts `[A-Za-z0-9_-]{1,50}`, so a name is always a safe file stem.
+/// Accepts 1 to 50 of `[A-Za-z0-9_.-]`, not starting or ending with a dot (llamactl 0.19 allows
+/// dots, as model names have them: `qwen2.5-7b`), so a name is always a safe file stem and a
+/// plain URL path segment: `.` and `..` would be folded away by every HTTP client, a leading dot
+/// hides the instance's files, and Windows drops a trailing one from file names.
 pub fn validate_name(name: &str) -> Result<(), InstanceError> {
     if name.is_empty() {
         return Err(InstanceError::InvalidName(
@@ -14,10 +17,15 @@ pub fn validate_name(name: &str) -> Result<(), InstanceError> {
     }
     if !name
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err(InstanceError::InvalidName(format!(
-            "'{name}' contains invalid characters: use only letters, digits, hyphens and underscores"
+            "'{name}' contains invalid characters: use only letters, digits, hyphens, underscores and dots"
+        )));
+    }
+    if name.starts_with('.') || name.ends_with('.') {
+        return Err(InstanceError::InvalidName(format!(
+            "'{name}' starts or ends with a dot: a dot may only stand inside the name"
         )));
     }
     if name.len() > MAX_NAME_LEN {
@@ -41,6 +49,9 @@ mod tests {
             "instance123",
             "my-instance",
             "my_instance",
+            "my.instance",
+            "qwen2.5-7b",
+            "a..b",
             "a",
             &"a".repeat(50),
         ] {
@@ -49,7 +60,10 @@ mod tests {
         for bad in [
             "",
             "my instance",
-            "my.instance",
+            ".",
+            "..",
+            ".hidden",
+            "trailing.",
             "my@instance",
             &"a".repeat(51),
             "test;ls",

@@ -52,6 +52,10 @@ pub struct CreateInstanceOptions {
     #[schema(maximum = 100_000)]
     #[serde(default, deserialize_with = "whole_number")]
     pub max_queue: Option<i64>,
+    /// Environment variables for this instance's backend (llamactl's `environment`), over the
+    /// backend's configured ones. Names: 1 to 256 characters without `=` or control characters.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    pub environment: Option<std::collections::BTreeMap<String, String>>,
     /// Required.
     #[schema(value_type = BackendType)]
     pub backend_type: Option<String>,
@@ -95,6 +99,8 @@ pub struct InstanceOptions {
     /// As given; [`InstanceOptions::concurrency`] is the limit in force.
     pub max_concurrent: Option<u32>,
     pub max_queue: Option<u32>,
+    /// Variables set for the backend, over the configured command's.
+    pub environment: std::collections::BTreeMap<String, String>,
     /// Carries the backend type; its port is always set once the registry accepted the instance.
     pub backend: BackendOptions,
 }
@@ -204,6 +210,7 @@ impl InstanceOptions {
         }
         let max_queue = at_most("max_queue", request.max_queue, MAX_QUEUE)?;
         let group = validate_group(request.group)?;
+        let environment = validate_environment(request.environment.unwrap_or_default())?;
         Ok(Self {
             auto_restart: request
                 .auto_restart
@@ -219,6 +226,7 @@ impl InstanceOptions {
             persistent: request.persistent.unwrap_or(false),
             max_concurrent: max_concurrent.map(clamp_u32),
             max_queue: max_queue.map(clamp_u32),
+            environment,
             backend,
         })
     }
@@ -263,6 +271,7 @@ impl InstanceOptions {
             persistent: self.persistent,
             max_concurrent: self.max_concurrent,
             max_queue: self.max_queue,
+            environment: self.environment.clone(),
             backend_type: self.backend_type(),
             backend_options: self.backend.to_json(),
         }
@@ -305,6 +314,32 @@ fn validate_group(group: Option<String>) -> Result<Option<String>, InstanceError
         ));
     }
     Ok(Some(group.to_owned()))
+}
+
+/// Variable names a process environment can hold: no `=` (it ends the name), no control
+/// character (a NUL ends the C string), not empty; values without a NUL.
+fn validate_environment(
+    environment: std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, InstanceError> {
+    for (name, value) in &environment {
+        if name.is_empty()
+            || name.chars().count() > 256
+            || name.contains('=')
+            || name.chars().any(char::is_control)
+        {
+            return Err(InstanceError::invalid_field(
+                "environment",
+                format!("variable name {name:?} must be 1 to 256 characters without '=' or control characters"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(InstanceError::invalid_field(
+                "environment",
+                format!("the value of {name} contains a NUL character"),
+            ));
+        }
+    }
+    Ok(environment)
 }
 
 fn parse_backend_type(name: &str) -> Result<BackendType, InstanceError> {
@@ -388,6 +423,9 @@ pub struct InstanceOptionsView {
     /// Left out when unset (`scheduler.max_queue` applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queue: Option<u32>,
+    /// The backend's own variables; left out when there are none.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub environment: std::collections::BTreeMap<String, String>,
     pub backend_type: BackendType,
     /// Only the options that are set; `port` is always there.
     #[schema(schema_with = backend_options_schema)]

@@ -45,7 +45,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Leading dot and `.tmp` suffix: never taken for a definition by `load_dir`.
     let temp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
     let result = (|| {
-        let mut file = fs::File::create(&temp)?;
+        // Owner-only: a definition may carry secrets (an `environment` with a token, an
+        // `api_key`), and `configs_dir` may be set outside the owner-only data folder.
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        // A temp file a crash left behind would keep its own mode.
+        let _ = fs::remove_file(&temp);
+        let mut file = options.open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)
@@ -119,6 +127,20 @@ pub fn load_dir(dir: &Path) -> Vec<(String, PathBuf, RecordIn)> {
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_definition_is_owner_only_even_over_a_readable_leftover_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        let temp = dir.path().join(".a.json.tmp");
+        fs::write(&temp, b"left over").unwrap();
+        fs::set_permissions(&temp, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"{}").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     #[test]
     fn atomic_write_replaces_the_file_and_leaves_no_temp() {

@@ -117,15 +117,29 @@ async fn version_and_the_configured_llama_server_answer_in_text() {
         ("version", "version: 1 (fake)"),
         ("devices", "FAKE0"),
     ] {
-        let response = engine.get(&format!("/api/v1/server/{route}")).await;
-        assert_eq!(response.status(), 200, "{route}");
-        assert!(response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain"));
-        let text = response.text().await.unwrap();
-        assert!(text.contains(expected), "{route}: {text}");
+        // The seed's path and llamactl 0.6+'s answer the same.
+        for path in [
+            format!("/api/v1/server/{route}"),
+            format!("/api/v1/backends/llama-cpp/{route}"),
+        ] {
+            let response = engine.get(&path).await;
+            assert_eq!(response.status(), 200, "{path}");
+            assert!(response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"));
+            let text = response.text().await.unwrap();
+            assert!(text.contains(expected), "{path}: {text}");
+        }
     }
+    // The other backends' install and parse-command routes still take their place.
+    let parse = engine
+        .post_json(
+            "/api/v1/backends/llama-cpp/parse-command",
+            &json!({"command": "llama-server -m /m.gguf"}),
+        )
+        .await;
+    assert_eq!(parse.status(), 200);
     engine.stop().await;
 
     let dir = data_dir();
@@ -170,6 +184,9 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
         "/api/v1/server/help",
         "/api/v1/server/version",
         "/api/v1/server/devices",
+        "/api/v1/backends/llama-cpp/help",
+        "/api/v1/backends/llama-cpp/version",
+        "/api/v1/backends/llama-cpp/devices",
         "/api/v1/backends/{backend}/parse-command",
         "/api/v1/instances",
         "/api/v1/instances/{name}",
@@ -363,7 +380,7 @@ async fn errors_about_one_option_name_the_field() {
     }
 
     let bad_name = engine
-        .post_json("/api/v1/instances/bad.name", &llama(json!({})))
+        .post_json("/api/v1/instances/bad;name", &llama(json!({})))
         .await;
     let error = assert_error(bad_name, 400, "invalid_instance_name").await;
     assert_eq!(error["field"], "name");

@@ -76,7 +76,7 @@ async fn invalid_names_are_400_on_every_route() {
     let dir = data_dir();
     let engine = Engine::start(test_config(dir.path())).await;
     let long = "a".repeat(51);
-    for name in ["bad.name", "bad%20name", "semi;colon", long.as_str()] {
+    for name in ["bad.name.", "bad%20name", "semi;colon", long.as_str()] {
         let base = format!("/api/v1/instances/{name}");
         let requests = [
             engine.client.get(engine.url(&base)),
@@ -554,5 +554,93 @@ async fn concurrent_starts_never_exceed_the_running_limit_nor_spawn_twice() {
         );
     }
     assert_eq!(pids.len(), 1, "{pids:?}");
+    engine.stop().await;
+}
+
+/// llamactl 0.19 allows dots in names, as model names have them; a dot may not come first or
+/// last (`.` and `..` are folded away in URLs, a leading dot hides files).
+#[tokio::test]
+async fn a_name_with_dots_works_everywhere_and_survives_a_restart_but_not_at_its_ends() {
+    let dir = data_dir();
+    let engine = Engine::start(test_config(dir.path())).await;
+    let created = engine.create("qwen2.5-7b", llama(json!({}))).await;
+    assert_eq!(created["name"], "qwen2.5-7b");
+    assert!(engine.definition_file("qwen2.5-7b").is_file());
+    let answer = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "qwen2.5-7b", "messages": []}),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    let logs = engine.get("/api/v1/instances/qwen2.5-7b/logs").await;
+    assert_eq!(logs.status(), 200);
+    for bad in ["x.", ".x", "..."] {
+        let refused = engine
+            .post_json(&format!("/api/v1/instances/{bad}"), &llama(json!({})))
+            .await;
+        assert_error(refused, 400, "invalid_instance_name").await;
+    }
+    engine.stop().await;
+
+    let engine = Engine::start(test_config(dir.path())).await;
+    assert_eq!(engine.instance("qwen2.5-7b").await["name"], "qwen2.5-7b");
+    engine.stop().await;
+}
+
+/// llamactl's per-instance `environment`: over the configured command's variables, shown in the
+/// instance, and refused when a process environment could not hold it.
+#[tokio::test]
+async fn an_instances_environment_reaches_its_backend_over_the_configured_one() {
+    let dir = data_dir();
+    let mut config = test_config(dir.path());
+    config
+        .backends
+        .llama_cpp
+        .environment
+        .insert("FAKE_BACKEND_TEST_VAR".into(), "configured".into());
+    let engine = Engine::start(config).await;
+    let echo = |name: &'static str| {
+        let engine = &engine;
+        async move {
+            let answer = engine
+                .post_json(
+                    "/v1/chat/completions",
+                    &json!({"model": name, "messages": []}),
+                )
+                .await;
+            assert_eq!(answer.status(), 200);
+            answer.json::<Value>().await.unwrap()["test_var"].clone()
+        }
+    };
+    engine.create("plain", llama(json!({}))).await;
+    assert_eq!(echo("plain").await, "configured");
+    let own = engine
+        .create(
+            "own",
+            llama(json!({"environment": {"FAKE_BACKEND_TEST_VAR": "the instance's"}})),
+        )
+        .await;
+    assert_eq!(
+        own["options"]["environment"]["FAKE_BACKEND_TEST_VAR"],
+        "the instance's"
+    );
+    assert_eq!(echo("own").await, "the instance's");
+    assert!(engine.instance("plain").await["options"]
+        .get("environment")
+        .is_none());
+
+    for bad in [
+        json!({"A=B": "x"}),
+        json!({"": "x"}),
+        json!({"A\nB": "x"}),
+        json!({"A": "x\u{0}y"}),
+    ] {
+        let refused = engine
+            .post_json("/api/v1/instances/bad", &llama(json!({"environment": bad})))
+            .await;
+        let body = assert_error(refused, 400, "invalid_options").await;
+        assert_eq!(body["field"], "environment", "{body}");
+    }
     engine.stop().await;
 }
