@@ -47,8 +47,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         // Owner-only: a definition may carry secrets (an `environment` with a token, an
         // `api_key`), and `configs_dir` may be set outside the owner-only data folder.
+        // `create_new` (O_EXCL) also refuses a symlink planted at the temp path.
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         // A temp file a crash left behind would keep its own mode.
