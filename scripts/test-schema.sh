@@ -149,7 +149,7 @@ fi
 log "schemathesis $SCHEMATHESIS_VERSION: phases $PHASES, $EXAMPLES cases per operation, seed $SEED"
 started=$SECONDS
 status=0
-(cd "$work" && "$VENV/bin/st" --config-file "$REPO_ROOT/scripts/schemathesis.toml" \
+(cd "$work" && SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$REPO_ROOT/scripts" "$VENV/bin/st" --config-file "$REPO_ROOT/scripts/schemathesis.toml" \
     run "$base/api/v1/openapi.json" \
     --checks all \
     --header "Authorization: Bearer $key" \

@@ -57,7 +57,7 @@ pub async fn create(
     // Checked before the start, while the memory the model will take is still free.
     let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
         Ok(options) => {
-            can_start(&api, &options.backend)?;
+            can_start(&api, &options.backend, options.command_override.as_deref())?;
             fit_warnings(&api, &options.backend, None).await
         }
         // The registry refuses these options with the reason.
@@ -72,10 +72,19 @@ pub async fn create(
 /// command is not found and that Corral did not install (422, with how to install it: a fresh machine's first create) and a model
 /// path that does not exist (400). A relative `model` is a Hugging Face repo id for mlx-lm and
 /// vLLM, or a path the backend resolves in its own working folder: left to the backend.
-fn can_start(api: &Api, backend: &BackendOptions) -> Answer<()> {
+fn can_start(api: &Api, backend: &BackendOptions, command_override: Option<&str>) -> Answer<()> {
     let backend_type = backend.backend_type();
     let command = api.config.backends.command(backend_type);
-    if let Err(why) = api.registry.installs().resolve(backend_type, command) {
+    // An override was checked to be an executable file when it was given.
+    let resolved = match command_override {
+        Some(_) => Ok(()),
+        None => api
+            .registry
+            .installs()
+            .resolve(backend_type, command)
+            .map(drop),
+    };
+    if let Err(why) = resolved {
         let advice = installed::advice(
             backend_type,
             std::env::consts::OS,
@@ -128,7 +137,7 @@ pub async fn update(
     let current = api.registry.get(&name)?;
     let warnings = match InstanceOptions::from_json(&body, &api.config.instances) {
         Ok(options) => {
-            can_start(&api, &options.backend)?;
+            can_start(&api, &options.backend, options.command_override.as_deref())?;
             fit_warnings(&api, &options.backend, current.resources).await
         }
         Err(_) => Vec::new(),
@@ -170,7 +179,7 @@ pub async fn start(State(api): State<Api>, Path(name): Path<String>) -> Answer<J
             &current.options.backend_options,
         ) {
             Ok(backend) => {
-                can_start(&api, &backend)?;
+                can_start(&api, &backend, current.options.command_override.as_deref())?;
                 fit_warnings(&api, &backend, None).await
             }
             Err(_) => Vec::new(),
@@ -215,7 +224,7 @@ pub async fn restart(
         Ok(backend) => {
             // Checked before the running process is stopped: a restart that cannot start
             // leaves the instance as it was.
-            can_start(&api, &backend)?;
+            can_start(&api, &backend, current.options.command_override.as_deref())?;
             fit_warnings(&api, &backend, current.resources).await
         }
         Err(_) => Vec::new(),

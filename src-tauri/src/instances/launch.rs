@@ -22,7 +22,10 @@ impl Registry {
     /// own install of the backend is found.
     pub(super) fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
         let command = self.config.backends.command(options.backend_type());
-        let program = self.installs().program(options.backend_type(), command);
+        let program = match &options.command_override {
+            Some(path) => path.clone(),
+            None => self.installs().program(options.backend_type(), command),
+        };
         // The instance's variables over the configured command's; Corral's own (the backend's
         // key) go over both at the spawn. A user's own vLLM key among them is the one presented.
         let mut env = command.environment.clone();

@@ -56,6 +56,10 @@ pub struct CreateInstanceOptions {
     /// backend's configured ones. Names: 1 to 256 characters without `=` or control characters.
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     pub environment: Option<std::collections::BTreeMap<String, String>>,
+    /// The executable to run instead of the backend's configured command (llamactl's
+    /// `command_override`): an absolute path to an existing executable file. The configured
+    /// command's arguments (vLLM's `serve`) and variables still apply.
+    pub command_override: Option<String>,
     /// Required.
     #[schema(value_type = BackendType)]
     pub backend_type: Option<String>,
@@ -101,6 +105,8 @@ pub struct InstanceOptions {
     pub max_queue: Option<u32>,
     /// Variables set for the backend, over the configured command's.
     pub environment: std::collections::BTreeMap<String, String>,
+    /// Runs instead of the configured command.
+    pub command_override: Option<String>,
     /// Carries the backend type; its port is always set once the registry accepted the instance.
     pub backend: BackendOptions,
 }
@@ -211,6 +217,7 @@ impl InstanceOptions {
         let max_queue = at_most("max_queue", request.max_queue, MAX_QUEUE)?;
         let group = validate_group(request.group)?;
         let environment = validate_environment(request.environment.unwrap_or_default())?;
+        let command_override = validate_command_override(request.command_override, out_of_range)?;
         Ok(Self {
             auto_restart: request
                 .auto_restart
@@ -227,6 +234,7 @@ impl InstanceOptions {
             max_concurrent: max_concurrent.map(clamp_u32),
             max_queue: max_queue.map(clamp_u32),
             environment,
+            command_override,
             backend,
         })
     }
@@ -272,6 +280,7 @@ impl InstanceOptions {
             max_concurrent: self.max_concurrent,
             max_queue: self.max_queue,
             environment: self.environment.clone(),
+            command_override: self.command_override.clone(),
             backend_type: self.backend_type(),
             backend_options: self.backend.to_json(),
         }
@@ -340,6 +349,48 @@ fn validate_environment(
         }
     }
     Ok(environment)
+}
+
+/// An absolute path to an executable file, checked when the options come in through the API; a
+/// definition read from disk keeps its override even if the file went away meanwhile (the
+/// start then fails with the spawn's error, and the definition is not lost). Blank is none.
+fn validate_command_override(
+    command: Option<String>,
+    out_of_range: OutOfRange,
+) -> Result<Option<String>, InstanceError> {
+    let Some(command) = command.filter(|c| !c.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| {
+        Err(InstanceError::invalid_field(
+            "command_override",
+            format!("command_override {command:?} {why}"),
+        ))
+    };
+    if command.contains('\0') {
+        return refuse("contains a NUL character");
+    }
+    let path = std::path::Path::new(&command);
+    if !path.is_absolute() {
+        return refuse("must be an absolute path");
+    }
+    if matches!(out_of_range, OutOfRange::Clamp) {
+        return Ok(Some(command));
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return refuse("does not exist");
+    };
+    if !meta.is_file() {
+        return refuse("is not a file");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o111 == 0 {
+            return refuse("is not executable");
+        }
+    }
+    Ok(Some(command))
 }
 
 fn parse_backend_type(name: &str) -> Result<BackendType, InstanceError> {
@@ -426,6 +477,9 @@ pub struct InstanceOptionsView {
     /// The backend's own variables; left out when there are none.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub environment: std::collections::BTreeMap<String, String>,
+    /// Left out when the configured command runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_override: Option<String>,
     pub backend_type: BackendType,
     /// Only the options that are set; `port` is always there.
     #[schema(schema_with = backend_options_schema)]

@@ -644,3 +644,55 @@ async fn an_instances_environment_reaches_its_backend_over_the_configured_one() 
     }
     engine.stop().await;
 }
+
+/// llamactl's `command_override`: an absolute path to an executable runs instead of the
+/// configured command (whose arguments still apply); anything else is refused with 400.
+#[tokio::test]
+async fn a_command_override_runs_instead_of_the_configured_command_and_must_be_an_executable() {
+    let dir = data_dir();
+    let mut config = test_config(dir.path());
+    // The configured command does not exist: only the override can start the fake backend.
+    config.backends.llama_cpp.command = "/nonexistent/python3".into();
+    let engine = Engine::start(config).await;
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("a python3");
+    let created = engine
+        .create("over", llama(json!({"command_override": python})))
+        .await;
+    assert_eq!(created["options"]["command_override"], python);
+    engine.wait_ready("over").await;
+    let answer = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "over", "messages": []}),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+
+    let not_executable = dir.path().join("plain.txt");
+    std::fs::write(&not_executable, "x").unwrap();
+    let refusals = [
+        json!("python3"),
+        json!("/nonexistent/binary"),
+        json!(dir.path().display().to_string()),
+        json!(not_executable.display().to_string()),
+    ];
+    for bad in refusals {
+        let refused = engine
+            .post_json(
+                "/api/v1/instances/bad",
+                &llama(json!({"command_override": bad})),
+            )
+            .await;
+        let body = assert_error(refused, 400, "invalid_options").await;
+        assert_eq!(body["field"], "command_override", "{body}");
+    }
+    // Without the override, the missing configured command is refused as before.
+    let refused = engine
+        .post_json("/api/v1/instances/plain", &llama(json!({})))
+        .await;
+    assert_error(refused, 422, "backend_not_installed").await;
+    engine.stop().await;
+}

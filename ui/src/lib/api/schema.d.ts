@@ -741,6 +741,12 @@ export interface components {
             /** @description Required. */
             backend_type: components["schemas"]["BackendType"];
             /**
+             * @description The executable to run instead of the backend's configured command (llamactl's
+             *     `command_override`): an absolute path to an existing executable file. The configured
+             *     command's arguments (vLLM's `serve`) and variables still apply.
+             */
+            command_override?: string | null;
+            /**
              * @description Environment variables for this instance's backend (llamactl's `environment`), over the
              *     backend's configured ones. Names: 1 to 256 characters without `=` or control characters.
              */
@@ -1076,6 +1082,8 @@ export interface components {
                 [key: string]: unknown;
             };
             backend_type: components["schemas"]["BackendType"];
+            /** @description Left out when the configured command runs. */
+            command_override?: string | null;
             /** @description The backend's own variables; left out when there are none. */
             environment?: {
                 [key: string]: string;
