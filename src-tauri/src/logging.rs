@@ -188,6 +188,13 @@ impl Write for Lines {
 /// Parts of a query parameter's name that mark its value as a credential.
 const SECRET_NAMES: [&str; 6] = ["key", "token", "secret", "password", "auth", "session"];
 
+/// Whether a parameter, variable or flag named `name` holds a credential (`api_key`, `HF_TOKEN`,
+/// `--hf-token`, ...).
+pub fn looks_like_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_NAMES.iter().any(|part| name.contains(part))
+}
+
 /// `path_and_query` fit for a log line: the values of credential-like query parameters
 /// (`api_key`, `key`, `token`, `access_token`, ...) replaced by `[redacted]`. Clients may send
 /// their key in the query (`?api_key=`), and a log file outlives the request and has other
@@ -197,10 +204,7 @@ pub fn redact_query(path_and_query: &str) -> Cow<'_, str> {
         return Cow::Borrowed(path_and_query);
     };
     let secret = |name: &str| {
-        let name = percent_encoding::percent_decode_str(name)
-            .decode_utf8_lossy()
-            .to_ascii_lowercase();
-        SECRET_NAMES.iter().any(|part| name.contains(part))
+        looks_like_secret(&percent_encoding::percent_decode_str(name).decode_utf8_lossy())
     };
     if !query
         .split('&')

@@ -4,6 +4,7 @@
 pub mod auth;
 mod backends;
 pub mod body;
+mod config;
 pub mod desktop;
 mod downloads;
 pub mod error;
@@ -108,6 +109,7 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/backends/llama-cpp/version", get(version::llama_version))
         .route("/backends/llama-cpp/devices", get(version::llama_devices))
         .route("/system", get(system::system))
+        .route("/config", get(config::config))
         .route("/backends", get(backends::list))
         .route("/models", get(models::list).delete(downloads::delete_model))
         .route(

@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    backends, desktop, downloads, error, events, instances, logs_stream, models, openai, schema,
-    system, version,
+    backends, config, desktop, downloads, error, events, instances, logs_stream, models, openai,
+    schema, system, version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -17,6 +17,7 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
     info(title = "Corral API", description = "Runs, routes and supervises local LLM inference servers; compatible with llamactl's management API."),
     paths(
         version::version,
+        config::config,
         version::help,
         version::server_version,
         version::devices,

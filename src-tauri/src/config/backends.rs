@@ -6,7 +6,7 @@ use crate::backends::BackendType;
 
 /// How one backend is launched: the executable, arguments placed before the instance's own, and
 /// environment added to the child's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackendCommand {
     pub command: String,
     pub args: Vec<String>,
@@ -16,9 +16,11 @@ pub struct BackendCommand {
 /// The backends' commands. The file may give each in llamactl's old form (`llama_executable`,
 /// up to llamactl v0.6) or its structured one (`llama-cpp: {command, args, environment}`); the
 /// structured command wins.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(from = "FileBackends")]
 pub struct BackendsConfig {
+    /// Written as the file writes it.
+    #[serde(rename = "llama-cpp")]
     pub llama_cpp: BackendCommand,
     pub mlx: BackendCommand,
     pub vllm: BackendCommand,

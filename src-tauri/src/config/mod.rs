@@ -43,7 +43,7 @@ macro_rules! section {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone)]
+        #[derive(Debug, Clone, serde::Serialize)]
         pub struct $name {
             $( $(#[doc = $doc])* $vis $field: $ty, )*
         }
@@ -76,7 +76,7 @@ macro_rules! section {
 /// The whole engine configuration, after defaults, file and environment were merged. A section
 /// missing from the file is all defaults. `Config::default()` has no data folder yet and nothing
 /// derived: the engine takes what [`Config::load`] or [`Config::with_data_dir`] returns.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default, rename = "FileConfig")]
 pub struct Config {
     pub server: ServerConfig,
@@ -127,7 +127,7 @@ section! {
 /// How long a client may take, and how many connections it may hold. A deadline only ever
 /// waits on the client: a backend that thinks for minutes before its first token, or streams a
 /// long answer, is never cut by these.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ConnectionLimits {
     /// From a request's first byte (or the connection's opening) to the end of its head.
     pub head_timeout: Duration,

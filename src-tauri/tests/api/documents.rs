@@ -181,6 +181,7 @@ async fn openapi_document_describes_every_route_and_the_backend_options() {
     let paths = document["paths"].as_object().unwrap();
     for path in [
         "/api/v1/version",
+        "/api/v1/config",
         "/api/v1/server/help",
         "/api/v1/server/version",
         "/api/v1/server/devices",
@@ -405,5 +406,64 @@ async fn errors_about_one_option_name_the_field() {
     )
     .await;
     assert!(missing.get("field").is_none(), "{missing}");
+    engine.stop().await;
+}
+
+/// llamactl 0.20's `GET /api/v1/config`: the merged configuration, behind the management key,
+/// with no secret in it.
+#[tokio::test]
+async fn the_config_in_force_is_shown_to_the_management_key_without_its_secrets() {
+    let dir = data_dir();
+    let mut config = with_auth(test_config(dir.path()));
+    config.backends.llama_cpp.args = vec!["--api-key".into(), "sk-flag-secret".into()];
+    config
+        .backends
+        .llama_cpp
+        .environment
+        .insert("HF_TOKEN".into(), "hf_env_secret".into());
+    config.instances.max_running_instances = Some(3);
+    let engine = Engine::start(config).await;
+
+    let anonymous = engine.get("/api/v1/config").await;
+    assert_eq!(anonymous.status(), 401);
+    let inference = engine
+        .client
+        .get(engine.url("/api/v1/config"))
+        .bearer_auth(INFERENCE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        inference.status(),
+        401,
+        "the inference key does not open it"
+    );
+
+    let response = engine
+        .client
+        .get(engine.url("/api/v1/config"))
+        .bearer_auth(MANAGEMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for secret in [
+        MANAGEMENT_KEY,
+        INFERENCE_KEY,
+        "sk-flag-secret",
+        "hf_env_secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} is shown: {text}");
+    }
+    let shown: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["instances"]["max_running_instances"], 3);
+    assert_eq!(shown["instances"]["on_demand_start_timeout"], 60.0);
+    assert_eq!(shown["auth"]["management_keys"], json!(["[redacted]"]));
+    assert_eq!(shown["backends"]["llama-cpp"]["args"][1], "[redacted]");
+    assert_eq!(
+        shown["backends"]["llama-cpp"]["environment"]["HF_TOKEN"],
+        "[redacted]"
+    );
     engine.stop().await;
 }
