@@ -515,6 +515,8 @@ try {
     await page.getByTestId('field-group').fill('chat');
     await page.getByTestId('field-persistent').check();
     await page.getByTestId('field-max_concurrent').fill('2');
+    // The configured llama-server, named as an override: it runs the same.
+    await page.getByTestId('field-command_override').fill(llamaServer);
     await page.getByTestId('save-instance').click();
     await card('tiny').waitFor();
     await waitStatus('tiny', 'running');
@@ -523,6 +525,7 @@ try {
     assert.equal(edited.options.group, 'chat');
     assert.equal(edited.options.persistent, true);
     assert.equal(edited.options.max_concurrent, 2);
+    assert.equal(edited.options.command_override, llamaServer);
   });
 
   await step('the dashboard shows each memory pool with the running instances in it', async () => {

@@ -663,6 +663,12 @@ pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
             serde_json::Value::Null,
             "Requests that may wait for a free slot before more are answered 429. Empty: scheduler.max_queue.",
         ),
+        field(
+            "command_override",
+            FieldType::String,
+            serde_json::Value::Null,
+            "An executable to run instead of the backend's configured command (an absolute path); its configured arguments still apply.",
+        ),
     ]
 }
 

@@ -312,7 +312,8 @@ async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_setti
             "group",
             "persistent",
             "max_concurrent",
-            "max_queue"
+            "max_queue",
+            "command_override"
         ]
     );
     // Defaults are the configured ones.
