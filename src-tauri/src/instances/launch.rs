@@ -67,6 +67,13 @@ impl Registry {
     }
 }
 
+/// `host:port` where the proxies dial an instance's backend (and where its pooled connections
+/// are kept).
+pub(super) fn backend_authority(options: &InstanceOptions) -> String {
+    let port = options.backend.port().unwrap_or_default();
+    format!("{}:{port}", connect_host(options.backend.host()))
+}
+
 /// The host to dial for a backend bound to `host`: loopback unless it names a concrete address
 /// (a wildcard bind cannot be dialled everywhere, and `localhost` may resolve to IPv6 only).
 pub(super) fn connect_host(host: Option<&str>) -> String {

@@ -96,6 +96,13 @@ pub(super) struct Wanted<'a> {
     pub(super) may_displace_resident: bool,
 }
 
+impl Wanted<'_> {
+    /// `occupant` is in the wanted instance's group (which it has).
+    fn shares_group(&self, occupant: &Occupant) -> bool {
+        self.group.is_some() && occupant.group.as_deref() == self.group
+    }
+}
+
 /// The limits in force.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Limits {
@@ -139,11 +146,14 @@ pub(super) enum Limit {
     Group,
     /// Memory.
     Memory,
+    /// Not a limit of the plan: what would make room is held by another operation (a victim
+    /// being started or stopped by someone else), or other waiting starts come first.
+    Busy,
 }
 
 /// Decides a start of `wanted` beside `occupants` (which do not include it).
 pub(super) fn plan(wanted: &Wanted<'_>, occupants: &[Occupant], limits: &Limits) -> Plan {
-    let same_group = |o: &Occupant| wanted.group.is_some() && o.group.as_deref() == wanted.group;
+    let same_group = |o: &Occupant| wanted.shares_group(o);
     // An exclusive group's other members all go, whatever else is decided.
     let forced: Vec<&Occupant> = if limits.exclusive {
         occupants.iter().filter(|o| same_group(o)).collect()
@@ -236,7 +246,7 @@ fn pick<'a>(
     forced: &[&'a Occupant],
     allowed: impl Fn(&Occupant) -> bool,
 ) -> Result<Vec<&'a Occupant>, Unmet> {
-    let same_group = |o: &Occupant| wanted.group.is_some() && o.group.as_deref() == wanted.group;
+    let same_group = |o: &Occupant| wanted.shares_group(o);
     let mut candidates: Vec<&Occupant> = occupants
         .iter()
         .filter(|o| limits.eviction && allowed(o))
@@ -260,9 +270,7 @@ fn pick<'a>(
         let unmet: Option<(Unmet, Helps<'_>)> = match (limits.group_limit, limits.max_running) {
             (Some(max), _) if wanted.group.is_some() && group_left >= max => Some((
                 Unmet::Group(max),
-                Box::new(move |o: &Occupant| {
-                    wanted.group.is_some() && o.group.as_deref() == wanted.group
-                }),
+                Box::new(move |o: &Occupant| wanted.shares_group(o)),
             )),
             _ if shortfall != Footprint::default() => Some((
                 Unmet::Memory(shortfall),

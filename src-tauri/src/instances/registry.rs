@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::catalogue::Catalogue;
 use super::events::{self, Feed, InstanceEvent};
 use super::instance::{lock, now_unix, Instance, StartingGuard};
-use super::launch::connect_host;
+use super::launch::backend_authority;
 use super::options::{InstanceOptions, InstanceView};
 use super::scheduler::RoomQueue;
 use super::store;
@@ -326,11 +326,9 @@ impl Registry {
         if instance.supervisor.state().status() != Status::Running {
             return Err(InstanceError::NotRunning(name.to_owned()));
         }
-        let options = instance.options();
-        let port = options.backend.port().unwrap_or_default();
         Ok(Upstream {
             name: name.to_owned(),
-            authority: format!("{}:{port}", connect_host(options.backend.host())),
+            authority: instance.read_options(backend_authority),
             credential: instance.credential(),
         })
     }
@@ -604,10 +602,8 @@ impl Registry {
     /// Closes the relay's idle connections to the instance's backend, which is about to stop:
     /// it then exits at once instead of at its HTTP server's next idle check.
     fn close_idle_connections(&self, instance: &Instance) {
-        if let Some(port) = instance.port() {
-            let host = instance.read_options(|o| connect_host(o.backend.host()));
-            self.relay.close_idle(&format!("{host}:{port}"));
-        }
+        self.relay
+            .close_idle(&instance.read_options(backend_authority));
     }
 
     /// Removes the definition file first (if that fails, nothing changed), then stops the process

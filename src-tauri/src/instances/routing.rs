@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::events::Decision;
 use super::instance::{lock, Instance};
-use super::launch::connect_host;
+use super::launch::backend_authority;
 use super::lifecycle::{ForRequest, Lifecycle};
 use super::registry::{Registry, Upstream};
 use super::usage::InFlight;
@@ -237,12 +237,11 @@ impl Registry {
     }
 
     fn lease_with(instance: &Instance, options: &InstanceOptions, guard: InFlight) -> Lease {
-        let port = options.backend.port().unwrap_or_default();
         let backend_model = options.backend.expected_model_name();
         Lease {
             upstream: Upstream {
                 name: instance.name.clone(),
-                authority: format!("{}:{port}", connect_host(options.backend.host())),
+                authority: backend_authority(options),
                 credential: instance.credential(),
             },
             backend_model,

@@ -75,7 +75,14 @@ impl Drop for Ticket<'_> {
 enum Step {
     Go,
     Evict(Vec<(Arc<Instance>, tokio::sync::OwnedMutexGuard<()>)>),
-    Wait(Option<Refusal>),
+    Wait(Refusal),
+}
+
+fn busy(message: &str) -> Refusal {
+    Refusal {
+        limit: Limit::Busy,
+        message: message.to_owned(),
+    }
 }
 
 impl Registry {
@@ -88,7 +95,9 @@ impl Registry {
         instance: &Arc<Instance>,
         deadline: Option<Instant>,
     ) -> Result<(), InstanceError> {
-        let expected = self.expected_footprint(instance).await;
+        let expected = self
+            .expected_footprint(instance, self.free_memory().await)
+            .await;
         let ticket = deadline.map(|_| self.room_queue.join(&self.room));
         let mut announced_wait = false;
         loop {
@@ -101,7 +110,7 @@ impl Registry {
             let step = {
                 let table = lock(&self.table);
                 if ticket.as_ref().is_some_and(|t| !t.is_first()) {
-                    Step::Wait(None)
+                    Step::Wait(busy("other starts waiting for room came first"))
                 } else {
                     self.plan_step(&table, instance, expected, memory, &measured, deadline)?
                 }
@@ -118,18 +127,9 @@ impl Registry {
                 }
                 Step::Wait(why) => {
                     let Some(deadline) = deadline else {
-                        // Reached only with a reason: without a deadline nobody queues.
-                        let why = why.unwrap_or_else(|| Refusal {
-                            limit: Limit::Group,
-                            message: "other starts are waiting for room".to_owned(),
-                        });
                         return Err(self.refused(instance, why));
                     };
                     if Instant::now() >= deadline {
-                        let why = why.unwrap_or_else(|| Refusal {
-                            limit: Limit::Group,
-                            message: "other starts waiting for room came first".to_owned(),
-                        });
                         return Err(self.refused(
                             instance,
                             Refusal {
@@ -142,7 +142,7 @@ impl Registry {
                             },
                         ));
                     }
-                    if let Some(why) = why.filter(|_| !announced_wait) {
+                    if !announced_wait && why.limit != Limit::Busy {
                         announced_wait = true;
                         tracing::info!(
                             "instance '{}' waits for room: {}",
@@ -276,18 +276,23 @@ impl Registry {
             Plan::Evict(names) => {
                 let mut victims = Vec::with_capacity(names.len());
                 for name in &names {
-                    let Some(victim) = table.instances().find(|o| &o.name == name) else {
-                        return Ok(Step::Wait(None));
+                    // Gone, or taken by another operation meanwhile: plan again once it is done.
+                    let held = || {
+                        Step::Wait(busy(&format!(
+                            "instance '{name}', which would make room, is being changed by another operation"
+                        )))
                     };
-                    // Taken by another operation meanwhile: plan again once it is done.
+                    let Some(victim) = table.instances().find(|o| &o.name == name) else {
+                        return Ok(held());
+                    };
                     let Ok(op) = Arc::clone(&victim.op).try_lock_owned() else {
-                        return Ok(Step::Wait(None));
+                        return Ok(held());
                     };
                     victims.push((Arc::clone(victim), op));
                 }
                 Step::Evict(victims)
             }
-            Plan::Wait(why) => Step::Wait(Some(why)),
+            Plan::Wait(why) => Step::Wait(why),
             Plan::Refuse(why) => return Err(self.refused(instance, why)),
         })
     }
@@ -305,15 +310,11 @@ impl Registry {
                 max,
                 reason: why.message,
             },
-            Limit::Memory if !self.config.scheduler.memory_aware => InstanceError::NoRoom {
-                name: instance.name.clone(),
-                reason: why.message,
-            },
             Limit::Memory => InstanceError::InsufficientMemory {
                 name: instance.name.clone(),
                 reason: why.message,
             },
-            Limit::Group => InstanceError::NoRoom {
+            Limit::Group | Limit::Busy => InstanceError::NoRoom {
                 name: instance.name.clone(),
                 reason: why.message,
             },
@@ -322,15 +323,15 @@ impl Registry {
 
     /// What a start of `instance` is expected to take: what its last run was seen taking, else
     /// the estimate from its model and options (which is also remembered for the view).
-    async fn expected_footprint(&self, instance: &Arc<Instance>) -> Option<Footprint> {
-        if !self.config.scheduler.memory_aware {
-            return None;
-        }
+    async fn expected_footprint(
+        &self,
+        instance: &Arc<Instance>,
+        memory: Option<(Memory, bool)>,
+    ) -> Option<Footprint> {
+        // `None`: placement ignores memory.
+        let (memory, _) = memory?;
         let backend = instance.read_options(|o| o.backend.clone());
-        let has_gpu = self
-            .free_memory()
-            .await
-            .is_some_and(|(memory, _)| memory.gpu_free.is_some() && !memory.unified);
+        let has_gpu = memory.gpu_free.is_some() && !memory.unified;
         let estimated = tokio::task::spawn_blocking(move || footprint::estimate(&backend, has_gpu))
             .await
             .ok()
