@@ -367,27 +367,21 @@ async fn at_the_running_limit_the_least_recently_used_idle_instance_makes_room()
     let stream = engine
         .post_json(
             "/v1/slow_stream",
-            &json!({"model": "second", "chunks": 10, "interval": 0.1}),
+            &json!({"model": "second", "chunks": 100, "interval": 0.1}),
         )
         .await;
     assert_eq!(stream.status(), 200);
-    let waiting = tokio::spawn({
-        let client = engine.client.clone();
-        let url = engine.url("/v1/chat/completions");
-        async move {
-            client
-                .post(url)
-                .json(&json!({"model": "first", "messages": []}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
+    let waiting = engine.spawn_post_json(
+        "/v1/chat/completions",
+        json!({"model": "first", "messages": []}),
+    );
+    // Time for the request to reach its wait; the stream lasts 10 s, so it is still in flight.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(engine.instance("second").await["status"], "running");
-    stream.bytes().await.unwrap();
-    assert_eq!(waiting.await.unwrap(), 200);
+    assert!(!waiting.is_finished(), "the request waits for the stream");
+    // The client leaving ends the stream's request: room for `first`.
+    drop(stream);
+    assert_eq!(waiting.await.unwrap().status(), 200);
     assert_eq!(engine.instance("second").await["status"], "stopped");
     engine.stop().await;
 }

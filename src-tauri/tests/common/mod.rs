@@ -139,6 +139,17 @@ impl Engine {
             .unwrap()
     }
 
+    /// `post_json` in a task of its own: a request that waits (for room, for a slot) while the
+    /// test goes on.
+    pub fn spawn_post_json(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let request = self.client.post(self.url(path)).json(&body);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    }
+
     pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .put(self.url(path))
