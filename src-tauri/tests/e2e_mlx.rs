@@ -161,9 +161,19 @@ async fn real_mlx_lm_server_lives_its_whole_life_under_corral() {
     let logs = log_of(&corral, "tiny-mlx").await;
     assert!(logs.contains("=== Instance tiny-mlx started at"), "{logs}");
     assert!(logs.contains("Starting httpd"), "{logs}");
-    let view = corral.instance("tiny-mlx").await;
+    // Resources are sampled at most once a second: the sample the create's answer took, while
+    // the process was still importing, may be what a read within that second gets.
+    let loaded = |view: &Value| view["resources"]["rss_bytes"].as_u64().unwrap_or(0) > 10 << 20;
+    let mut view = corral.instance("tiny-mlx").await;
+    for _ in 0..20 {
+        if loaded(&view) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        view = corral.instance("tiny-mlx").await;
+    }
     assert!(
-        view["resources"]["rss_bytes"].as_u64().unwrap_or(0) > 10 << 20,
+        loaded(&view),
         "no resources for a running mlx_lm.server: {view}"
     );
 
