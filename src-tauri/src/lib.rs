@@ -40,6 +40,7 @@ pub mod relay;
 pub mod server;
 pub mod sse;
 pub mod supervisor;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

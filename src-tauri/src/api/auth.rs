@@ -138,6 +138,31 @@ pub async fn require_inference(
     .await
 }
 
+/// Middleware for `/metrics`: a management key or one of `metrics.keys`, when management auth
+/// is on (with it off, the management API shows more than the metrics do). With
+/// `metrics.open_on_loopback`, a client on this machine needs none.
+pub async fn require_metrics(
+    State(config): State<Arc<Config>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let auth = &config.auth;
+    if !auth.require_management_auth {
+        return next.run(request).await;
+    }
+    let local =
+        crate::api::current_client().is_some_and(|client| client.ip().to_canonical().is_loopback());
+    if config.metrics.open_on_loopback && local {
+        return next.run(request).await;
+    }
+    check(
+        request,
+        next,
+        &[&auth.management_keys, &config.metrics.keys],
+    )
+    .await
+}
+
 /// The cookie that lets a backend's page opened through the per-instance proxy make its own
 /// requests: a pass for that instance's proxy path, never a key.
 pub const PROXY_COOKIE: &str = "corral_proxy_session";

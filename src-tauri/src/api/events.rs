@@ -15,6 +15,7 @@ use super::Api;
 use crate::backends::install::InstallJob;
 use crate::downloads::DownloadJob;
 use crate::instances::{InstanceEvent, Registry};
+use crate::telemetry::ActivityRecord;
 
 /// How often an idle stream sends a comment, so proxies and browsers keep it open.
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -26,13 +27,14 @@ pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// state changes and about 4 times a second while its bytes flow; backend installs send
 /// `backend_install` (an InstallJob) at each change.
 #[utoipa::path(get, path = "/api/v1/events", tag = "instances",
-    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `scheduler` (an eviction, a refusal or a full queue, with its reason), `download`, `backend_install`; a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events: `snapshot`, `instance`, `deleted`, `scheduler` (an eviction, a refusal or a full queue, with its reason), `download`, `backend_install`, `activity` (a finished inference request, as `/activity` shows it); a `keep-alive` comment every 15 s", content_type = "text/event-stream", body = String)))]
 pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribed before the snapshot is taken, so no change falls between the two.
     let changes = api.registry.subscribe();
     let jobs = Jobs {
         downloads: api.downloads.subscribe(),
         installs: api.registry.installs().subscribe(),
+        activity: api.registry.telemetry().activity.subscribe(),
     };
     let first = snapshot(&api.registry);
     let stream = futures_util::stream::unfold(
@@ -45,6 +47,7 @@ pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Eve
                 event = next_event(&registry, &mut changes) => event?,
                 Some(job) = next_job(&mut jobs.downloads) => json_event("download", &job),
                 Some(job) = next_job(&mut jobs.installs) => json_event("backend_install", &job),
+                Some(request) = next_job(&mut jobs.activity) => json_event("activity", request.as_ref()),
             };
             Some((Ok(event), (registry, changes, jobs, None)))
         },
@@ -57,6 +60,9 @@ pub async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<Eve
 struct Jobs {
     downloads: Receiver<DownloadJob>,
     installs: Receiver<InstallJob>,
+    /// Finished inference requests; a client that falls behind skips some (the activity route
+    /// has them all).
+    activity: Receiver<Arc<ActivityRecord>>,
 }
 
 /// The next job to send; a client that fell behind skips to the newest (each event carries the

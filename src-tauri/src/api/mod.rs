@@ -1,6 +1,7 @@
 //! The HTTP API: management routes under /api/v1 (instances, backends, system, model downloads),
 //! the inference routes under /v1, auth, errors and the OpenAPI document.
 
+mod activity;
 pub mod auth;
 mod backends;
 pub mod body;
@@ -12,6 +13,7 @@ mod events;
 pub mod host;
 mod instances;
 mod logs_stream;
+mod metrics;
 mod models;
 pub mod ollama;
 pub mod openai;
@@ -38,6 +40,25 @@ use crate::instances::Registry;
 use crate::models::Library;
 use crate::relay::Relay;
 use error::ApiError;
+
+tokio::task_local! {
+    /// The address of the client whose request the current task is answering; set by the
+    /// server around each request it hands the router.
+    static CLIENT: std::net::SocketAddr;
+}
+
+/// Runs `answer` as the answer to a request from `client`.
+pub async fn answering<F: std::future::Future>(
+    client: std::net::SocketAddr,
+    answer: F,
+) -> F::Output {
+    CLIENT.scope(client, answer).await
+}
+
+/// The client of the request being answered, where the server said.
+pub fn current_client() -> Option<std::net::SocketAddr> {
+    CLIENT.try_with(|client| *client).ok()
+}
 
 /// What the engine hands the router.
 #[derive(Clone)]
@@ -110,6 +131,8 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/backends/llama-cpp/devices", get(version::llama_devices))
         .route("/system", get(system::system))
         .route("/config", get(config::config))
+        .route("/activity", get(activity::list))
+        .route("/activity/{id}", get(activity::get))
         .route("/backends", get(backends::list))
         .route("/models", get(models::list).delete(downloads::delete_model))
         .route(
@@ -177,9 +200,17 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
             Arc::clone(&config),
             auth::require_inference,
         ))
+        .with_state(api.clone());
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .layer(from_fn_with_state(
+            Arc::clone(&config),
+            auth::require_metrics,
+        ))
         .with_state(api);
     Router::new()
         .nest("/api/v1", management)
+        .merge(metrics)
         .nest("/v1", inference)
         .merge(ollama)
         .fallback(ui::serve)

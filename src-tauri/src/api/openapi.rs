@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    backends, config, desktop, downloads, error, events, instances, logs_stream, models, openai,
-    schema, system, version,
+    activity, backends, config, desktop, downloads, error, events, instances, logs_stream, metrics,
+    models, openai, schema, system, version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -18,6 +18,9 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
     paths(
         version::version,
         config::config,
+        activity::list,
+        activity::get,
+        metrics::metrics,
         version::help,
         version::server_version,
         version::devices,

@@ -272,6 +272,22 @@ pub(super) const VARIABLES: &[Variable] = &[
         scheduler.max_queue = parsed
     ),
     var!(
+        "METRICS_ENABLED",
+        "metrics.enabled",
+        metrics.enabled = boolean
+    ),
+    var!("METRICS_KEYS", "metrics.keys", metrics.keys = list),
+    var!(
+        "METRICS_OPEN_ON_LOOPBACK",
+        "metrics.open_on_loopback",
+        metrics.open_on_loopback = boolean
+    ),
+    var!(
+        "ACTIVITY_MAX_ENTRIES",
+        "activity.max_entries",
+        activity.max_entries = parsed
+    ),
+    var!(
         "DESKTOP_CLOSE_TO_TRAY",
         "desktop.close_to_tray",
         desktop.close_to_tray = boolean

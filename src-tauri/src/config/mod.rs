@@ -86,6 +86,8 @@ pub struct Config {
     pub desktop: DesktopConfig,
     pub models: ModelsConfig,
     pub scheduler: SchedulerConfig,
+    pub metrics: MetricsConfig,
+    pub activity: ActivityConfig,
 }
 
 section! {
@@ -264,6 +266,31 @@ section! {
         /// Requests an instance queues, beyond those it answers at once (`max_concurrent`),
         /// before answering 429; an instance's `max_queue` overrides it.
         pub max_queue: u32 = 256,
+    }
+}
+
+section! {
+    /// Who may scrape `GET /metrics`.
+    pub struct MetricsConfig from FileMetrics {
+        /// Serve `/metrics` at all.
+        pub enabled: bool = true,
+        /// Keys accepted on `/metrics` besides the management keys, for a Prometheus that
+        /// should not hold a key that manages instances.
+        pub keys: Vec<String> = Vec::new(),
+        /// Let clients on this machine (a loopback address) scrape without a key. Any local
+        /// user or process can then read the instance names and counters.
+        pub open_on_loopback: bool = false,
+    }
+}
+
+/// Past this, the activity log would hold hundreds of megabytes.
+pub const MAX_ACTIVITY_ENTRIES: usize = 100_000;
+
+section! {
+    /// The activity log of `GET /api/v1/activity` (kept in memory).
+    pub struct ActivityConfig from FileActivity {
+        /// Finished requests kept, the oldest dropped first; 0 keeps none.
+        pub max_entries: usize = 1000,
     }
 }
 
@@ -484,10 +511,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.activity.max_entries > MAX_ACTIVITY_ENTRIES {
+            return Err(ConfigError::Invalid(format!(
+                "activity.max_entries is {}, above the most kept ({MAX_ACTIVITY_ENTRIES})",
+                self.activity.max_entries
+            )));
+        }
         // An empty key would let a request with an empty credential in.
         for (setting, keys) in [
             ("auth.management_keys", &self.auth.management_keys),
             ("auth.inference_keys", &self.auth.inference_keys),
+            ("metrics.keys", &self.metrics.keys),
         ] {
             if let Some(position) = keys.iter().position(|key| key.trim().is_empty()) {
                 return Err(ConfigError::Invalid(format!(

@@ -444,7 +444,8 @@ fn each_variable_sets_the_same_field_as_its_file_setting() {
             }
             "data_dir" | "configs_dir" | "logs_dir" => ("/p", "/p"),
             "dirs" => ("[/a, /b]", "/a,/b"),
-            "exclusive_groups" => ("[x, y]", "x,y"),
+            "exclusive_groups" | "keys" => ("[x, y]", "x,y"),
+            "max_entries" => ("7", "7"),
             "memory_headroom_mib" | "ram_budget_mib" | "gpu_budget_mib" | "max_queue" => ("7", "7"),
             "llama-cpp.command" | "mlx.command" | "vllm.command" => ("/bin/b", "/bin/b"),
             _ if variable.name.ends_with("SECONDS") || variable.name.ends_with("TIMEOUT") => {
@@ -462,7 +463,7 @@ fn each_variable_sets_the_same_field_as_its_file_setting() {
             {
                 ("7", "7")
             }
-            "allow_insecure_remote" => ("true", "true"),
+            "allow_insecure_remote" | "open_on_loopback" => ("true", "true"),
             _ => ("false", "false"),
         };
         let yaml = match key.split_once('.') {

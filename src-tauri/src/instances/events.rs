@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::devices::ResourceMonitor;
+use crate::telemetry::Telemetry;
 use tokio::sync::{broadcast, Notify};
 
 use super::instance::{lock, Instance};
@@ -69,12 +70,15 @@ pub(super) struct Feed {
     subscribed: Notify,
     /// Fills in CPU and memory, so that events carry what `GET /instances` shows.
     resources: Arc<ResourceMonitor>,
+    /// The metrics and the activity log, fed by every instance's finished requests.
+    pub(super) telemetry: Arc<Telemetry>,
 }
 
 impl Feed {
-    pub(super) fn new(resources: Arc<ResourceMonitor>) -> Self {
+    pub(super) fn new(resources: Arc<ResourceMonitor>, telemetry: Arc<Telemetry>) -> Self {
         Self {
             resources,
+            telemetry,
             sender: broadcast::channel(CAPACITY).0,
             sent: Mutex::new(HashMap::new()),
             subscribed: Notify::new(),
@@ -127,6 +131,7 @@ impl Feed {
 
     /// Announces a deletion; the caller has marked the instance removed.
     pub(super) fn deleted(&self, name: &str) {
+        self.telemetry.metrics.forget(name);
         let mut sent = lock(&self.sent);
         sent.remove(name);
         if self.listening() {

@@ -271,6 +271,11 @@ impl Instance {
         Ok(())
     }
 
+    /// The engine's metrics and activity log.
+    pub(super) fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        &self.feed.telemetry
+    }
+
     /// Tells the change feed that something in this instance's JSON may have changed.
     pub(super) fn publish(&self) {
         self.feed.changed(self);

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::devices::{Devices, ProbeEnv, ResourceMonitor};
 use crate::relay::Relay;
 use crate::supervisor::{RestartPolicy, Status, Supervisor, SupervisorSettings};
+use crate::telemetry::Telemetry;
 
 /// Healthy uptime after which a backend's restart counter starts again from zero.
 const RESTART_RESET_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -117,6 +118,7 @@ impl Registry {
         let resources = Arc::new(ResourceMonitor::new());
         let config_backends_llama = config.backends.llama_cpp.clone();
         let installs = Arc::new(Installs::open(&dirs.data_dir));
+        let telemetry = Telemetry::new(config.activity.max_entries);
         let registry = Arc::new(Registry {
             config,
             settings,
@@ -124,7 +126,7 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             reaper_wake: Arc::default(),
             reaper: Mutex::new(None),
-            feed: Arc::new(Feed::new(Arc::clone(&resources))),
+            feed: Arc::new(Feed::new(Arc::clone(&resources), telemetry)),
             sampler: Mutex::new(None),
             streams_closed: tokio::sync::watch::Sender::new(false),
             resources,
@@ -239,6 +241,38 @@ impl Registry {
     }
 
     /// The devices probe the scheduler places starts with; the system report shares it.
+    /// The metrics and the activity log.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.feed.telemetry)
+    }
+
+    /// What a metrics scrape reads of the instances now.
+    pub fn metrics_samples(&self) -> Vec<crate::telemetry::InstanceSample> {
+        let instances = lock(&self.table).all();
+        let mut views: Vec<InstanceView> =
+            instances.iter().map(|instance| instance.view()).collect();
+        self.fill_resources(&mut views);
+        instances
+            .iter()
+            .zip(views)
+            .map(|(instance, view)| {
+                let totals = instance.supervisor.run_totals();
+                crate::telemetry::InstanceSample {
+                    state: instance.supervisor.state().state.label(),
+                    in_flight: view.in_flight,
+                    queued: view.queued,
+                    starts: totals.starts,
+                    crashes: totals.crashes,
+                    restarts: totals.restarts,
+                    cpu_percent: view.resources.map(|r| f64::from(r.cpu_percent)),
+                    rss_bytes: view.resources.map(|r| r.rss_bytes),
+                    vram_bytes: view.resources.and_then(|r| r.vram_bytes),
+                    name: view.name,
+                }
+            })
+            .collect()
+    }
+
     pub fn devices(&self) -> Arc<Devices> {
         Arc::clone(&self.devices)
     }

@@ -20,6 +20,7 @@ use super::placement::{self, Footprint, Limit, Limits, Memory, Occupant, Plan, R
 use super::registry::Registry;
 use super::InstanceError;
 use crate::supervisor::InstanceState;
+use crate::telemetry::Eviction;
 
 /// How long an instance being stopped for idleness or eviction waits for its requests to end.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -429,6 +430,10 @@ impl Registry {
         let mut decision = Decision::new("evicted", &victim.name, reason);
         decision.for_instance = Some(for_instance.to_owned());
         self.feed.decision(decision);
+        self.feed
+            .telemetry
+            .metrics
+            .evicted(&victim.name, Eviction::MakeRoom);
         self.drain_and_stop(&victim).await;
     }
 
@@ -525,6 +530,10 @@ impl Registry {
             instance.name
         );
         instance.unloaded.store(true, Ordering::SeqCst);
+        self.feed
+            .telemetry
+            .metrics
+            .evicted(&instance.name, Eviction::Unload);
         self.drain_and_stop(&instance).await;
         Ok(())
     }
@@ -549,6 +558,10 @@ impl Registry {
                     instance.name,
                     idle_for.as_secs()
                 );
+                self.feed
+                    .telemetry
+                    .metrics
+                    .evicted(&instance.name, Eviction::Idle);
                 self.drain_and_stop(&instance).await;
             }
             instance.usage.set_draining(false);

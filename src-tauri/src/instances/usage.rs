@@ -183,6 +183,11 @@ impl InFlight {
         self.instance.usage.record_request();
     }
 
+    /// Counts the request, now ended, in the metrics and keeps it in the activity log.
+    pub fn finished(&self, request: crate::telemetry::Finished) {
+        self.instance.telemetry().finished(request);
+    }
+
     /// Adds the tokens the answer reported to the instance's counters.
     pub fn record_tokens(&self, tokens: TokenUsage) {
         self.instance.usage.record_tokens(tokens);

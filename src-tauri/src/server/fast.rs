@@ -74,6 +74,7 @@ impl FastPath {
     pub(crate) async fn serve(
         &self,
         client: &mut TcpStream,
+        peer: Option<std::net::SocketAddr>,
         close: &mut watch::Receiver<bool>,
     ) -> Outcome {
         let limits = &self.config.server.limits;
@@ -151,7 +152,7 @@ impl FastPath {
             };
             let message = buf.split_to(total).freeze();
             let body = message.slice(request.head_len..);
-            if let Next::Close = self.exchange(client, request, body, lease).await {
+            if let Next::Close = self.exchange(client, peer, request, body, lease).await {
                 return Outcome::Closed;
             }
             if *close.borrow() {
@@ -173,13 +174,14 @@ impl FastPath {
     async fn exchange(
         &self,
         client: &mut TcpStream,
+        peer: Option<std::net::SocketAddr>,
         request: Request,
         body: Bytes,
         lease: Lease,
     ) -> Next {
         let started = Instant::now();
         lease.guard.count_request();
-        let mut log = RequestLog::new(lease.guard, &request.path, started);
+        let mut log = RequestLog::new(lease.guard, &request.path, started, peer);
         let body = match &lease.backend_model {
             None => body,
             Some(backend_model) => match with_backend_model(&body, backend_model) {
@@ -481,7 +483,7 @@ impl Client for Watch<'_> {
 
 /// Answers with Corral's own `error` in OpenAI's shape, as the router does.
 async fn refuse(client: &mut TcpStream, log: &mut RequestLog, error: OpenAiError) -> Next {
-    log.refused(error.status);
+    log.refused(error.status, &error.message);
     let status = error.status;
     let Ok(body) = serde_json::to_vec(&error.body()) else {
         return Next::Close;

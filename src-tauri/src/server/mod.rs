@@ -93,9 +93,9 @@ pub async fn serve_with(
     let (close_tx, close_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin (as axum does).
                     tracing::warn!("cannot accept a connection: {e}");
@@ -120,6 +120,7 @@ pub async fn serve_with(
         }
         tokio::spawn(connection(
             stream,
+            peer,
             app.clone(),
             fast.clone(),
             close_rx.clone(),
@@ -170,6 +171,7 @@ fn allow_descriptors(max_connections: usize) {
 
 async fn connection(
     mut stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     fast: Option<Arc<FastPath>>,
     mut close: watch::Receiver<bool>,
@@ -177,7 +179,7 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let read = match fast {
-        Some(fast) => match fast.serve(&mut stream, &mut close).await {
+        Some(fast) => match fast.serve(&mut stream, Some(peer), &mut close).await {
             Outcome::Closed => return,
             Outcome::ToRouter(read) => read,
         },
@@ -191,6 +193,7 @@ async fn connection(
     });
     let service = Served {
         app,
+        peer,
         activity: Arc::clone(&activity),
         body_idle: limits.body_idle_timeout,
     };
@@ -326,6 +329,8 @@ impl IdleWatch {
 #[derive(Clone)]
 struct Served {
     app: Router,
+    /// The client, for the handlers that record or check it (`api::current_client`).
+    peer: std::net::SocketAddr,
     activity: Arc<Activity>,
     body_idle: Duration,
 }
@@ -346,8 +351,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Served {
         let body_idle = self.body_idle;
         let request: Request = request.map(|body| Body::new(IdleBody::new(body, body_idle)));
         let app = self.app.clone();
+        let peer = self.peer;
         Box::pin(async move {
-            let response = app.oneshot(request).await?;
+            let response = crate::api::answering(peer, app.oneshot(request)).await?;
             Ok(response.map(|body| Body::new(Tracked { body, _busy: busy })))
         })
     }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use logs::LogFollower;
 use logs::LogSink;
-pub use state::{Health, InstanceState, Status};
+pub use state::{Health, InstanceState, RunCounts, RunTotals, Status};
 use task::Request;
 
 pub use crate::backends::StopSignal;
@@ -149,6 +149,7 @@ struct Handle {
     state: watch::Receiver<RuntimeState>,
     /// The instance's log, shared with the task so errors can quote recent output.
     log: Arc<LogSink>,
+    counts: Arc<RunCounts>,
 }
 
 impl Supervisor {
@@ -158,14 +159,21 @@ impl Supervisor {
     /// [`Supervisor::shutdown`] or when the last handle is dropped.
     pub fn new(name: &str, settings: std::sync::Arc<SupervisorSettings>) -> Self {
         let log = Arc::new(LogSink::new(name, &settings));
-        let (commands, state) = task::spawn_task(name, settings, log.clone());
+        let counts = Arc::new(RunCounts::default());
+        let (commands, state) = task::spawn_task(name, settings, log.clone(), Arc::clone(&counts));
         Self {
             inner: Arc::new(Handle {
                 commands,
                 state,
                 log,
+                counts,
             }),
         }
+    }
+
+    /// Starts, crashes and restarts since this supervisor began.
+    pub fn run_totals(&self) -> RunTotals {
+        self.inner.counts.totals()
     }
     pub fn state(&self) -> RuntimeState {
         self.inner.state.borrow().clone()

@@ -96,6 +96,19 @@ impl InstanceState {
         }
     }
 
+    /// The state's name in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            S::Stopped => "stopped",
+            S::Starting => "starting",
+            S::Ready => "ready",
+            S::Unhealthy => "unhealthy",
+            S::Restarting => "restarting",
+            S::Stopping => "stopping",
+            S::Failed => "failed",
+        }
+    }
+
     /// The finer state shown beside `status`; none for an instance that does not run.
     pub fn health(self) -> Option<Health> {
         match self {
@@ -189,5 +202,88 @@ mod tests {
         assert_eq!(answering, [S::Ready, S::Unhealthy]);
         let idle: Vec<_> = S::ALL.into_iter().filter(|s| !s.is_active()).collect();
         assert_eq!(idle, [S::Stopped, S::Failed]);
+    }
+}
+
+/// Totals of one supervisor's life, for the metrics: monotonic, never reset by a manual start.
+#[derive(Debug, Default)]
+pub struct RunCounts {
+    starts: std::sync::atomic::AtomicU64,
+    crashes: std::sync::atomic::AtomicU64,
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`RunCounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTotals {
+    /// Processes spawned, automatic restarts included.
+    pub starts: u64,
+    /// Processes that exited or could not serve without being asked to stop.
+    pub crashes: u64,
+    /// Automatic restarts after a crash.
+    pub restarts: u64,
+}
+
+impl RunCounts {
+    /// Counts the move from `from` to `to`.
+    pub(super) fn moved(&self, from: InstanceState, to: InstanceState) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if from == to {
+            return;
+        }
+        match (from, to) {
+            (S::Restarting, S::Starting) => {
+                self.starts.fetch_add(1, Relaxed);
+                self.restarts.fetch_add(1, Relaxed);
+            }
+            (_, S::Starting) => {
+                self.starts.fetch_add(1, Relaxed);
+            }
+            (S::Starting | S::Ready | S::Unhealthy, S::Restarting | S::Failed) => {
+                self.crashes.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn totals(&self) -> RunTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        RunTotals {
+            starts: self.starts.load(Relaxed),
+            crashes: self.crashes.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod run_count_tests {
+    use super::*;
+
+    #[test]
+    fn starts_crashes_and_restarts_are_counted_from_the_moves() {
+        let counts = RunCounts::default();
+        for (from, to) in [
+            (S::Stopped, S::Starting),
+            (S::Starting, S::Ready),
+            (S::Ready, S::Restarting),
+            (S::Restarting, S::Starting),
+            (S::Starting, S::Failed),
+            (S::Failed, S::Starting),
+            (S::Starting, S::Ready),
+            (S::Ready, S::Ready),
+            (S::Ready, S::Stopping),
+            (S::Stopping, S::Stopped),
+        ] {
+            counts.moved(from, to);
+        }
+        assert_eq!(
+            counts.totals(),
+            RunTotals {
+                starts: 3,
+                crashes: 2,
+                restarts: 1
+            }
+        );
     }
 }

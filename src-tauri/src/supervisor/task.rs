@@ -13,8 +13,8 @@ use super::readiness::{Answer, Probe};
 use super::restart::{self, AfterExit};
 use super::spawn::{self, LaunchContext, Running};
 use super::{
-    stop, InstanceState, LaunchSpec, RestartPolicy, RuntimeState, StopSignal, SupervisorError,
-    SupervisorSettings,
+    stop, InstanceState, LaunchSpec, RestartPolicy, RunCounts, RuntimeState, StopSignal,
+    SupervisorError, SupervisorSettings,
 };
 
 /// A command from a [`super::Supervisor`] handle, with the channel for its answer.
@@ -37,6 +37,7 @@ pub(super) fn spawn_task(
     name: &str,
     settings: Arc<SupervisorSettings>,
     log: Arc<LogSink>,
+    counts: Arc<RunCounts>,
 ) -> (mpsc::Sender<Request>, watch::Receiver<RuntimeState>) {
     // Commands are few and each waits for its answer: a small buffer is plenty.
     let (commands_tx, commands) = mpsc::channel(16);
@@ -53,6 +54,7 @@ pub(super) fn spawn_task(
         settings,
         log,
         published: state,
+        counts,
         commands,
         probes_tx,
         probes,
@@ -72,6 +74,8 @@ struct Task {
     log: Arc<LogSink>,
     /// The published state; this task is its only writer, through [`Task::publish`].
     published: watch::Sender<RuntimeState>,
+    /// Starts, crashes and restarts, counted at each move of `published`.
+    counts: Arc<RunCounts>,
     commands: mpsc::Receiver<Request>,
     /// Given to each readiness watch; answers come back on `probes`.
     probes_tx: mpsc::UnboundedSender<Probe>,
@@ -320,6 +324,7 @@ impl Task {
         self.published.send_modify(|state| {
             let from = state.state;
             change(state);
+            self.counts.moved(from, state.state);
             if !from.can_become(state.state) {
                 tracing::error!(
                     instance = %self.name,

@@ -37,6 +37,7 @@ pub(super) fn stream(
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Chunk>(16);
     let (model, path) = (model.to_owned(), path.to_owned());
+    let client = crate::api::current_client();
     tokio::spawn(async move {
         let anthropic = path == "/v1/messages" || path.starts_with("/v1/messages?");
         let acquired = {
@@ -57,7 +58,7 @@ pub(super) fn stream(
             }
         };
         let answer = match acquired {
-            Ok(lease) => forward(&api, lease, &path, headers, body, started).await,
+            Ok(lease) => forward(&api, lease, &path, headers, body, started, client).await,
             Err(error) => Err(error),
         };
         match answer {

@@ -395,7 +395,8 @@ async fn route(
         }
     }
     let lease = acquire_logged(api, model, path, started).await?;
-    forward(api, lease, path, headers, body, started).await
+    let client = crate::api::current_client();
+    forward(api, lease, path, headers, body, started, client).await
 }
 
 /// `acquire`, with a refusal logged.
@@ -430,6 +431,7 @@ async fn forward(
     headers: HeaderMap,
     body: Payload,
     started: Instant,
+    client: Option<std::net::SocketAddr>,
 ) -> Result<Response, OpenAiError> {
     lease.guard.count_request();
     let body = match (&lease.backend_model, body) {
@@ -451,7 +453,7 @@ async fn forward(
     );
     // The body may have been rewritten; hyper sets the length from the new one.
     request.headers_mut().remove(header::CONTENT_LENGTH);
-    let log = RequestLog::new(lease.guard, path, started);
+    let log = RequestLog::new(lease.guard, path, started, client);
     api.relay
         .try_forward(request, &lease.upstream, path, log)
         .await

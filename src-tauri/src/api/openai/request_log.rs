@@ -2,7 +2,8 @@
 //! counts read from the answer on its way to the client (a whole JSON answer, or a stream's
 //! events), for the log and the instance's counters.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 
@@ -26,6 +27,11 @@ pub(crate) struct RequestLog {
     status: Option<StatusCode>,
     body: TappedBody,
     tokens: TokenUsage,
+    client: Option<SocketAddr>,
+    /// When the answer's first body bytes arrived, from `started`.
+    first_byte: Option<Duration>,
+    /// Corral's reason for refusing or cutting the request.
+    error: Option<String>,
 }
 
 /// What of the response body is kept to find the token counts: never the stream itself.
@@ -38,7 +44,12 @@ pub(super) enum TappedBody {
 }
 
 impl RequestLog {
-    pub(crate) fn new(guard: InFlight, path: &str, started: Instant) -> Self {
+    pub(crate) fn new(
+        guard: InFlight,
+        path: &str,
+        started: Instant,
+        client: Option<SocketAddr>,
+    ) -> Self {
         Self {
             guard,
             path: crate::logging::redact_query(path).into_owned(),
@@ -46,14 +57,18 @@ impl RequestLog {
             status: None,
             body: TappedBody::Ignored,
             tokens: TokenUsage::default(),
+            client,
+            first_byte: None,
+            error: None,
         }
     }
 }
 
 impl RequestLog {
-    /// The request ended with Corral's own `status` instead of the backend's answer.
-    pub(crate) fn refused(&mut self, status: StatusCode) {
+    /// The request ended with Corral's own `status` instead of the backend's answer, for `why`.
+    pub(crate) fn refused(&mut self, status: StatusCode, why: &str) {
         self.status = Some(status);
+        self.error = Some(why.to_owned());
     }
 }
 
@@ -72,16 +87,23 @@ impl ExchangeObserver for RequestLog {
     }
 
     fn data(&mut self, chunk: &[u8]) {
+        if self.first_byte.is_none() && !chunk.is_empty() {
+            self.first_byte = Some(self.started.elapsed());
+        }
         tap_chunk(&mut self.body, &mut self.tokens, chunk);
     }
 
     fn failed(&mut self, error: &RelayError) {
-        self.refused(error.status());
+        self.refused(error.status(), &error.to_string());
     }
 }
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        let backend_error = match (&self.body, self.status) {
+            (TappedBody::Json(kept), Some(status)) if status.as_u16() >= 400 => error_message(kept),
+            _ => None,
+        };
         finish_tap(&mut self.body, &mut self.tokens);
         let elapsed = self.started.elapsed();
         if self.tokens.per_second.is_none() {
@@ -107,7 +129,44 @@ impl Drop for RequestLog {
             tokens_per_second = self.tokens.per_second,
             "inference request"
         );
+        self.guard.finished(crate::telemetry::Finished {
+            instance: self.guard.instance().to_owned(),
+            path: std::mem::take(&mut self.path),
+            client: self.client,
+            key: None,
+            status,
+            queued: self.guard.queued(),
+            first_byte: self.first_byte,
+            duration: elapsed,
+            prompt_tokens: self.tokens.prompt,
+            completion_tokens: self.tokens.completion,
+            tokens_per_second: self.tokens.per_second,
+            error: self.error.take().or(backend_error),
+        });
     }
+}
+
+/// Longest error text kept from a backend's answer.
+const MAX_ERROR_TEXT: usize = 500;
+
+/// The message of a backend's JSON error answer: OpenAI's and Anthropic's `error.message`,
+/// llama-server's and vLLM's `error` string or `detail`/`message`.
+fn error_message(json: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let text = value
+        .pointer("/error/message")
+        .or_else(|| value.get("error"))
+        .or_else(|| value.get("detail"))
+        .or_else(|| value.get("message"))?;
+    let text = match text {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut end = text.len().min(MAX_ERROR_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text[..end].to_owned())
 }
 
 /// Keeps what `body` needs of one response chunk; reads the usage of each complete SSE event.

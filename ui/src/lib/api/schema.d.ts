@@ -4,6 +4,40 @@
  */
 
 export interface paths {
+    "/api/v1/activity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The last finished inference requests, newest first; bodies are never kept. */
+        get: operations["list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/activity/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One finished request. */
+        get: operations["get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/backends": {
         parameters: {
             query?: never;
@@ -626,6 +660,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The exposition. Guarded by `auth::require_metrics`. */
+        get: operations["metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models": {
         parameters: {
             query?: never;
@@ -722,6 +773,62 @@ export interface components {
              */
             utilization_percent?: number | null;
             vendor: components["schemas"]["Vendor"];
+        };
+        /** @description A page of records, newest first. */
+        ActivityPage: {
+            /** @description How many records the log keeps (`activity.max_entries`). */
+            capacity: number;
+            entries: components["schemas"]["ActivityRecord"][];
+            /**
+             * Format: int64
+             * @description The id the next request will get.
+             */
+            next_id: number;
+        };
+        /** @description One finished request, as `GET /api/v1/activity` and the `activity` event show it. */
+        ActivityRecord: {
+            /**
+             * Format: int64
+             * @description Unix milliseconds of the answer's end.
+             */
+            at_ms: number;
+            /** @description The client's address and port. */
+            client?: string | null;
+            /** Format: int64 */
+            completion_tokens?: number | null;
+            /** Format: int64 */
+            duration_ms: number;
+            /** @description Why Corral refused or cut the request, or the backend's error message. */
+            error?: string | null;
+            /**
+             * Format: int64
+             * @description Time from the request's arrival to the first byte of the answer's body.
+             */
+            first_byte_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Grows by one per request since the engine started.
+             */
+            id: number;
+            instance: string;
+            /** @description The name of the API key the client used, where keys have names. */
+            key?: string | null;
+            /** @description The request's path (`/v1/chat/completions`), secrets in its query redacted. */
+            path: string;
+            /** Format: int64 */
+            prompt_tokens?: number | null;
+            /**
+             * Format: int64
+             * @description Time waited for one of the instance's slots.
+             */
+            queued_ms: number;
+            /**
+             * Format: int32
+             * @description The status sent; 499 when the client left before any.
+             */
+            status: number;
+            /** Format: double */
+            tokens_per_second?: number | null;
         };
         /** @description One backend's options. */
         BackendSchema: {
@@ -3285,6 +3392,94 @@ export type $defs = Record<string, never>;
 export interface operations {
     list: {
         parameters: {
+            query?: {
+                /** @description Only this instance's requests. */
+                instance?: string;
+                /** @description A class (`2xx`, `4xx`, `5xx`), `error` (400 and above), or one status code. */
+                status?: string;
+                /** @description Only requests with a larger id (what came after an earlier page). */
+                after?: number;
+                /** @description Only requests with a smaller id (to page back). */
+                before?: number;
+                /** @description At most this many, newest first (default 100, at most 1000). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActivityPage"];
+                };
+            };
+            /** @description A filter that is not one */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+        };
+    };
+    get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The request's id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActivityRecord"];
+                };
+            };
+            /** @description Missing or invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description No such request, or it left the log */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
             query?: never;
             header?: never;
             path?: never;
@@ -3875,7 +4070,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `scheduler` (an eviction, a refusal or a full queue, with its reason), `download`, `backend_install`; a `keep-alive` comment every 15 s */
+            /** @description Server-sent events: `snapshot`, `instance`, `deleted`, `scheduler` (an eviction, a refusal or a full queue, with its reason), `download`, `backend_install`, `activity` (a finished inference request, as `/activity` shows it); a `keep-alive` comment every 15 s */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -5564,6 +5759,40 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["AuthErrorBody"];
                 };
+            };
+        };
+    };
+    metrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Prometheus text format 0.0.4: requests by instance, route and status class; in flight, queue wait, time to first token and duration histograms; tokens; instances by state; starts, crashes, restarts, evictions by reason; each instance's CPU, RSS and VRAM; each device's memory and utilisation; the engine's build */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            /** @description No key, or not a management or metrics key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `metrics.enabled` is off */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
