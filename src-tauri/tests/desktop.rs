@@ -20,6 +20,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::binary::required_file;
+use common::free_port;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use nix::sys::signal::{kill, Signal};
@@ -30,14 +31,6 @@ use tokio::process::{Child, Command};
 /// Instance ports of this test; other e2e tests use other ranges.
 const INSTANCE_PORTS: (u16, u16) = (11400, 11449);
 const STARTUP: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `tauri-driver`: `CORRAL_TAURI_DRIVER`, else the copy `scripts/test-desktop.sh` caches.
 fn tauri_driver() -> PathBuf {

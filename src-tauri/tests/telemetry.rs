@@ -371,28 +371,9 @@ async fn metrics_need_a_management_or_metrics_key_unless_opened_to_loopback() {
     engine.stop().await;
 }
 
-/// A free port on loopback for Prometheus.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn tool(name: &str) -> std::path::PathBuf {
-    which_on_path(name).unwrap_or_else(|| {
-        panic!(
-            "{name} is not on PATH: install Debian's `prometheus` package (scripts/test.sh does)"
-        )
-    })
-}
-
-fn which_on_path(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
+    which::which(name).unwrap_or_else(|_| {
+        panic!("{name} is not on PATH: install Debian's `prometheus` package (.ci/run does)")
     })
 }
 
@@ -529,7 +510,10 @@ async fn a_real_prometheus_scrapes_the_engine_serving_the_real_llama_server() {
         "sum(corral_requests_total{model=\"tiny\",route=\"chat/completions\",status=\"2xx\"})";
     let mut counted = None;
     for _ in 0..40 {
-        let path = format!("/api/v1/query?query={}", percent_encode(query));
+        let path = format!(
+            "/api/v1/query?query={}",
+            percent_encoding::utf8_percent_encode(query, percent_encoding::NON_ALPHANUMERIC)
+        );
         if let Some(answer) = get(path).await {
             counted = answer["data"]["result"][0]["value"][1]
                 .as_str()
@@ -542,13 +526,4 @@ async fn a_real_prometheus_scrapes_the_engine_serving_the_real_llama_server() {
     }
     assert_eq!(counted.as_deref(), Some(REQUESTS.to_string().as_str()));
     engine.stop().await;
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }

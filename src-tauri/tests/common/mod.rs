@@ -28,6 +28,15 @@ pub const INFERENCE_KEY: &str = "sk-inference-test";
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(12000);
 const PORTS_PER_ENGINE: u16 = 20;
 
+/// A port free on loopback now, for a helper program the test starts (it binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn fake_backend_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_backend.py")
 }
