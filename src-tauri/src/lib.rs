@@ -23,6 +23,7 @@
 //! environment), [`keys`] and [`private_files`] (generated keys, owner-only files), [`devices`]
 //! (the system report and per-instance resources), [`downloads`] (models from Hugging Face into
 //! its cache), [`logging`], and [`desktop`] (the Tauri shell, feature `desktop`).
+pub mod access;
 pub mod api;
 pub mod backends;
 pub mod config;
@@ -67,6 +68,8 @@ pub enum EngineError {
     Instances(#[from] instances::InstanceError),
     #[error(transparent)]
     Downloads(#[from] downloads::DownloadError),
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
 }
 
 /// A running engine: its address and keys, and the way to stop it.
@@ -77,6 +80,7 @@ pub struct Engine {
     pub config: Arc<Config>,
     registry: Arc<Registry>,
     downloads: Arc<downloads::Downloads>,
+    keys: Arc<access::KeyStore>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
 }
@@ -109,6 +113,9 @@ impl Engine {
             tracing::warn!("{line}");
         }
         let registry = Registry::open(config.clone())?;
+        let keys = access::KeyStore::open(&config.instances.data_dir, |name| {
+            registry.get(name).is_ok()
+        })?;
         let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -124,7 +131,21 @@ impl Engine {
             config: config.clone(),
             desktop,
             downloads: Arc::clone(&downloads),
+            keys: Arc::clone(&keys),
         };
+        // Requests note a key's last use in memory; the database learns it every half minute.
+        let flushed = Arc::downgrade(&keys);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(keys) = flushed.upgrade() else { break };
+                if let Err(e) = keys.flush_last_used() {
+                    tracing::warn!("cannot note the API keys' last use: {e}");
+                }
+            }
+        });
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, state, async {
             let _ = rx.await;
@@ -135,6 +156,7 @@ impl Engine {
             config,
             registry,
             downloads,
+            keys,
             shutdown: Some(tx),
             server,
         })
@@ -147,6 +169,11 @@ impl Engine {
     /// The model downloads, for the model library.
     pub fn downloads(&self) -> &Arc<downloads::Downloads> {
         &self.downloads
+    }
+
+    /// The inference keys made through `/api/v1/auth/keys`.
+    pub fn keys(&self) -> &Arc<access::KeyStore> {
+        &self.keys
     }
 
     /// Stops accepting requests, lets in-flight ones finish, then stops every backend.
@@ -166,6 +193,9 @@ impl Engine {
         }
         // Unfinished downloads stay recorded and continue at the next start.
         self.downloads.shutdown().await;
+        if let Err(e) = self.keys.flush_last_used() {
+            tracing::warn!("cannot note the API keys' last use: {e}");
+        }
         self.registry.shutdown().await;
     }
 }

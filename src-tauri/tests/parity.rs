@@ -159,6 +159,7 @@ impl Paths {
             config: std::sync::Arc::clone(&engine.config),
             desktop: None,
             downloads: std::sync::Arc::clone(&engine.downloads),
+            keys: std::sync::Arc::clone(&engine.keys),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let router_only = listener.local_addr().unwrap();

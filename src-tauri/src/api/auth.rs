@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
+use crate::access::{self, Caller, KeyCheck, KeyStore};
 use crate::config::Config;
 
 /// llamactl's exact bodies, byte for byte (clients match on them).
@@ -30,6 +31,15 @@ const INVALID_KEY: &str =
 pub struct ManagementAuth {
     pub config: Arc<Config>,
     pub passes: Arc<ProxyPasses>,
+    /// Stored inference keys open the proxy of the instances in their scope.
+    pub keys: Arc<KeyStore>,
+}
+
+/// What the inference routes' auth needs: the config's keys and the stored ones.
+#[derive(Clone)]
+pub struct InferenceAuth {
+    pub config: Arc<Config>,
+    pub keys: Arc<KeyStore>,
 }
 
 /// Middleware for `/api/v1`: a management key, when `require_management_auth` is on; on an
@@ -49,13 +59,20 @@ pub async fn require_management(
     };
     match presented_key(&request) {
         Some((key, source)) => {
-            if !is_accepted(key.as_bytes(), &accepted) {
-                return unauthorized(INVALID_KEY);
-            }
+            let caller = if is_accepted(key.as_bytes(), &accepted) {
+                Caller::unrestricted()
+            } else {
+                // An inference key made with a scope reaches the proxy of its instances.
+                match state.keys.verify(key.as_bytes()).await {
+                    KeyCheck::Granted(grant) if grant.allows(&instance) => Caller::keyed(grant),
+                    KeyCheck::Granted(_) => return permission_denied(&instance),
+                    _ => return unauthorized(INVALID_KEY),
+                }
+            };
             // A tab opened with `?api_key=` (llamactl's way) gets a pass for its own later
             // requests, not the key.
             let pass = (source == KeySource::Query).then(|| state.passes.open_session(&instance));
-            let mut response = next.run(request).await;
+            let mut response = access::calling(caller, next.run(request)).await;
             if let Some(pass) = pass {
                 append_session_cookie(&mut response, &instance, &pass);
             }
@@ -120,22 +137,31 @@ fn append_session_cookie(response: &mut Response, instance: &str, pass: &str) {
     }
 }
 
-/// Middleware for `/v1`: an inference or a management key, when `require_inference_auth` is on.
+/// Middleware for `/v1` and Ollama's routes: an inference or a management key from the config
+/// (no limit), or a stored key (held to its scope by the routes), when
+/// `require_inference_auth` is on.
 pub async fn require_inference(
-    State(config): State<Arc<Config>>,
+    State(state): State<InferenceAuth>,
     request: Request,
     next: Next,
 ) -> Response {
-    let auth = &config.auth;
-    if !auth.require_inference_auth {
+    let auth = &state.config.auth;
+    if !auth.require_inference_auth || is_preflight(&request) {
         return next.run(request).await;
     }
-    check(
-        request,
-        next,
+    let Some((key, _)) = presented_key(&request) else {
+        return unauthorized(MISSING_KEY);
+    };
+    if is_accepted(
+        key.as_bytes(),
         &[&auth.inference_keys, &auth.management_keys],
-    )
-    .await
+    ) {
+        return next.run(request).await;
+    }
+    match state.keys.verify(key.as_bytes()).await {
+        KeyCheck::Granted(grant) => access::calling(Caller::keyed(grant), next.run(request)).await,
+        _ => unauthorized(INVALID_KEY),
+    }
 }
 
 /// Middleware for `/metrics`: a management key or one of `metrics.keys`, when management auth
@@ -404,6 +430,16 @@ pub(crate) fn header_key<'a>(
         .filter(text)
         .and_then(|value| value.strip_prefix(b"Bearer "))
         .or(api_key.filter(text))
+}
+
+/// A stored key used on an instance outside its scope, in the management API's shape.
+fn permission_denied(instance: &str) -> Response {
+    super::error::ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        format!("this API key may not use instance '{instance}'"),
+    )
+    .into_response()
 }
 
 fn unauthorized(body: &'static str) -> Response {

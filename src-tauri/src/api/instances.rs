@@ -156,6 +156,10 @@ pub async fn update(
         (status = 404, description = "No such instance", body = ErrorBody)))]
 pub async fn delete(State(api): State<Api>, Path(name): Path<String>) -> Answer<StatusCode> {
     api.registry.delete(&name).await?;
+    if let Err(e) = api.keys.forget_instance(&name) {
+        // Memory has forgotten it; the next start prunes the database's rows.
+        tracing::warn!("instance '{name}' stays in the keys database's scopes: {e}");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,6 +3,7 @@
 
 mod activity;
 pub mod auth;
+mod auth_keys;
 mod backends;
 pub mod body;
 mod config;
@@ -33,6 +34,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::KeyStore;
 use crate::config::Config;
 use crate::devices::Devices;
 use crate::downloads::Downloads;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub desktop: Option<Arc<dyn desktop::DesktopControl>>,
     /// Model downloads from Hugging Face.
     pub downloads: Arc<Downloads>,
+    /// The inference keys made through `/api/v1/auth/keys`.
+    pub keys: Arc<KeyStore>,
 }
 
 /// What the handlers see: the app state and the relay to the backends.
@@ -86,6 +90,8 @@ pub struct Api {
     pub library: Arc<Library>,
     /// Model downloads: the jobs, their events, what Corral downloaded.
     pub downloads: Arc<Downloads>,
+    /// The inference keys with a scope.
+    pub keys: Arc<KeyStore>,
 }
 
 impl FromRef<Api> for Arc<Config> {
@@ -114,12 +120,18 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         passes: Arc::new(auth::ProxyPasses::default()),
         library: Arc::new(Library::new()),
         downloads: state.downloads,
+        keys: state.keys,
     };
     let management_auth = auth::ManagementAuth {
         config: Arc::clone(&config),
         passes: Arc::clone(&api.passes),
+        keys: Arc::clone(&api.keys),
     };
-    let ollama = ollama::router(api.clone());
+    let inference_auth = auth::InferenceAuth {
+        config: Arc::clone(&config),
+        keys: Arc::clone(&api.keys),
+    };
+    let ollama = ollama::router(api.clone(), inference_auth.clone());
     let management = Router::new()
         .route("/version", get(version::version))
         .route("/server/help", get(version::help))
@@ -133,6 +145,14 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/config", get(config::config))
         .route("/activity", get(activity::list))
         .route("/activity/{id}", get(activity::get))
+        .route("/auth/keys", get(auth_keys::list).post(auth_keys::create))
+        .route(
+            "/auth/keys/{id}",
+            get(auth_keys::get)
+                .patch(auth_keys::update)
+                .delete(auth_keys::delete),
+        )
+        .route("/auth/keys/{id}/permissions", get(auth_keys::permissions))
         .route("/backends", get(backends::list))
         .route("/models", get(models::list).delete(downloads::delete_model))
         .route(
@@ -196,10 +216,7 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/{*path}", post(openai::inference))
         .fallback(unknown_inference_route)
         .method_not_allowed_fallback(inference_method_not_allowed)
-        .layer(from_fn_with_state(
-            Arc::clone(&config),
-            auth::require_inference,
-        ))
+        .layer(from_fn_with_state(inference_auth, auth::require_inference))
         .with_state(api.clone());
     let metrics = Router::new()
         .route("/metrics", get(metrics::metrics))
@@ -270,6 +287,7 @@ fn cors(config: &Config) -> CorsLayer {
             Method::GET,
             Method::POST,
             Method::PUT,
+            Method::PATCH,
             Method::DELETE,
             Method::OPTIONS,
         ])

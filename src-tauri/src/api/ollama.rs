@@ -11,7 +11,6 @@ mod stream;
 mod proptests;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -41,8 +40,7 @@ pub const OLLAMA_API_VERSION: &str = "0.9.0";
 const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
 /// The Ollama routes, behind inference auth (inference or management keys).
-pub fn router(api: Api) -> Router {
-    let config = Arc::clone(&api.config);
+pub fn router(api: Api, auth: auth::InferenceAuth) -> Router {
     Router::new()
         .route("/api/version", get(version))
         .route("/api/tags", get(tags))
@@ -52,7 +50,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/generate", post(generate))
         .route("/api/embed", post(embed))
         .route("/api/embeddings", post(embeddings))
-        .layer(from_fn_with_state(config, auth::require_inference))
+        .layer(from_fn_with_state(auth, auth::require_inference))
         .with_state(api)
 }
 
@@ -104,16 +102,24 @@ async fn version() -> Json<Value> {
 }
 
 async fn tags(State(api): State<Api>) -> Json<Value> {
-    let models: Vec<Value> = api.registry.list().iter().map(models::tag).collect();
-    Json(json!({ "models": models }))
-}
-
-async fn ps(State(api): State<Api>) -> Json<Value> {
+    let caller = crate::access::current_caller();
     let models: Vec<Value> = api
         .registry
         .list()
         .iter()
-        .filter(|view| view.status == Status::Running)
+        .filter(|view| caller.may_use(&view.name))
+        .map(models::tag)
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+async fn ps(State(api): State<Api>) -> Json<Value> {
+    let caller = crate::access::current_caller();
+    let models: Vec<Value> = api
+        .registry
+        .list()
+        .iter()
+        .filter(|view| view.status == Status::Running && caller.may_use(&view.name))
         .map(models::running)
         .collect();
     Json(json!({ "models": models }))
@@ -215,18 +221,21 @@ async fn embeddings(State(api): State<Api>, body: Result<JsonBody, ApiError>) ->
     Ok(Json(json!({ "embedding": first })).into_response())
 }
 
-/// The instance behind an Ollama model name, or Ollama's 404.
+/// The instance behind an Ollama model name, or Ollama's 404 (403 for a key held to other
+/// instances).
 fn lookup(api: &Api, model: &str) -> Result<crate::instances::InstanceView, OllamaError> {
-    api.registry
-        .get(request::instance_name(model))
-        .map_err(|e| match e {
-            crate::instances::InstanceError::NotFound(_)
-            | crate::instances::InstanceError::InvalidName(_) => OllamaError::new(
-                StatusCode::NOT_FOUND,
-                format!("model \"{model}\" not found"),
-            ),
-            other => ApiError::from(other).into(),
-        })
+    let instance = request::instance_name(model);
+    if api.registry.get(instance).is_ok() && !crate::access::current_caller().may_use(instance) {
+        return Err(openai::permission_denied(instance).into());
+    }
+    api.registry.get(instance).map_err(|e| match e {
+        crate::instances::InstanceError::NotFound(_)
+        | crate::instances::InstanceError::InvalidName(_) => OllamaError::new(
+            StatusCode::NOT_FOUND,
+            format!("model \"{model}\" not found"),
+        ),
+        other => ApiError::from(other).into(),
+    })
 }
 
 /// An empty chat or prompt is Ollama's way to load a model (start the instance and wait until it

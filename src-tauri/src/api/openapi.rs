@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    activity, backends, config, desktop, downloads, error, events, instances, logs_stream, metrics,
-    models, openai, schema, system, version,
+    activity, auth_keys, backends, config, desktop, downloads, error, events, instances,
+    logs_stream, metrics, models, openai, schema, system, version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -20,6 +20,12 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
         config::config,
         activity::list,
         activity::get,
+        auth_keys::create,
+        auth_keys::list,
+        auth_keys::get,
+        auth_keys::update,
+        auth_keys::delete,
+        auth_keys::permissions,
         metrics::metrics,
         version::help,
         version::server_version,
@@ -166,10 +172,20 @@ fn conform(document: &mut Value) {
         } else {
             "#/components/schemas/OpenAiErrorBody"
         };
+        // Routes a stored key may reach, held to its scope.
+        let scoped = path == "/v1/{path}" || path.contains("/proxy");
         let Some(item) = item.as_object_mut() else {
             continue;
         };
         for operation in item.values_mut() {
+            if scoped {
+                add_response(
+                    operation,
+                    "403",
+                    "`permission_denied`: the key may not use this instance",
+                    error,
+                );
+            }
             add_response(
                 operation,
                 "401",

@@ -36,6 +36,11 @@ impl Registry {
         lock(&self.table).resolve(model)
     }
 
+    /// The name of the instance `model` names (itself, or the instance an alias points to).
+    pub fn instance_of(&self, model: &str) -> Option<String> {
+        self.resolve(model).map(|instance| instance.name.clone())
+    }
+
     /// Every model name `/v1` answers to, instance names and aliases, sorted.
     pub fn models(&self) -> Vec<ModelEntry> {
         lock(&self.table).models()

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at};
 
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+use crate::access::{self, Caller, KeyCheck, KeyStore};
 use crate::api::auth::{header_key, is_accepted};
 use crate::api::body::is_json_media_type;
 use crate::api::host::is_allowed;
@@ -57,15 +58,22 @@ pub(crate) struct FastPath {
     config: Arc<Config>,
     registry: Arc<Registry>,
     relay: Relay,
+    keys: Arc<KeyStore>,
 }
 
 impl FastPath {
     /// `relay` is the router's too: one pool of backend connections for both.
-    pub(crate) fn new(config: Arc<Config>, registry: Arc<Registry>, relay: Relay) -> Self {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        relay: Relay,
+        keys: Arc<KeyStore>,
+    ) -> Self {
         Self {
             config,
             registry,
             relay,
+            keys,
         }
     }
 
@@ -92,7 +100,7 @@ impl FastPath {
                     let ended = has_head_end(&buf[searched.saturating_sub(2)..]);
                     searched = buf.len();
                     if ended {
-                        match parse_request(&buf, &self.config) {
+                        match parse_request(&buf, &self.config, Some(&self.keys)) {
                             Head::Fast(request) => break request,
                             Head::Other => return Outcome::ToRouter(buf),
                             Head::TooLarge => return head_too_large(client).await,
@@ -143,7 +151,7 @@ impl FastPath {
                     return Outcome::Closed;
                 }
             }
-            let Some(lease) = self.lease(&buf[request.head_len..total]) else {
+            let Some(lease) = self.lease(&buf[request.head_len..total], &request.caller) else {
                 if sent_continue {
                     // Else hyper sends its own `100 Continue` before the final answer.
                     return Outcome::ToRouter(without_expect(buf, request.head_len));
@@ -161,13 +169,16 @@ impl FastPath {
         }
     }
 
-    /// The lease for the model `body` names, if its instance can answer now.
-    fn lease(&self, body: &[u8]) -> Option<Lease> {
+    /// The lease for the model `body` names, if its instance can answer now and `caller` may
+    /// use it (the router refuses it otherwise).
+    fn lease(&self, body: &[u8], caller: &Caller) -> Option<Lease> {
         let model = requested_model(body)??;
         if model.is_empty() {
             return None;
         }
-        self.registry.lease_ready(&model)
+        self.registry
+            .lease_ready(&model)
+            .filter(|lease| caller.may_use(lease.guard.instance()))
     }
 
     /// Sends one request to the leased instance and relays its answer.
@@ -181,7 +192,8 @@ impl FastPath {
     ) -> Next {
         let started = Instant::now();
         lease.guard.count_request();
-        let mut log = RequestLog::new(lease.guard, &request.path, started, peer);
+        let key = request.caller.key_name();
+        let mut log = RequestLog::new(lease.guard, &request.path, started, peer, key);
         let body = match &lease.backend_model {
             None => body,
             Some(backend_model) => match with_backend_model(&body, backend_model) {
@@ -263,6 +275,8 @@ struct Request {
     headers: Vec<u8>,
     /// The client waits for `100 Continue` before it sends the body.
     expects_continue: bool,
+    /// Whose key it carries.
+    caller: Caller,
 }
 
 enum Head {
@@ -274,7 +288,8 @@ enum Head {
     Fast(Request),
 }
 
-fn parse_request(buf: &[u8], config: &Config) -> Head {
+/// `keys`: the stored keys, when the engine has them.
+fn parse_request(buf: &[u8], config: &Config, keys: Option<&KeyStore>) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -357,13 +372,19 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
         return Head::Other;
     }
     let auth = &config.auth;
+    let mut caller = Caller::unrestricted();
     if auth.require_inference_auth {
         let accepted = [&auth.inference_keys, &auth.management_keys];
         let headers = parsed.headers.iter();
-        if !header_key(headers.map(|header| (header.name, header.value)))
-            .is_some_and(|key| is_accepted(key, &accepted))
-        {
+        let Some(key) = header_key(headers.map(|header| (header.name, header.value))) else {
             return Head::Other;
+        };
+        if !is_accepted(key, &accepted) {
+            // A stored key the engine has not checked against its hash yet is the router's.
+            match keys.map(|keys| keys.check(key, access::unix_now())) {
+                Some(KeyCheck::Granted(grant)) => caller = Caller::keyed(grant),
+                _ => return Head::Other,
+            }
         }
     }
     if let Some(host) = host {
@@ -388,6 +409,7 @@ fn parse_request(buf: &[u8], config: &Config) -> Head {
         path: path.to_owned(),
         headers: forwarded,
         expects_continue,
+        caller,
     })
 }
 
@@ -519,7 +541,7 @@ mod tests {
         X-Request-Id: 7\r\nX-Forwarded-Host: evil\r\n\r\n{}";
 
     fn fast(head: &str, config: &Config) -> Request {
-        match parse_request(head.as_bytes(), config) {
+        match parse_request(head.as_bytes(), config, None) {
             Head::Fast(request) => request,
             Head::Partial => panic!("partial: {head}"),
             Head::Other => panic!("handed off: {head}"),
@@ -555,7 +577,7 @@ mod tests {
         );
         let partial = &CHAT[..40];
         assert!(matches!(
-            parse_request(partial.as_bytes(), &config(&[])),
+            parse_request(partial.as_bytes(), &config(&[]), None),
             Head::Partial
         ));
         let curl = CHAT.replace("TE: trailers", "Expect: 100-continue");
@@ -566,7 +588,7 @@ mod tests {
     fn what_the_router_must_answer_is_handed_off() {
         let other = |head: String, config: &Config| {
             assert!(
-                matches!(parse_request(head.as_bytes(), config), Head::Other),
+                matches!(parse_request(head.as_bytes(), config, None), Head::Other),
                 "taken: {head}"
             );
         };
@@ -619,6 +641,44 @@ mod tests {
         fast(&by_header, &config(&["sk-1"]));
         let charset = CHAT.replace("application/json", "application/json; charset=utf-8");
         fast(&charset, &open);
+    }
+
+    #[test]
+    fn a_stored_key_is_taken_with_its_scope_once_verified_and_left_to_the_router_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(dir.path(), |_| true).unwrap();
+        let scope = crate::access::Scope::Instances(["a".to_owned()].into_iter().collect());
+        let (_, key) = keys
+            .create(crate::access::NewKey {
+                name: "k".into(),
+                scope,
+                expires_at: None,
+            })
+            .unwrap();
+        let config = config(&["sk-config"]);
+        let head = CHAT.replace("sk-1", &key);
+        let Head::Fast(request) = parse_request(head.as_bytes(), &config, Some(&keys)) else {
+            panic!("a verified stored key is the fast path's");
+        };
+        assert!(request.caller.may_use("a") && !request.caller.may_use("b"));
+        assert_eq!(request.caller.key_name().as_deref(), Some("k"));
+        // Without the store, or with a key of its shape it does not hold: the router's.
+        assert!(matches!(
+            parse_request(head.as_bytes(), &config, None),
+            Head::Other
+        ));
+        let made_up = CHAT.replace("sk-1", &format!("sk-inference-{}", "0".repeat(64)));
+        assert!(matches!(
+            parse_request(made_up.as_bytes(), &config, Some(&keys)),
+            Head::Other
+        ));
+        // Not yet verified since a restart: the router checks it against its hash.
+        drop(keys);
+        let keys = KeyStore::open(dir.path(), |_| true).unwrap();
+        assert!(matches!(
+            parse_request(head.as_bytes(), &config, Some(&keys)),
+            Head::Other
+        ));
     }
 }
 

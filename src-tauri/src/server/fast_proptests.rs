@@ -206,7 +206,7 @@ proptest! {
         keyed in any::<bool>(),
     ) {
         let config = config(keyed.then_some("sk-1"));
-        if let Head::Fast(request) = parse_request(&wire, &config) {
+        if let Head::Fast(request) = parse_request(&wire, &config, None) {
             prop_assert!(request.head_len <= wire.len());
             let kept = without_expect(BytesMut::from(&wire[..]), request.head_len);
             prop_assert!(kept.len() <= wire.len());
@@ -217,12 +217,12 @@ proptest! {
     #[test]
     fn a_head_in_pieces_reads_as_the_whole_head(wire in request(), keyed in any::<bool>()) {
         let config = config(keyed.then_some("sk-1"));
-        let whole = parse_request(&wire, &config);
+        let whole = parse_request(&wire, &config, None);
         let Head::Fast(whole) = whole else {
             return Ok(());
         };
         for end in 0..wire.len() {
-            match parse_request(&wire[..end], &config) {
+            match parse_request(&wire[..end], &config, None) {
                 Head::Partial => prop_assert!(end < whole.head_len, "partial at {}", end),
                 Head::Fast(part) => {
                     prop_assert!(end >= whole.head_len, "taken at {}", end);
@@ -247,7 +247,7 @@ proptest! {
         fill in any::<u8>(),
     ) {
         let config = config(keyed.then_some("sk-1"));
-        let Head::Fast(request) = parse_request(&wire, &config) else {
+        let Head::Fast(request) = parse_request(&wire, &config, None) else {
             return Ok(());
         };
         let mut message = wire[..request.head_len].to_vec();

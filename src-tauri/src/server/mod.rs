@@ -81,6 +81,7 @@ pub async fn serve_with(
             Arc::clone(&state.config),
             Arc::clone(&state.registry),
             relay.clone(),
+            Arc::clone(&state.keys),
         ))),
         Relays::RouterOnly => None,
     };

@@ -101,10 +101,12 @@ async fn inference_routes_take_inference_or_management_keys() {
     use axum::middleware::from_fn_with_state;
     let dir = data_dir();
     let config = std::sync::Arc::new(with_auth(test_config(dir.path())));
+    let keys = corral::access::KeyStore::open(dir.path(), |_| true).unwrap();
+    let auth = corral::api::auth::InferenceAuth { config, keys };
     let app = axum::Router::new()
         .route("/v1/models", axum::routing::get(|| async { "models" }))
         .layer(from_fn_with_state(
-            config,
+            auth,
             corral::api::auth::require_inference,
         ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

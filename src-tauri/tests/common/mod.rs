@@ -96,6 +96,7 @@ pub struct Engine {
     pub registry: Arc<Registry>,
     pub config: Arc<Config>,
     pub downloads: Arc<corral::downloads::Downloads>,
+    pub keys: Arc<corral::access::KeyStore>,
     engine: corral::Engine,
 }
 
@@ -113,6 +114,7 @@ impl Engine {
             registry: Arc::clone(engine.registry()),
             config: Arc::clone(&engine.config),
             downloads: Arc::clone(engine.downloads()),
+            keys: Arc::clone(engine.keys()),
             engine,
         }
     }

@@ -38,7 +38,9 @@ pub(super) fn stream(
     let (tx, rx) = mpsc::channel::<Chunk>(16);
     let (model, path) = (model.to_owned(), path.to_owned());
     let client = crate::api::current_client();
-    tokio::spawn(async move {
+    // The task answers for the same caller (its key's name goes to the activity log).
+    let caller = crate::access::current_caller();
+    tokio::spawn(crate::access::calling(caller, async move {
         let anthropic = path == "/v1/messages" || path.starts_with("/v1/messages?");
         let acquired = {
             let acquire = acquire_logged(&api, &model, &path, started);
@@ -88,7 +90,7 @@ pub(super) fn stream(
                 let _ = tx.send(Ok(error_event(error, anthropic))).await;
             }
         }
-    });
+    }));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });

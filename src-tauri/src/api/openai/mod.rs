@@ -196,9 +196,16 @@ pub struct ModelList {
 #[utoipa::path(get, path = "/v1/models", tag = "inference",
     responses((status = 200, body = ModelList)))]
 pub async fn models(State(api): State<Api>) -> Json<ModelList> {
+    let caller = crate::access::current_caller();
     Json(ModelList {
         object: "list",
-        data: api.registry.models().into_iter().map(Model::from).collect(),
+        data: api
+            .registry
+            .models()
+            .into_iter()
+            .filter(|entry| caller.may_use(&entry.instance))
+            .map(Model::from)
+            .collect(),
     })
 }
 
@@ -212,10 +219,11 @@ pub async fn model(
     State(api): State<Api>,
     Path(model): Path<String>,
 ) -> Result<Json<Model>, OpenAiError> {
+    let caller = crate::access::current_caller();
     api.registry
         .models()
         .into_iter()
-        .find(|entry| entry.id == model)
+        .find(|entry| entry.id == model && caller.may_use(&entry.instance))
         .map(|entry| Json(entry.into()))
         .ok_or_else(|| InstanceError::NotFound(model).into())
 }
@@ -277,9 +285,23 @@ pub async fn inference(
         raw,
         model_at: named.at,
     };
-    route(&api, &named.model, &path, parts.headers, payload)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    match route(&api, &named.model, &path, parts.headers, payload).await {
+        Ok(response) => response,
+        // Anthropic's clients read its error object; the SDKs raise PermissionDeniedError.
+        Err(error) if error.status == StatusCode::FORBIDDEN && is_anthropic(&path) => {
+            let body = serde_json::json!({
+                "type": "error",
+                "error": {"type": "permission_error", "message": error.message},
+            });
+            (error.status, Json(body)).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Whether `path` is Anthropic's Messages API, whose clients read Anthropic's error object.
+fn is_anthropic(path: &str) -> bool {
+    path == "/v1/messages" || path.starts_with("/v1/messages/") || path.starts_with("/v1/messages?")
 }
 
 /// The 415 for a body not declared as JSON, in the shape the route's clients read: Anthropic's
@@ -287,10 +309,7 @@ pub async fn inference(
 fn not_json(path: &str, headers: &HeaderMap) -> Response {
     let message = super::body::not_json_message(headers);
     let status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    if path == "/v1/messages"
-        || path.starts_with("/v1/messages/")
-        || path.starts_with("/v1/messages?")
-    {
+    if is_anthropic(path) {
         let body = serde_json::json!({
             "type": "error",
             "error": {"type": "invalid_request_error", "message": message},
@@ -378,6 +397,13 @@ async fn route(
     body: Payload,
 ) -> Result<Response, OpenAiError> {
     let started = Instant::now();
+    // Before anything can start the instance: a key held to other instances may not.
+    let caller = crate::access::current_caller();
+    if let Some(instance) = api.registry.instance_of(model) {
+        if !caller.may_use(&instance) {
+            return Err(permission_denied(&instance));
+        }
+    }
     // A client streaming its answer gets it at once as a stream of SSE comments while its model
     // starts (or waits for room): clients with a read timeout shorter than a model's load
     // (or a swap) would otherwise give up on a request that is going to succeed. Only `/v1`
@@ -453,11 +479,21 @@ async fn forward(
     );
     // The body may have been rewritten; hyper sets the length from the new one.
     request.headers_mut().remove(header::CONTENT_LENGTH);
-    let log = RequestLog::new(lease.guard, path, started, client);
+    let key = crate::access::current_caller().key_name();
+    let log = RequestLog::new(lease.guard, path, started, client, key);
     api.relay
         .try_forward(request, &lease.upstream, path, log)
         .await
         .map_err(OpenAiError::from)
+}
+
+/// A stored key used on an instance outside its scope.
+pub(crate) fn permission_denied(instance: &str) -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+        format!("this API key may not use instance '{instance}'"),
+    )
 }
 
 /// The body asks for a streamed answer (`"stream": true`).

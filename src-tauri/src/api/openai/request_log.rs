@@ -28,6 +28,8 @@ pub(crate) struct RequestLog {
     body: TappedBody,
     tokens: TokenUsage,
     client: Option<SocketAddr>,
+    /// The name of the stored key the client used.
+    key: Option<String>,
     /// When the answer's first body bytes arrived, from `started`.
     first_byte: Option<Duration>,
     /// Corral's reason for refusing or cutting the request.
@@ -49,6 +51,7 @@ impl RequestLog {
         path: &str,
         started: Instant,
         client: Option<SocketAddr>,
+        key: Option<String>,
     ) -> Self {
         Self {
             guard,
@@ -58,6 +61,7 @@ impl RequestLog {
             body: TappedBody::Ignored,
             tokens: TokenUsage::default(),
             client,
+            key,
             first_byte: None,
             error: None,
         }
@@ -133,7 +137,7 @@ impl Drop for RequestLog {
             instance: self.guard.instance().to_owned(),
             path: std::mem::take(&mut self.path),
             client: self.client,
-            key: None,
+            key: self.key.take(),
             status,
             queued: self.guard.queued(),
             first_byte: self.first_byte,
