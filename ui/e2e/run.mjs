@@ -1,10 +1,10 @@
 // End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
 // `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
 // instances through the form (llama.cpp and MLX) and through import-from-command, watches them
-// run, reads live logs, chats with one, downloads a model from a fake Hugging Face (startFakeHub)
-// and runs it, stops and deletes them, installs mlx-lm from the guided start of a second engine that
-// lacks it (pip offline, from the test wheelhouse), and saves a screenshot of every
-// main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
+// run, reads live logs, chats with one, finds its requests on the Activity page, downloads a model
+// from a fake Hugging Face (startFakeHub) and runs it, stops and deletes them, installs mlx-lm
+// from the guided start of a second engine that lacks it (pip offline, from the test wheelhouse),
+// and saves a screenshot of every main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
 //   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... \
 //   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... CORRAL_MLX_WHEELS=... node e2e/run.mjs
@@ -399,6 +399,40 @@ try {
     await shot(page, 'chat');
   });
 
+  await step('the activity page lists the chat requests, filters them by instance and opens one', async () => {
+    await page.getByTestId('nav-activity').click();
+    await page.getByRole('heading', { level: 1, name: 'Activity' }).waitFor();
+    // The chats so far: tiny's (its logs step and the chat page) and imported's (the dashboard).
+    const rows = page.getByTestId('activity-row');
+    const tinyChat = page.locator('[data-testid="activity-row"][data-instance="tiny"][data-status="200"]', { hasText: '/v1/chat/completions' });
+    await tinyChat.first().waitFor({ timeout: SLOW });
+    await page.locator('[data-testid="activity-row"][data-instance="imported"]').first().waitFor({ timeout: SLOW });
+    assert.equal(await tinyChat.first().getByTestId('activity-status').textContent(), '200');
+    await shot(page, 'activity');
+
+    await page.getByTestId('activity-filter-instance').selectOption('tiny');
+    await page.waitForURL(/#\/activity\?instance=tiny$/);
+    await page.waitForFunction(() => {
+      const shown = [...document.querySelectorAll('[data-testid="activity-row"]')];
+      return shown.length > 0 && shown.every((row) => row.dataset.instance === 'tiny');
+    }, null, { timeout: SLOW });
+    assert.ok((await rows.count()) >= 2, 'tiny answered at least two chats');
+
+    const row = tinyChat.first();
+    const id = await row.getAttribute('data-id');
+    await row.getByTestId('activity-route').click();
+    await page.waitForURL(new RegExp(`#/activity/${id}\\?instance=tiny$`));
+    const detail = page.getByTestId('activity-detail');
+    await detail.getByTestId('activity-detail-route').waitFor();
+    assert.equal((await detail.getByTestId('activity-detail-route').textContent()).trim(), '/v1/chat/completions');
+    assert.match(await detail.getByTestId('activity-detail-status').textContent(), /^\s*200\b/);
+    assert.match(await detail.getByTestId('activity-detail-instance').textContent(), /^\s*tiny\b/);
+    await shot(page, 'activity-detail');
+    await page.getByRole('dialog').getByRole('button', { name: 'Close' }).click();
+    await detail.waitFor({ state: 'detached' });
+    await page.waitForURL(/#\/activity\?instance=tiny$/);
+  });
+
   await step('the Models page lists the tiny model from every source layout', async () => {
     await page.getByTestId('nav-models').click();
     const entries = page.locator('[data-testid^="model-"]');
@@ -481,7 +515,7 @@ try {
   });
 
   await step('every screen fits 1024x640 and a 390px phone without sideways scrolling', async () => {
-    const screens = ['#/', '#/new', '#/logs/tiny', '#/chat', '#/models', '#/system', '#/connect'];
+    const screens = ['#/', '#/new', '#/logs/tiny', '#/chat', '#/models', '#/system', '#/activity', '#/connect'];
     for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
       await page.setViewportSize(size);
       for (const hash of screens) {

@@ -91,12 +91,13 @@ describe('App, navigation', () => {
     fakeEngine({ 'GET /api/v1/events': () => liveSse().response, 'GET /api/v1/schema': () => json(schemaFixture) });
     render(App);
     const nav = screen.getByRole('navigation', { name: 'Main' });
-    expect([...nav.querySelectorAll('a')].map((a) => a.textContent)).toEqual(['Instances', 'Models', 'Chat', 'System', 'Connect']);
+    expect([...nav.querySelectorAll('a')].map((a) => a.textContent)).toEqual(['Instances', 'Models', 'Chat', 'System', 'Connect', 'Activity']);
     for (const [key, hash, heading] of [
       ['2', '#/models', 'Models'],
       ['3', '#/chat', 'Chat'],
       ['4', '#/system', 'System'],
       ['5', '#/connect', 'Connect'],
+      ['6', '#/activity', 'Activity'],
       ['1', '#/', 'Instances'],
     ]) {
       await fireEvent.keyDown(window, { key });

@@ -1,8 +1,10 @@
 // The instances the UI shows, kept current by the engine's event stream (`/api/v1/events`):
 // a snapshot on every (re)connection, then one event per change. Engines without the stream get
 // a gentle poll instead. The same stream carries model downloads (`download`), kept in
-// downloads.svelte.ts, and backend installs (`backend_install`), kept in installs.svelte.ts.
+// downloads.svelte.ts, backend installs (`backend_install`), kept in installs.svelte.ts, and the
+// finished inference requests (`activity`), handed to the Activity page's listeners (activity.ts).
 
+import { publishActivity, type ActivityRecord } from './activity';
 import { api, API } from './api';
 import { upsertJob } from './downloads.svelte';
 import { upsertInstall } from './installs.svelte';
@@ -61,6 +63,9 @@ export function applyEvent(event: string, data: string): boolean {
       return true;
     case 'backend_install':
       upsertInstall(JSON.parse(data) as InstallJob);
+      return true;
+    case 'activity':
+      publishActivity(JSON.parse(data) as ActivityRecord);
       return true;
     default:
       return false;

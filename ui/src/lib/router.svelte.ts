@@ -1,6 +1,6 @@
 // Hash routes (`#/`, `#/new`, `#/edit/<name>`, `#/logs/<name>`, `#/chat[/<name>]`, `#/models`,
-// `#/system`, `#/connect`): they work the same from the embedded files, the dev server and the
-// desktop window.
+// `#/system`, `#/activity[/<id>][?instance=…&status=…]`, `#/connect`): they work the same from the
+// embedded files, the dev server and the desktop window.
 
 import { takeKeyFromHash } from './auth.svelte';
 
@@ -20,6 +20,8 @@ export type Route =
   /** `download`: a repository to put in the download box (the guided start suggests one). */
   | { page: 'models'; download?: string }
   | { page: 'system' }
+  /** The finished requests, filtered; `id`: the one whose details are open. */
+  | { page: 'activity'; id?: number; instance?: string; status?: string }
   | { page: 'connect' };
 
 export function parseRoute(hash: string): Route {
@@ -47,6 +49,13 @@ export function parseRoute(hash: string): Route {
     }
     case 'system':
       return { page: 'system' };
+    case 'activity': {
+      const route: Extract<Route, { page: 'activity' }> = { page: 'activity' };
+      if (/^\d+$/.test(parts[1] ?? '')) route.id = Number(parts[1]);
+      if (params.get('instance')) route.instance = params.get('instance')!;
+      if (params.get('status')) route.status = params.get('status')!;
+      return route;
+    }
     case 'connect':
       return { page: 'connect' };
     default:
@@ -71,6 +80,13 @@ export function href(route: Route): string {
       return route.name ? `#/chat/${encodeURIComponent(route.name)}` : '#/chat';
     case 'models':
       return route.download ? `#/models?${new URLSearchParams({ download: route.download })}` : '#/models';
+    case 'activity': {
+      const params = new URLSearchParams();
+      if (route.instance) params.set('instance', route.instance);
+      if (route.status) params.set('status', route.status);
+      const query = params.toString();
+      return `#/activity${route.id != null ? `/${route.id}` : ''}${query ? `?${query}` : ''}`;
+    }
     default:
       return `#/${route.page}`;
   }
