@@ -27,6 +27,7 @@ pub mod access;
 pub mod api;
 pub mod backends;
 pub mod config;
+pub mod config_watch;
 pub mod desktop;
 pub mod devices;
 pub mod downloads;

@@ -105,9 +105,20 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(&args.overrides()).context("loading the configuration")?;
     let kept = keys::load_or_create(&mut config).context("loading the generated API keys")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let overrides = args.overrides();
+    let file = Config::file_in_use(&overrides);
     runtime.block_on(async move {
         let engine = Engine::start(config).await?;
         print_banner(&engine, &kept);
+        // SIGHUP and a change to the file reload it; the keys filled in at the start are
+        // filled in again (from their file) so that they do not read as a change.
+        let load: corral::config_watch::Load = std::sync::Arc::new(move || {
+            let mut config = Config::load(&overrides).map_err(|e| e.to_string())?;
+            keys::load_or_create(&mut config).map_err(|e| e.to_string())?;
+            Ok(config)
+        });
+        let _watch = corral::config_watch::spawn(engine.registry(), file.as_deref(), load)
+            .context("watching the configuration")?;
         shutdown_signal().await;
         tracing::info!("shutting down: stopping every instance");
         engine.shutdown().await;

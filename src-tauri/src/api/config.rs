@@ -1,7 +1,8 @@
 //! `GET /api/v1/config` (llamactl 0.20): the configuration in force, after defaults, file,
 //! environment and flags were merged, with every secret replaced by `[redacted]`: the keys, and
 //! backend variables and arguments whose names look like credentials (`HF_TOKEN`, `--api-key`).
-//! Durations are seconds.
+//! Durations are seconds. After a reload, the settings that changed live are shown; the ones
+//! that need a restart show what the engine runs with.
 
 use axum::extract::State;
 use axum::Json;
@@ -19,7 +20,8 @@ const REDACTED: &str = "[redacted]";
         (status = 200, description = "The merged configuration (the config file's sections and keys); keys and credential-like backend variables and arguments are `[redacted]`, durations are seconds", body = Object),
         (status = 500, description = "The configuration could not be written out", body = crate::api::error::ErrorBody)))]
 pub async fn config(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let value = serde_json::to_value(api.config.as_ref())
+    // The registry's: what a reload changed is shown.
+    let value = serde_json::to_value(api.registry.config().as_ref())
         .map_err(|e| ApiError::internal("config_unavailable", e.to_string()))?;
     Ok(Json(redacted(seconds(value))))
 }
@@ -44,8 +46,12 @@ fn seconds(value: Value) -> Value {
 }
 
 fn redacted(mut value: Value) -> Value {
-    for list in ["management_keys", "inference_keys"] {
-        if let Some(Value::Array(keys)) = value.pointer_mut(&format!("/auth/{list}")) {
+    for list in [
+        "/auth/management_keys",
+        "/auth/inference_keys",
+        "/metrics/keys",
+    ] {
+        if let Some(Value::Array(keys)) = value.pointer_mut(list) {
             for key in keys.iter_mut() {
                 *key = Value::from(REDACTED);
             }
@@ -108,16 +114,18 @@ mod tests {
                 "environment": {"HF_TOKEN": "s3", "CUDA_VISIBLE_DEVICES": "0"},
             }},
             "instances": {"on_demand_start_timeout": {"secs": 120, "nanos": 500_000_000}},
+            "metrics": {"keys": ["sk-p"], "open_on_loopback": false},
         });
         let out = redacted(seconds(value));
         let text = out.to_string();
-        for secret in ["sk-m", "sk-i", "sk-j", "s1", "s2", "s3"] {
+        for secret in ["sk-m", "sk-i", "sk-j", "sk-p", "s1", "s2", "s3"] {
             assert!(
                 !text.contains(&format!("\"{secret}\"")) && !text.contains(&format!("={secret}")),
                 "{secret} in {text}"
             );
         }
         assert_eq!(out["auth"]["inference_keys"], json!([REDACTED, REDACTED]));
+        assert_eq!(out["metrics"]["keys"], json!([REDACTED]));
         let llama = &out["backends"]["llama-cpp"];
         assert_eq!(
             llama["args"],

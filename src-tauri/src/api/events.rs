@@ -89,6 +89,7 @@ async fn next_event(registry: &Registry, changes: &mut Receiver<InstanceEvent>) 
         Next::Change(InstanceEvent::Decision(decision)) => {
             json_event("scheduler", decision.as_ref())
         }
+        Next::Change(InstanceEvent::Config(report)) => json_event("config", report.as_ref()),
     })
 }
 

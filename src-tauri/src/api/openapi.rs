@@ -67,7 +67,11 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
         downloads::cancel,
         downloads::delete_model,
     ),
-    components(schemas(error::ErrorBody, openai::OpenAiErrorBody)),
+    components(schemas(
+        error::ErrorBody,
+        openai::OpenAiErrorBody,
+        crate::instances::ConfigReload
+    )),
     modifiers(&Security),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -149,6 +153,10 @@ fn conform(document: &mut Value) {
         (
             "download",
             "One model download job, as `GET /models/jobs/{id}` shows it (JSON).",
+        ),
+        (
+            "config",
+            "A reload of the configuration, or a new one refused: a `ConfigReload` (JSON).",
         ),
     ]);
     schemas["LogEvent"] = sse_event(&[

@@ -398,13 +398,24 @@ fn default_config_files() -> Vec<PathBuf> {
 }
 
 impl Config {
-    /// Loads defaults < config file < environment < command line.
-    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
-        let explicit = overrides.config_file.clone().or_else(|| {
+    /// The config file [`Config::load`] reads: the one named (flag, then `CORRAL_CONFIG`),
+    /// else the first of the default places that holds one. What a reload watches.
+    pub fn file_in_use(overrides: &Overrides) -> Option<PathBuf> {
+        Self::named_file(overrides)
+            .or_else(|| default_config_files().into_iter().find(|p| p.is_file()))
+    }
+
+    fn named_file(overrides: &Overrides) -> Option<PathBuf> {
+        overrides.config_file.clone().or_else(|| {
             ProcessEnv
                 .var(env::CONFIG_PATH)
                 .map(|(_, v)| PathBuf::from(v))
-        });
+        })
+    }
+
+    /// Loads defaults < config file < environment < command line.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let explicit = Self::named_file(overrides);
         let file = match explicit {
             // A file the user named must exist: silently running on defaults hides typos.
             Some(path) => Some((read_file(&path)?, path)),

@@ -30,6 +30,8 @@ pub enum InstanceEvent {
     /// The scheduler stopped an instance to make room, refused a start or a request, or a
     /// queue overflowed.
     Decision(Arc<Decision>),
+    /// The configuration was reloaded, or a new one refused.
+    Config(Arc<super::reload::ConfigReload>),
 }
 
 /// One decision of the scheduler, with its reason (the `scheduler` event of `/api/v1/events`).
@@ -127,6 +129,11 @@ impl Feed {
                 .sender
                 .send(InstanceEvent::Decision(Arc::new(decision)));
         }
+    }
+
+    /// Announces a reload of the configuration (or its refusal).
+    pub(super) fn config_reload(&self, report: super::reload::ConfigReload) {
+        let _ = self.sender.send(InstanceEvent::Config(Arc::new(report)));
     }
 
     /// Announces a deletion; the caller has marked the instance removed.

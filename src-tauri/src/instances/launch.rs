@@ -13,7 +13,11 @@ impl Registry {
     /// Where a backend that reads its key from a file (llama-server) finds the key Corral
     /// presents to it.
     pub(super) fn key_file(&self, name: &str) -> PathBuf {
-        self.config.instances.run_dir.join(format!("{name}.key"))
+        self.config
+            .load()
+            .instances
+            .run_dir
+            .join(format!("{name}.key"))
     }
 
     /// Program, arguments and environment from the backend's configured command, plus the
@@ -21,7 +25,8 @@ impl Registry {
     /// The program is the configured one, searched by the spawn as always, unless only Corral's
     /// own install of the backend is found.
     pub(super) fn launch_spec(&self, name: &str, options: &InstanceOptions) -> LaunchSpec {
-        let command = self.config.backends.command(options.backend_type());
+        let config = self.config.load_full();
+        let command = config.backends.command(options.backend_type());
         let program = match &options.command_override {
             Some(path) => path.clone(),
             None => self.installs().program(options.backend_type(), command),

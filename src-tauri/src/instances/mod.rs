@@ -26,6 +26,7 @@ mod options;
 mod placement;
 mod ports;
 mod registry;
+mod reload;
 mod routing;
 mod scheduler;
 mod store;
@@ -41,5 +42,6 @@ pub use options::{
 };
 pub use placement::Footprint;
 pub use registry::{Registry, Upstream};
+pub use reload::ConfigReload;
 pub use routing::Lease;
 pub use usage::{InFlight, TokenUsage};

@@ -46,7 +46,7 @@ impl Registry {
                 Ok(port)
             }
             (None, Some(port)) => Ok(port),
-            (None, None) => table.free_port(self.config.instances.port_range),
+            (None, None) => table.free_port(self.config.load().instances.port_range),
         }
     }
 
@@ -56,7 +56,7 @@ impl Registry {
         let port = {
             let mut table = lock(&self.table);
             // `busy` is still this instance's in the table, so it is not picked again.
-            let port = table.free_port(self.config.instances.port_range)?;
+            let port = table.free_port(self.config.load().instances.port_range)?;
             table.release_port(busy, &instance.name);
             table.reserve_port(port, &instance.name);
             port

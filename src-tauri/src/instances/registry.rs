@@ -45,7 +45,8 @@ pub struct Upstream {
 /// All instances of the engine. Cheap lookups behind one lock; each instance's operations are
 /// serialized by its own lock.
 pub struct Registry {
-    pub(super) config: Arc<Config>,
+    /// Swapped whole by a reload (`Registry::reload`).
+    pub(super) config: arc_swap::ArcSwap<Config>,
     settings: Arc<SupervisorSettings>,
     /// A std Mutex on purpose: it only guards map lookups, inserts and the port table, is never
     /// held across an `.await`, so blocking briefly is cheaper than an async lock and it can never
@@ -120,7 +121,7 @@ impl Registry {
         let installs = Arc::new(Installs::open(&dirs.data_dir));
         let telemetry = Telemetry::new(config.activity.max_entries);
         let registry = Arc::new(Registry {
-            config,
+            config: arc_swap::ArcSwap::new(config),
             settings,
             table: Mutex::new(Catalogue::default()),
             shutting_down: AtomicBool::new(false),
@@ -161,7 +162,7 @@ impl Registry {
     /// Loads the definitions; returns the names to start again.
     fn load(&self) -> Vec<String> {
         let mut to_start = Vec::new();
-        for (stem, path, record) in store::load_dir(&self.config.instances.configs_dir) {
+        for (stem, path, record) in store::load_dir(&self.config.load().instances.configs_dir) {
             let skip = |why: String| {
                 tracing::warn!("skipping instance definition {}: {why}", path.display())
             };
@@ -176,14 +177,16 @@ impl Registry {
                 ));
                 continue;
             }
-            let mut options =
-                match InstanceOptions::from_stored_json(&record.options, &self.config.instances) {
-                    Ok(options) => options,
-                    Err(e) => {
-                        skip(e.to_string());
-                        continue;
-                    }
-                };
+            let mut options = match InstanceOptions::from_stored_json(
+                &record.options,
+                &self.config.load().instances,
+            ) {
+                Ok(options) => options,
+                Err(e) => {
+                    skip(e.to_string());
+                    continue;
+                }
+            };
             let mut table = lock(&self.table);
             let port = match options.requested_port() {
                 Some(port) => match table.port_owner(port) {
@@ -194,7 +197,7 @@ impl Registry {
                     None => port,
                 },
                 // Only a hand-written file lacks a port: give it one like create would.
-                None => match table.free_port(self.config.instances.port_range) {
+                None => match table.free_port(self.config.load().instances.port_range) {
                     Ok(port) => port,
                     Err(e) => {
                         skip(e.to_string());
@@ -230,12 +233,17 @@ impl Registry {
             options,
             op,
             Supervisor::new(name, Arc::clone(&self.settings)),
-            store::definition_path(&self.config.instances.configs_dir, name),
+            store::definition_path(&self.config.load().instances.configs_dir, name),
             (Arc::clone(&self.feed), Arc::clone(&self.room)),
         )
     }
 
     /// The relay (and its connection pool) the HTTP servers forward through.
+    /// The configuration in force (after the last reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     pub fn relay(&self) -> Relay {
         self.relay.clone()
     }
@@ -334,7 +342,7 @@ impl Registry {
     }
 
     /// Looks the instance up and takes its operation lock; fails if it was deleted meanwhile.
-    async fn lock_instance(
+    pub(super) async fn lock_instance(
         &self,
         name: &str,
     ) -> Result<(Arc<Instance>, tokio::sync::OwnedMutexGuard<()>), InstanceError> {
@@ -408,11 +416,11 @@ impl Registry {
         body: &serde_json::Value,
     ) -> Result<InstanceView, InstanceError> {
         validate_name(name)?;
-        let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
+        let mut options = InstanceOptions::from_json(body, &self.config.load().instances)?;
         let port_chosen_here = options.requested_port().is_none();
         self.refuse_when_shutting_down()?;
         // A definition that failed to load is still the user's: never overwrite it.
-        let file = store::definition_path(&self.config.instances.configs_dir, name);
+        let file = store::definition_path(&self.config.load().instances.configs_dir, name);
         if !lock(&self.table).contains(name) && file.exists() {
             return Err(InstanceError::UnloadedDefinition {
                 name: name.to_owned(),
@@ -427,7 +435,7 @@ impl Registry {
             if table.contains(name) {
                 return Err(InstanceError::AlreadyExists(name.to_owned()));
             }
-            if let Some(max) = self.config.instances.max_instances {
+            if let Some(max) = self.config.load().instances.max_instances {
                 if table.len() >= max {
                     return Err(InstanceError::MaxInstances(max));
                 }
@@ -476,7 +484,7 @@ impl Registry {
         body: &serde_json::Value,
     ) -> Result<InstanceView, InstanceError> {
         validate_name(name)?;
-        let mut options = InstanceOptions::from_json(body, &self.config.instances)?;
+        let mut options = InstanceOptions::from_json(body, &self.config.load().instances)?;
         let (instance, _op) = self.lock_instance(name).await?;
         self.refuse_when_shutting_down()?;
         let old_port = instance.port();

@@ -53,7 +53,7 @@ impl Registry {
         let instance = self
             .resolve(model)
             .ok_or_else(|| InstanceError::NotFound(model.to_owned()))?;
-        let timeout = self.config.instances.on_demand_start_timeout;
+        let timeout = self.config.load().instances.on_demand_start_timeout;
         let deadline = Instant::now() + timeout;
         // At most one start attempt (ours or one we waited for) per request.
         let mut attempted = false;
@@ -190,7 +190,7 @@ impl Registry {
         if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
             return Ok((Some(slot), Duration::ZERO));
         }
-        let limit = instance.max_queue(self.config.scheduler.max_queue);
+        let limit = instance.max_queue(self.config.load().scheduler.max_queue);
         let Some(_queued) = Queued::join(instance, limit) else {
             let error = InstanceError::QueueFull {
                 name: instance.name.clone(),
@@ -213,7 +213,7 @@ impl Registry {
                 name: instance.name.clone(),
                 reason: format!(
                     "no request slot became free within {} s (instances.on_demand_start_timeout); the instance answers {} at once",
-                    self.config.instances.on_demand_start_timeout.as_secs(),
+                    self.config.load().instances.on_demand_start_timeout.as_secs(),
                     instance.read_options(InstanceOptions::concurrency).unwrap_or(0)
                 ),
             }),

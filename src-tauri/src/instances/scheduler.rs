@@ -137,7 +137,11 @@ impl Registry {
                                 message: format!(
                                     "{} (waited {} s, instances.on_demand_start_timeout)",
                                     why.message,
-                                    self.config.instances.on_demand_start_timeout.as_secs()
+                                    self.config
+                                        .load()
+                                        .instances
+                                        .on_demand_start_timeout
+                                        .as_secs()
                                 ),
                                 ..why
                             },
@@ -174,7 +178,7 @@ impl Registry {
         measured: &HashMap<String, Footprint>,
         deadline: Option<Instant>,
     ) -> Result<Step, InstanceError> {
-        let settings = &self.config.scheduler;
+        let settings = &self.config.load().scheduler;
         let residency = Duration::from_secs(settings.min_residency_seconds);
         let options = instance.options();
         let mut occupants = Vec::new();
@@ -245,17 +249,19 @@ impl Registry {
         });
         let group = options.group.as_deref();
         let limits = Limits {
-            max_running: self.config.instances.max_running_instances,
-            group_limit: group.and_then(|g| self.config.instances.group_limits.get(g).copied()),
+            max_running: self.config.load().instances.max_running_instances,
+            group_limit: group
+                .and_then(|g| self.config.load().instances.group_limits.get(g).copied()),
             exclusive: group.is_some_and(|g| {
                 self.config
+                    .load()
                     .instances
                     .exclusive_groups
                     .iter()
                     .any(|e| e == g)
             }),
             memory,
-            eviction: self.config.instances.enable_lru_eviction,
+            eviction: self.config.load().instances.enable_lru_eviction,
         };
         let wanted = Wanted {
             name: &instance.name,
@@ -345,7 +351,7 @@ impl Registry {
     /// Free memory per pool as the system (or the configured budget) reports it, and whether it
     /// is a budget; `None` when placement ignores memory.
     async fn free_memory(&self) -> Option<(Memory, bool)> {
-        let settings = &self.config.scheduler;
+        let settings = &self.config.load().scheduler;
         if !settings.memory_aware {
             return None;
         }
@@ -378,7 +384,7 @@ impl Registry {
     /// The footprint of each loaded instance as measured now (its tree's RSS, its VRAM), kept
     /// as its largest so far so that its next start expects as much.
     fn measure_running(&self) -> HashMap<String, Footprint> {
-        if !self.config.scheduler.memory_aware {
+        if !self.config.load().scheduler.memory_aware {
             return HashMap::new();
         }
         let loaded: Vec<(Arc<Instance>, u32)> = lock(&self.table)
@@ -485,7 +491,7 @@ impl Registry {
 
     /// Hands every instance idle past its deadline to an idle stop; returns the next deadline.
     fn reap_idle(self: &Arc<Self>) -> Option<Instant> {
-        let unit = self.config.instances.idle_timeout_unit;
+        let unit = self.config.load().instances.idle_timeout_unit;
         let instances = lock(&self.table).all();
         let now = Instant::now();
         let mut next: Option<Instant> = None;
@@ -541,7 +547,7 @@ impl Registry {
     /// Stops an instance the reaper found idle, if it still is once its lock is held.
     async fn stop_idle(&self, instance: Arc<Instance>) {
         let op = Arc::clone(&instance.op).lock_owned().await;
-        let unit = self.config.instances.idle_timeout_unit;
+        let unit = self.config.load().instances.idle_timeout_unit;
         let idle_for =
             unit.saturating_mul(u32::try_from(instance.idle_timeout()).unwrap_or(u32::MAX));
         // In flight is checked below, once the drain keeps new requests out.

@@ -11,7 +11,7 @@ import { upsertInstall } from './installs.svelte';
 import type { DownloadJob, InstallJob } from './models';
 import { followStream, type StreamState } from './sse';
 import { toast } from './toasts.svelte';
-import type { Instance } from './types';
+import type { ConfigReload, Instance } from './types';
 
 export const instances = $state({
   byName: {} as Record<string, Instance>,
@@ -37,6 +37,18 @@ function replaceAll(list: Instance[]): void {
   for (const instance of list) next[instance.name] = instance;
   instances.byName = next;
   instances.loaded = true;
+}
+
+/** A reload of the engine's configuration (SIGHUP or an edit of its file), or its refusal. */
+function announceReload(report: ConfigReload): void {
+  if (!report.applied) {
+    toast(`The new configuration was refused; the running one stays: ${report.error ?? 'unknown error'}`, 'error');
+    return;
+  }
+  const parts = [`Configuration reloaded (${report.changed.length} setting${report.changed.length === 1 ? '' : 's'} changed)`];
+  if (report.restarting.length > 0) parts.push(`restarting ${report.restarting.join(', ')} once idle`);
+  if (report.needs_restart.length > 0) parts.push(`${report.needs_restart.join(', ')} take effect when Corral restarts`);
+  toast(parts.join('; '), report.needs_restart.length > 0 ? 'warning' : 'info');
 }
 
 /** Applies one event of the stream; returns false for events it does not know. */
@@ -66,6 +78,9 @@ export function applyEvent(event: string, data: string): boolean {
       return true;
     case 'activity':
       publishActivity(JSON.parse(data) as ActivityRecord);
+      return true;
+    case 'config':
+      announceReload(JSON.parse(data) as ConfigReload);
       return true;
     default:
       return false;

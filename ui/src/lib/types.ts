@@ -8,6 +8,8 @@ import type { components } from './api/schema';
 type Schemas = components['schemas'];
 
 export type Status = Schemas['Status'];
+/** A reload of the configuration (the `config` event). */
+export type ConfigReload = Schemas['ConfigReload'];
 export type Health = Schemas['Health'];
 export type BackendType = Schemas['BackendType'];
 export type InstanceOptions = Schemas['InstanceOptions'];

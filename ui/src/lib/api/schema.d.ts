@@ -928,6 +928,32 @@ export interface components {
         };
         /** @enum {string} */
         BackendType: "llama_cpp" | "mlx_lm" | "vllm";
+        /** @description What a reload did: the `config` event of `/api/v1/events`. */
+        ConfigReload: {
+            /**
+             * @description Whether the new configuration is in force; when not, `error` says why and the running
+             *     configuration stays as it was.
+             */
+            applied: boolean;
+            /**
+             * Format: int64
+             * @description Unix seconds.
+             */
+            at: number;
+            /**
+             * @description Settings that changed and took effect (`scheduler`, `backends`,
+             *     `instances.max_running_instances`).
+             */
+            changed: string[];
+            error?: string | null;
+            /** @description Settings that changed but take effect at the next start of the engine. */
+            needs_restart: string[];
+            /**
+             * @description Instances restarting, once their requests end, because their backend's command,
+             *     arguments or environment changed.
+             */
+            restarting: string[];
+        };
         CpuInfo: {
             /** @description Physical cores, when the OS says. */
             cores?: number | null;
@@ -3492,10 +3518,10 @@ export interface components {
                 type: "authentication_error";
             };
         };
-        /** @description One server-sent event. `snapshot`: Every instance, as `GET /instances` lists them (JSON). `instance`: One instance that changed, as `GET /instances/{name}` shows it (JSON). `deleted`: `{"name": ...}` of an instance that was deleted (JSON). `download`: One model download job, as `GET /models/jobs/{id}` shows it (JSON). Keep-alive comments carry no event. */
+        /** @description One server-sent event. `snapshot`: Every instance, as `GET /instances` lists them (JSON). `instance`: One instance that changed, as `GET /instances/{name}` shows it (JSON). `deleted`: `{"name": ...}` of an instance that was deleted (JSON). `download`: One model download job, as `GET /models/jobs/{id}` shows it (JSON). `config`: A reload of the configuration, or a new one refused: a `ConfigReload` (JSON). Keep-alive comments carry no event. */
         InstancesEvent: {
             /** @enum {string} */
-            event: "snapshot" | "instance" | "deleted" | "download";
+            event: "snapshot" | "instance" | "deleted" | "download" | "config";
             data: string;
             id?: string;
             retry?: number;
