@@ -1,7 +1,8 @@
 // End-to-end: the web UI in a real browser (Debian's chromium, driven by playwright-core) against
 // `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
 // instances through the form (llama.cpp and MLX) and through import-from-command, watches them
-// run, reads live logs, chats with one, finds its requests on the Activity page, downloads a model
+// run, reads live logs, chats with one, finds its requests on the Activity page, makes an API key
+// scoped to one instance and checks what it may reach, then revokes it, downloads a model
 // from a fake Hugging Face (startFakeHub) and runs it, stops and deletes them, installs mlx-lm
 // from the guided start of a second engine that lacks it (pip offline, from the test wheelhouse),
 // and saves a screenshot of every main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
@@ -433,6 +434,91 @@ try {
     await page.waitForURL(/#\/activity\?instance=tiny$/);
   });
 
+  await step('an API key made on the keys page runs only its instance, stops when expired, and is revoked', async () => {
+    await page.getByTestId('nav-keys').click();
+    await page.getByRole('heading', { level: 1, name: 'API keys' }).waitFor();
+    await page.getByTestId('keys-name').fill('e2e-editor');
+    await page.getByTestId('keys-scope-some').check();
+    await page.getByTestId('keys-instance-tiny').check();
+    await page.getByTestId('keys-expiry').selectOption('30');
+    await page.getByTestId('keys-submit').click();
+    const secret = page.getByTestId('keys-new-key');
+    await secret.waitFor();
+    const key = (await secret.textContent()).trim();
+    assert.match(key, /^sk-inference-[0-9a-f]{64}$/, 'the plaintext key is shown');
+    const row = page.locator('[data-testid="keys-row"][data-name="e2e-editor"]');
+    await row.waitFor();
+    assert.equal((await row.getByTestId('keys-scope').textContent()).trim(), 'tiny');
+    assert.equal((await row.getByTestId('keys-last-used').textContent()).trim(), 'never');
+    assert.notEqual((await row.getByTestId('keys-expiry-cell').textContent()).trim(), 'never');
+    assert.ok(!(await row.textContent()).includes(key), 'the list shows a prefix, not the key');
+    await shot(page, 'keys-new');
+
+    // The key, used the way a client would (not the browser, which holds the management key).
+    const asKey = { Authorization: `Bearer ${key}` };
+    const listModels = () => fetch(`${engine.base}/v1/models`, { headers: asKey });
+    const ask = (name) =>
+      fetch(`${engine.base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { ...asKey, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: name, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8 }),
+      });
+    const models = await listModels();
+    assert.equal(models.status, 200, 'the key lists models');
+    const ids = (await models.json()).data.map((m) => m.id).sort();
+    const tiny = await getInstance('tiny');
+    assert.deepEqual(ids, ['tiny', ...(tiny.options.aliases ?? [])].sort(), 'the key sees tiny (and its aliases) only');
+    // `imported` (made by the import step) is there, for the management key.
+    const all = await (await fetch(`${engine.base}/v1/models`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    assert.ok(all.data.some((m) => m.id === 'imported'), 'imported exists at this point');
+    const answered = await ask('tiny');
+    assert.equal(answered.status, 200, `chat with tiny with the key: ${await answered.text()}`);
+    const refused = await ask('imported');
+    const refusal = await refused.text();
+    assert.equal(refused.status, 403, `chat with imported with the key: ${refusal}`);
+    assert.equal(JSON.parse(refusal).error.code, 'permission_denied');
+    // The management API stays closed to it.
+    assert.equal((await fetch(`${engine.base}/api/v1/instances`, { headers: asKey })).status, 401);
+
+    // The plaintext leaves the page with its box; the list shows the use.
+    await page.getByTestId('keys-new-key-done').click();
+    await secret.waitFor({ state: 'detached' });
+    assert.ok(!(await page.content()).includes(key), 'the plaintext is gone from the page');
+    await page.getByRole('button', { name: 'Refresh' }).click();
+    await page.waitForFunction(() => {
+      const cell = document.querySelector('[data-testid="keys-row"][data-name="e2e-editor"] [data-testid="keys-last-used"]');
+      return cell && cell.textContent.trim() !== 'never';
+    }, null, { timeout: SLOW });
+
+    // Expired, it is refused; renewed, it works again.
+    await row.getByTestId('keys-expire').click();
+    await page.waitForFunction(
+      () => document.querySelector('[data-testid="keys-row"][data-name="e2e-editor"] [data-testid="keys-expiry-cell"]')?.textContent.trim() === 'expired',
+    );
+    assert.equal((await listModels()).status, 401, 'an expired key is refused');
+    await shot(page, 'keys');
+    await row.getByTestId('keys-renew').click();
+    await row.getByTestId('keys-expire').waitFor();
+    assert.equal((await row.getByTestId('keys-expiry-cell').textContent()).trim(), 'never');
+    assert.equal((await listModels()).status, 200, 'a renewed key works again');
+
+    // Revoked, after the confirmation, it is refused for good.
+    await row.getByTestId('keys-revoke').click();
+    await page.getByRole('dialog', { name: 'Revoke e2e-editor?' }).waitFor();
+    await page.getByTestId('keys-confirm-revoke').click();
+    await row.waitFor({ state: 'detached' });
+    assert.equal((await listModels()).status, 401, 'a revoked key is refused');
+    const left = await (await fetch(`${engine.base}/api/v1/auth/keys`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    assert.ok(!left.some((k) => k.name === 'e2e-editor'), 'the key is gone from the engine');
+    // One key stays, so that the screen-size check below sees the keys page with its table.
+    const kept = await fetch(`${engine.base}/api/v1/auth/keys`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'e2e-everything', permission_mode: 'allow_all' }),
+    });
+    assert.equal(kept.status, 201, await kept.text());
+  });
+
   await step('the Models page lists the tiny model from every source layout', async () => {
     await page.getByTestId('nav-models').click();
     const entries = page.locator('[data-testid^="model-"]');
@@ -515,7 +601,7 @@ try {
   });
 
   await step('every screen fits 1024x640 and a 390px phone without sideways scrolling', async () => {
-    const screens = ['#/', '#/new', '#/logs/tiny', '#/chat', '#/models', '#/system', '#/activity', '#/connect'];
+    const screens = ['#/', '#/new', '#/logs/tiny', '#/chat', '#/models', '#/system', '#/activity', '#/connect', '#/keys'];
     for (const size of [{ width: 1024, height: 640 }, { width: 390, height: 844 }]) {
       await page.setViewportSize(size);
       for (const hash of screens) {

@@ -88,16 +88,17 @@ describe('App, navigation', () => {
   });
 
   it('numbers the pages in the order of the navigation', async () => {
-    fakeEngine({ 'GET /api/v1/events': () => liveSse().response, 'GET /api/v1/schema': () => json(schemaFixture) });
+    fakeEngine({ 'GET /api/v1/events': () => liveSse().response, 'GET /api/v1/schema': () => json(schemaFixture), 'GET /api/v1/auth/keys': () => json([]) });
     render(App);
     const nav = screen.getByRole('navigation', { name: 'Main' });
-    expect([...nav.querySelectorAll('a')].map((a) => a.textContent)).toEqual(['Instances', 'Models', 'Chat', 'System', 'Connect', 'Activity']);
+    expect([...nav.querySelectorAll('a')].map((a) => a.textContent)).toEqual(['Instances', 'Models', 'Chat', 'System', 'Connect', 'Activity', 'API keys']);
     for (const [key, hash, heading] of [
       ['2', '#/models', 'Models'],
       ['3', '#/chat', 'Chat'],
       ['4', '#/system', 'System'],
       ['5', '#/connect', 'Connect'],
       ['6', '#/activity', 'Activity'],
+      ['7', '#/keys', 'API keys'],
       ['1', '#/', 'Instances'],
     ]) {
       await fireEvent.keyDown(window, { key });

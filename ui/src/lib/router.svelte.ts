@@ -1,6 +1,6 @@
 // Hash routes (`#/`, `#/new`, `#/edit/<name>`, `#/logs/<name>`, `#/chat[/<name>]`, `#/models`,
-// `#/system`, `#/activity[/<id>][?instance=…&status=…]`, `#/connect`): they work the same from the
-// embedded files, the dev server and the desktop window.
+// `#/system`, `#/activity[/<id>][?instance=…&status=…]`, `#/connect`, `#/keys`): they work the
+// same from the embedded files, the dev server and the desktop window.
 
 import { takeKeyFromHash } from './auth.svelte';
 
@@ -22,7 +22,9 @@ export type Route =
   | { page: 'system' }
   /** The finished requests, filtered; `id`: the one whose details are open. */
   | { page: 'activity'; id?: number; instance?: string; status?: string }
-  | { page: 'connect' };
+  | { page: 'connect' }
+  /** The inference API keys: make, expire, revoke. */
+  | { page: 'keys' };
 
 export function parseRoute(hash: string): Route {
   const [path, query = ''] = hash.replace(/^#\/?/, '').split('?');
@@ -58,6 +60,8 @@ export function parseRoute(hash: string): Route {
     }
     case 'connect':
       return { page: 'connect' };
+    case 'keys':
+      return { page: 'keys' };
     default:
       return { page: 'dashboard' };
   }
