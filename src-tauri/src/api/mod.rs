@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 pub mod host;
 mod instances;
+mod llama_router;
 mod logs_stream;
 mod metrics;
 mod models;
@@ -189,6 +190,15 @@ pub(crate) fn router_with(state: AppState, relay: Relay) -> Router {
         .route("/instances/{name}/proxy", any(instances::proxy))
         .route("/instances/{name}/proxy/", any(instances::proxy))
         .route("/instances/{name}/proxy/{*path}", any(instances::proxy))
+        .route("/llama-cpp/{name}/models", get(llama_router::models))
+        .route(
+            "/llama-cpp/{name}/models/{model}/load",
+            post(llama_router::load),
+        )
+        .route(
+            "/llama-cpp/{name}/models/{model}/unload",
+            post(llama_router::unload),
+        )
         .route("/models/download", post(downloads::download))
         .route("/models/jobs", get(downloads::jobs))
         .route(

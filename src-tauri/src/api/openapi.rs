@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     activity, auth_keys, backends, config, desktop, downloads, error, events, instances,
-    logs_stream, metrics, models, openai, schema, system, version,
+    llama_router, logs_stream, metrics, models, openai, schema, system, version,
 };
 use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
 
@@ -51,6 +51,9 @@ use crate::instances::{BACKEND_SCHEMA_NAMES, MAX_NAME_LEN};
         instances::logs,
         instances::proxy_token,
         instances::proxy,
+        llama_router::models,
+        llama_router::load,
+        llama_router::unload,
         openai::models,
         openai::model,
         openai::inference,

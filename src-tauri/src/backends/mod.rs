@@ -406,6 +406,14 @@ impl BackendOptions {
         }
     }
 
+    /// llama.cpp's router mode: one llama-server serving the models of a folder or a preset
+    /// file (`--models-dir`, `--models-preset`), each by its own name, loaded on demand.
+    pub fn serves_many_models(&self) -> bool {
+        self.backend == BackendType::LlamaCpp
+            && self.model().is_none()
+            && (self.values.contains_key("models_dir") || self.values.contains_key("models_preset"))
+    }
+
     pub fn port(&self) -> Option<u16> {
         match self.values.get("port") {
             Some(OptionValue::Int(port)) => u16::try_from(*port).ok().filter(|p| *p != 0),

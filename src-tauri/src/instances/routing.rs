@@ -31,14 +31,41 @@ pub struct Lease {
 }
 
 impl Registry {
-    /// The instance `model` names: an instance name first, else an alias.
-    fn resolve(&self, model: &str) -> Option<Arc<Instance>> {
-        lock(&self.table).resolve(model)
+    /// The instance `model` names: an instance name first, else an alias, else
+    /// `<instance>/<model>` for an instance in llama.cpp's router mode, with the model its
+    /// llama-server is to answer with.
+    fn resolve(&self, model: &str) -> Option<(Arc<Instance>, Option<String>)> {
+        let table = lock(&self.table);
+        if let Some(instance) = table.resolve(model) {
+            return Some((instance, None));
+        }
+        let (name, served) = model.split_once('/')?;
+        let instance = table.get(name)?;
+        (!served.is_empty() && instance.read_options(|o| o.backend.serves_many_models()))
+            .then(|| (Arc::clone(instance), Some(served.to_owned())))
     }
 
     /// The name of the instance `model` names (itself, or the instance an alias points to).
     pub fn instance_of(&self, model: &str) -> Option<String> {
-        self.resolve(model).map(|instance| instance.name.clone())
+        self.resolve(model)
+            .map(|(instance, _)| instance.name.clone())
+    }
+
+    /// Whether the instance is in llama.cpp's router mode (it serves many models).
+    pub fn serves_many_models(&self, name: &str) -> Result<bool, InstanceError> {
+        let instance = self.lookup(name)?;
+        Ok(instance.read_options(|options| options.backend.serves_many_models()))
+    }
+
+    /// The router-mode instances that can answer now, with their creation time.
+    pub fn ready_routers(&self) -> Vec<(String, i64)> {
+        lock(&self.table)
+            .all()
+            .into_iter()
+            .filter(|instance| instance.read_options(|o| o.backend.serves_many_models()))
+            .filter(|instance| Lifecycle::of(instance).for_request() == ForRequest::Lease)
+            .map(|instance| (instance.name.clone(), instance.created))
+            .collect()
     }
 
     /// Every model name `/v1` answers to, instance names and aliases, sorted.
@@ -50,7 +77,7 @@ impl Registry {
     /// way, starts it when stopped and `on_demand_start` is on (one start however many requests
     /// ask), waits for readiness up to `on_demand_start_timeout`, and counts the request in.
     pub async fn acquire(&self, model: &str) -> Result<Lease, InstanceError> {
-        let instance = self
+        let (instance, served) = self
             .resolve(model)
             .ok_or_else(|| InstanceError::NotFound(model.to_owned()))?;
         let timeout = self.config.load().instances.on_demand_start_timeout;
@@ -64,7 +91,8 @@ impl Registry {
                 ForRequest::Lease => {
                     let (slot, queued) = self.take_slot(&instance, deadline).await?;
                     if let Some(guard) = InFlight::enter(&instance, &self.reaper_wake) {
-                        return Ok(self.lease(&instance, guard.with_slot(slot, queued)));
+                        let guard = guard.with_slot(slot, queued);
+                        return Ok(self.lease(&instance, guard, served));
                     }
                 }
                 // The operation holds the instance's lock; once it is free, look again.
@@ -123,7 +151,7 @@ impl Registry {
     /// unhealthy, as `acquire` allows), not draining. `None` whenever `acquire` would wait,
     /// start it or refuse; the caller then goes through `acquire`.
     pub fn lease_ready(&self, model: &str) -> Option<Lease> {
-        let instance = self.resolve(model)?;
+        let (instance, served) = self.resolve(model)?;
         if Lifecycle::of(&instance).for_request() != ForRequest::Lease {
             return None;
         }
@@ -132,13 +160,13 @@ impl Registry {
             None => None,
         };
         let guard = InFlight::enter(&instance, &self.reaper_wake)?;
-        Some(self.lease(&instance, guard.with_slot(slot, Duration::ZERO)))
+        Some(self.lease(&instance, guard.with_slot(slot, Duration::ZERO), served))
     }
 
     /// Whether a request for `model` would wait for a start (or a stop, or readiness) before it
     /// could be answered: known, and neither answering now nor refused at once.
     pub fn must_wait(&self, model: &str) -> bool {
-        let Some(instance) = self.resolve(model) else {
+        let Some((instance, _)) = self.resolve(model) else {
             return false;
         };
         match Lifecycle::of(&instance).for_request() {
@@ -237,12 +265,18 @@ impl Registry {
         }
     }
 
-    fn lease(&self, instance: &Arc<Instance>, guard: InFlight) -> Lease {
-        instance.read_options(|options| Self::lease_with(instance, options, guard))
+    /// `served`: the model a router-mode llama-server is to answer with.
+    fn lease(&self, instance: &Arc<Instance>, guard: InFlight, served: Option<String>) -> Lease {
+        instance.read_options(|options| Self::lease_with(instance, options, guard, served))
     }
 
-    fn lease_with(instance: &Instance, options: &InstanceOptions, guard: InFlight) -> Lease {
-        let backend_model = options.backend.expected_model_name();
+    fn lease_with(
+        instance: &Instance,
+        options: &InstanceOptions,
+        guard: InFlight,
+        served: Option<String>,
+    ) -> Lease {
+        let backend_model = served.or_else(|| options.backend.expected_model_name());
         Lease {
             upstream: Upstream {
                 name: instance.name.clone(),

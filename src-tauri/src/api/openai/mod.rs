@@ -197,15 +197,31 @@ pub struct ModelList {
     responses((status = 200, body = ModelList)))]
 pub async fn models(State(api): State<Api>) -> Json<ModelList> {
     let caller = crate::access::current_caller();
+    let mut data: Vec<Model> = api
+        .registry
+        .models()
+        .into_iter()
+        .filter(|entry| caller.may_use(&entry.instance))
+        .map(Model::from)
+        .collect();
+    // A llama-server in router mode serves its own list: `<instance>/<model>` for each.
+    for (instance, created) in api.registry.ready_routers() {
+        if !caller.may_use(&instance) {
+            continue;
+        }
+        for served in super::llama_router::served_models(&api, &instance).await {
+            data.push(Model {
+                id: format!("{instance}/{served}"),
+                object: "model",
+                created,
+                owned_by: "corral",
+            });
+        }
+    }
+    data.sort_by(|a, b| a.id.cmp(&b.id));
     Json(ModelList {
         object: "list",
-        data: api
-            .registry
-            .models()
-            .into_iter()
-            .filter(|entry| caller.may_use(&entry.instance))
-            .map(Model::from)
-            .collect(),
+        data,
     })
 }
 
