@@ -95,8 +95,9 @@ fn open(args: &ServeArgs) -> anyhow::Result<()> {
         // A double-clicked app gets launchd's bare PATH; backends live on the login shell's.
         #[cfg(target_os = "macos")]
         corral::desktop::login_path::adopt();
-        let config = Config::load(&args.overrides()).context("loading the configuration")?;
-        return corral::desktop::run(config).context("running the desktop app");
+        let overrides = args.overrides();
+        let config = Config::load(&overrides).context("loading the configuration")?;
+        return corral::desktop::run(config, overrides).context("running the desktop app");
     }
     serve(args)
 }

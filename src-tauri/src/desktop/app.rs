@@ -52,7 +52,8 @@ struct Started {
 }
 
 /// Starts the engine, opens the window on it, and stops every backend when the app exits.
-pub fn run(mut config: Config) -> Result<(), DesktopError> {
+/// `overrides`: what the configuration was loaded with, to load it again on a reload.
+pub fn run(mut config: Config, overrides: crate::config::Overrides) -> Result<(), DesktopError> {
     // WebKitGTK's DMA-BUF renderer leaves the window blank or stale without GPU acceleration
     // (VMs, remote desktops, Xvfb, some NVIDIA drivers); a dashboard does not need it. Set
     // before any thread exists; the user's own setting wins.
@@ -121,6 +122,29 @@ pub fn run(mut config: Config) -> Result<(), DesktopError> {
         );
     }
     let engine = runtime.block_on(Engine::start_with(config, Some(engine_control)))?;
+    // SIGHUP and a change to the file reload the configuration, as `corral serve` does. The
+    // port the app took (the configured one may have been busy) is the running one, not a
+    // change.
+    let port = engine.addr.port();
+    let file = Config::file_in_use(&overrides);
+    let load: crate::config_watch::Load = Arc::new(move || {
+        let mut config = Config::load(&overrides).map_err(|e| e.to_string())?;
+        keys::load_or_create(&mut config).map_err(|e| e.to_string())?;
+        config.server.port = port;
+        Ok(config)
+    });
+    let watch = {
+        let _context = runtime.enter();
+        crate::config_watch::spawn(engine.registry(), file.as_deref(), load)
+    };
+    // Kept for the life of the app (`app.run` below never returns).
+    let _watch = match watch {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::warn!("the configuration will not reload while the app runs: {e}");
+            None
+        }
+    };
     let base = local_base(engine.addr);
     tracing::info!("Corral desktop: the window opens {base}/");
     let _ = started.set(Started {
