@@ -45,6 +45,11 @@ async fn make_key(engine: &Engine, body: &Value) -> (Value, String) {
     (json, key)
 }
 
+/// `GET url` with `client`, as JSON.
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn chat(client: &reqwest::Client, engine: &Engine, model: &str) -> reqwest::Response {
     client
         .post(engine.url("/v1/chat/completions"))
@@ -52,15 +57,6 @@ async fn chat(client: &reqwest::Client, engine: &Engine, model: &str) -> reqwest
         .send()
         .await
         .unwrap()
-}
-
-fn model_ids(list: &Value) -> Vec<String> {
-    list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|model| model["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -97,25 +93,11 @@ async fn a_stored_key_reaches_only_its_instances_on_every_inference_route() {
     let keyed = client_with(&key);
 
     // The model list shows what the key may use; a model outside it is not found.
-    let models: Value = keyed
-        .get(engine.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&keyed, engine.url("/v1/models")).await;
     assert_eq!(model_ids(&models), ["a", "alias-a"]);
     let hidden = keyed.get(engine.url("/v1/models/b")).send().await.unwrap();
     assert_eq!(hidden.status(), 404);
-    let all: Value = client_with(INFERENCE_KEY)
-        .get(engine.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get_json(&client_with(INFERENCE_KEY), engine.url("/v1/models")).await;
     assert_eq!(model_ids(&all), ["a", "alias-a", "b"]);
 
     // OpenAI: refused before anything starts `b`.
@@ -152,14 +134,7 @@ async fn a_stored_key_reaches_only_its_instances_on_every_inference_route() {
     assert_eq!(body["error"]["type"], "permission_error", "{body}");
 
     // Ollama: its listings are filtered, its requests refused in its shape.
-    let tags: Value = keyed
-        .get(engine.url("/api/tags"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = get_json(&keyed, engine.url("/api/tags")).await;
     let names: Vec<&str> = tags["models"]
         .as_array()
         .unwrap()
@@ -168,14 +143,7 @@ async fn a_stored_key_reaches_only_its_instances_on_every_inference_route() {
         .collect();
     assert!(names.iter().all(|name| name.starts_with("a")), "{tags}");
     assert!(!names.is_empty(), "{tags}");
-    let ps: Value = keyed
-        .get(engine.url("/api/ps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps: Value = get_json(&keyed, engine.url("/api/ps")).await;
     assert_eq!(ps["models"].as_array().unwrap().len(), 1, "{ps}");
     for (path, body) in [
         (
@@ -330,14 +298,7 @@ async fn a_deleted_instance_leaves_the_scope_so_a_new_one_of_its_name_is_closed(
     assert_eq!(engine.delete("/api/v1/instances/a").await.status(), 204);
     engine.create("a", llama(json!({}))).await;
     let keyed = client_with(&key);
-    let models: Value = keyed
-        .get(engine.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&keyed, engine.url("/v1/models")).await;
     assert_eq!(models["data"], json!([]));
     assert_eq!(chat(&keyed, &engine, "a").await.status(), 403);
     let id = made["id"].as_u64().unwrap();

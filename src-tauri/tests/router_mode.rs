@@ -10,15 +10,6 @@ use common::binary::required_file;
 use common::*;
 use serde_json::{json, Value};
 
-fn ids(list: &Value) -> Vec<String> {
-    list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|model| model["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn status_of(engine: &Engine, model: &str) -> String {
     let list: Value = engine
         .get("/api/v1/llama-cpp/multi/models")
@@ -85,7 +76,7 @@ async fn a_router_instance_serves_its_folder_by_instance_slash_model() {
     }
 
     let listed: Value = engine.get("/v1/models").await.json().await.unwrap();
-    let listed = ids(&listed);
+    let listed = model_ids(&listed);
     for id in ["multi", "multi/alpha", "multi/beta", "single"] {
         assert!(listed.contains(&id.to_owned()), "{id} in {listed:?}");
     }

@@ -637,6 +637,8 @@ try {
     await page.getByTestId('field-max_concurrent').fill('2');
     // The configured llama-server, named as an override: it runs the same.
     await page.getByTestId('field-command_override').fill(llamaServer);
+    // A variable for the backend's process, through the form's NAME=value lines.
+    await page.getByTestId('field-environment').fill('CORRAL_E2E_MARK=from the form');
     await page.getByTestId('save-instance').click();
     await card('tiny').waitFor();
     await waitStatus('tiny', 'running');
@@ -646,6 +648,10 @@ try {
     assert.equal(edited.options.persistent, true);
     assert.equal(edited.options.max_concurrent, 2);
     assert.equal(edited.options.command_override, llamaServer);
+    assert.deepEqual(edited.options.environment, { CORRAL_E2E_MARK: 'from the form' });
+    // The restarted llama-server has it in its environment.
+    const environ = await readFile(`/proc/${edited.pid}/environ`, 'latin1');
+    assert.ok(environ.split('\0').includes('CORRAL_E2E_MARK=from the form'), 'the variable reaches the backend');
   });
 
   await step('the dashboard shows each memory pool with the running instances in it', async () => {

@@ -84,12 +84,8 @@ pub async fn models(State(api): State<Api>, Path(name): Path<String>) -> Answer<
         (status = 200, description = "llama-server's answer", body = Object),
         (status = 400, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody)))]
-pub async fn load(
-    State(api): State<Api>,
-    Path((name, model)): Path<(String, String)>,
-) -> Answer<Response> {
-    let body = serde_json::json!({ "model": model });
-    forward(&api, &name, Method::POST, "/models/load", Some(body)).await
+pub async fn load(State(api): State<Api>, Path(names): Path<(String, String)>) -> Answer<Response> {
+    model_action(&api, names, "/models/load").await
 }
 
 /// Unload one of the instance's models (its memory is freed; the next request loads it again).
@@ -103,10 +99,15 @@ pub async fn load(
         (status = 404, description = "No such instance", body = ErrorBody)))]
 pub async fn unload(
     State(api): State<Api>,
-    Path((name, model)): Path<(String, String)>,
+    Path(names): Path<(String, String)>,
 ) -> Answer<Response> {
+    model_action(&api, names, "/models/unload").await
+}
+
+/// `POST path` with `{"model": model}` to the router instance `name`.
+async fn model_action(api: &Api, (name, model): (String, String), path: &str) -> Answer<Response> {
     let body = serde_json::json!({ "model": model });
-    forward(&api, &name, Method::POST, "/models/unload", Some(body)).await
+    forward(api, &name, Method::POST, path, Some(body)).await
 }
 
 /// The ids a running router instance's llama-server lists, read within `LIST_TIMEOUT`; none

@@ -15,6 +15,8 @@ pub enum FieldType {
     Number,
     String,
     StringList,
+    /// Names to values (an instance's `environment`): `NAME=value` lines in the form.
+    StringMap,
 }
 
 impl From<OptionKind> for FieldType {

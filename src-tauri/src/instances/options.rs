@@ -664,6 +664,12 @@ pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
             "Requests that may wait for a free slot before more are answered 429. Empty: scheduler.max_queue.",
         ),
         field(
+            "environment",
+            FieldType::StringMap,
+            serde_json::json!({}),
+            "Environment variables for the backend (NAME=value, one per line), over the backend's configured ones; restarting the instance applies them.",
+        ),
+        field(
             "command_override",
             FieldType::String,
             serde_json::Value::Null,

@@ -273,6 +273,16 @@ pub fn llama(extra: Value) -> Value {
     body
 }
 
+/// The `id`s of an OpenAI model list (`GET /v1/models`).
+pub fn model_ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("a model list")
+        .iter()
+        .filter_map(|model| model["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Asserts a management error: the status, `{"error": code, "details": <non-empty>}`.
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
     let actual = response.status().as_u16();

@@ -13,6 +13,12 @@ export function toRaw(field: Field, value: unknown): Raw {
       return Boolean(value);
     case 'string_list':
       return Array.isArray(value) ? value.join('\n') : String(value);
+    case 'string_map':
+      return typeof value === 'object'
+        ? Object.entries(value as Record<string, unknown>)
+            .map(([name, v]) => `${name}=${String(v)}`)
+            .join('\n')
+        : String(value);
     default:
       return String(value);
   }
@@ -45,6 +51,18 @@ export function fromRaw(field: Field, raw: Raw): unknown {
         .map((s) => s.trim())
         .filter(Boolean);
       return items.length ? items : undefined;
+    }
+    case 'string_map': {
+      const map: Record<string, string> = {};
+      for (const line of String(raw).split('\n')) {
+        if (line.trim() === '') continue;
+        const at = line.indexOf('=');
+        const name = (at < 0 ? line : line.slice(0, at)).trim();
+        if (at < 0 || name === '') throw new InvalidValue('Write one NAME=value per line.');
+        // The value is kept as written: spaces may matter to the backend.
+        map[name] = line.slice(at + 1);
+      }
+      return Object.keys(map).length ? map : undefined;
     }
     default: {
       const text = String(raw).trim();

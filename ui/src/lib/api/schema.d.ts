@@ -1203,7 +1203,7 @@ export interface components {
          * @description The value type of a field, as the UI's form knows them.
          * @enum {string}
          */
-        FieldType: "boolean" | "integer" | "number" | "string" | "string_list";
+        FieldType: "boolean" | "integer" | "number" | "string" | "string_list" | "string_map";
         /** @description The fit verdict with its numbers. */
         Fit: {
             /**
