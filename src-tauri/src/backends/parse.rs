@@ -313,6 +313,15 @@ fn apply_known(
             (joined, wanted)
         }
     };
+    // What the instance options take (`values.rs`): exactly two words. A quoted word holding a
+    // space, or an empty one, would make a value the API then refuses.
+    if table.is_two_values(spec.name) && text.split_whitespace().count() != 2 {
+        return Err(ParseError::InvalidValue {
+            flag: flag.to_string(),
+            expected: "two words: START END",
+            value: text,
+        });
+    }
     let value = match spec.kind {
         OptionKind::Int => {
             let keyword = table

@@ -486,3 +486,32 @@ fn mlx_needs_the_hugging_face_cache_folder_that_huggingface_hub_would_use() {
         assert_eq!(other.folder_to_create(env(&[("HOME", "/u")])), None);
     }
 }
+
+/// Found by the property test: a quoted word holding a space made parse-command accept a pair
+/// the instance options then refused.
+#[test]
+fn a_two_word_flag_takes_exactly_two_words_as_the_options_do() {
+    let parsed = parse_command(
+        BackendType::LlamaCpp,
+        r#"llama-server --control-vector-layer-range 10 20"#,
+    )
+    .unwrap();
+    assert_eq!(
+        parsed.get("control_vector_layer_range"),
+        Some(&OptionValue::String("10 20".into()))
+    );
+    for command in [
+        r#"llama-server --control-vector-layer-range ' 'a" "🌀 ""a"#,
+        r#"llama-server --control-vector-layer-range "1 2" 3"#,
+        r#"llama-server --control-vector-layer-range "" 3"#,
+        r#"llama-server --control-vector-layer-range=10"#,
+    ] {
+        assert!(
+            matches!(
+                parse_command(BackendType::LlamaCpp, command),
+                Err(ParseError::InvalidValue { .. })
+            ),
+            "{command}"
+        );
+    }
+}

@@ -313,6 +313,7 @@ async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_setti
             "persistent",
             "max_concurrent",
             "max_queue",
+            "environment",
             "command_override"
         ]
     );
