@@ -30,6 +30,7 @@ fn main() {
                 completion_tokens: Some(64),
                 tokens_per_second: Some(75.0),
                 error: None,
+                bodies: None,
             });
         }
     }

@@ -416,6 +416,8 @@ async fn a_scoped_key_chats_with_its_real_llama_server_only() {
                 json!({
                     "backend_type": "llama_cpp",
                     "on_demand_start": true,
+                    // Its bodies are kept in the activity log, to check the answer reached it.
+                    "capture_bodies": name == "allowed",
                     "backend_options": {"model": model.display().to_string(), "ctx_size": 256},
                 }),
             )

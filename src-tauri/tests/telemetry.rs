@@ -292,6 +292,88 @@ async fn crashes_restarts_and_evictions_are_counted_and_a_deleted_instance_leave
 }
 
 #[tokio::test]
+async fn bodies_are_kept_only_for_an_instance_that_captures_them_and_only_in_a_request_s_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(test_config(dir.path())).await;
+    engine
+        .create("kept", llama(json!({"capture_bodies": true})))
+        .await;
+    engine.create("plain", llama(json!({}))).await;
+    for name in ["kept", "plain"] {
+        engine.wait_ready(name).await;
+    }
+    assert_eq!(
+        engine.instance("kept").await["options"]["capture_bodies"],
+        true
+    );
+    let prompt = json!({"role": "user", "content": "the secret prompt"});
+    // Twice each: the first through the router, the next on the fast path.
+    for name in ["kept", "plain", "kept", "plain"] {
+        let body = json!({"model": name, "messages": [prompt]});
+        let answer = engine.post_json("/v1/chat/completions", &body).await;
+        assert_eq!(answer.status(), 200);
+        // Read whole: a client that leaves early ends its answer there (and its capture).
+        answer.text().await.unwrap();
+    }
+    let big = "x".repeat(100 * 1024);
+    let answer = engine
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "kept", "messages": [{"role": "user", "content": big}]}),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().len() > 64 * 1024);
+    let stream = engine
+        .post_json(
+            "/v1/slow_stream",
+            &json!({"model": "kept", "stream": true, "chunks": 2, "interval": 0.01}),
+        )
+        .await;
+    assert!(stream.text().await.unwrap().contains("[DONE]"));
+
+    let listed = engine.get("/api/v1/activity").await.text().await.unwrap();
+    assert!(!listed.contains("secret prompt"), "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let entries = listed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 6, "{listed}");
+    for entry in entries {
+        let kept = entry["instance"] == "kept";
+        assert_eq!(entry["captured"], kept, "{entry}");
+        let detail: Value = engine
+            .get(&format!("/api/v1/activity/{}", entry["id"]))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !kept {
+            assert!(detail.get("bodies").is_none(), "{detail}");
+            continue;
+        }
+        let (request, answer) = (
+            detail["bodies"]["request"].as_str().unwrap(),
+            detail["bodies"]["answer"].as_str().unwrap(),
+        );
+        assert!(!answer.is_empty(), "{detail}");
+        if entry["path"] == "/v1/slow_stream" {
+            assert!(answer.contains("data: [DONE]"), "{answer}");
+        } else if request.len() > 64 * 1024 {
+            assert!(request.len() < 65 * 1024, "cut at 64 KiB");
+            assert!(
+                request.ends_with("more bytes not kept]"),
+                "{}",
+                &request[65000..]
+            );
+        } else {
+            assert!(request.contains("the secret prompt"), "{request}");
+            // The fake backend echoes the request: its answer holds the prompt too.
+            assert!(answer.contains("the secret prompt"), "{answer}");
+        }
+    }
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn metrics_need_a_management_or_metrics_key_unless_opened_to_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_auth(test_config(dir.path()));

@@ -8,7 +8,7 @@ use axum::Json;
 
 use super::error::ApiError;
 use super::Api;
-use crate::telemetry::{ActivityFilter, ActivityPage, ActivityRecord};
+use crate::telemetry::{ActivityDetail, ActivityFilter, ActivityPage};
 
 /// Most records one page holds.
 const MAX_LIMIT: usize = 1000;
@@ -102,17 +102,17 @@ fn valid_status(status: &str) -> bool {
             && (&bytes[1..] == b"xx" || bytes[1..].iter().all(u8::is_ascii_digit)))
 }
 
-/// One finished request.
+/// One finished request, with its bodies when its instance captures them (`capture_bodies`).
 #[utoipa::path(get, path = "/api/v1/activity/{id}", tag = "system",
     params(("id" = u64, Path, description = "The request's id")),
     responses(
-        (status = 200, body = ActivityRecord),
+        (status = 200, body = ActivityDetail),
         (status = 404, description = "No such request, or it left the log", body = super::error::ErrorBody),
     ))]
 pub async fn get(
     State(api): State<Api>,
     Path(id): Path<String>,
-) -> Result<Json<ActivityRecord>, ApiError> {
+) -> Result<Json<ActivityDetail>, ApiError> {
     let Ok(id) = id.parse::<u64>() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

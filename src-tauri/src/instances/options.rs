@@ -41,6 +41,9 @@ pub struct CreateInstanceOptions {
     pub group: Option<String>,
     /// Never stopped to make room for another instance (an idle timeout still applies).
     pub persistent: Option<bool>,
+    /// Keep the request and answer bodies (64 KiB of each) in the activity log, for
+    /// debugging a client; off by default, as bodies hold what users say to the model.
+    pub capture_bodies: Option<bool>,
     /// Requests the backend answers at once; more wait in a queue. Unset: the backend's own slot
     /// count where Corral knows it (llama-server's `parallel`, 4 when that is automatic;
     /// vLLM's `max_num_seqs`), else no limit.
@@ -100,6 +103,8 @@ pub struct InstanceOptions {
     pub aliases: Vec<String>,
     pub group: Option<String>,
     pub persistent: bool,
+    /// Bodies go to the activity log.
+    pub capture_bodies: bool,
     /// As given; [`InstanceOptions::concurrency`] is the limit in force.
     pub max_concurrent: Option<u32>,
     pub max_queue: Option<u32>,
@@ -231,6 +236,7 @@ impl InstanceOptions {
             aliases,
             group,
             persistent: request.persistent.unwrap_or(false),
+            capture_bodies: request.capture_bodies.unwrap_or(false),
             max_concurrent: max_concurrent.map(clamp_u32),
             max_queue: max_queue.map(clamp_u32),
             environment,
@@ -277,6 +283,7 @@ impl InstanceOptions {
             aliases: self.aliases.clone(),
             group: self.group.clone(),
             persistent: self.persistent,
+            capture_bodies: self.capture_bodies,
             max_concurrent: self.max_concurrent,
             max_queue: self.max_queue,
             environment: self.environment.clone(),
@@ -468,6 +475,9 @@ pub struct InstanceOptionsView {
     /// Never stopped to make room for another; left out when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub persistent: bool,
+    /// Bodies are kept in the activity log; left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub capture_bodies: bool,
     /// Left out when unset (the backend's own slot count applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
@@ -650,6 +660,12 @@ pub fn lifecycle_fields(defaults: &InstancesConfig) -> Vec<OptionField> {
             FieldType::Boolean,
             false.into(),
             "Never stop this instance to make room for another (its idle timeout still applies).",
+        ),
+        field(
+            "capture_bodies",
+            FieldType::Boolean,
+            false.into(),
+            "Keep each request's and answer's body (64 KiB of each) in the activity log, to debug a client. Bodies hold what users tell the model: leave it off otherwise.",
         ),
         field(
             "max_concurrent",

@@ -28,6 +28,8 @@ pub struct Lease {
     /// What to put in the body's `model` for this backend; `None` leaves it as the client sent it.
     pub backend_model: Option<String>,
     pub guard: InFlight,
+    /// The instance keeps bodies in the activity log (`capture_bodies`).
+    pub capture_bodies: bool,
 }
 
 impl Registry {
@@ -285,6 +287,7 @@ impl Registry {
             },
             backend_model,
             guard,
+            capture_bodies: options.capture_bodies,
         }
     }
 

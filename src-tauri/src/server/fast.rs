@@ -194,6 +194,9 @@ impl FastPath {
         lease.guard.count_request();
         let key = request.caller.key_name();
         let mut log = RequestLog::new(lease.guard, &request.path, started, peer, key);
+        if lease.capture_bodies {
+            log.capture(&body);
+        }
         let body = match &lease.backend_model {
             None => body,
             Some(backend_model) => match with_backend_model(&body, backend_model) {

@@ -39,6 +39,21 @@ pub struct ActivityRecord {
     pub tokens_per_second: Option<f64>,
     /// Why Corral refused or cut the request, or the backend's error message.
     pub error: Option<String>,
+    /// The instance captured the bodies (`capture_bodies`): `GET /activity/{id}` shows them.
+    pub captured: bool,
+    /// Kept beside the record, out of listings and events (they may be 128 KiB a request).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub bodies: Option<Arc<super::Bodies>>,
+}
+
+/// One finished request with its bodies, when its instance captured them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ActivityDetail {
+    #[serde(flatten)]
+    pub record: ActivityRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<super::Bodies>,
 }
 
 /// Which records a listing wants.
@@ -140,6 +155,8 @@ impl ActivityLog {
                 completion_tokens: request.completion_tokens,
                 tokens_per_second: request.tokens_per_second.filter(|s| s.is_finite()),
                 error: request.error,
+                captured: request.bodies.is_some(),
+                bodies: request.bodies.map(Arc::new),
             });
             ring.next_id += 1;
             if ring.records.len() == self.capacity {
@@ -172,14 +189,15 @@ impl ActivityLog {
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<ActivityRecord> {
+    pub fn get(&self, id: u64) -> Option<ActivityDetail> {
         let ring = self.lock();
         // Ids are consecutive in the ring: the one wanted is at a known offset.
         let first = ring.records.front()?.id;
         let index = usize::try_from(id.checked_sub(first)?).ok()?;
-        ring.records
-            .get(index)
-            .map(|record| ActivityRecord::clone(record))
+        ring.records.get(index).map(|record| ActivityDetail {
+            record: ActivityRecord::clone(record),
+            bodies: record.bodies.as_deref().cloned(),
+        })
     }
 
     /// Each new record, for the event feed.
@@ -209,6 +227,7 @@ mod tests {
             completion_tokens: Some(7),
             tokens_per_second: Some(140.0),
             error: None,
+            bodies: None,
         }
     }
 
@@ -229,8 +248,8 @@ mod tests {
         assert_eq!(ids(&all), [4, 3, 2]);
         assert_eq!(all.next_id, 5);
         assert!(log.get(1).is_none(), "the oldest left the ring");
-        assert_eq!(log.get(3).unwrap().status, 200);
-        assert_eq!(log.get(4).unwrap().status, 404);
+        assert_eq!(log.get(3).unwrap().record.status, 200);
+        assert_eq!(log.get(4).unwrap().record.status, 404);
         assert!(log.get(5).is_none());
     }
 

@@ -606,6 +606,7 @@ mod tests {
             completion_tokens: Some(9),
             tokens_per_second: Some(f64::NAN),
             error: None,
+            bodies: None,
         }
     }
 

@@ -11,7 +11,7 @@ mod metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use activity::{ActivityFilter, ActivityLog, ActivityPage, ActivityRecord};
+pub use activity::{ActivityDetail, ActivityFilter, ActivityLog, ActivityPage, ActivityRecord};
 pub use metrics::{
     route_label, DeviceSample, Eviction, InstanceSample, Metrics, Scrape, CONTENT_TYPE,
 };
@@ -36,6 +36,16 @@ pub struct Finished {
     pub tokens_per_second: Option<f64>,
     /// Corral's reason for a refusal or a cut, or the backend's error message.
     pub error: Option<String>,
+    /// The bodies, for an instance with `capture_bodies`.
+    pub bodies: Option<Bodies>,
+}
+
+/// A request's and its answer's bodies as text, each cut at 64 KiB.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Bodies {
+    pub request: String,
+    /// The answer as it reached the client (an SSE stream's events included).
+    pub answer: String,
 }
 
 /// The metrics and the activity log of one engine.

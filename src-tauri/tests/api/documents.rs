@@ -311,6 +311,7 @@ async fn schema_lists_every_backend_option_with_its_type_and_the_lifecycle_setti
             "aliases",
             "group",
             "persistent",
+            "capture_bodies",
             "max_concurrent",
             "max_queue",
             "environment",

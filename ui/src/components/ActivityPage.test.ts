@@ -23,6 +23,7 @@ const record = (id: number, change: Partial<ActivityRecord> = {}): ActivityRecor
   completion_tokens: 34,
   tokens_per_second: 27.25,
   error: null,
+  captured: false,
   ...change,
 });
 
@@ -162,6 +163,18 @@ describe('ActivityPage', () => {
     await fireEvent.click(screen.getByRole('button', { name: 'Close' }));
     await waitFor(() => expect(screen.queryByTestId('activity-detail')).toBeNull());
     expect(location.hash).toBe('#/activity');
+  });
+
+  it('shows the bodies of a request whose instance captures them', async () => {
+    at('#/activity/4');
+    fakeEngine({
+      'GET /api/v1/activity': () => json(page([record(4, { captured: true })])),
+      'GET /api/v1/activity/4': () =>
+        json({ ...record(4, { captured: true }), bodies: { request: '{"model":"tiny","prompt":"hi"}', answer: '{"choices":[]}' } }),
+    });
+    render(ActivityPage);
+    expect((await screen.findByTestId('activity-detail-request-body')).textContent).toBe('{"model":"tiny","prompt":"hi"}');
+    expect(screen.getByTestId('activity-detail-answer-body').textContent).toBe('{"choices":[]}');
   });
 
   it('opens the details a link names, also of a request the table does not show', async () => {

@@ -1,7 +1,7 @@
 // The activity log: the last finished inference requests (`GET /api/v1/activity[/{id}]`), and each
 // new one as the engine's event stream announces it (`activity`; instances.svelte.ts follows the
-// stream and hands those events here). The engine never keeps a request's body, so neither does
-// the UI.
+// stream and hands those events here). The engine keeps a request's bodies only for an instance
+// with `capture_bodies`, and shows them only in that request's details.
 
 import { json } from './api';
 import type { components } from './api/schema';
@@ -10,6 +10,8 @@ type Schemas = components['schemas'];
 
 /** One finished request. */
 export type ActivityRecord = Schemas['ActivityRecord'];
+/** One record with its bodies, where its instance captured them. */
+export type ActivityDetail = Schemas['ActivityDetail'];
 /** A page of records, newest first. */
 export type ActivityPage = Schemas['ActivityPage'];
 
@@ -42,7 +44,7 @@ export function activityQuery(filter: ActivityFilter, more: { after?: number; li
 export const activityApi = {
   list: (filter: ActivityFilter, more: { after?: number; limit?: number } = {}) =>
     json<ActivityPage>(`/activity${activityQuery(filter, more)}`),
-  get: (id: number) => json<ActivityRecord>(`/activity/${encodeURIComponent(String(id))}`),
+  get: (id: number) => json<ActivityDetail>(`/activity/${encodeURIComponent(String(id))}`),
 };
 
 /** Whether `record` is one that `filter` wants: the engine's own rule, for the live records. */

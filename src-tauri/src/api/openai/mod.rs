@@ -476,6 +476,11 @@ async fn forward(
     client: Option<std::net::SocketAddr>,
 ) -> Result<Response, OpenAiError> {
     lease.guard.count_request();
+    // As the client sent it (before the model's rewrite), for an instance that keeps bodies.
+    let captured = lease.capture_bodies.then(|| match &body {
+        Payload::Raw { raw, .. } => raw.clone(),
+        Payload::Json(value) => Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    });
     let body = match (&lease.backend_model, body) {
         (None, Payload::Raw { raw, .. }) => Body::from(raw),
         (Some(backend_model), Payload::Raw { raw, model_at }) => {
@@ -496,7 +501,10 @@ async fn forward(
     // The body may have been rewritten; hyper sets the length from the new one.
     request.headers_mut().remove(header::CONTENT_LENGTH);
     let key = crate::access::current_caller().key_name();
-    let log = RequestLog::new(lease.guard, path, started, client, key);
+    let mut log = RequestLog::new(lease.guard, path, started, client, key);
+    if let Some(captured) = &captured {
+        log.capture(captured);
+    }
     api.relay
         .try_forward(request, &lease.upstream, path, log)
         .await

@@ -18,6 +18,9 @@ pub(super) const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
 /// Largest SSE event kept while looking for the final chunk's usage; a larger one is skipped.
 pub(super) const MAX_SSE_EVENT: usize = 1024 * 1024;
 
+/// How much of each body an instance with `capture_bodies` keeps in the activity log.
+pub(crate) const MAX_CAPTURED_BODY: usize = 64 * 1024;
+
 /// The request's log line and the instance's counters, written when the exchange ends (body
 /// sent or client gone). Holds the in-flight guard, so the instance counts as busy until then.
 pub(crate) struct RequestLog {
@@ -34,6 +37,8 @@ pub(crate) struct RequestLog {
     first_byte: Option<Duration>,
     /// Corral's reason for refusing or cutting the request.
     error: Option<String>,
+    /// The bodies, for an instance that captures them: the request's, and the answer's so far.
+    captured: Option<(String, Vec<u8>)>,
 }
 
 /// What of the response body is kept to find the token counts: never the stream itself.
@@ -64,8 +69,28 @@ impl RequestLog {
             key,
             first_byte: None,
             error: None,
+            captured: None,
         }
     }
+
+    /// Keeps `request` (and, as it passes, the answer), each up to `MAX_CAPTURED_BODY`.
+    pub(crate) fn capture(&mut self, request: &[u8]) {
+        self.captured = Some((captured_text(request), Vec::new()));
+    }
+}
+
+/// At most `MAX_CAPTURED_BODY` bytes of `body` as text (invalid UTF-8 replaced), with a note
+/// when it was cut.
+fn captured_text(body: &[u8]) -> String {
+    let kept = &body[..body.len().min(MAX_CAPTURED_BODY)];
+    let mut text = String::from_utf8_lossy(kept).into_owned();
+    if body.len() > MAX_CAPTURED_BODY {
+        text.push_str(&format!(
+            "\n[… {} more bytes not kept]",
+            body.len() - MAX_CAPTURED_BODY
+        ));
+    }
+    text
 }
 
 impl RequestLog {
@@ -93,6 +118,11 @@ impl ExchangeObserver for RequestLog {
     fn data(&mut self, chunk: &[u8]) {
         if self.first_byte.is_none() && !chunk.is_empty() {
             self.first_byte = Some(self.started.elapsed());
+        }
+        if let Some((_, answer)) = &mut self.captured {
+            // One byte past the limit says the answer was longer.
+            let room = (MAX_CAPTURED_BODY + 1).saturating_sub(answer.len());
+            answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
         tap_chunk(&mut self.body, &mut self.tokens, chunk);
     }
@@ -146,6 +176,16 @@ impl Drop for RequestLog {
             completion_tokens: self.tokens.completion,
             tokens_per_second: self.tokens.per_second,
             error: self.error.take().or(backend_error),
+            bodies: self.captured.take().map(|(request, answer)| {
+                let mut answer_text = captured_text(&answer[..answer.len().min(MAX_CAPTURED_BODY)]);
+                if answer.len() > MAX_CAPTURED_BODY {
+                    answer_text.push_str("\n[… the rest not kept]");
+                }
+                crate::telemetry::Bodies {
+                    request,
+                    answer: answer_text,
+                }
+            }),
         });
     }
 }

@@ -28,7 +28,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One finished request. */
+        /** One finished request, with its bodies when its instance captures them (`capture_bodies`). */
         get: operations["get"];
         put?: never;
         post?: never;
@@ -885,6 +885,10 @@ export interface components {
             utilization_percent?: number | null;
             vendor: components["schemas"]["Vendor"];
         };
+        /** @description One finished request with its bodies, when its instance captured them. */
+        ActivityDetail: components["schemas"]["ActivityRecord"] & {
+            bodies?: null | components["schemas"]["Bodies"];
+        };
         /** @description A page of records, newest first. */
         ActivityPage: {
             /** @description How many records the log keeps (`activity.max_entries`). */
@@ -903,6 +907,8 @@ export interface components {
              * @description Unix milliseconds of the answer's end.
              */
             at_ms: number;
+            /** @description The instance captured the bodies (`capture_bodies`): `GET /activity/{id}` shows them. */
+            captured: boolean;
             /** @description The client's address and port. */
             client?: string | null;
             /** Format: int64 */
@@ -982,6 +988,12 @@ export interface components {
         };
         /** @enum {string} */
         BackendType: "llama_cpp" | "mlx_lm" | "vllm";
+        /** @description A request's and its answer's bodies as text, each cut at 64 KiB. */
+        Bodies: {
+            /** @description The answer as it reached the client (an SSE stream's events included). */
+            answer: string;
+            request: string;
+        };
         /** @description What a reload did: the `config` event of `/api/v1/events`. */
         ConfigReload: {
             /**
@@ -1033,6 +1045,11 @@ export interface components {
             };
             /** @description Required. */
             backend_type: components["schemas"]["BackendType"];
+            /**
+             * @description Keep the request and answer bodies (64 KiB of each) in the activity log, for
+             *     debugging a client; off by default, as bodies hold what users say to the model.
+             */
+            capture_bodies?: boolean | null;
             /**
              * @description The executable to run instead of the backend's configured command (llamactl's
              *     `command_override`): an absolute path to an existing executable file. The configured
@@ -1395,6 +1412,8 @@ export interface components {
                 [key: string]: unknown;
             };
             backend_type: components["schemas"]["BackendType"];
+            /** @description Bodies are kept in the activity log; left out when false. */
+            capture_bodies?: boolean;
             /** @description Left out when the configured command runs. */
             command_override?: string | null;
             /** @description The backend's own variables; left out when there are none. */
@@ -3662,7 +3681,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ActivityRecord"];
+                    "application/json": components["schemas"]["ActivityDetail"];
                 };
             };
             /** @description Missing or invalid key */
