@@ -1,5 +1,7 @@
 //! What one `/metrics` scrape costs to render: 200 instances, each with requests on two routes
-//! (so every histogram family has 400 series), their scrape-time samples and two devices.
+//! (so every histogram family has 400 series), their scrape-time samples and two devices. Three
+//! cases: every instance answered requests since the last scrape (the worst: all re-encoded),
+//! ten of them did (a busy engine scraped every 15 s), none did.
 //! `cargo bench -p corral --no-default-features --bench metrics`; prints a table.
 
 use std::time::{Duration, Instant};
@@ -9,30 +11,35 @@ use corral::telemetry::{DeviceSample, Finished, InstanceSample, Metrics, Scrape}
 const INSTANCES: usize = 200;
 const RENDERS: usize = 500;
 
+/// Three requests of instance `i`: two routes, two status classes.
+fn traffic(metrics: &Metrics, i: usize) {
+    for (path, status) in [
+        ("/v1/chat/completions", 200),
+        ("/v1/embeddings", 200),
+        ("/v1/chat/completions", 503),
+    ] {
+        metrics.request(&Finished {
+            instance: format!("model-{i}"),
+            path: path.to_owned(),
+            client: None,
+            key: None,
+            status,
+            queued: Duration::from_millis(1),
+            first_byte: Some(Duration::from_millis(40)),
+            duration: Duration::from_millis(900),
+            prompt_tokens: Some(120),
+            completion_tokens: Some(64),
+            tokens_per_second: Some(75.0),
+            error: None,
+            bodies: None,
+        });
+    }
+}
+
 fn main() {
     let metrics = Metrics::new();
     for i in 0..INSTANCES {
-        for (path, status) in [
-            ("/v1/chat/completions", 200),
-            ("/v1/embeddings", 200),
-            ("/v1/chat/completions", 503),
-        ] {
-            metrics.request(&Finished {
-                instance: format!("model-{i}"),
-                path: path.to_owned(),
-                client: None,
-                key: None,
-                status,
-                queued: Duration::from_millis(1),
-                first_byte: Some(Duration::from_millis(40)),
-                duration: Duration::from_millis(900),
-                prompt_tokens: Some(120),
-                completion_tokens: Some(64),
-                tokens_per_second: Some(75.0),
-                error: None,
-                bodies: None,
-            });
-        }
+        traffic(&metrics, i);
     }
     let scrape = || Scrape {
         instances: (0..INSTANCES)
@@ -69,26 +76,41 @@ fn main() {
     for _ in 0..20 {
         size = metrics.render(scrape()).len();
     }
-    let mut times: Vec<Duration> = (0..RENDERS)
-        .map(|_| {
-            let samples = scrape();
-            let start = Instant::now();
-            let text = metrics.render(samples);
-            let took = start.elapsed();
-            std::hint::black_box(text);
-            took
-        })
-        .collect();
-    times.sort();
-    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
-    println!("| instances | exposition | renders | min | median | p99 |");
-    println!("|---|---|---|---|---|---|");
+    let lines = metrics.render(scrape()).lines().count();
     println!(
-        "| {INSTANCES} | {} KiB, {} lines | {RENDERS} | {:.3} ms | {:.3} ms | {:.3} ms |",
-        size / 1024,
-        metrics.render(scrape()).lines().count(),
-        at(0.0).as_secs_f64() * 1e3,
-        at(0.5).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
+        "{INSTANCES} instances: exposition {} KiB, {lines} lines",
+        size / 1024
     );
+    println!("| since the last scrape | renders | min | median | p99 |");
+    println!("|---|---|---|---|---|");
+    for (case, changed) in [
+        ("every instance answered requests", INSTANCES),
+        ("10 instances answered requests", 10),
+        ("no request", 0),
+    ] {
+        let mut next = 0;
+        let mut times: Vec<Duration> = (0..RENDERS)
+            .map(|_| {
+                // The traffic between two scrapes, untimed.
+                for _ in 0..changed {
+                    traffic(&metrics, next % INSTANCES);
+                    next += 1;
+                }
+                let samples = scrape();
+                let start = Instant::now();
+                let text = metrics.render(samples);
+                let took = start.elapsed();
+                std::hint::black_box(text);
+                took
+            })
+            .collect();
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+        println!(
+            "| {case} | {RENDERS} | {:.3} ms | {:.3} ms | {:.3} ms |",
+            at(0.0).as_secs_f64() * 1e3,
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+        );
+    }
 }
