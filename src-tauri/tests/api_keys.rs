@@ -328,7 +328,11 @@ async fn bad_key_requests_are_refused_and_change_nothing() {
             "name",
         ),
         (
-            json!({"name": "k", "permission_mode": "allow_all", "expires_at": 1}),
+            json!({"name": "k", "permission_mode": "allow_all", "expires_at": -1}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "k", "permission_mode": "allow_all", "expires_at": 1e15}),
             "expires_at",
         ),
         (
@@ -339,20 +343,25 @@ async fn bad_key_requests_are_refused_and_change_nothing() {
             json!({"name": "k", "permission_mode": "per_instance"}),
             "instance_ids",
         ),
-        (
-            json!({"name": "k", "permission_mode": "per_instance", "instance_ids": ["nope"]}),
-            "instance_ids",
-        ),
     ] {
         let response = engine.post_json("/api/v1/auth/keys", &body).await;
         let error = assert_error(response, 400, "invalid_key_request").await;
         assert_eq!(error["field"], field, "{body}");
     }
+    let unknown = engine
+        .post_json(
+            "/api/v1/auth/keys",
+            &json!({"name": "k", "permission_mode": "per_instance", "instance_ids": ["nope"]}),
+        )
+        .await;
+    let error = assert_error(unknown, 404, "instance_not_found").await;
+    assert_eq!(error["field"], "instance_ids");
     for body in [
         json!({"name": "k"}),
         json!({"name": "k", "permission_mode": "everything"}),
         json!({"name": "k", "permission_mode": "allow_all", "admin": true}),
         json!({"name": "k", "permission_mode": "per_instance", "instance_ids": [1]}),
+        json!({"name": "k", "permission_mode": "allow_all", "expires_at": 1.5}),
         json!(["k"]),
     ] {
         let response = engine.post_json("/api/v1/auth/keys", &body).await;
@@ -372,6 +381,27 @@ async fn bad_key_requests_are_refused_and_change_nothing() {
     .await;
     let listed: Value = engine.get("/api/v1/auth/keys").await.json().await.unwrap();
     assert_eq!(listed, json!([]));
+    // An expiry already past makes a key expired from the start; a whole number written as a
+    // float is a whole number.
+    let (made, key) = make_key(
+        &engine,
+        &json!({"name": "late", "permission_mode": "allow_all", "expires_at": 1.0}),
+    )
+    .await;
+    assert_eq!(made["expired"], true);
+    let refused = client_with(&key)
+        .get(engine.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        engine
+            .delete(&format!("/api/v1/auth/keys/{}", made["id"]))
+            .await
+            .status(),
+        204
+    );
     // Without the management key, no route of the key API answers.
     let anonymous = reqwest::Client::new();
     let response = anonymous

@@ -100,7 +100,7 @@ async fn a_router_instance_serves_its_folder_by_instance_slash_model() {
     // Only router instances have these routes; `x/y` names no model elsewhere.
     assert_error(
         engine.get("/api/v1/llama-cpp/single/models").await,
-        400,
+        409,
         "not_router_mode",
     )
     .await;

@@ -13,25 +13,38 @@ use utoipa::ToSchema;
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::Api;
-use crate::access::{unix_now, AccessError, ApiKey, NewKey, PermissionMode, Scope, MAX_NAME_LEN};
+use crate::access::{AccessError, ApiKey, NewKey, PermissionMode, Scope, MAX_NAME_LEN};
 
 type Answer<T> = Result<T, ApiError>;
 
 /// Most instances one key may name.
 const MAX_INSTANCES: usize = 1000;
+/// The last second of the year 9999: a later expiry is a typo, not a plan.
+const MAX_EXPIRY: i64 = 253_402_300_799;
 
 /// A key to make.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// What the key is for (shown in the activity log): 1 to 100 characters.
+    /// What the key is for (shown in the activity log): 1 to 100 characters, not all blank,
+    /// no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// Unix seconds after which the key is refused; it must be in the future.
+    /// Unix seconds after which the key is refused (a time already past makes a key that is
+    /// expired from the start); none: it never expires.
+    #[schema(minimum = 0, maximum = 253_402_300_799_f64)]
+    #[serde(default, deserialize_with = "crate::instances::whole_number")]
     pub expires_at: Option<i64>,
+    /// `per_instance` needs `instance_ids`; `allow_all` takes none.
     pub permission_mode: PermissionMode,
-    /// With `per_instance`: the names of the instances the key may use (llamactl numbers its
-    /// instances; Corral names them).
+    /// With `per_instance`: the names of the instances the key may use, 1 to 1000 (llamactl
+    /// numbers its instances; Corral names them).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub instance_ids: Vec<String>,
 }
 
@@ -48,6 +61,8 @@ pub struct CreatedKey {
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
     /// Unix seconds; `null`: it never expires. A time now or past expires it at once.
+    #[schema(required = true, minimum = 0, maximum = 253_402_300_799_f64)]
+    #[serde(deserialize_with = "crate::instances::whole_number")]
     pub expires_at: Option<i64>,
 }
 
@@ -86,6 +101,17 @@ fn invalid(field: &str, details: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_key_request", details).with_field(Some(field.to_owned()))
 }
 
+/// Unix seconds from 0 to the end of the year 9999.
+fn check_expiry(expires_at: Option<i64>) -> Result<(), ApiError> {
+    match expires_at {
+        Some(at) if !(0..=MAX_EXPIRY).contains(&at) => Err(invalid(
+            "expires_at",
+            format!("expires_at ({at}) must be Unix seconds from 0 to {MAX_EXPIRY}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The request as a key to make, or why it is not one.
 fn validate(api: &Api, request: CreateKeyRequest) -> Result<NewKey, ApiError> {
     let name = request.name.trim().to_owned();
@@ -98,14 +124,7 @@ fn validate(api: &Api, request: CreateKeyRequest) -> Result<NewKey, ApiError> {
     if name.chars().any(char::is_control) {
         return Err(invalid("name", "name must not hold control characters"));
     }
-    if let Some(at) = request.expires_at {
-        if at <= unix_now() {
-            return Err(invalid(
-                "expires_at",
-                format!("expires_at ({at}) must be in the future (Unix seconds)"),
-            ));
-        }
-    }
+    check_expiry(request.expires_at)?;
     let scope = match request.permission_mode {
         PermissionMode::AllowAll => {
             if !request.instance_ids.is_empty() {
@@ -128,10 +147,12 @@ fn validate(api: &Api, request: CreateKeyRequest) -> Result<NewKey, ApiError> {
                 .iter()
                 .find(|instance| api.registry.get(instance).is_err())
             {
-                return Err(invalid(
-                    "instance_ids",
-                    format!("no instance named {unknown:?}"),
-                ));
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "instance_not_found",
+                    format!("instance_ids names no instance {unknown:?}"),
+                )
+                .with_field(Some("instance_ids".to_owned())));
             }
             Scope::Instances(instances)
         }
@@ -149,7 +170,8 @@ fn validate(api: &Api, request: CreateKeyRequest) -> Result<NewKey, ApiError> {
     request_body = CreateKeyRequest,
     responses(
         (status = 201, description = "The key, with its plaintext `key`", body = CreatedKey),
-        (status = 400, description = "An invalid name, expiry, mode or instance", body = ErrorBody)))]
+        (status = 400, description = "An invalid name, expiry or mode", body = ErrorBody),
+        (status = 404, description = "`instance_not_found`: instance_ids names no instance", body = ErrorBody)))]
 pub async fn create(
     State(api): State<Api>,
     JsonBody(body): JsonBody,

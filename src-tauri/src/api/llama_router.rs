@@ -23,8 +23,10 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of that list read.
 const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 
+/// A conflict with the instance's definition, as a stopped instance's 409s are.
 fn not_router(name: &str) -> ApiError {
-    ApiError::bad_request(
+    ApiError::new(
+        StatusCode::CONFLICT,
         "not_router_mode",
         format!(
             "instance '{name}' serves one model: router mode is a llama.cpp instance with \
@@ -68,7 +70,7 @@ async fn forward(
     params(("name" = String, Path, description = "Instance name")),
     responses(
         (status = 200, description = "llama-server's list of its models", body = Object),
-        (status = 400, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
+        (status = 409, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 503, description = "The instance could not be started", body = ErrorBody)))]
 pub async fn models(State(api): State<Api>, Path(name): Path<String>) -> Answer<Response> {
@@ -82,7 +84,7 @@ pub async fn models(State(api): State<Api>, Path(name): Path<String>) -> Answer<
         ("model" = String, Path, description = "The model's id in the instance's list")),
     responses(
         (status = 200, description = "llama-server's answer", body = Object),
-        (status = 400, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
+        (status = 409, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody)))]
 pub async fn load(State(api): State<Api>, Path(names): Path<(String, String)>) -> Answer<Response> {
     model_action(&api, names, "/models/load").await
@@ -95,7 +97,7 @@ pub async fn load(State(api): State<Api>, Path(names): Path<(String, String)>) -
         ("model" = String, Path, description = "The model's id in the instance's list")),
     responses(
         (status = 200, description = "llama-server's answer", body = Object),
-        (status = 400, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
+        (status = 409, description = "`not_router_mode`: the instance serves one model", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody)))]
 pub async fn unload(
     State(api): State<Api>,

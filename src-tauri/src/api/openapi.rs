@@ -169,6 +169,18 @@ fn conform(document: &mut Value) {
             "How many lines this stream skipped because the client fell behind.",
         ),
     ]);
+    // A scoped key names its instances; an unscoped one names none.
+    let create_key = &mut schemas["CreateKeyRequest"];
+    create_key["if"] = json!({"properties": {"permission_mode": {"const": "per_instance"}}});
+    create_key["then"] =
+        json!({"required": ["instance_ids"], "properties": {"instance_ids": {"minItems": 1}}});
+    create_key["else"] = json!({"properties": {"instance_ids": {"maxItems": 0}}});
+    create_key["properties"]["instance_ids"]["items"] = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_NAME_LEN,
+        "pattern": "^[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?$",
+    });
     for (name, options) in [("CreateInstanceOptions", false), ("InstanceOptions", true)] {
         tie_backend_options(&mut schemas[name], options);
     }

@@ -36,6 +36,7 @@ pub use catalogue::ModelEntry;
 pub use error::{ErrorKind, InstanceError};
 pub use events::{Decision, InstanceEvent};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub(crate) use options::whole_number;
 pub use options::{
     lifecycle_fields, CreateInstanceOptions, InstanceOptions, InstanceOptionsView, InstanceView,
     BACKEND_SCHEMA_NAMES,

@@ -72,7 +72,7 @@ pub struct CreateInstanceOptions {
 }
 
 /// An integer, also when written as a whole float (`5.0` is 5 in JSON and JSON Schema).
-fn whole_number<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {

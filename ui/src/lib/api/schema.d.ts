@@ -1118,16 +1118,21 @@ export interface components {
         CreateKeyRequest: {
             /**
              * Format: int64
-             * @description Unix seconds after which the key is refused; it must be in the future.
+             * @description Unix seconds after which the key is refused (a time already past makes a key that is
+             *     expired from the start); none: it never expires.
              */
             expires_at?: number | null;
             /**
-             * @description With `per_instance`: the names of the instances the key may use (llamactl numbers its
-             *     instances; Corral names them).
+             * @description With `per_instance`: the names of the instances the key may use, 1 to 1000 (llamactl
+             *     numbers its instances; Corral names them).
              */
             instance_ids?: string[];
-            /** @description What the key is for (shown in the activity log): 1 to 100 characters. */
+            /**
+             * @description What the key is for (shown in the activity log): 1 to 100 characters, not all blank,
+             *     no control characters.
+             */
             name: string;
+            /** @description `per_instance` needs `instance_ids`; `allow_all` takes none. */
             permission_mode: components["schemas"]["PermissionMode"];
         };
         /** @description A new key: the plaintext `key` is shown this once and kept nowhere. */
@@ -1714,7 +1719,7 @@ export interface components {
              * Format: int64
              * @description Unix seconds; `null`: it never expires. A time now or past expires it at once.
              */
-            expires_at?: number | null;
+            expires_at: number | null;
         };
         /** @enum {string} */
         Vendor: "nvidia" | "amd" | "intel" | "apple" | "other";
@@ -3754,7 +3759,7 @@ export interface operations {
                     "application/json": components["schemas"]["CreatedKey"];
                 };
             };
-            /** @description An invalid name, expiry, mode or instance */
+            /** @description An invalid name, expiry or mode */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3770,6 +3775,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuthErrorBody"];
+                };
+            };
+            /** @description `instance_not_found`: instance_ids names no instance */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description The body is larger than the configured limit */
@@ -5842,7 +5856,7 @@ export interface operations {
                     "application/json": Record<string, never>;
                 };
             };
-            /** @description `not_router_mode`: the instance serves one model */
+            /** @description Invalid instance name */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5862,6 +5876,15 @@ export interface operations {
             };
             /** @description No such instance */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `not_router_mode`: the instance serves one model */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5903,7 +5926,7 @@ export interface operations {
                     "application/json": Record<string, never>;
                 };
             };
-            /** @description `not_router_mode`: the instance serves one model */
+            /** @description Invalid instance name */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5923,6 +5946,15 @@ export interface operations {
             };
             /** @description No such instance */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `not_router_mode`: the instance serves one model */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5955,7 +5987,7 @@ export interface operations {
                     "application/json": Record<string, never>;
                 };
             };
-            /** @description `not_router_mode`: the instance serves one model */
+            /** @description Invalid instance name */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5975,6 +6007,15 @@ export interface operations {
             };
             /** @description No such instance */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `not_router_mode`: the instance serves one model */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
