@@ -389,6 +389,10 @@ try {
     await settings.click();
     await page.getByTestId('chat-max_tokens').fill('24');
     await page.getByTestId('chat-seed').fill('1');
+    // llama.cpp's own sampling settings, sent with the chat.
+    await page.getByTestId('chat-top_k').fill('40');
+    await page.getByTestId('chat-min_p').fill('0.05');
+    await page.getByTestId('chat-repeat_penalty').fill('1.1');
     await page.getByTestId('chat-input').fill('Write a short poem about a corral.');
     await page.getByTestId('chat-input').press('Enter');
     const stats = page.getByTestId('chat-stats');

@@ -47,6 +47,9 @@ describe('ChatPage', () => {
     await fireEvent.input(screen.getByTestId('chat-system'), { target: { value: 'Be brief.' } });
     await fireEvent.input(screen.getByTestId('chat-temperature'), { target: { value: '0.3' } });
     await fireEvent.input(screen.getByTestId('chat-max_tokens'), { target: { value: '64' } });
+    await fireEvent.input(screen.getByTestId('chat-top_k'), { target: { value: '40' } });
+    await fireEvent.input(screen.getByTestId('chat-min_p'), { target: { value: '0.05' } });
+    await fireEvent.input(screen.getByTestId('chat-repeat_penalty'), { target: { value: '1.1' } });
     await ask('Say hello');
     await waitFor(() => expect(seen).toHaveLength(1));
     expect(seen[0].body).toMatchObject({
@@ -54,12 +57,16 @@ describe('ChatPage', () => {
       stream: true,
       temperature: 0.3,
       max_tokens: 64,
+      top_k: 40,
+      min_p: 0.05,
+      repeat_penalty: 1.1,
       messages: [
         { role: 'system', content: 'Be brief.' },
         { role: 'user', content: 'Say hello' },
       ],
     });
     expect(seen[0].body).not.toHaveProperty('top_p');
+    expect(seen[0].body).not.toHaveProperty('repetition_penalty');
 
     stream.push(chunk({ reasoning_content: 'The user wants a greeting.' }));
     stream.push(chunk({ content: 'Hello **there**' }));

@@ -15,6 +15,13 @@ export interface ChatMessage {
 export interface Sampling {
   temperature?: number;
   top_p?: number;
+  /** llama.cpp, vLLM and MLX take these two beside OpenAI's. */
+  top_k?: number;
+  min_p?: number;
+  /** llama.cpp's name for it. */
+  repeat_penalty?: number;
+  /** vLLM's and MLX's name for it. */
+  repetition_penalty?: number;
   max_tokens?: number;
   seed?: number;
 }
