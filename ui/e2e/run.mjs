@@ -2,10 +2,11 @@
 // `corral serve` running the real llama-server and the real mlx_lm.server. Logs in, creates
 // instances through the form (llama.cpp and MLX) and through import-from-command, watches them
 // run, reads live logs, chats with one, finds its requests on the Activity page, makes an API key
-// scoped to one instance and checks what it may reach, then revokes it, downloads a model
-// from a fake Hugging Face (startFakeHub) and runs it, stops and deletes them, installs mlx-lm
-// from the guided start of a second engine that lacks it (pip offline, from the test wheelhouse),
-// and saves a screenshot of every main screen (to docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
+// scoped to one instance and checks what it may reach (through /v1 and in the Chat page's
+// settings), then revokes it, downloads a model from a fake Hugging Face (startFakeHub) and runs
+// it, stops and deletes them, installs mlx-lm from the guided start of a second engine that lacks
+// it (pip offline, from the test wheelhouse), and saves a screenshot of every main screen (to
+// docs/screenshots/ with CORRAL_UPDATE_SCREENSHOTS=1).
 //
 //   CORRAL_BIN=target/debug/corral CORRAL_LLAMA_SERVER=... CORRAL_TEST_MODEL=... \
 //   CORRAL_MLX_SERVER=... CORRAL_TEST_HF_MODEL=... CORRAL_MLX_WHEELS=... node e2e/run.mjs
@@ -438,7 +439,7 @@ try {
     await page.waitForURL(/#\/activity\?instance=tiny$/);
   });
 
-  await step('an API key made on the keys page runs only its instance, stops when expired, and is revoked', async () => {
+  await step('an API key made on the keys page runs only its instance (in the chat too), stops when expired, and is revoked', async () => {
     await page.getByTestId('nav-keys').click();
     await page.getByRole('heading', { level: 1, name: 'API keys' }).waitFor();
     await page.getByTestId('keys-name').fill('e2e-editor');
@@ -493,6 +494,70 @@ try {
       const cell = document.querySelector('[data-testid="keys-row"][data-name="e2e-editor"] [data-testid="keys-last-used"]');
       return cell && cell.textContent.trim() !== 'never';
     }, null, { timeout: SLOW });
+
+    // The same key in the Chat page's settings: the chat gets what an app holding it would.
+    const keyedChats = async () => {
+      const { entries } = await (
+        await fetch(`${engine.base}/api/v1/activity?instance=tiny&status=200`, { headers: { Authorization: `Bearer ${KEY}` } })
+      ).json();
+      return entries.filter((e) => e.key === 'e2e-editor' && e.path === '/v1/chat/completions').length;
+    };
+    const keyedBefore = await keyedChats();
+    await page.getByTestId('nav-chat').click();
+    await page.getByTestId('chat-instance').selectOption('tiny');
+    await page.waitForURL(/#\/chat\/tiny$/);
+    const newChat = page.getByRole('button', { name: 'New chat' });
+    if (await newChat.isEnabled()) await newChat.click();
+    const chatSettings = page.locator('details.settings');
+    const openSettings = async () => {
+      if (!(await chatSettings.evaluate((d) => d.open))) await chatSettings.locator('summary').click();
+    };
+    /** Sends `text` and waits for the reply's end: its figures, or its error (null when none). */
+    const askInChat = async (text) => {
+      const turns = await page.getByTestId('chat-assistant').count();
+      await page.getByTestId('chat-input').fill(text);
+      await page.getByTestId('chat-input').press('Enter');
+      const reply = page.getByTestId('chat-assistant').nth(turns);
+      await reply.locator('[data-testid="chat-stats"], [role="alert"]').first().waitFor({ timeout: SLOW });
+      const alert = reply.getByRole('alert');
+      return { reply, error: (await alert.count()) ? (await alert.textContent()).trim() : null };
+    };
+    await openSettings();
+    await page.getByTestId('chat-api-key').fill(key);
+    await page.getByTestId('chat-api-key-set').waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.chat.key')), key);
+    assert.ok(!(await page.evaluate((k) => Object.values(localStorage).includes(k), key)), 'the key is not in localStorage');
+    const scoped = await askInChat('Say hello.');
+    assert.equal(scoped.error, null, 'tiny answers the scoped key');
+    assert.match(await scoped.reply.getByTestId('chat-stats').textContent(), /\d+ tokens/);
+    assert.ok((await scoped.reply.textContent()).replace('tiny', '').trim().length > 0, 'the streamed reply has text');
+    await until(async () => (await keyedChats()) === keyedBefore + 1, 'the activity log names the key for the chat');
+
+    // An instance outside its scope: the engine's refusal, in the conversation.
+    await page.getByTestId('chat-instance').selectOption('imported');
+    await page.waitForURL(/#\/chat\/imported$/);
+    const denied = await askInChat('Say hello.');
+    assert.equal(denied.error, "this API key may not use instance 'imported' (HTTP 403)");
+    await denied.reply.getByTestId('chat-key-refused').waitFor();
+
+    // A key the engine does not know: its 401 stays in the chat, the sign-in stands.
+    await openSettings();
+    await page.getByTestId('chat-api-key').fill(`sk-inference-${'0'.repeat(64)}`);
+    const unknown = await askInChat('Say hello.');
+    assert.equal(unknown.error, 'Invalid API key (HTTP 401)');
+    assert.equal(await page.getByTestId('login-key').count(), 0, 'no sign-in screen for the chat key\'s 401');
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.key')), KEY, 'still signed in');
+    assert.ok(!(await page.content()).includes(key) && !page.url().includes(key), 'the key is not in the page or its address');
+
+    // Cleared, the chat is the sign-in key's again, and imported answers.
+    await openSettings();
+    await page.getByTestId('chat-api-key-clear').click();
+    await page.getByTestId('chat-api-key-set').waitFor({ state: 'detached' });
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('corral.chat.key')), null);
+    const signedIn = await askInChat('Say hello.');
+    assert.equal(signedIn.error, null, 'imported answers the sign-in key');
+    await page.getByTestId('nav-keys').click();
+    await row.waitFor();
 
     // Expired, it is refused; renewed, it works again.
     await row.getByTestId('keys-expire').click();

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { fireEvent, render, screen, waitFor } from '@testing-library/svelte';
 import ChatPage, { resetChat } from './ChatPage.svelte';
+import { auth, setKey } from '../lib/auth.svelte';
 import { instances, upsert } from '../lib/instances.svelte';
 import type { Instance } from '../lib/types';
 import { fakeEngine, json, liveSse, sse } from '../test/engine';
@@ -28,13 +29,18 @@ async function ask(text: string) {
 describe('ChatPage', () => {
   beforeEach(() => {
     resetChat();
+    sessionStorage.clear();
+    localStorage.clear();
     instances.byName = {};
     instances.loaded = true;
     upsert(instance('tiny', 'running'));
     upsert(instance('sleepy', 'stopped', true));
     upsert(instance('off', 'stopped'));
   });
-  afterEach(() => vi.unstubAllGlobals());
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    setKey('');
+  });
 
   it('offers the instances /v1 can answer and streams the reply as it arrives', async () => {
     const stream = liveSse();
@@ -129,6 +135,67 @@ describe('ChatPage', () => {
     await ask('hi');
     const alert = await screen.findByRole('alert');
     expect(alert.textContent).toBe('instance sleepy failed to start (HTTP 503)');
+    // Not about a key: the sign-in key was sent.
+    expect(screen.queryByTestId('chat-key-refused')).toBeNull();
+  });
+
+  it('sends the API key from the settings instead of the sign-in key, and the sign-in key once it is cleared', async () => {
+    setKey('sign-in-key');
+    const { seen } = fakeEngine({ 'POST /v1/chat/completions': () => sse([chunk({ content: 'Hi.' }), usage(1)], false) });
+    const first = render(ChatPage, { name: 'tiny' });
+    await ask('With the sign-in key');
+    await waitFor(() => expect(screen.getAllByTestId('chat-stats')).toHaveLength(1));
+    expect(screen.queryByTestId('chat-api-key-set')).toBeNull();
+
+    const field = screen.getByTestId('chat-api-key') as HTMLInputElement;
+    expect(field.type).toBe('password');
+    await fireEvent.input(field, { target: { value: ' sk-inference-scoped ' } });
+    expect(sessionStorage.getItem('corral.chat.key')).toBe(' sk-inference-scoped ');
+    expect(Object.values({ ...localStorage })).toEqual([]);
+    expect(screen.getByTestId('chat-api-key-set')).toBeTruthy();
+    await ask('With the scoped key');
+    await waitFor(() => expect(screen.getAllByTestId('chat-stats')).toHaveLength(2));
+    expect(document.body.textContent).not.toContain('sk-inference-scoped');
+    expect(location.href).not.toContain('sk-inference-scoped');
+
+    // Another visit of the page in this tab finds it again.
+    first.unmount();
+    render(ChatPage, { name: 'tiny' });
+    expect((screen.getByTestId('chat-api-key') as HTMLInputElement).value).toBe(' sk-inference-scoped ');
+    await fireEvent.click(screen.getByTestId('chat-api-key-clear'));
+    expect((screen.getByTestId('chat-api-key') as HTMLInputElement).value).toBe('');
+    expect(sessionStorage.getItem('corral.chat.key')).toBeNull();
+    expect((screen.getByTestId('chat-api-key-clear') as HTMLButtonElement).disabled).toBe(true);
+    await ask('With the sign-in key again');
+    await waitFor(() => expect(screen.getAllByTestId('chat-stats')).toHaveLength(3));
+
+    expect(seen.map((r) => r.headers.authorization)).toEqual(['Bearer sign-in-key', 'Bearer sk-inference-scoped', 'Bearer sign-in-key']);
+  });
+
+  it('shows the engine refusing the API key, and stays signed in', async () => {
+    setKey('sign-in-key');
+    fakeEngine({
+      'POST /v1/chat/completions': () => json({ error: { message: 'Invalid API key', type: 'authentication_error' } }, 401),
+    });
+    render(ChatPage, { name: 'tiny' });
+    await fireEvent.input(screen.getByTestId('chat-api-key'), { target: { value: 'sk-inference-revoked' } });
+    await ask('hi');
+    const alert = await screen.findByRole('alert');
+    expect(alert.textContent).toBe('Invalid API key (HTTP 401)');
+    expect(screen.getByTestId('chat-key-refused').textContent).toMatch(/API key from the settings/);
+    expect(auth).toMatchObject({ key: 'sign-in-key', needed: false });
+  });
+
+  it('shows the permission the API key lacks for the instance', async () => {
+    const message = "this API key may not use instance 'tiny'";
+    fakeEngine({
+      'POST /v1/chat/completions': () => json({ error: { message, type: 'invalid_request_error', code: 'permission_denied' } }, 403),
+    });
+    render(ChatPage, { name: 'tiny' });
+    await fireEvent.input(screen.getByTestId('chat-api-key'), { target: { value: 'sk-inference-other' } });
+    await ask('hi');
+    expect((await screen.findByRole('alert')).textContent).toBe(`${message} (HTTP 403)`);
+    expect(screen.getByTestId('chat-key-refused')).toBeTruthy();
   });
 
   it('keeps the conversation and settings when the page is left and opened again', async () => {

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { setKey } from './auth.svelte';
-import { ChatError, streamChat } from './chat';
+import { auth, setKey } from './auth.svelte';
+import { ChatError, storeChatKey, storedChatKey, streamChat } from './chat';
 import { fakeEngine, json, sse } from '../test/engine';
 
 const chunk = (delta: Record<string, string>, extra: Record<string, unknown> = {}) =>
@@ -52,6 +52,35 @@ describe('streamChat', () => {
     expect(updates).toContain('Hel');
     // Sent at 100; tokens at 200, 300, 400: the first after 100 ms, then 4 more tokens in 200 ms.
     expect(reply.stats).toEqual({ ttftMs: 100, tokensPerSecond: 20, completionTokens: 5, promptTokens: 7, fromUsage: true });
+  });
+
+  it('sends the given key instead of the sign-in key', async () => {
+    setKey('k1');
+    const { seen } = fakeEngine({ 'POST /v1/chat/completions': () => sse([chunk({ content: 'ok' })], false) });
+    await streamChat('tiny', [], {}, { key: 'sk-inference-scoped' });
+    await streamChat('tiny', [], {});
+    expect(seen.map((r) => r.headers.authorization)).toEqual(['Bearer sk-inference-scoped', 'Bearer k1']);
+  });
+
+  it('reports a 401 for the given key without asking for the sign-in key again', async () => {
+    setKey('k1');
+    fakeEngine({
+      'POST /v1/chat/completions': () => json({ error: { message: 'Invalid API key', type: 'authentication_error' } }, 401),
+    });
+    const failure = await streamChat('tiny', [], {}, { key: 'sk-inference-revoked' }).catch((e) => e);
+    expect(failure).toBeInstanceOf(ChatError);
+    expect(failure).toMatchObject({ status: 401, message: 'Invalid API key' });
+    expect(auth).toMatchObject({ key: 'k1', needed: false });
+  });
+
+  it('keeps the chat\'s key in sessionStorage only', () => {
+    storeChatKey('sk-inference-scoped');
+    expect(storedChatKey()).toBe('sk-inference-scoped');
+    expect(Object.values({ ...sessionStorage })).toContain('sk-inference-scoped');
+    expect(Object.values({ ...localStorage })).not.toContain('sk-inference-scoped');
+    storeChatKey('');
+    expect(storedChatKey()).toBe('');
+    expect(Object.values({ ...sessionStorage })).not.toContain('sk-inference-scoped');
   });
 
   it('counts the chunks when the backend sends no usage', async () => {

@@ -44,6 +44,8 @@ export interface Reply {
 }
 
 export interface StreamChatOptions {
+  /** Sent instead of the sign-in key, to see what an app holding this key would get. */
+  key?: string;
   signal?: AbortSignal;
   /** Called after every chunk with the reply so far. */
   onUpdate?: (reply: Reply) => void;
@@ -61,6 +63,30 @@ export class ChatError extends Error {
   }
 }
 
+const KEY_STORAGE = 'corral.chat.key';
+
+/**
+ * The Chat page's own API key ('' for none). Kept as the sign-in key is, in this tab's
+ * sessionStorage: a key pasted to try it should not outlive the tab.
+ */
+export function storedChatKey(): string {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) ?? '';
+  } catch {
+    // Storage can be disabled (privacy modes); the key then lives only as long as the page.
+    return '';
+  }
+}
+
+export function storeChatKey(key: string): void {
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // See storedChatKey().
+  }
+}
+
 interface Chunk {
   choices?: { delta?: { content?: string | null; reasoning_content?: string | null }; finish_reason?: string | null }[];
   usage?: { prompt_tokens?: number; completion_tokens?: number } | null;
@@ -75,7 +101,7 @@ export async function streamChat(
   model: string,
   messages: ChatMessage[],
   sampling: Sampling,
-  { signal, onUpdate, now = () => performance.now() }: StreamChatOptions = {},
+  { key, signal, onUpdate, now = () => performance.now() }: StreamChatOptions = {},
 ): Promise<Reply> {
   const reply: Reply = {
     content: '',
@@ -92,7 +118,7 @@ export async function streamChat(
   try {
     response = await fetch('/v1/chat/completions', {
       method: 'POST',
-      headers: { ...authHeaders(), 'Content-Type': 'application/json', Accept: 'text/event-stream' },
+      headers: { ...(key ? { Authorization: `Bearer ${key}` } : authHeaders()), 'Content-Type': 'application/json', Accept: 'text/event-stream' },
       body: JSON.stringify({
         model,
         messages,
@@ -107,6 +133,8 @@ export async function streamChat(
     if (signal?.aborted) return reply;
     throw new ChatError(`Cannot reach the Corral engine: ${String(error)}`, 0);
   }
+  // A 401 stays in the conversation and never brings up the login: with a key from the settings
+  // the sign-in key is still good, and /v1 can want a key where the management API wants none.
   if (!response.ok || !response.body) {
     const error = await errorOf(response);
     throw new ChatError(error.message, response.status);
