@@ -281,11 +281,13 @@ impl Writer {
             while let Some(chunk) = chunks.blocking_recv() {
                 match chunk {
                     Chunk::Data(parts) => {
+                        let start = length;
                         for bytes in &parts {
                             hasher.update(bytes);
                             length += bytes.len() as u64;
                         }
                         write_parts(&mut file, &parts)?;
+                        start_writeback(&file, start, length - start);
                     }
                     Chunk::Restart => {
                         file.set_len(0)?;
@@ -318,6 +320,30 @@ fn write_parts(file: &mut std::fs::File, parts: &[Bytes]) -> std::io::Result<()>
     }
     Ok(())
 }
+
+/// Asks the kernel to start writing `len` bytes at `offset` to the disk now, without waiting
+/// for them. The `sync_data` at the end of the file then waits only for the last batches:
+/// left to the end, writing back half a gigabyte took a quarter of a second on its own, a third
+/// of the whole download over loopback.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; the call only reads its
+    // arguments. A failure only means the final sync does all the waiting, so it is ignored.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 /// Opens the partial file for appending, never through a link.
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
