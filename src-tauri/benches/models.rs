@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (sources, files) = fixture(dir.path())?;
     let available = Available {
-        gpu: None,
+        gpus: Vec::new(),
         ram_bytes: 16 << 30,
     };
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
@@ -36,11 +36,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         let library = Library::new();
         let start = Instant::now();
-        let entries = library.list(&sources, &available, &HashMap::new());
+        let entries = library.list(&sources, &available, None, &HashMap::new());
         let json = serde_json::to_vec(&entries)?;
         cold.push(start.elapsed());
         let start = Instant::now();
-        let entries = library.list(&sources, &available, &HashMap::new());
+        let entries = library.list(&sources, &available, None, &HashMap::new());
         let json_again = serde_json::to_vec(&entries)?;
         warm.push(start.elapsed());
         anyhow::ensure!(json == json_again, "the warm scan listed something else");

@@ -126,6 +126,28 @@ async fn the_library_lists_every_layout_and_an_entry_starts_and_chats() {
             "a 5 MB model fits: {entry}"
         );
     }
+    // The fit at a context of the caller's choosing: the real model's KV cache and buffers
+    // grow with it, its weights do not; a context that is not one changes nothing and says why.
+    let (status, long) = corral
+        .json(Method::GET, "/api/v1/models?context=65536", None)
+        .await;
+    assert_eq!(status, 200, "{long}");
+    let (short, long) = (&models[0]["fit"], &long[0]["fit"]);
+    assert_eq!(long["context"], 65536, "{long}");
+    assert_eq!(short["weights_bytes"], long["weights_bytes"]);
+    let grew = |field: &str| short[field].as_u64().unwrap() < long[field].as_u64().unwrap();
+    assert!(
+        grew("kv_cache_bytes") && grew("buffers_bytes") && grew("needed_bytes"),
+        "{short} {long}"
+    );
+    for bad in ["0", "abc", "-5", "16777217", "1.5"] {
+        let (status, body) = corral
+            .json(Method::GET, &format!("/api/v1/models?context={bad}"), None)
+            .await;
+        assert_eq!(status, 400, "context={bad}: {body}");
+        assert_eq!(body["error"], "invalid_context", "{body}");
+    }
+
     let hub = &models[0];
     assert_eq!(hub["repo"], "corral/tiny-GGUF");
     assert!(hub["path"]

@@ -36,8 +36,10 @@ pub(super) async fn fit_warnings(
     let mut available = api.devices.available().await;
     if let Some(running) = running {
         available.ram_bytes = available.ram_bytes.saturating_add(running.rss_bytes);
-        if let (Some((_, free)), Some(vram)) = (available.gpu.as_mut(), running.vram_bytes) {
-            *free = free.saturating_add(vram);
+        // A restart frees what the instance holds; its VRAM is counted once, on the first GPU,
+        // as the check pools the GPUs anyway.
+        if let (Some(gpu), Some(vram)) = (available.gpus.first_mut(), running.vram_bytes) {
+            gpu.free_bytes = gpu.free_bytes.saturating_add(vram);
         }
     }
     let backend = backend.clone();

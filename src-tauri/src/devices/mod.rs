@@ -460,19 +460,19 @@ fn read_u64(path: &std::path::Path) -> Option<u64> {
 /// Free memory of the GPUs and RAM in a report: the hardware probes' GPUs when they know their
 /// free memory, else the backends' view of them.
 pub fn available_from(report: &SystemReport) -> fit::Available {
-    let sum = |from_backend: bool| {
-        let gpus: Vec<&Accelerator> = report
+    let gpus = |from_backend: bool| -> Vec<fit::GpuMemory> {
+        report
             .accelerators
             .iter()
             .filter(|a| (a.source == "llama-server") == from_backend)
-            .filter(|a| a.memory_free_bytes.is_some())
-            .collect();
-        if gpus.is_empty() {
-            return None;
-        }
-        let names: Vec<&str> = gpus.iter().map(|a| a.name.as_str()).collect();
-        let free = gpus.iter().filter_map(|a| a.memory_free_bytes).sum();
-        Some((names.join(" + "), free))
+            .filter_map(|a| {
+                Some(fit::GpuMemory {
+                    id: a.id.clone(),
+                    name: a.name.clone(),
+                    free_bytes: a.memory_free_bytes?,
+                })
+            })
+            .collect()
     };
     // A llama-server that answered with no device is a CPU-only build: no layer goes to a GPU,
     // whatever the machine has.
@@ -481,10 +481,15 @@ pub fn available_from(report: &SystemReport) -> fit::Available {
         .iter()
         .any(|probe| probe.name == "llama-server" && probe.ok && !probe.present);
     fit::Available {
-        gpu: if backend_is_cpu_only {
-            None
+        gpus: if backend_is_cpu_only {
+            Vec::new()
         } else {
-            sum(false).or_else(|| sum(true))
+            let hardware = gpus(false);
+            if hardware.is_empty() {
+                gpus(true)
+            } else {
+                hardware
+            }
         },
         ram_bytes: report.memory.available_bytes,
     }

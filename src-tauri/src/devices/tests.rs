@@ -239,7 +239,13 @@ async fn the_backends_view_joins_the_list_and_a_cpu_only_build_keeps_models_off_
     assert_eq!(from_backend, ["CUDA0", "CUDA1"]);
     let available = available_from(&with_cuda);
     // The hardware probe's numbers win over the backend's.
-    let (name, free) = available.gpu.unwrap();
+    let gpus: Vec<(&str, u64)> = available
+        .gpus
+        .iter()
+        .map(|gpu| (gpu.id.as_str(), gpu.free_bytes))
+        .collect();
+    assert_eq!(gpus, [("0", 22325 * MIB), ("1", 81050 * MIB)]);
+    let (name, free) = available.gpu_pool().unwrap();
     assert_eq!(free, (22325 + 81050) * MIB);
     assert!(name.contains("RTX 4090") && name.contains("A100"), "{name}");
 
@@ -249,7 +255,7 @@ async fn the_backends_view_joins_the_list_and_a_cpu_only_build_keeps_models_off_
     let cpu_build = report(env("empty", runner)).await;
     assert!(probe(&cpu_build, "llama-server").ok);
     assert!(!probe(&cpu_build, "llama-server").present);
-    assert_eq!(available_from(&cpu_build).gpu, None);
+    assert!(available_from(&cpu_build).gpus.is_empty());
 }
 
 #[tokio::test]

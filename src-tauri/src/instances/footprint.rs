@@ -2,11 +2,8 @@
 //! it. Once an instance runs, what it really takes (the RSS of its process tree, its VRAM)
 //! replaces the estimate, and the next start of that instance uses the measured figure.
 //!
-//! - llama.cpp, GGUF: the fit check's estimate (weights on GPU and CPU by the layers offloaded,
-//!   KV cache at the configured context and cache types) plus a compute buffer: llama.cpp
-//!   allocates one micro-batch (`ubatch_size`, 512) of logits (`vocab` floats per token), of
-//!   attention scores without flash attention (`kv_cells × heads` per token) and of activations
-//!   (a few `embedding` widths per token), on the device holding the output layer.
+//! - llama.cpp, GGUF: the fit check's estimate (`devices::fit`: weights and KV cache on GPU and
+//!   CPU by the layers offloaded, the compute buffer with the output layer, the logits in RAM).
 //! - Hugging Face and MLX folders: the weights' bytes (the `.safetensors` files, stored in the
 //!   dtype they load in) and a fifth more for the KV cache and activations; vLLM's on the GPU
 //!   when there is one, MLX's in (unified) RAM.
@@ -16,11 +13,8 @@
 use std::path::Path;
 
 use super::placement::Footprint;
-use crate::backends::{BackendOptions, BackendType, OptionValue};
+use crate::backends::{BackendOptions, BackendType};
 use crate::devices::{fit, gguf};
-
-/// llama.cpp's default micro-batch.
-const DEFAULT_UBATCH: u64 = 512;
 
 /// Expected footprint of a start with `options`; `has_gpu` says whether a GPU will take layers
 /// left to llama.cpp's choice. Reads files: call it off the async workers.
@@ -36,40 +30,10 @@ pub(super) fn estimate(options: &BackendOptions, has_gpu: bool) -> Option<Footpr
 fn llama(model: &Path, options: &BackendOptions, has_gpu: bool) -> Option<Footprint> {
     let header = gguf::read_header(model).ok()?;
     let estimate = fit::estimate(&header, options, has_gpu);
-    let embedding = header.arch_uint("embedding_length").unwrap_or(0);
-    let heads = header.arch_uint("attention.head_count").unwrap_or(0);
-    let vocab = header
-        .tensors
-        .iter()
-        .find(|t| t.name == "output.weight" || t.name == "token_embd.weight")
-        .and_then(|t| t.dims.get(1).copied())
-        .unwrap_or(0);
-    let ubatch = match options.get("ubatch_size") {
-        Some(OptionValue::Int(n)) if *n > 0 => n.unsigned_abs(),
-        _ => DEFAULT_UBATCH,
-    };
-    let flash = matches!(options.get("flash_attn"), Some(OptionValue::String(v)) if v == "on")
-        || matches!(options.get("flash_attn"), Some(OptionValue::Bool(true)));
-    let scores = if flash {
-        0
-    } else {
-        estimate.kv_cells.saturating_mul(heads)
-    };
-    let per_token = vocab
-        .saturating_add(scores)
-        .saturating_add(embedding.saturating_mul(8));
-    let compute = ubatch.saturating_mul(per_token).saturating_mul(4);
-    let mut footprint = Footprint {
+    Some(Footprint {
         ram_bytes: estimate.ram_bytes(),
         gpu_bytes: estimate.gpu_bytes(),
-    };
-    // The output layer is the last one: on the GPU only when every layer is.
-    if estimate.layers > 0 && estimate.gpu_layers >= estimate.layers {
-        footprint.gpu_bytes = footprint.gpu_bytes.saturating_add(compute);
-    } else {
-        footprint.ram_bytes = footprint.ram_bytes.saturating_add(compute);
-    }
-    Some(footprint)
+    })
 }
 
 /// The weights' bytes of a model folder, plus a fifth; `None` if it is not a readable folder

@@ -374,7 +374,7 @@ impl Registry {
         Some((
             Memory {
                 ram_free: available.ram_bytes,
-                gpu_free: gpu_budget.or(available.gpu.map(|(_, free)| free)),
+                gpu_free: gpu_budget.or(available.gpu_pool().map(|(_, free)| free)),
                 unified,
             },
             false,

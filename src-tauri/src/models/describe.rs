@@ -10,23 +10,13 @@ use serde::Serialize;
 
 use super::scan::{split_part, Found, FoundKind};
 use super::{Format, ModelFile};
-use crate::backends::{BackendOptions, BackendType};
+use crate::backends::BackendType;
 use crate::devices::fit::{self, Available};
 use crate::devices::gguf::{self, Header, Value};
 
 /// The context the fit is judged at when the model's own is longer: what a user starts with
 /// (LM Studio's and Ollama's defaults are 4k-8k), not a 128k training context few load.
 pub const FIT_CONTEXT: u64 = 8192;
-/// llama.cpp options of a one-token context on the CPU: the fit check's estimate at them is the
-/// KV cache per token. Built once; the option table takes both values, so the fallback (no
-/// options) is never used.
-static ONE_TOKEN: std::sync::LazyLock<BackendOptions> = std::sync::LazyLock::new(|| {
-    BackendOptions::from_json(
-        BackendType::LlamaCpp,
-        &serde_json::json!({"ctx_size": 1, "gpu_layers": 0}),
-    )
-    .unwrap_or_else(|_| BackendOptions::empty(BackendType::LlamaCpp))
-});
 /// Strings in a GGUF header longer than this (chat templates, licences) are not kept.
 const KEPT_STRING: usize = 256;
 /// A safetensors header larger than this is not one (real ones are a few hundred KiB).
@@ -39,6 +29,8 @@ pub enum FileFacts {
         /// Its metadata (long strings dropped) and sizes; no tensor list.
         header: Header,
         parameters: u64,
+        /// What the memory estimate needs, read while the tensor list was there.
+        shape: fit::Shape,
     },
     /// A Hugging Face `config.json`.
     Config(serde_json::Value),
@@ -78,11 +70,16 @@ impl FileFacts {
                     .iter()
                     .map(|t| t.dims.iter().product::<u64>())
                     .fold(0u64, u64::saturating_add);
+                let shape = fit::Shape::of(&header);
                 header.tensors = Vec::new();
                 header
                     .metadata
                     .retain(|_, value| !matches!(value, Value::String(s) if s.len() > KEPT_STRING));
-                FileFacts::Gguf { header, parameters }
+                FileFacts::Gguf {
+                    header,
+                    parameters,
+                    shape,
+                }
             }
             Err(e) => FileFacts::Unreadable(e.to_string()),
         }
@@ -130,8 +127,11 @@ fn safetensors(path: &Path) -> Result<FileFacts, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// All of it fits in the GPUs' free memory.
+    /// All of it fits in the free memory of one GPU (`gpus` names those it fits on).
     Gpu,
+    /// No GPU holds it alone, but all of them together do, as llama.cpp's default layer split
+    /// spreads a model over every GPU.
+    GpuSplit,
     /// It fits in RAM only (no GPU, or too little GPU memory for all of it).
     Cpu,
     /// It fits nowhere.
@@ -140,22 +140,37 @@ pub enum Verdict {
     Unknown,
 }
 
-/// The GPUs the verdict counted.
+/// One GPU's free memory, and whether the whole model fits in it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct GpuFree {
+pub struct DeviceFit {
+    /// The device's id in its source: `0` (NVIDIA's index), `card1` (DRM), `CUDA0` (llama.cpp).
+    pub id: String,
     pub name: String,
     pub free_bytes: u64,
+    pub fits: bool,
 }
 
 /// The fit verdict with its numbers.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Fit {
     pub verdict: Verdict,
-    /// The context (tokens) the KV cache was sized for: the model's own, at most [`FIT_CONTEXT`].
+    /// The context (tokens) the KV cache and the buffers were sized for: the one asked for, or
+    /// the model's own, at most [`FIT_CONTEXT`].
     pub context: u64,
-    /// Weights + KV cache (+ a paired projector); a lower bound, compute buffers not counted.
+    /// Weights + KV cache + buffers (+ a paired projector). The backend's own runtime (the CUDA
+    /// or Metal context, a few hundred MiB) is not counted.
     pub needed_bytes: u64,
-    pub gpu: Option<GpuFree>,
+    /// The weights' bytes, a paired projector's included.
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    /// llama.cpp's compute buffer for one micro-batch and its logits' buffer (GGUF models; 0
+    /// for folders, whose backends size theirs at load).
+    pub buffers_bytes: u64,
+    /// Every GPU whose free memory is known.
+    pub devices: Vec<DeviceFit>,
+    /// The ids of the GPUs the verdict puts it on: those it fits on alone (`gpu`), or all of
+    /// them (`gpu_split`); empty otherwise.
+    pub gpus: Vec<String>,
     pub ram_free_bytes: u64,
     pub detail: String,
 }
@@ -171,8 +186,10 @@ pub struct Described {
     pub backends: Vec<BackendType>,
     pub error: Option<String>,
     weights_bytes: u64,
-    /// KV cache bytes per token of context; None when the files do not say.
+    /// A folder's KV cache bytes per token of context; None when the files do not say.
     kv_bytes_per_token: Option<u64>,
+    /// A GGUF model's shape, for llama.cpp's estimate.
+    shape: Option<fit::Shape>,
     unreadable: bool,
 }
 
@@ -199,41 +216,80 @@ impl Described {
         described
     }
 
-    pub fn fit(&self, available: &Available) -> Fit {
-        let context = self
-            .context_length
-            .map_or(FIT_CONTEXT, |c| c.clamp(1, FIT_CONTEXT));
-        let kv = self
-            .kv_bytes_per_token
-            .map_or(0, |per_token| per_token.saturating_mul(context));
-        let needed = self.weights_bytes.saturating_add(kv);
-        let gpu = available.gpu.as_ref().map(|(name, free)| GpuFree {
-            name: name.clone(),
-            free_bytes: *free,
+    /// The verdict against `available` at `context` tokens (None: the model's own, at most
+    /// [`FIT_CONTEXT`]), with llama-server's defaults otherwise.
+    pub fn fit(&self, available: &Available, context: Option<u64>) -> Fit {
+        let context = context.unwrap_or_else(|| {
+            self.context_length
+                .map_or(FIT_CONTEXT, |c| c.clamp(1, FIT_CONTEXT))
         });
-        let verdict = if self.unreadable {
-            Verdict::Unknown
-        } else if gpu.as_ref().is_some_and(|gpu| needed <= gpu.free_bytes) {
-            Verdict::Gpu
+        let (kv, buffers) = match &self.shape {
+            Some(shape) => {
+                let estimate =
+                    fit::estimate_shape(shape, &fit::Params::with_context(context), false);
+                (
+                    estimate.kv_cache_bytes,
+                    estimate.compute_bytes.saturating_add(estimate.output_bytes),
+                )
+            }
+            None => (
+                self.kv_bytes_per_token
+                    .map_or(0, |per_token| per_token.saturating_mul(context)),
+                0,
+            ),
+        };
+        let needed = self
+            .weights_bytes
+            .saturating_add(kv)
+            .saturating_add(buffers);
+        let devices: Vec<DeviceFit> = available
+            .gpus
+            .iter()
+            .map(|gpu| DeviceFit {
+                id: gpu.id.clone(),
+                name: gpu.name.clone(),
+                free_bytes: gpu.free_bytes,
+                fits: needed <= gpu.free_bytes,
+            })
+            .collect();
+        let on_one: Vec<String> = devices
+            .iter()
+            .filter(|gpu| gpu.fits)
+            .map(|gpu| gpu.id.clone())
+            .collect();
+        let pooled = available.gpu_pool().map_or(0, |(_, free)| free);
+        let (verdict, gpus) = if self.unreadable {
+            (Verdict::Unknown, Vec::new())
+        } else if !on_one.is_empty() {
+            (Verdict::Gpu, on_one)
+        } else if devices.len() > 1 && needed <= pooled {
+            let all = devices.iter().map(|gpu| gpu.id.clone()).collect();
+            (Verdict::GpuSplit, all)
         } else if needed <= available.ram_bytes {
-            Verdict::Cpu
+            (Verdict::Cpu, Vec::new())
         } else {
-            Verdict::None
+            (Verdict::None, Vec::new())
         };
         let mut detail = format!(
-            "needs about {} (weights {}{})",
+            "needs about {} (weights {}",
             fit::gib(needed),
-            fit::gib(self.weights_bytes),
-            if self.kv_bytes_per_token.is_some() {
-                format!(" + KV cache {} for {context} tokens", fit::gib(kv))
-            } else {
-                String::new()
-            }
+            fit::gib(self.weights_bytes)
         );
-        if let Some(gpu) = &gpu {
+        if self.shape.is_some() || self.kv_bytes_per_token.is_some() {
             detail.push_str(&format!(
-                "; {} has {} free",
+                " + KV cache {} for {context} tokens",
+                fit::gib(kv)
+            ));
+        }
+        if buffers > 0 {
+            detail.push_str(&format!(" + buffers {}", fit::gib(buffers)));
+        }
+        detail.push(')');
+        for gpu in &devices {
+            detail.push_str(&format!(
+                "; {} ({}) has {} free",
                 gpu.name,
+                gpu.id,
                 fit::gib(gpu.free_bytes)
             ));
         }
@@ -245,7 +301,11 @@ impl Described {
             verdict,
             context,
             needed_bytes: needed,
-            gpu,
+            weights_bytes: self.weights_bytes,
+            kv_cache_bytes: kv,
+            buffers_bytes: buffers,
+            devices,
+            gpus,
             ram_free_bytes: available.ram_bytes,
             detail,
         }
@@ -282,6 +342,7 @@ fn gguf_model(
         error: None,
         weights_bytes: size_bytes,
         kv_bytes_per_token: None,
+        shape: None,
         unreadable: false,
     };
     let mut parameters = 0u64;
@@ -290,13 +351,14 @@ fn gguf_model(
         if let FileFacts::Gguf {
             header,
             parameters: p,
+            shape,
         } = fact.as_ref()
         {
             parameters = parameters.saturating_add(*p);
-            first.get_or_insert(header);
+            first.get_or_insert((header, shape));
         }
     }
-    let Some(header) = first else {
+    let Some((header, shape)) = first else {
         return described;
     };
     if found.tag.is_none() {
@@ -314,9 +376,7 @@ fn gguf_model(
     }
     .or(described.quantization);
     described.context_length = header.arch_uint("context_length").filter(|c| *c > 0);
-    // The KV cache per token, from the estimate the start's fit check uses, at one token.
-    let estimate = fit::estimate(header, &ONE_TOKEN, false);
-    described.kv_bytes_per_token = (estimate.layers > 0).then_some(estimate.kv_cache_bytes);
+    described.shape = (shape.layers > 0).then(|| shape.clone());
     // The header's own bytes are not loaded; for split models each part has one, a few KiB.
     described.weights_bytes = size_bytes.saturating_sub(header.data_offset);
     described
@@ -425,6 +485,7 @@ fn folder_model(
             .map(|f| f.size_bytes)
             .sum(),
         kv_bytes_per_token,
+        shape: None,
         unreadable: config.is_null(),
     }
 }

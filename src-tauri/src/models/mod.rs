@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::backends::BackendType;
 use crate::devices::fit::Available;
 use describe::{Described, FileFacts};
-pub use describe::{Fit, GpuFree, Verdict, FIT_CONTEXT};
+pub use describe::{DeviceFit, Fit, Verdict, FIT_CONTEXT};
 pub use scan::{split_part, SplitPart};
 use scan::{Found, FoundKind};
 pub use sources::{Locations, Source, SourceKind};
@@ -106,13 +106,14 @@ impl Library {
         Self::default()
     }
 
-    /// Every model in `sources`, sorted by source then name, with its fit against `available`;
-    /// `downloaded` are the models Corral downloaded, by path, with the tag each was asked for
+    /// Every model in `sources`, sorted by source then name, with its fit against `available`
+    /// at `context` tokens (None: each model's own, capped); `downloaded` are the models Corral downloaded, by path, with the tag each was asked for
     /// (the one `DELETE /models` finds it by). Blocking: file system work.
     pub fn list(
         &self,
         sources: &[Source],
         available: &Available,
+        context: Option<u64>,
         downloaded: &HashMap<PathBuf, Option<String>>,
     ) -> Vec<ModelEntry> {
         let mut seen = HashSet::new();
@@ -128,7 +129,7 @@ impl Library {
                 }
                 live.extend(found.files.iter().cloned());
                 let download = downloaded.get(&path);
-                entries.push(self.entry(found, path, available, download));
+                entries.push(self.entry(found, path, available, context, download));
             }
         }
         entries.sort_by(|a, b| (a.source, &a.name, &a.path).cmp(&(b.source, &b.name, &b.path)));
@@ -141,6 +142,7 @@ impl Library {
         found: Found,
         path: PathBuf,
         available: &Available,
+        context: Option<u64>,
         download: Option<&Option<String>>,
     ) -> ModelEntry {
         // Each file is stat'ed once: its size is listed, and with its modification time it
@@ -177,7 +179,7 @@ impl Library {
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len());
         let described = Described::from_facts(&found, &facts, &files, mmproj_bytes);
-        let fit = described.fit(available);
+        let fit = described.fit(available, context);
         ModelEntry {
             id: format!("{}:{}", source_name(found.source), path.display()),
             name: described.name,

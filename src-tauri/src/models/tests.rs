@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::devices::fit::GpuMemory;
 use crate::devices::gguf::writer::{gguf, Meta};
 
 /// A small llama GGUF: 4 layers, 256 wide, 4 KV heads of 64, trained for `context`.
@@ -198,9 +199,17 @@ fn fixture() -> Fixture {
     }
 }
 
+fn gpu(id: &str, name: &str, free_bytes: u64) -> GpuMemory {
+    GpuMemory {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        free_bytes,
+    }
+}
+
 fn plenty() -> Available {
     Available {
-        gpu: Some(("Test GPU".to_owned(), 1 << 40)),
+        gpus: vec![gpu("0", "Test GPU", 1 << 40)],
         ram_bytes: 1 << 40,
     }
 }
@@ -217,7 +226,7 @@ fn by_name<'a>(entries: &'a [ModelEntry], name: &str) -> &'a ModelEntry {
 #[test]
 fn every_layout_is_listed_with_what_its_files_say() {
     let fixture = fixture();
-    let entries = Library::new().list(&fixture.sources, &plenty(), &HashMap::new());
+    let entries = Library::new().list(&fixture.sources, &plenty(), None, &HashMap::new());
     let names: Vec<(&str, SourceKind)> = entries
         .iter()
         .map(|e| (e.name.as_str(), e.source))
@@ -309,34 +318,46 @@ fn every_layout_is_listed_with_what_its_files_say() {
 }
 
 #[test]
-fn the_fit_verdict_counts_weights_and_the_kv_cache_at_the_capped_context() {
+fn the_fit_verdict_counts_weights_kv_cache_and_buffers_at_the_capped_context() {
     let fixture = fixture();
     let library = Library::new();
-    let list = |available: &Available| library.list(&fixture.sources, available, &HashMap::new());
+    let list =
+        |available: &Available| library.list(&fixture.sources, available, None, &HashMap::new());
     let entries = list(&plenty());
     let big = by_name(&entries, "Big");
     // Trained for 32k; judged at 8k: 4 layers × 8192 tokens × (K + V: 4 heads × 64 × 2 bytes).
     assert_eq!(big.fit.context, FIT_CONTEXT);
     let kv = 4 * 8192 * 2 * 4 * 64 * 2;
+    assert_eq!(big.fit.kv_cache_bytes, kv);
+    assert!(big.fit.buffers_bytes > 0, "{:?}", big.fit);
+    assert_eq!(
+        big.fit.needed_bytes,
+        big.fit.weights_bytes + kv + big.fit.buffers_bytes
+    );
     let projector = fs::metadata(big.mmproj.as_ref().unwrap()).unwrap().len();
-    assert!(big.fit.needed_bytes > kv && big.fit.needed_bytes < kv + big.size_bytes + projector);
+    assert!(big.fit.weights_bytes < big.size_bytes + projector);
     assert_eq!(big.fit.verdict, Verdict::Gpu);
-    assert!(big.fit.detail.contains("Test GPU"), "{}", big.fit.detail);
+    assert_eq!(big.fit.gpus, ["0"]);
+    assert!(
+        big.fit.detail.contains("Test GPU (0)"),
+        "{}",
+        big.fit.detail
+    );
 
     let needed = big.fit.needed_bytes;
     let small_gpu = Available {
-        gpu: Some(("Small GPU".to_owned(), needed - 1)),
+        gpus: vec![gpu("0", "Small GPU", needed - 1)],
         ram_bytes: needed,
     };
     assert_eq!(by_name(&list(&small_gpu), "Big").fit.verdict, Verdict::Cpu);
     let nothing = Available {
-        gpu: None,
+        gpus: Vec::new(),
         ram_bytes: needed - 1,
     };
     let entries = list(&nothing);
     let big = by_name(&entries, "Big");
     assert_eq!(big.fit.verdict, Verdict::None);
-    assert!(big.fit.gpu.is_none());
+    assert!(big.fit.devices.is_empty() && big.fit.gpus.is_empty());
     assert_eq!(big.fit.ram_free_bytes, needed - 1);
 
     // A projector loads with its model, so it counts.
@@ -349,11 +370,74 @@ fn the_fit_verdict_counts_weights_and_the_kv_cache_at_the_capped_context() {
 }
 
 #[test]
+fn the_fit_verdict_names_each_gpu_and_a_split_over_them() {
+    let fixture = fixture();
+    let library = Library::new();
+    let list =
+        |available: &Available| library.list(&fixture.sources, available, None, &HashMap::new());
+    let needed = by_name(&list(&plenty()), "Big").fit.needed_bytes;
+
+    // Only the second GPU holds it.
+    let one_of_two = Available {
+        gpus: vec![gpu("0", "Small", needed - 1), gpu("1", "Large", needed)],
+        ram_bytes: 0,
+    };
+    let fit = by_name(&list(&one_of_two), "Big").fit.clone();
+    assert_eq!(fit.verdict, Verdict::Gpu);
+    assert_eq!(fit.gpus, ["1"]);
+    let fits: Vec<(&str, u64, bool)> = fit
+        .devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.free_bytes, d.fits))
+        .collect();
+    assert_eq!(fits, [("0", needed - 1, false), ("1", needed, true)]);
+    assert!(
+        fit.detail.contains("Small (0)") && fit.detail.contains("Large (1)"),
+        "{}",
+        fit.detail
+    );
+
+    // Neither does alone; the layer split over both does.
+    let halves = Available {
+        gpus: vec![gpu("0", "A", needed / 2 + 1), gpu("1", "B", needed / 2 + 1)],
+        ram_bytes: 0,
+    };
+    let fit = by_name(&list(&halves), "Big").fit.clone();
+    assert_eq!(fit.verdict, Verdict::GpuSplit);
+    assert_eq!(fit.gpus, ["0", "1"]);
+    assert!(fit.devices.iter().all(|d| !d.fits));
+    // One GPU that small is not a split: RAM then, or nothing.
+    let alone = Available {
+        gpus: vec![gpu("0", "A", needed / 2 + 1)],
+        ram_bytes: 0,
+    };
+    assert_eq!(by_name(&list(&alone), "Big").fit.verdict, Verdict::None);
+}
+
+#[test]
+fn the_fit_is_judged_at_the_context_asked_for() {
+    let fixture = fixture();
+    let library = Library::new();
+    let at = |context| library.list(&fixture.sources, &plenty(), context, &HashMap::new());
+    let capped = by_name(&at(None), "Big").fit.clone();
+    let short = by_name(&at(Some(1024)), "Big").fit.clone();
+    let long = by_name(&at(Some(32768)), "Big").fit.clone();
+    assert_eq!((short.context, long.context), (1024, 32768));
+    assert_eq!(short.kv_cache_bytes, 4 * 1024 * 2 * 4 * 64 * 2);
+    assert_eq!(long.kv_cache_bytes, 4 * capped.kv_cache_bytes);
+    // The attention mask grows with the context too.
+    assert!(
+        short.buffers_bytes < capped.buffers_bytes && capped.buffers_bytes < long.buffers_bytes
+    );
+    assert_eq!(short.weights_bytes, long.weights_bytes);
+}
+
+#[test]
 fn a_second_scan_reads_only_files_that_changed() {
     let fixture = fixture();
     let library = Library::new();
     let sources = &fixture.sources[3..4]; // Ollama's blob: a plain file
-    let first = library.list(sources, &plenty(), &HashMap::new());
+    let first = library.list(sources, &plenty(), None, &HashMap::new());
     assert_eq!(first[0].context_length, Some(8192));
 
     // Same size and modification time: the cached reading stands, nothing is read.
@@ -369,7 +453,7 @@ fn a_second_scan_reads_only_files_that_changed() {
         .unwrap()
         .set_modified(modified)
         .unwrap();
-    let second = library.list(sources, &plenty(), &HashMap::new());
+    let second = library.list(sources, &plenty(), None, &HashMap::new());
     assert_eq!(second[0].context_length, Some(8192));
 
     // A newer modification time: read again.
@@ -379,7 +463,7 @@ fn a_second_scan_reads_only_files_that_changed() {
         .unwrap()
         .set_modified(modified + std::time::Duration::from_secs(5))
         .unwrap();
-    let third = library.list(sources, &plenty(), &HashMap::new());
+    let third = library.list(sources, &plenty(), None, &HashMap::new());
     assert_eq!(third[0].context_length, Some(1024));
 }
 
@@ -392,13 +476,13 @@ fn a_model_reached_twice_is_listed_once_and_downloads_are_marked() {
         kind: SourceKind::ModelsDir,
         dir: fixture.root.join("hub"),
     });
-    let first = Library::new().list(&sources[..1], &plenty(), &HashMap::new());
+    let first = Library::new().list(&sources[..1], &plenty(), None, &HashMap::new());
     let downloaded: HashMap<PathBuf, Option<String>> = first
         .iter()
         .take(1)
         .map(|e| (e.path.clone(), Some("asked-as".to_owned())))
         .collect();
-    let entries = Library::new().list(&sources, &plenty(), &downloaded);
+    let entries = Library::new().list(&sources, &plenty(), None, &downloaded);
     assert_eq!(entries.len(), 9);
     let mine: Vec<&ModelEntry> = entries.iter().filter(|e| e.downloaded).collect();
     assert_eq!(mine.len(), 1);
@@ -421,7 +505,7 @@ fn a_symlink_loop_ends_the_walk() {
         kind: SourceKind::ModelsDir,
         dir: dir.path().to_path_buf(),
     }];
-    let entries = Library::new().list(&sources, &plenty(), &HashMap::new());
+    let entries = Library::new().list(&sources, &plenty(), None, &HashMap::new());
     assert_eq!(entries.len(), 1);
 }
 
@@ -449,7 +533,7 @@ fn a_projector_pairs_with_models_below_it_only_inside_one_repo() {
         kind: SourceKind::ModelsDir,
         dir: dir.path().to_path_buf(),
     }];
-    let entries = Library::new().list(&sources, &plenty(), &HashMap::new());
+    let entries = Library::new().list(&sources, &plenty(), None, &HashMap::new());
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].mmproj, None, "a models folder is not one repo");
 }

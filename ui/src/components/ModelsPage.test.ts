@@ -15,7 +15,12 @@ describe('ModelsPage', () => {
     render(ModelsPage, {});
     const qwen = await screen.findByTestId('model-qwen');
     expect(screen.getByTestId('fit-qwen').textContent).toBe('Fits on the GPU');
-    expect(qwen.textContent).toContain('needs 1.5 GiB at 8,192 tokens · RTX 4090: 20.0 GiB free · RAM: 48.0 GiB free');
+    const numbers = [...screen.getByTestId('fit-numbers-qwen').querySelectorAll('li')].map((li) => li.textContent);
+    expect(numbers).toEqual([
+      'needs 1.5 GiB at 8,192 tokens (weights 1.0 GiB + KV cache 256 MiB + buffers 256 MiB)',
+      'GPU 0 RTX 4090: 20.0 GiB free, fits',
+      'RAM: 48.0 GiB free',
+    ]);
     expect(qwen.textContent).toContain('Qwen/Qwen3-8B-GGUF:Q4_K_M');
     expect(screen.getByTestId('fit-llama70').textContent).toBe("Won't fit");
     expect(screen.getByTestId('fit-phi-mlx').textContent).toBe('CPU only');
@@ -30,6 +35,36 @@ describe('ModelsPage', () => {
     expect(screen.getByTestId('create-from-qwen').getAttribute('href')).toBe(
       '#/new?backend=llama_cpp&model=%2Fmodels%2FQwen3-8B-Q4_K_M.gguf&ctx_size=8192&mmproj=%2Fhf%2Fqwen%2Fmmproj.gguf&gpu_layers=999',
     );
+  });
+
+  it('judges the fits again at the context picked, and labels a split over GPUs', async () => {
+    const split = model({
+      id: 'split',
+      name: 'Split',
+      fit: {
+        ...library[0].fit,
+        verdict: 'gpu_split',
+        context: 32768,
+        devices: [
+          { id: '0', name: 'A', free_bytes: 2 ** 30, fits: false },
+          { id: '1', name: 'B', free_bytes: 2 ** 30, fits: false },
+        ],
+        gpus: ['0', '1'],
+      },
+    });
+    const { seen } = fakeEngine({
+      'GET /api/v1/models': (req) => json(req.path.endsWith('?context=32768') ? [split] : library),
+      'GET /api/v1/models/jobs': () => json([]),
+    });
+    render(ModelsPage, {});
+    await screen.findByTestId('model-qwen');
+    await fireEvent.change(screen.getByLabelText('Judge the fit at a context of'), { target: { value: '32768' } });
+    expect((await screen.findByTestId('fit-split')).textContent).toBe('Fits on the GPUs together');
+    expect(seen.map((r) => r.path).filter((p) => p.startsWith('/api/v1/models?'))).toEqual(['/api/v1/models?context=32768']);
+    expect(screen.getByTestId('fit-numbers-split').textContent).toContain('at 32,768 tokens');
+    // Created from it, every layer goes to the GPUs, at the context it was judged at.
+    expect(screen.getByTestId('create-from-split').getAttribute('href')).toContain('ctx_size=8192');
+    expect(screen.getByTestId('create-from-split').getAttribute('href')).toContain('gpu_layers=999');
   });
 
   it('filters by name, format, source and backend', async () => {

@@ -46,7 +46,8 @@ export type BackendInfo = Schemas['Installation'];
 export type InstallJob = Schemas['InstallJob'];
 
 export const modelsApi = {
-  list: () => json<Model[]>('/models'),
+  /** `context`: the tokens to judge each fit at; the engine uses each model's own (at most 8k) without it. */
+  list: (context?: number) => json<Model[]>(context ? `/models?context=${context}` : '/models'),
   remove: (model: Pick<Model, 'repo' | 'tag'>) => {
     const query = new URLSearchParams({ repo: model.repo ?? '' });
     if (model.tag) query.set('tag', model.tag);
@@ -84,6 +85,7 @@ export const SOURCE_LABELS: Record<ModelSource, string> = {
 
 export const FIT_LABELS: Record<Fit['verdict'], string> = {
   gpu: 'Fits on the GPU',
+  gpu_split: 'Fits on the GPUs together',
   cpu: 'CPU only',
   none: "Won't fit",
   unknown: 'Fit unknown',
@@ -100,8 +102,9 @@ export function prefillFor(model: Model): Prefill {
   if (backend === 'llama_cpp') {
     if (model.context_length) options.ctx_size = String(Math.min(model.context_length, model.fit.context || model.context_length));
     if (model.mmproj) options.mmproj = model.mmproj;
-    // 999 layers is "all of them" to llama-server; 0 keeps it off a GPU it would not fit.
-    options.gpu_layers = model.fit.verdict === 'gpu' ? '999' : '0';
+    // 999 layers is "all of them" to llama-server (spread over every GPU by its default layer
+    // split); 0 keeps it off GPUs it would not fit.
+    options.gpu_layers = model.fit.verdict === 'gpu' || model.fit.verdict === 'gpu_split' ? '999' : '0';
   }
   return { backend_type: backend, backend_options: options };
 }
@@ -112,6 +115,22 @@ export function parameterCount(n: number | null | undefined): string | null {
   if (n >= 1e9) return `${(n / 1e9).toFixed(n >= 1e10 ? 0 : 1)}B`;
   if (n >= 1e6) return `${Math.round(n / 1e6)}M`;
   return String(n);
+}
+
+/** The contexts the library offers to judge fits at (0: each model's own, at most 8k). */
+export const FIT_CONTEXTS = [0, 4096, 8192, 16384, 32768, 65536, 131072];
+
+/** What a fit's numbers are: the memory needed, its parts, and each GPU's and the RAM's free memory. */
+export function fitNumbers(fit: Fit, format: (bytes: number) => string): string[] {
+  const parts = [`weights ${format(fit.weights_bytes)}`];
+  if (fit.kv_cache_bytes) parts.push(`KV cache ${format(fit.kv_cache_bytes)}`);
+  if (fit.buffers_bytes) parts.push(`buffers ${format(fit.buffers_bytes)}`);
+  const lines = [`needs ${format(fit.needed_bytes)} at ${fit.context.toLocaleString('en')} tokens (${parts.join(' + ')})`];
+  for (const gpu of fit.devices) {
+    lines.push(`GPU ${gpu.id} ${gpu.name}: ${format(gpu.free_bytes)} free${gpu.fits ? ', fits' : ''}`);
+  }
+  lines.push(`RAM: ${format(fit.ram_free_bytes)} free`);
+  return lines;
 }
 
 /** True for a job that is not over yet. */

@@ -20,7 +20,18 @@ export function model(overrides: Partial<Model> & Pick<Model, 'id' | 'name'>): M
     backends: ['llama_cpp'],
     downloaded: false,
     error: null,
-    fit: { verdict: 'gpu', context: 8192, needed_bytes: 1.5 * GiB, gpu: { name: 'RTX 4090', free_bytes: 20 * GiB }, ram_free_bytes: 48 * GiB, detail: 'all layers on the GPU' },
+    fit: {
+      verdict: 'gpu',
+      context: 8192,
+      needed_bytes: 1.5 * GiB,
+      weights_bytes: GiB,
+      kv_cache_bytes: 0.25 * GiB,
+      buffers_bytes: 0.25 * GiB,
+      devices: [{ id: '0', name: 'RTX 4090', free_bytes: 20 * GiB, fits: true }],
+      gpus: ['0'],
+      ram_free_bytes: 48 * GiB,
+      detail: 'all layers on the GPU',
+    },
     ...overrides,
   };
 }
@@ -31,7 +42,18 @@ export const library: Model[] = [
     id: 'llama70',
     name: 'Llama-3.3-70B-Q4_K_M',
     size_bytes: 40 * GiB,
-    fit: { verdict: 'none', context: 8192, needed_bytes: 44 * GiB, gpu: { name: 'RTX 4090', free_bytes: 20 * GiB }, ram_free_bytes: 30 * GiB, detail: 'needs more memory than the GPU and RAM have free' },
+    fit: {
+      verdict: 'none',
+      context: 8192,
+      needed_bytes: 44 * GiB,
+      weights_bytes: 40 * GiB,
+      kv_cache_bytes: 2.5 * GiB,
+      buffers_bytes: 1.5 * GiB,
+      devices: [{ id: '0', name: 'RTX 4090', free_bytes: 20 * GiB, fits: false }],
+      gpus: [],
+      ram_free_bytes: 30 * GiB,
+      detail: 'needs more memory than the GPU and RAM have free',
+    },
   }),
   model({
     id: 'phi-mlx',
@@ -43,7 +65,7 @@ export const library: Model[] = [
     quantization: null,
     context_length: null,
     size_bytes: 2 * GiB,
-    fit: { verdict: 'cpu', context: 4096, needed_bytes: 2.5 * GiB, gpu: null, ram_free_bytes: 48 * GiB, detail: 'runs on the CPU' },
+    fit: { verdict: 'cpu', context: 4096, needed_bytes: 2.5 * GiB, weights_bytes: 2 * GiB, kv_cache_bytes: 0.5 * GiB, buffers_bytes: 0, devices: [], gpus: [], ram_free_bytes: 48 * GiB, detail: 'runs on the CPU' },
   }),
 ];
 

@@ -573,7 +573,8 @@ export interface paths {
          *     paired with it), Hugging Face folders (safetensors or MLX), and Ollama's blobs, found in the
          *     Hugging Face cache, llama.cpp's cache, LM Studio's and Ollama's folders and `models.dirs`.
          *     Each says which backends can serve it and whether it fits in the GPUs' or the RAM's free
-         *     memory now. A file that cannot be read is listed with its `error`.
+         *     memory now, per GPU, at the context asked for. A file that cannot be read is listed with
+         *     its `error`.
          */
         get: operations["list"];
         put?: never;
@@ -1151,6 +1152,15 @@ export interface components {
             close_to_tray?: boolean | null;
             start_at_login?: boolean | null;
         };
+        /** @description One GPU's free memory, and whether the whole model fits in it. */
+        DeviceFit: {
+            fits: boolean;
+            /** Format: int64 */
+            free_bytes: number;
+            /** @description The device's id in its source: `0` (NVIDIA's index), `card1` (DRM), `CUDA0` (llama.cpp). */
+            id: string;
+            name: string;
+        };
         /** @description `202` to a download request, in llamactl's shape. */
         DownloadAccepted: {
             job_id: string;
@@ -1230,19 +1240,40 @@ export interface components {
         Fit: {
             /**
              * Format: int64
-             * @description The context (tokens) the KV cache was sized for: the model's own, at most [`FIT_CONTEXT`].
+             * @description llama.cpp's compute buffer for one micro-batch and its logits' buffer (GGUF models; 0
+             *     for folders, whose backends size theirs at load).
+             */
+            buffers_bytes: number;
+            /**
+             * Format: int64
+             * @description The context (tokens) the KV cache and the buffers were sized for: the one asked for, or
+             *     the model's own, at most [`FIT_CONTEXT`].
              */
             context: number;
             detail: string;
-            gpu?: null | components["schemas"]["GpuFree"];
+            /** @description Every GPU whose free memory is known. */
+            devices: components["schemas"]["DeviceFit"][];
+            /**
+             * @description The ids of the GPUs the verdict puts it on: those it fits on alone (`gpu`), or all of
+             *     them (`gpu_split`); empty otherwise.
+             */
+            gpus: string[];
+            /** Format: int64 */
+            kv_cache_bytes: number;
             /**
              * Format: int64
-             * @description Weights + KV cache (+ a paired projector); a lower bound, compute buffers not counted.
+             * @description Weights + KV cache + buffers (+ a paired projector). The backend's own runtime (the CUDA
+             *     or Metal context, a few hundred MiB) is not counted.
              */
             needed_bytes: number;
             /** Format: int64 */
             ram_free_bytes: number;
             verdict: components["schemas"]["Verdict"];
+            /**
+             * Format: int64
+             * @description The weights' bytes, a paired projector's included.
+             */
+            weights_bytes: number;
         };
         /**
          * @description A folder the app can show in the system's file manager.
@@ -1269,12 +1300,6 @@ export interface components {
          * @enum {string}
          */
         Format: "gguf" | "safetensors" | "mlx";
-        /** @description The GPUs the verdict counted. */
-        GpuFree: {
-            /** Format: int64 */
-            free_bytes: number;
-            name: string;
-        };
         /**
          * @description Finer state beside `status`.
          * @enum {string}
@@ -1727,7 +1752,7 @@ export interface components {
          * @description Where a model will run, judged against the memory free now.
          * @enum {string}
          */
-        Verdict: "gpu" | "cpu" | "none" | "unknown";
+        Verdict: "gpu" | "gpu_split" | "cpu" | "none" | "unknown";
         /** @description Options of llama_cpp; only set options appear. Corral gives each start of the backend a secret key of its own, which only Corral's proxy sends: a request straight to the backend's port without it is refused. A key set with `api_key` keeps working beside it. */
         LlamaCppOptions: {
             /**
@@ -6027,7 +6052,13 @@ export interface operations {
     };
     list: {
         parameters: {
-            query?: never;
+            query?: {
+                /**
+                 * @description Tokens of context to judge the fit at (KV cache and buffers); the model's own, at most
+                 *     8192, when absent.
+                 */
+                context?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -6041,6 +6072,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelEntry"][];
+                };
+            };
+            /** @description The context is not a number of tokens Corral can judge */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description Missing or invalid key */
