@@ -518,26 +518,42 @@ impl KeyStore {
 
 /// Who is making the request being answered, as the inference routes' auth found: a stored
 /// key's grant, or no limit (a config key, or auth off).
-#[derive(Debug, Clone, Default)]
-pub struct Caller(Option<Arc<Grant>>);
+#[derive(Debug, Clone)]
+pub struct Caller(Reach);
+
+#[derive(Debug, Clone)]
+enum Reach {
+    Unrestricted,
+    Keyed(Arc<Grant>),
+    /// No auth layer said who calls: a route mounted outside one. It may use nothing, so such
+    /// a mistake closes the route instead of opening every instance to every key.
+    Unknown,
+}
 
 impl Caller {
     pub fn unrestricted() -> Self {
-        Self(None)
+        Self(Reach::Unrestricted)
     }
 
     pub fn keyed(grant: Arc<Grant>) -> Self {
-        Self(Some(grant))
+        Self(Reach::Keyed(grant))
     }
 
     /// Whether the caller may use `instance`.
     pub fn may_use(&self, instance: &str) -> bool {
-        self.0.as_ref().is_none_or(|grant| grant.allows(instance))
+        match &self.0 {
+            Reach::Unrestricted => true,
+            Reach::Keyed(grant) => grant.allows(instance),
+            Reach::Unknown => false,
+        }
     }
 
     /// The stored key's name, for the activity log.
     pub fn key_name(&self) -> Option<String> {
-        self.0.as_ref().map(|grant| grant.name.to_string())
+        match &self.0 {
+            Reach::Keyed(grant) => Some(grant.name.to_string()),
+            Reach::Unrestricted | Reach::Unknown => None,
+        }
     }
 }
 
@@ -550,10 +566,14 @@ pub async fn calling<F: std::future::Future>(caller: Caller, answer: F) -> F::Ou
     CALLER.scope(caller, answer).await
 }
 
-/// The caller of the request being answered. Outside an inference route's auth there is no
-/// key to limit it.
+/// The caller of the request being answered, as the inference auth layer set it. Without one
+/// (a route mounted outside the layer, a task spawned without passing the caller on) it may use
+/// no instance.
 pub fn current_caller() -> Caller {
-    CALLER.try_with(Clone::clone).unwrap_or_default()
+    CALLER.try_with(Clone::clone).unwrap_or_else(|_| {
+        tracing::error!("an inference route ran without its auth layer; it may use no instance");
+        Caller(Reach::Unknown)
+    })
 }
 
 #[cfg(test)]

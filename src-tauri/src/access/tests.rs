@@ -176,8 +176,9 @@ fn a_database_from_a_newer_corral_is_refused_and_left_alone() {
 }
 
 #[test]
-fn the_caller_outside_an_auth_layer_is_unrestricted_and_a_keyed_one_is_held_to_its_scope() {
-    assert!(current_caller().may_use("anything"));
+fn the_caller_outside_an_auth_layer_may_use_nothing_and_a_keyed_one_is_held_to_its_scope() {
+    assert!(!current_caller().may_use("anything"));
+    assert!(Caller::unrestricted().may_use("anything"));
     let dir = tempfile::tempdir().unwrap();
     let store = KeyStore::open(dir.path(), |_| true).unwrap();
     let (_, key) = store.create(new_key("team", scoped(&["a"]))).unwrap();

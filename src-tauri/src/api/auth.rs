@@ -146,22 +146,27 @@ pub async fn require_inference(
     next: Next,
 ) -> Response {
     let auth = &state.config.auth;
-    if !auth.require_inference_auth || is_preflight(&request) {
-        return next.run(request).await;
-    }
-    let Some((key, _)) = presented_key(&request) else {
-        return unauthorized(MISSING_KEY);
+    // The routes ask who calls (`access::current_caller`), and one that is not told may use
+    // nothing: every way through here says.
+    let caller = if !auth.require_inference_auth || is_preflight(&request) {
+        Caller::unrestricted()
+    } else {
+        let Some((key, _)) = presented_key(&request) else {
+            return unauthorized(MISSING_KEY);
+        };
+        if is_accepted(
+            key.as_bytes(),
+            &[&auth.inference_keys, &auth.management_keys],
+        ) {
+            Caller::unrestricted()
+        } else {
+            match state.keys.verify(key.as_bytes()).await {
+                KeyCheck::Granted(grant) => Caller::keyed(grant),
+                _ => return unauthorized(INVALID_KEY),
+            }
+        }
     };
-    if is_accepted(
-        key.as_bytes(),
-        &[&auth.inference_keys, &auth.management_keys],
-    ) {
-        return next.run(request).await;
-    }
-    match state.keys.verify(key.as_bytes()).await {
-        KeyCheck::Granted(grant) => access::calling(Caller::keyed(grant), next.run(request)).await,
-        _ => unauthorized(INVALID_KEY),
-    }
+    access::calling(caller, next.run(request)).await
 }
 
 /// Middleware for `/metrics`: a management key or one of `metrics.keys`, when management auth
