@@ -601,6 +601,18 @@ try {
       const verdict = await page.getByTestId(`fit-${m.id}`).textContent();
       assert.ok(['Fits on the GPU', 'CPU only'].includes(verdict.trim()), `${m.id} fits: ${verdict}`);
     }
+    // Judged at a 128k context, the engine sizes the tiny model's KV cache and buffers for it.
+    const first = library[0].id;
+    const numbers = page.getByTestId(`fit-numbers-${first}`);
+    assert.ok((await numbers.textContent()).includes(`at ${library[0].fit.context.toLocaleString('en')} tokens`));
+    await page.getByLabel('Judge the fit at a context of').selectOption('131072');
+    await until(async () => (await numbers.textContent()).includes('at 131,072 tokens'), 'the fit is judged at 128k', SLOW);
+    const long = await (await fetch(`${engine.base}/api/v1/models?context=131072`, { headers: { Authorization: `Bearer ${KEY}` } })).json();
+    const atLong = long.find((m) => m.id === first).fit;
+    assert.ok(atLong.kv_cache_bytes > library[0].fit.kv_cache_bytes, 'the KV cache grew with the context');
+    assert.ok((await numbers.textContent()).includes('KV cache'), await numbers.textContent());
+    await page.getByLabel('Judge the fit at a context of').selectOption('0');
+    await until(async () => !(await numbers.textContent()).includes('at 131,072 tokens'), "the fit is back at the model's own context", SLOW);
   });
 
   await step('a download from the hub shows its progress, joins the library, runs, and is deleted', async () => {
