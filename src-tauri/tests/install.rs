@@ -1,10 +1,13 @@
 //! Corral installing backends itself, against the real `corral serve`, the real pip, Python and
 //! cmake, offline: pip gets `PIP_NO_INDEX=1` and `PIP_FIND_LINKS` at the folders the test
 //! scripts filled, so nothing reaches PyPI. mlx-lm is installed into Corral's own virtualenv and
-//! serves chat; llama-server is built from source and serves chat (ignored by default:
-//! minutes of compiling; `scripts/test-install.sh` runs it). Also: the
-//! management key is required, a cancel kills the install's whole process tree and records
-//! nothing, a machine without Python and a tampered sdist fail with a clear error.
+//! serves chat; llama-server is built from source through the API and serves chat (ignored by
+//! default: minutes of compiling; `scripts/test-install.sh` runs it. The same build runs on
+//! every fresh machine anyway: `scripts/test-backend.sh` makes the e2e tests' llama-server with
+//! `corral install llama-cpp`). Also: the management key is required, a cancel kills the
+//! install's whole process tree and records nothing, a machine without Python and a tampered
+//! sdist fail with a clear error, and `corral install` in a terminal waits for the app's install
+//! and cancels on Ctrl-C.
 //!
 //! Needs `CORRAL_MLX_WHEELS` and `CORRAL_TEST_HF_MODEL` (`scripts/test-backends-py.sh`, set by
 //! `scripts/test.sh`); the build also `CORRAL_LLAMA_SDISTS`, `CORRAL_BUILD_TOOLS` and
@@ -353,6 +356,124 @@ async fn a_cancelled_install_leaves_no_process_and_records_nothing() {
     assert_eq!(status, 202, "{again}");
     assert_ne!(again["id"], job["id"]);
     corral.terminate().await;
+}
+
+/// `corral install <backend>` on `data`'s config and data folder, with `path` as its `PATH`.
+fn install_command(data: &Path, backend: &str, path: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .arg("install")
+        .arg(backend)
+        .arg("--config")
+        .arg(data.join("config.yaml"))
+        .arg("--data-dir")
+        .arg(data)
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// The pids `hanging_python` wrote, once it has.
+async fn hanging_pids(pids: &Path) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(pids).map_or(true, |p| p.split_whitespace().count() < 2) {
+        assert!(Instant::now() < deadline, "the fake python never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::read_to_string(pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_install_in_a_terminal_is_refused_while_the_app_installs_and_ctrl_c_cancels_it() {
+    let data = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let pids = bin.path().join("pids");
+    hanging_python(bin.path(), &pids);
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let corral = start(data.path(), 11700, &path, &[]).await;
+
+    // The app installs mlx-lm; the terminal's install of it on the same data folder is refused
+    // and leaves the running install alone.
+    let (status, job) = corral
+        .json(Method::POST, "/api/v1/backends/mlx/install", None)
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let running = hanging_pids(&pids).await;
+    let log_path = PathBuf::from(job["log_path"].as_str().unwrap());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.is_empty());
+    let refused = install_command(data.path(), "mlx", &path)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains("another Corral process"), "{said}");
+    assert!(std::fs::read_to_string(&log_path)
+        .unwrap()
+        .starts_with(&log));
+    assert!(running.iter().all(|&pid| alive(pid)));
+    let (_, still) = corral
+        .json(Method::GET, "/api/v1/backends/mlx/install", None)
+        .await;
+    assert_eq!(still["state"], "running", "{still}");
+    let (status, _) = corral
+        .json(Method::DELETE, "/api/v1/backends/mlx/install", None)
+        .await;
+    assert_eq!(status, 200);
+    corral.terminate().await;
+
+    // Alone, the terminal's install runs; Ctrl-C (SIGINT) cancels it: its processes are
+    // killed, nothing is recorded, and the command says so and fails.
+    std::fs::remove_file(&pids).unwrap();
+    let child = install_command(data.path(), "mlx", &path).spawn().unwrap();
+    let running = hanging_pids(&pids).await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("corral install did not end after Ctrl-C")
+        .unwrap();
+    let said = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(1), "{said}");
+    assert!(said.contains("installing mlx_lm"), "{said}");
+    assert!(
+        said.contains("cancelling") && said.contains("Cancelled"),
+        "{said}"
+    );
+    assert!(ended.stdout.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running.iter().any(|&pid| alive(pid)) {
+        assert!(Instant::now() < deadline, "left running: {running:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!data.path().join("backends/installed.json").exists());
+    assert!(!data.path().join("backends/mlx-lm/venv").exists());
+
+    // A backend the machine has already is not installed again; one Corral does not install
+    // is not a choice.
+    let fake = bin.path().join("mlx_lm.server");
+    std::fs::write(&fake, "#!/bin/sh\necho 0.1\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let found = install_command(data.path(), "mlx", &path)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&found.stderr);
+    assert!(found.status.success(), "{said}");
+    assert!(said.contains("installed already"), "{said}");
+    let vllm = install_command(data.path(), "vllm", &path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(vllm.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&vllm.stderr).contains("llama-cpp, mlx"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,8 +120,8 @@ pub async fn list(State(api): State<Api>) -> Json<Vec<Installation>> {
     responses(
         (status = 202, description = "Started", body = InstallJob),
         (status = 404, description = "Unknown backend; `not_installable`: Corral does not install this backend (vLLM)", body = ErrorBody),
-        (status = 409, description = "`install_running`: an install of this backend is running; `backend_installed`: its command is found already", body = ErrorBody),
-        (status = 500, description = "The install log could not be created", body = ErrorBody)))]
+        (status = 409, description = "`install_running`: an install of this backend is running (here, or in another Corral process on the same data folder); `backend_installed`: its command is found already", body = ErrorBody),
+        (status = 500, description = "The install log or lock could not be created", body = ErrorBody)))]
 pub async fn install(
     State(api): State<Api>,
     Path(backend): Path<String>,
@@ -138,8 +138,12 @@ pub async fn install(
                 // resource is not there (and a well-formed request is never "unprocessable").
                 StartError::NotInstallable(_) => (StatusCode::NOT_FOUND, "not_installable"),
                 StartError::AlreadyInstalled { .. } => (StatusCode::CONFLICT, "backend_installed"),
-                StartError::Running(_) => (StatusCode::CONFLICT, "install_running"),
-                StartError::Log { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "install_failed"),
+                StartError::Running(_) | StartError::RunningElsewhere(_) => {
+                    (StatusCode::CONFLICT, "install_running")
+                }
+                StartError::Log { .. } | StartError::Lock { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "install_failed")
+                }
             };
             ApiError::new(status, code, e.to_string())
         })?;

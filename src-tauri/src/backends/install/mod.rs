@@ -73,6 +73,14 @@ pub enum StartError {
     AlreadyInstalled { backend: BackendType, path: PathBuf },
     #[error("an install of {} is already running", .0.as_str())]
     Running(BackendType),
+    /// Another process (a second Corral, `corral install`) holds this data folder's install.
+    #[error("an install of {} is already running in another Corral process on this data folder", .0.as_str())]
+    RunningElsewhere(BackendType),
+    #[error("cannot lock {}: {source}", .path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create the install log {}: {source}", .path.display())]
     Log {
         path: PathBuf,
@@ -136,18 +144,7 @@ impl Installs {
     /// treated as empty: the backends then need their configured commands, as before).
     pub fn open(data_dir: &Path) -> Installs {
         let root = data_dir.join("backends");
-        let record = root.join(RECORD_FILE);
-        let recorded = match std::fs::read(&record) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!("ignoring {}: {e}", record.display());
-                BTreeMap::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                tracing::warn!("cannot read {}: {e}", record.display());
-                BTreeMap::new()
-            }
-        };
+        let recorded = read_record(&root.join(RECORD_FILE)).unwrap_or_default();
         Installs {
             root,
             state: Mutex::new(State {
@@ -165,7 +162,7 @@ impl Installs {
         backend: BackendType,
         command: &BackendCommand,
     ) -> Result<Resolved, String> {
-        let recorded = self.lock().recorded.get(&backend).map(|i| i.path.clone());
+        let recorded = self.recorded(backend).map(|i| i.path);
         installed::resolve(command, recorded.as_deref())
     }
 
@@ -178,9 +175,17 @@ impl Installs {
         }
     }
 
-    /// What Corral installed of `backend`.
+    /// What Corral installed of `backend`. The record is read again when it has nothing for
+    /// `backend`: `corral install` in a terminal installs while the app runs, and the app uses
+    /// what it installed without a restart.
     pub fn recorded(&self, backend: BackendType) -> Option<Installed> {
-        self.lock().recorded.get(&backend).cloned()
+        if let Some(installed) = self.lock().recorded.get(&backend) {
+            return Some(installed.clone());
+        }
+        let mut fresh = read_record(&self.root.join(RECORD_FILE))?;
+        let installed = fresh.remove(&backend)?;
+        self.lock().recorded.insert(backend, installed.clone());
+        Some(installed)
     }
 
     /// Every job's changes, from now on.
@@ -223,6 +228,8 @@ impl Installs {
         {
             return Err(StartError::Running(backend));
         }
+        // Before the log is truncated: it may be another process's running install's.
+        let lock = lock_folder(&dir, backend)?;
         let log_path = dir.join("install.log");
         let log = open_log(&log_path).map_err(|source| StartError::Log {
             path: log_path.clone(),
@@ -241,7 +248,8 @@ impl Installs {
         );
         drop(state);
         let _ = self.events.send(job.clone());
-        tokio::spawn(Arc::clone(self).run(backend, installer, dir, ctx));
+        let installs = Arc::clone(self);
+        tokio::spawn(installs.run(backend, installer, dir, ctx, lock));
         Ok(job)
     }
 
@@ -273,12 +281,15 @@ impl Installs {
         }
     }
 
+    /// The job, holding `lock` until what it made is recorded: the lock goes before the job's
+    /// end is published, so whoever sees the end may start the next install at once.
     async fn run(
         self: Arc<Self>,
         backend: BackendType,
         installer: Installer,
         dir: PathBuf,
         ctx: Ctx,
+        lock: FolderLock,
     ) {
         let result = match installer {
             Installer::LlamaCpp => llama::install(&ctx, &dir).await,
@@ -313,6 +324,7 @@ impl Installs {
             Outcome::Cancelled => "== cancelled".to_owned(),
         };
         ctx.line(&said);
+        drop(lock);
         ctx.update(|job| {
             job.finish(outcome);
         });
@@ -331,8 +343,13 @@ impl Installs {
             installed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let file = self.root.join(RECORD_FILE);
+        // What another process recorded since this one read the file is kept.
+        let on_disk = read_record(&file).unwrap_or_default();
         let mut state = self.lock();
         let mut recorded = state.recorded.clone();
+        for (other, install) in on_disk {
+            recorded.entry(other).or_insert(install);
+        }
         recorded.insert(backend, installed);
         let bytes = serde_json::to_vec_pretty(&recorded).map_err(|e| InstallError::Io {
             what: "cannot write the install record".to_owned(),
@@ -352,6 +369,59 @@ impl Installs {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The completed installs `file` records; `None` when it is missing or cannot be read (said
+/// in the log: the backends then need their configured commands, as before any install).
+fn read_record(file: &Path) -> Option<BTreeMap<BackendType, Installed>> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| tracing::warn!("ignoring {}: {e}", file.display()))
+            .ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", file.display());
+            None
+        }
+    }
+}
+
+/// The held lock on a backend's install folder: one install at a time per data folder, across
+/// processes (the app and `corral install`), since both would build in the same tree. The
+/// kernel lets go of it when the process ends, however it ends.
+#[cfg(unix)]
+type FolderLock = nix::fcntl::Flock<std::fs::File>;
+#[cfg(not(unix))]
+type FolderLock = ();
+
+#[cfg(unix)]
+fn lock_folder(dir: &Path, backend: BackendType) -> Result<FolderLock, StartError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("install.lock");
+    let failed = |source| StartError::Lock {
+        path: path.clone(),
+        source,
+    };
+    crate::private_files::ensure_dir(dir).map_err(failed)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(failed)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => StartError::RunningElsewhere(backend),
+            errno => failed(errno.into()),
+        },
+    )
+}
+
+#[cfg(not(unix))]
+fn lock_folder(_dir: &Path, _backend: BackendType) -> Result<FolderLock, StartError> {
+    Ok(())
 }
 
 /// A fresh log for an install, owner-only, in an owner-only folder; never through a link.
@@ -411,6 +481,81 @@ mod tests {
         assert_eq!(mode(&data.path().join("backends/mlx-lm")), 0o700);
         assert_eq!(mode(&ended.log_path), 0o600);
         assert_eq!(installs.job(BackendType::MlxLm).unwrap().id, first.id);
+    }
+
+    #[tokio::test]
+    async fn one_install_of_a_backend_at_a_time_per_data_folder_across_processes() {
+        let data = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let missing = command("mlx_lm.server", empty.path());
+        // Two engines on one data folder, as the app and `corral install` in a terminal: the
+        // lock is the kernel's (flock), held per open file, so it works within one process too.
+        let app = Arc::new(Installs::open(data.path()));
+        let terminal = Arc::new(Installs::open(data.path()));
+        let running = app.start(BackendType::MlxLm, &missing).unwrap();
+        let log = std::fs::read_to_string(&running.log_path).unwrap_or_default();
+        assert!(matches!(
+            terminal.start(BackendType::MlxLm, &missing),
+            Err(StartError::RunningElsewhere(BackendType::MlxLm))
+        ));
+        // The refused start left the running install's log as it was.
+        let after = std::fs::read_to_string(&running.log_path).unwrap_or_default();
+        assert!(after.starts_with(&log), "{log:?} -> {after:?}");
+        assert!(terminal.job(BackendType::MlxLm).is_none());
+        let ended = app.cancel(BackendType::MlxLm).await.unwrap();
+        assert_ne!(ended.state, JobState::Running);
+        // Ended: the lock went with it.
+        let next = terminal.start(BackendType::MlxLm, &missing).unwrap();
+        assert_ne!(next.id, running.id);
+        terminal.cancel(BackendType::MlxLm).await.unwrap();
+
+        // A lock file planted as a link (by whoever could write there) is not followed: the
+        // start fails and the link's target is left as it was.
+        let other = tempfile::tempdir().unwrap();
+        let target = other.path().join("precious");
+        std::fs::write(&target, "keep").unwrap();
+        let dir = data.path().join("backends/llama.cpp");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("install.lock")).unwrap();
+        let llama = command("llama-server", empty.path());
+        assert!(matches!(
+            app.start(BackendType::LlamaCpp, &llama),
+            Err(StartError::Lock { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(!dir.join("install.log").exists());
+    }
+
+    #[test]
+    fn what_another_process_installed_is_used_without_a_restart_and_kept_by_later_records() {
+        let data = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let executable = |name: &str| {
+            let path = data.path().join(name);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+            path
+        };
+        let (server, mlx) = (executable("llama-server"), executable("mlx_lm.server"));
+        let app = Installs::open(data.path());
+        let missing = command("llama-server", empty.path());
+        assert!(app.resolve(BackendType::LlamaCpp, &missing).is_err());
+        // `corral install llama-cpp` in a terminal, while the app runs.
+        let terminal = Installs::open(data.path());
+        terminal
+            .record(BackendType::LlamaCpp, server.clone(), None)
+            .unwrap();
+        let found = app.resolve(BackendType::LlamaCpp, &missing).unwrap();
+        assert_eq!((found.path, found.managed), (server.clone(), true));
+        // A record the app writes next keeps the terminal's.
+        let other = Installs::open(data.path());
+        other.record(BackendType::MlxLm, mlx.clone(), None).unwrap();
+        let reopened = Installs::open(data.path());
+        assert_eq!(
+            reopened.recorded(BackendType::LlamaCpp).unwrap().path,
+            server
+        );
+        assert_eq!(reopened.recorded(BackendType::MlxLm).unwrap().path, mlx);
     }
 
     #[test]
