@@ -4243,7 +4243,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description `install_running`: an install of this backend is running; `backend_installed`: its command is found already */
+            /** @description `install_running`: an install of this backend is running (here, or in another Corral process on the same data folder); `backend_installed`: its command is found already */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4252,7 +4252,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The install log could not be created */
+            /** @description The install log or lock could not be created */
             500: {
                 headers: {
                     [name: string]: unknown;
