@@ -34,17 +34,40 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// The temp file a write of `file_name` in `dir` goes through. Unique to this process and thread,
+/// because two writers of the same file must never share one: the app and a `corral install` in a
+/// terminal both record `installed.json`, and two threads of the app may save the same file. With
+/// a shared name one writer removes or renames the other's half-written file. A thread writes one
+/// file at a time (a write never yields), so the pair is unique among writers running at once.
+fn temp_path(dir: &Path, file_name: &std::ffi::OsStr) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT_THREAD: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static THREAD: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    }
+    let thread = THREAD.with(|thread| *thread);
+    dir.join(format!(
+        ".{}.{}-{thread}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ))
+}
+
 /// Writes `bytes` to `path`, owner-only, in an owner-only folder; never half a file.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    ensure_dir(dir)?;
+    ensure_dir(parent(path))?;
+    replace(path, bytes)
+}
+
+/// Replaces `path` with an owner-only file holding `bytes`, in whatever folder it is, so that a
+/// reader (or a crash) sees the old file or the new one, never half of one: a temp file beside it,
+/// fsync, rename, then fsync of the folder so the rename itself is durable.
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent(path);
     let file_name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("the path has no file name"))?;
-    let temp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
+    let temp = temp_path(dir, file_name);
     // Removing does not follow a link: a planted one goes, its target stays untouched.
     match std::fs::remove_file(&temp) {
         Ok(()) => {}
@@ -74,7 +97,19 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    result
+    result?;
+    #[cfg(unix)]
+    if let Ok(dir) = std::fs::File::open(dir) {
+        // Failing here only weakens durability, not correctness.
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 #[cfg(all(test, unix))]
@@ -97,8 +132,9 @@ mod tests {
         let victim = dir.path().join("victim.txt");
         std::fs::write(&victim, "precious").expect("write victim");
         let secrets = dir.path().join("data");
-        std::fs::create_dir(&secrets).expect("mkdir");
-        std::os::unix::fs::symlink(&victim, secrets.join(".keys.json.tmp")).expect("symlink");
+        ensure_dir(&secrets).expect("mkdir");
+        let temp = temp_path(&secrets, "keys.json".as_ref());
+        std::os::unix::fs::symlink(&victim, &temp).expect("symlink");
 
         write(&secrets.join("keys.json"), b"secret").expect("write");
 
@@ -108,19 +144,43 @@ mod tests {
             "secret"
         );
         assert_eq!(mode(&secrets.join("keys.json")), 0o600);
-        assert!(!secrets.join(".keys.json.tmp").exists());
+        assert!(std::fs::symlink_metadata(&temp).is_err());
     }
 
     #[test]
     fn the_file_is_owner_only_even_when_a_readable_temp_file_was_there() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let temp = dir.path().join(".keys.json.tmp");
+        let temp = temp_path(dir.path(), "keys.json".as_ref());
         std::fs::write(&temp, "old").expect("write");
         std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
 
         write(&dir.path().join("keys.json"), b"secret").expect("write");
 
         assert_eq!(mode(&dir.path().join("keys.json")), 0o600);
+    }
+
+    #[test]
+    fn writers_of_the_same_file_at_once_never_fail_or_leave_half_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("installed.json");
+        let contents: Vec<String> = (0..4).map(|n| format!("{n}").repeat(64 * 1024)).collect();
+        std::thread::scope(|scope| {
+            for content in &contents {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        write(path, content.as_bytes()).expect("a write beside others");
+                    }
+                });
+            }
+        });
+        let last = std::fs::read_to_string(&path).expect("read");
+        assert!(contents.contains(&last), "a whole file from one writer");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("installed.json")]);
     }
 
     #[test]

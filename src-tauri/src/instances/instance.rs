@@ -244,7 +244,7 @@ impl Instance {
         };
         let mut bytes = serde_json::to_vec_pretty(&record).map_err(|e| persist_error(e.into()))?;
         bytes.push(b'\n');
-        store::write_atomic(&self.file, &bytes).map_err(persist_error)
+        crate::private_files::replace(&self.file, &bytes).map_err(persist_error)
     }
 
     /// `persist_now` off the async workers (it fsyncs).
