@@ -1,6 +1,7 @@
 //! Starting the app: keys and port, the engine in this process, the window on the engine's own
 //! address, the plugins, and the orderly stop of every backend when the app quits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder, WindowEvent};
@@ -153,11 +154,42 @@ pub fn run(mut config: Config, overrides: crate::config::Overrides) -> Result<()
         registry: engine.registry().clone(),
     });
     let mut engine = Some(engine);
-    app.run(move |_app, event| match event {
-        RunEvent::Exit => {
+    let runtime_handle = runtime.handle().clone();
+    let mut runtime_slot = Some(runtime);
+    // Set once every instance is stopped; until then a request to exit only starts the stopping.
+    let stopped = Arc::new(AtomicBool::new(false));
+    app.run(move |app, event| match event {
+        // A quit (tray, signal, last window closed) waits for the engine's shutdown off the main
+        // thread: the event loop keeps running meanwhile, so whatever the shutdown asks of the
+        // main thread (the tray menu follows the instances as they stop) is still answered.
+        RunEvent::ExitRequested { api, code, .. } if !stopped.load(Ordering::SeqCst) => {
+            api.prevent_exit();
             if let Some(engine) = engine.take() {
                 tracing::info!("quitting: stopping every instance");
-                runtime.block_on(engine.shutdown());
+                if let Some(window) = app.get_webview_window(MAIN_WINDOW) {
+                    if let Err(e) = window.hide() {
+                        tracing::debug!("cannot hide the window: {e}");
+                    }
+                }
+                let (app, stopped) = (app.clone(), Arc::clone(&stopped));
+                runtime_handle.spawn(async move {
+                    engine.shutdown().await;
+                    stopped.store(true, Ordering::SeqCst);
+                    app.exit(code.unwrap_or(0));
+                });
+            }
+        }
+        RunEvent::Exit => {
+            // Only an exit that skipped the request above still has an engine to stop.
+            if let Some(engine) = engine.take() {
+                tracing::info!("quitting: stopping every instance");
+                runtime_handle.block_on(engine.shutdown());
+            }
+            // Dropping a runtime waits for every task it still runs, without end; the process
+            // is about to end, so a task stuck on something outside (a D-Bus call, the main
+            // thread) must not keep it alive.
+            if let Some(runtime) = runtime_slot.take() {
+                runtime.shutdown_timeout(RUNTIME_DRAIN);
             }
             // The event loop ends the process without returning to `main`.
             crate::logging::finish();
@@ -172,6 +204,9 @@ pub fn run(mut config: Config, overrides: crate::config::Overrides) -> Result<()
     });
     Ok(())
 }
+
+/// How long the last tasks may take to end once the app has stopped every instance.
+const RUNTIME_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The window over the engine's UI. Links leaving the engine open in the user's browser.
 fn open_window(app: &AppHandle, dashboard: &str, base: &str) -> Result<(), tauri::Error> {

@@ -147,8 +147,21 @@ fn build_menu(
     Ok(menu)
 }
 
-/// Replaces the tray's menu with one showing `lines`.
+/// Replaces the tray's menu with one showing `lines`, on the main thread, without waiting there.
+/// Menus belong to the main thread: built from a worker, every item would block that worker until
+/// the main thread ran it. While the app quits, the main thread is itself blocked on the engine's
+/// shutdown, whose instance stops change the menu: a worker waiting for the main thread then
+/// never comes back, and the quit could hang with it.
 fn refresh(app: &AppHandle, lines: &[InstanceLine]) {
+    let main_app = app.clone();
+    let lines = lines.to_vec();
+    if let Err(e) = app.run_on_main_thread(move || rebuild(&main_app, &lines)) {
+        tracing::debug!("the tray menu was not updated: {e}");
+    }
+}
+
+/// `refresh` on the main thread.
+fn rebuild(app: &AppHandle, lines: &[InstanceLine]) {
     let Some(tray) = app.try_state::<Arc<Tray>>() else {
         return;
     };
