@@ -2,8 +2,7 @@
 // `/api/v1/models/jobs`, `/api/v1/backends` and its installs), and what the UI derives from them: the fit in
 // words, and the instance form filled from a model.
 //
-// The library's and the backends' types are the engine's (./api/schema.d.ts); the download jobs'
-// are written here until the engine's document has them.
+// Every shape is the engine's own (./api/schema.d.ts, generated from its OpenAPI document).
 
 import { body, json, parseSegment } from './api';
 import type { components } from './api/schema';
@@ -19,26 +18,11 @@ export type Fit = Schemas['Fit'];
 /** A model found on this machine (`GET /api/v1/models`). */
 export type Model = Schemas['ModelEntry'];
 
-export type JobState = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+/** Where a download is in its life. */
+export type JobState = Schemas['JobState'];
 
 /** A download (`GET /api/v1/models/jobs`; live as `download` events on `/api/v1/events`). */
-export interface DownloadJob {
-  id: string;
-  repo: string;
-  tag: string | null;
-  format: ModelFormat | null;
-  state: JobState;
-  files_total: number;
-  files_done: number;
-  bytes_total: number;
-  bytes_done: number;
-  speed_bytes_per_s: number;
-  eta_s: number | null;
-  error: string | null;
-  /** RFC 3339. */
-  created_at: string;
-  path: string | null;
-}
+export type DownloadJob = Schemas['DownloadJob'];
 
 /** A backend and whether this machine has it (`GET /api/v1/backends`). */
 export type BackendInfo = Schemas['Installation'];
@@ -53,8 +37,8 @@ export const modelsApi = {
     if (model.tag) query.set('tag', model.tag);
     return json<void>(`/models?${query}`, { method: 'DELETE' });
   },
-  download: (repo: string, format?: 'gguf' | 'safetensors') =>
-    json<{ job_id: string; repo: string; tag: string | null }>('/models/download', {
+  download: (repo: string, format?: Schemas['ModelFormat']) =>
+    json<Schemas['DownloadAccepted']>('/models/download', {
       method: 'POST',
       ...body(format ? { repo, format } : { repo }),
     }),
