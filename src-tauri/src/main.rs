@@ -5,6 +5,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::{IsTerminal as _, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -243,16 +244,13 @@ fn install(args: &ServeArgs, backend: Installable) -> anyhow::Result<()> {
             backend.as_str(),
             job.log_path.display()
         );
-        let mut said = String::new();
+        let mut steps = Steps::new(std::io::stderr(), std::io::stderr().is_terminal());
         let mut cancelling = false;
         let ended = loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Ok(job) => {
-                        if job.step != said {
-                            eprintln!("  {}", job.step);
-                            said.clone_from(&job.step);
-                        }
+                        steps.show(&job.step);
                         if job.state != JobState::Running {
                             break job;
                         }
@@ -264,6 +262,7 @@ fn install(args: &ServeArgs, backend: Installable) -> anyhow::Result<()> {
                     }
                 },
                 () = shutdown_signal(), if !cancelling => {
+                    steps.end_line();
                     eprintln!("cancelling");
                     cancelling = true;
                     if let Some(job) = installs.cancel(backend).await {
@@ -272,6 +271,7 @@ fn install(args: &ServeArgs, backend: Installable) -> anyhow::Result<()> {
                 }
             }
         };
+        steps.end_line();
         match (ended.state, &ended.path) {
             (JobState::Completed, Some(path)) => {
                 println!("{}", path.display());
@@ -291,6 +291,62 @@ fn install(args: &ServeArgs, backend: Installable) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// An install's steps on the terminal: a line each, except that on a terminal a step that only
+/// moves its percentage ("building 13%", then "building 14%") rewrites its own line, where a log
+/// or a pipe gets every step on a line of its own.
+struct Steps<W: Write> {
+    out: W,
+    terminal: bool,
+    last: String,
+    /// A terminal line was written without its newline (it may still be rewritten).
+    open: bool,
+}
+
+impl<W: Write> Steps<W> {
+    fn new(out: W, terminal: bool) -> Steps<W> {
+        Steps {
+            out,
+            terminal,
+            last: String::new(),
+            open: false,
+        }
+    }
+
+    fn show(&mut self, step: &str) {
+        if step == self.last {
+            return;
+        }
+        // The terminal is only a view of the progress: a failed write must not end the install.
+        let _ = if !self.terminal {
+            writeln!(self.out, "  {step}")
+        } else if self.open && progress_of(step) == progress_of(&self.last) {
+            write!(self.out, "\r\x1b[2K  {step}")
+        } else {
+            let newline = if self.open { "\n" } else { "" };
+            write!(self.out, "{newline}  {step}")
+        };
+        let _ = self.out.flush();
+        self.open = self.terminal;
+        step.clone_into(&mut self.last);
+    }
+
+    /// Ends a line left open for rewriting, before anything else is printed.
+    fn end_line(&mut self) {
+        if self.open {
+            let _ = writeln!(self.out);
+            self.open = false;
+        }
+    }
+}
+
+/// What a step is about, without its percentage: "building" for "building 13%".
+fn progress_of(step: &str) -> &str {
+    step.strip_suffix('%')
+        .and_then(|rest| rest.rsplit_once(' '))
+        .filter(|(_, number)| number.parse::<f64>().is_ok())
+        .map_or(step, |(what, _)| what)
 }
 
 async fn shutdown_signal() {
@@ -317,5 +373,44 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(terminal: bool, steps: &[&str]) -> String {
+        let mut printer = Steps::new(Vec::new(), terminal);
+        for step in steps {
+            printer.show(step);
+        }
+        printer.end_line();
+        String::from_utf8(printer.out).expect("text")
+    }
+
+    const STEPS: [&str; 6] = [
+        "downloading",
+        "building 1%",
+        "building 1%",
+        "building 2%",
+        "building 2.5 MiB 3%",
+        "installed",
+    ];
+
+    #[test]
+    fn on_a_terminal_a_moving_percentage_rewrites_its_line() {
+        assert_eq!(
+            shown(true, &STEPS),
+            "  downloading\n  building 1%\r\x1b[2K  building 2%\n  building 2.5 MiB 3%\n  installed\n"
+        );
+    }
+
+    #[test]
+    fn a_log_or_a_pipe_gets_every_step_on_its_own_line() {
+        assert_eq!(
+            shown(false, &STEPS),
+            "  downloading\n  building 1%\n  building 2%\n  building 2.5 MiB 3%\n  installed\n"
+        );
     }
 }
