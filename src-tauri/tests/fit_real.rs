@@ -27,15 +27,16 @@ struct Logged {
 
 /// Starts llama-server with `options`, waits until it serves, and reads its buffer sizes.
 fn run_llama_server(llama_server: &Path, options: &BackendOptions) -> Logged {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A Unix socket of its own (llama-server listens on one when the host ends in `.sock`):
+    // nothing here connects, and a TCP port picked in advance could be taken meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("llama-server.sock");
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(llama_server)
         .args(options.to_args())
-        .args(["--port", &port.to_string(), "--verbose"])
+        .arg("--host")
+        .arg(&socket)
+        .arg("--verbose")
         .stdout(Stdio::from(log.reopen().unwrap()))
         .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()
