@@ -184,6 +184,30 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_file_is_owner_only_over_a_readable_leftover_and_its_folder_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An instance's `configs_dir` may be a folder the user shares: its mode is theirs.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let path = dir.path().join("a.json");
+        let temp = temp_path(dir.path(), "a.json".as_ref());
+        std::fs::write(&temp, "left over").expect("write");
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        replace(&path, b"one").expect("replace");
+        replace(&path, b"two").expect("replace again");
+
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(dir.path()), 0o755);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+
+    #[test]
     fn folders_for_secrets_are_created_and_tightened_to_owner_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fresh = dir.path().join("new/data");
